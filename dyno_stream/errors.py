@@ -1,0 +1,73 @@
+"""One exception hierarchy for the whole package.
+
+Every error a caller can provoke derives from :class:`DynoError`, so a service can catch one
+type. The worker maps each subclass to a dead-letter ``reason`` (see ``reason``), which is why
+each carries a short machine-readable code besides its message.
+"""
+
+from __future__ import annotations
+
+
+class DynoError(Exception):
+    """Base of every dyno-stream error."""
+
+    #: Short, stable code used as the dead-letter ``reason`` header.
+    reason = "error"
+
+
+class ValidationError(DynoError, ValueError):
+    """Input of the wrong shape. ``field`` names what was wrong."""
+
+    reason = "invalid"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class InvalidNameError(ValidationError):
+    """An item name that is empty, too long, or not text."""
+
+
+class InvalidFlakeError(ValidationError):
+    """A timestamp that is not a well-formed flake id."""
+
+
+class InvalidChangeError(ValidationError):
+    """A change whose shape does not fit its op, or that is not finite JSON."""
+
+
+class LateOpError(DynoError):
+    """An op older than the item's flattened history row: it can no longer be placed."""
+
+    reason = "late"
+
+
+class ConflictError(DynoError):
+    """The same item and flake already hold a different op or change."""
+
+    reason = "conflict"
+
+
+class UnknownHashError(DynoError):
+    """``flatten`` was asked for a hash that is not in the item's history chain."""
+
+    reason = "unknown-hash"
+
+
+class StoreClosedError(DynoError):
+    """An operation on a store that has been closed."""
+
+    reason = "closed"
+
+
+class BrokerError(DynoError):
+    """The local Kafka broker could not be fetched, started, or reached."""
+
+    reason = "broker"
+
+
+class ConfigError(DynoError):
+    """Configuration that cannot work (a bad setting, an unreadable file)."""
+
+    reason = "config"
