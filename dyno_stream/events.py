@@ -1,0 +1,276 @@
+"""The wire contract: pydantic models of op events, flatten commands and snapshots.
+
+These models are the single source of the contract: the store applies them, the worker
+validates raw Kafka bytes into them, the client builds them, and ``schemas/`` holds their JSON
+Schema (``dyno-stream schemas export``). The field names and op names are level-dyno's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, TypeAdapter
+
+from dyno_stream import ops
+from dyno_stream.errors import (
+    InvalidChangeError,
+    InvalidFlakeError,
+    InvalidNameError,
+    ValidationError,
+)
+from dyno_stream.flake import FLAKE_RE
+from dyno_stream.keys import MAX_NAME_BYTES, check_name
+
+MD5_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def _name(v: str) -> str:
+    return check_name(v)
+
+
+ItemName = Annotated[
+    str,
+    pydantic.AfterValidator(_name),
+    Field(
+        min_length=1,
+        description=f"Item name: any non-empty UTF-8 string of at most {MAX_NAME_BYTES} bytes.",
+    ),
+]
+FlakeId = Annotated[
+    str,
+    Field(
+        pattern=FLAKE_RE.pattern,
+        description="Flake id: 48-bit ms, 16-bit counter, 16-bit pid, 48-bit node, hex.",
+        examples=["013d58c7276e-0000-188c-786ae2e1f629"],
+    ),
+]
+AttrName = Annotated[str, Field(description="Attribute name.")]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FiniteNumber = int | FiniteFloat
+Scalar = str | bool | int | FiniteFloat | None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FieldBy(_Model):
+    field: AttrName
+    by: FiniteNumber = 1
+
+
+class FieldStr(_Model):
+    field: AttrName
+    str: Annotated[str, Field(description="Text to append.")]
+
+
+class FieldValue(_Model):
+    field: AttrName
+    value: Scalar
+
+
+class _Op(_Model):
+    """Common part of every op event. ``change_json`` is the change as stored and hashed."""
+
+    item: ItemName
+    ts: FlakeId
+    _change_json: str = PrivateAttr(default="")
+    _change_value: Any = PrivateAttr(default=None)
+
+    @pydantic.model_validator(mode="after")
+    def _serialize_change(self) -> _Op:
+        # Serialize once here: the store keeps and hashes exactly this text, and the stdlib
+        # encoder with allow_nan=False is also the cheapest finiteness check there is.
+        change = getattr(self, "change")  # noqa: B009 - each subclass declares its own type
+        if isinstance(change, BaseModel):
+            change = change.model_dump()
+        try:
+            self._change_json = ops.dumps(change)
+        except ValueError:
+            raise ValueError("change holds a non-finite number (NaN or Infinity)") from None
+        self._change_value = change
+        return self
+
+    @property
+    def change_json(self) -> str:
+        """The change as stored in LevelDB and fed to the history hash."""
+        return self._change_json
+
+    @property
+    def change_value(self) -> Any:
+        """The change as plain JSON data (what the op semantics take)."""
+        return self._change_value
+
+
+class PutItem(_Op):
+    op: Literal["putItem"] = "putItem"
+    change: dict[str, JsonValue]
+
+
+class DelItem(_Op):
+    op: Literal["delItem"] = "delItem"
+    change: Annotated[dict[str, JsonValue], Field(max_length=0)] = Field(default_factory=dict)
+
+
+class PutAttrs(_Op):
+    op: Literal["putAttrs"] = "putAttrs"
+    change: dict[str, JsonValue]
+
+
+class DelAttrs(_Op):
+    op: Literal["delAttrs"] = "delAttrs"
+    change: list[AttrName]
+
+
+class IncAttrBy(_Op):
+    op: Literal["incAttrBy"] = "incAttrBy"
+    change: FieldBy
+
+
+class DecAttrBy(_Op):
+    op: Literal["decAttrBy"] = "decAttrBy"
+    change: FieldBy
+
+
+class Append(_Op):
+    op: Literal["append"] = "append"
+    change: FieldStr
+
+
+class AddToSet(_Op):
+    op: Literal["addToSet"] = "addToSet"
+    change: FieldValue
+
+
+class Flatten(_Model):
+    """Flatten command: fold the item's history up to the row whose chain hash is ``hash``."""
+
+    item: ItemName
+    op: Literal["flatten"] = "flatten"
+    hash: Annotated[str, Field(pattern=MD5_PATTERN, description="Chain hash (MD5 hex).")]
+
+
+Op = Annotated[
+    PutItem | DelItem | PutAttrs | DelAttrs | IncAttrBy | DecAttrBy | Append | AddToSet,
+    Field(discriminator="op"),
+]
+Event = Annotated[
+    PutItem | DelItem | PutAttrs | DelAttrs | IncAttrBy | DecAttrBy | Append | AddToSet | Flatten,
+    Field(discriminator="op"),
+]
+OpModel = PutItem | DelItem | PutAttrs | DelAttrs | IncAttrBy | DecAttrBy | Append | AddToSet
+EventModel = OpModel | Flatten
+
+OP_MODELS: dict[str, type[OpModel]] = {
+    m.model_fields["op"].default: m
+    for m in (PutItem, DelItem, PutAttrs, DelAttrs, IncAttrBy, DecAttrBy, Append, AddToSet)
+}
+
+_op_adapter: TypeAdapter[OpModel] = TypeAdapter(Op)
+_event_adapter: TypeAdapter[EventModel] = TypeAdapter(Event)
+
+
+class Source(_Model):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Snapshot(_Model):
+    """The materialized item as the worker publishes it after each batch that touched it."""
+
+    item: ItemName
+    value: dict[str, JsonValue] | None
+    timestamp: FlakeId | None
+    changes: int
+    hash: str | None
+    count: int
+    source: Source | None = None
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "none"}
+
+
+def _convert(exc: pydantic.ValidationError) -> ValidationError:
+    """Turn pydantic's error into ours, naming the first field that was wrong."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    # discriminated unions put the op name in the path: drop it, it is not a field; an error
+    # of the op model itself comes from the change check (_serialize_change)
+    if loc and loc[0] in (*ops.OP_NAMES, "flatten"):
+        loc = loc[1:] or ["change"]
+    # unions of plain types (int | float) add the member's type name: not a field either
+    while len(loc) > 1 and loc[-1] in _TYPE_TAGS:
+        loc.pop()
+    field = ".".join(loc) or "event"
+    msg = err["msg"].removeprefix("Value error, ")
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, ValidationError):
+        field, msg = ctx_err.field, str(ctx_err).split(": ", 1)[-1]
+    if err["type"] == "union_tag_invalid":
+        field, msg = "op", f"unknown op; expected one of {', '.join(ops.OP_NAMES)}, flatten"
+    elif err["type"] == "union_tag_not_found":
+        field, msg = "op", "missing"
+    cls: type[ValidationError]
+    if field == "item":
+        cls = InvalidNameError
+    elif field == "ts":
+        cls = InvalidFlakeError
+    else:
+        cls = InvalidChangeError
+    return cls(field, msg)
+
+
+def make_op(op: str, item: str, change: Any, ts: str) -> OpModel:
+    """Build and validate an op model from Python values; raise our ``ValidationError``."""
+    model = OP_MODELS.get(op)
+    if model is None:
+        raise InvalidChangeError(
+            "op", f"unknown op {op!r}; expected one of {', '.join(ops.OP_NAMES)}"
+        )
+    if not isinstance(item, str):
+        raise InvalidNameError("item", f"must be a string, not {type(item).__name__}")
+    if not isinstance(ts, str) or not FLAKE_RE.match(ts):
+        raise InvalidFlakeError("ts", f"{ts!r} is not a flake id")
+    _check_finite(change, "change")
+    try:
+        return model(item=item, ts=ts, change=change)
+    except pydantic.ValidationError as exc:
+        raise _convert(exc) from None
+
+
+def _check_finite(value: Any, field: str) -> None:
+    """Python callers can pass NaN where JSON cannot: name the exact field."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidChangeError(field, "is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{field}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{field}.{i}")
+
+
+def parse_event(raw: bytes | str) -> EventModel:
+    """Validate one raw event (JSON bytes straight from Kafka)."""
+    try:
+        return _event_adapter.validate_json(raw)
+    except pydantic.ValidationError as exc:
+        raise _convert(exc) from None
+
+
+def parse_op(data: dict[str, Any]) -> OpModel:
+    try:
+        return _op_adapter.validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise _convert(exc) from None
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each wire message, by file name."""
+    return {
+        "op-event.schema.json": _event_adapter.json_schema(),
+        "snapshot.schema.json": Snapshot.model_json_schema(),
+    }

@@ -1,0 +1,173 @@
+"""Op semantics, the history hash and the item state: pure logic, no I/O.
+
+The item is the replay of its rows in key (flake) order, starting from ``{}``. Everything here
+is deterministic, so two replicas holding the same rows hold the same value and hash whatever
+order the rows arrived in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dyno_stream.errors import InvalidChangeError
+
+PUT_ITEM = "putItem"
+DEL_ITEM = "delItem"
+PUT_ATTRS = "putAttrs"
+DEL_ATTRS = "delAttrs"
+INC_ATTR_BY = "incAttrBy"
+DEC_ATTR_BY = "decAttrBy"
+APPEND = "append"
+ADD_TO_SET = "addToSet"
+HISTORY = "history"
+
+OP_NAMES = (PUT_ITEM, DEL_ITEM, PUT_ATTRS, DEL_ATTRS, INC_ATTR_BY, DEC_ATTR_BY, APPEND, ADD_TO_SET)
+
+JsonDict = dict[str, Any]
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as level-dyno stores it (key order kept); refuses NaN and infinities."""
+    return _encode(value)
+
+
+def loads(text: str | bytes) -> Any:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return _decode(text)
+
+
+def chain_hash(prev: str, name: str, flake: str, op: str, change_json: str) -> str:
+    """One link of the history hash: ``md5(prev\\nname\\nflake\\nop\\nchange\\n)``."""
+    data = f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _text_of(v: Any) -> str:
+    return v if isinstance(v, str) else dumps(v)
+
+
+_MISSING = object()
+
+
+def apply_op(value: JsonDict, op: str, change: Any) -> JsonDict:
+    """Apply one op to an item value and return the new value.
+
+    ``value`` may be changed in place (the caller owns it); nested objects that came from a
+    change are never mutated, so a change can be shared with the value safely.
+    """
+    if op == PUT_ATTRS:
+        value.update(change)
+        return value
+    if op == PUT_ITEM:
+        return dict(change)
+    if op == DEL_ITEM:
+        return {}
+    if op == DEL_ATTRS:
+        for attr in change:
+            value.pop(attr, None)
+        return value
+    if op in (INC_ATTR_BY, DEC_ATTR_BY):
+        by = change["by"] if op == INC_ATTR_BY else -change["by"]
+        name = change["field"]
+        old = value.get(name)
+        new = old + by if _is_number(old) else by
+        if isinstance(new, float) and (new != new or new in (float("inf"), float("-inf"))):
+            raise InvalidChangeError("change.by", f"{op} would make {name!r} non-finite")
+        value[name] = new
+        return value
+    if op == APPEND:
+        name = change["field"]
+        old = value.get(name, _MISSING)
+        value[name] = change["str"] if old is _MISSING else _text_of(old) + change["str"]
+        return value
+    if op == ADD_TO_SET:
+        name = change["field"]
+        old = value.get(name, _MISSING)
+        if isinstance(old, dict):
+            members = dict(old)
+        elif old is _MISSING:
+            members = {}
+        elif isinstance(old, list):
+            members = {_text_of(v): True for v in old if not isinstance(v, dict | list)}
+        else:
+            members = {_text_of(old): True}
+        members[_text_of(change["value"])] = True
+        value[name] = members
+        return value
+    raise InvalidChangeError("op", f"unknown op {op!r}")
+
+
+def encode_history(hash_: str, changes: int, value: JsonDict) -> str:
+    """A history row's value: ``<hash>:<changes>:<value json>`` (level-dyno's format)."""
+    return f"{hash_}:{changes}:{dumps(value)}"
+
+
+def decode_history(text: str) -> tuple[str, int, JsonDict]:
+    hash_, changes, value = text.split(":", 2)
+    return hash_, int(changes), loads(value)
+
+
+@dataclass(slots=True)
+class ItemState:
+    """The materialized current state of one item, kept beside its rows.
+
+    ``base`` is the flake of the item's history row (None when it has none): an op at or
+    before it can no longer be placed.
+    """
+
+    value: JsonDict = field(default_factory=dict)
+    timestamp: str | None = None
+    changes: int = 0
+    hash: str = ""
+    count: int = 0
+    base: str | None = None
+
+    def push(self, name: str, flake: str, op: str, change: Any, change_json: str) -> None:
+        """Apply an op that sorts after every row the state holds."""
+        self.value = apply_op(self.value, op, change)
+        self.hash = chain_hash(self.hash, name, flake, op, change_json)
+        self.timestamp = flake
+        self.changes += 1
+        self.count += 1
+
+    def push_history(self, flake: str, text: str) -> None:
+        """Start from a history row (it is always an item's first row)."""
+        self.hash, self.changes, self.value = decode_history(text)
+        self.timestamp = self.base = flake
+        self.count += 1
+
+    def encode(self) -> str:
+        return dumps([self.timestamp, self.changes, self.hash, self.count, self.base, self.value])
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> ItemState:
+        ts, changes, hash_, count, base, value = loads(text)
+        return cls(value, ts, changes, hash_, count, base)
+
+    def copy(self) -> ItemState:
+        return ItemState(
+            dict(self.value), self.timestamp, self.changes, self.hash, self.count, self.base
+        )
+
+
+def replay(name: str, rows: Iterable[tuple[str, str, str]]) -> ItemState:
+    """Replay ``(flake, op, stored json)`` rows in key order into a state."""
+    state = ItemState()
+    for flake, op, text in rows:
+        if op == HISTORY:
+            state.push_history(flake, text)
+        else:
+            state.push(name, flake, op, loads(text), text)
+    return state

@@ -1,0 +1,503 @@
+"""DynoStore: level-dyno's timestamped item histories in LevelDB.
+
+Layout (see ``keys``)::
+
+    <name>/<flake>/<op>        one row per op, value = the change as compact JSON
+    <name>/<flake>/history     a flattened prefix: ``<hash>:<changes>:<value json>``
+    \\x00state\\x00<name>      the item's materialized current state (value, hash, counts)
+    \\x00meta\\x00...          format version and the worker's bookkeeping
+
+Every write (``apply``, ``flatten``) is one LevelDB write batch: the rows, the items' new
+materialized states and any extra internal rows (the worker's consumed offsets) land together
+or not at all. The materialized state is what makes ``get_item`` cost the same for an item with
+one row or ten thousand; it always equals the replay of the rows (a property test holds it to
+that).
+
+Ops normally arrive in flake order, and are then applied to the state directly. An op that
+sorts before the item's last row (out-of-order delivery) is placed by replaying the item's rows
+with it, so the result never depends on arrival order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import plyvel
+
+from dyno_stream import ops
+from dyno_stream.errors import (
+    ConflictError,
+    DynoError,
+    InvalidFlakeError,
+    LateOpError,
+    StoreClosedError,
+    UnknownHashError,
+)
+from dyno_stream.events import EventModel, Flatten, OpModel, make_op
+from dyno_stream.flake import is_flake, new_flake
+from dyno_stream.keys import (
+    INTERNAL,
+    META_PREFIX,
+    STATE_PREFIX,
+    check_name,
+    item_prefix,
+    row_key,
+    split_key,
+    state_key,
+)
+from dyno_stream.ops import HISTORY, ItemState
+
+FORMAT_VERSION = b"1"
+_VERSION_KEY = META_PREFIX + b"format"
+_STATE_END = STATE_PREFIX[:-1] + b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """An item as read back: its value (None when absent) and its history's summary.
+
+    ``changes`` counts every op the item has had, including those folded into a history row;
+    ``count`` is the rows stored now; ``hash`` is the chain hash after the last row.
+    """
+
+    name: str
+    value: dict[str, Any] | None
+    timestamp: str | None
+    changes: int
+    hash: str | None
+    count: int
+
+    @classmethod
+    def from_state(cls, name: str, state: ItemState | None) -> Item:
+        if state is None or state.count == 0:
+            return cls(name, None, None, 0, None, 0)
+        return cls(
+            name, state.value or None, state.timestamp, state.changes, state.hash, state.count
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Changeset:
+    """One op row of an item's history."""
+
+    name: str
+    timestamp: str
+    operation: str
+    change: Any
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryChangeset:
+    """A history row: the folded prefix of an item's history."""
+
+    name: str
+    timestamp: str
+    value: dict[str, Any]
+    hash: str
+    changes: int
+    operation: str = HISTORY
+
+
+_Row = tuple[bytes, str, str, str]  # key, flake, op, stored text
+ErrorHandler = Callable[[int, EventModel, DynoError], None]
+
+
+class _Batch:
+    """One write batch in the making: working states, pending rows, read-your-writes.
+
+    Nothing touches LevelDB until ``commit``, so an error anywhere leaves the store as it was.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self.states: dict[str, ItemState] = {}
+        self.rows: dict[str, dict[bytes, bytes | None]] = {}  # per item: key -> value/None=delete
+
+    def state(self, name: str) -> ItemState:
+        st = self.states.get(name)
+        if st is None:
+            raw = self._db.get(state_key(name))
+            st = ItemState() if raw is None else ItemState.decode(raw)
+            self.states[name] = st
+            self.rows[name] = {}
+        return st
+
+    def item_rows(self, name: str) -> list[_Row]:
+        """The item's rows as they will be after this batch, in key order."""
+        prefix = item_prefix(name)
+        merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
+        merged.update(self.rows.get(name, {}))
+        out: list[_Row] = []
+        for key in sorted(merged):
+            value = merged[key]
+            if value is not None:
+                flake, op = key[len(prefix) :].decode().split("/")
+                out.append((key, flake, op, value.decode("utf-8")))
+        return out
+
+    def apply_op(self, model: OpModel) -> bool:
+        """Add one op; return False when it was a duplicate (nothing to do)."""
+        name, flake, op = model.item, model.ts, model.op
+        st = self.state(name)
+        if st.base is not None and flake <= st.base:
+            raise LateOpError(
+                f"{name!r}: op at {flake} is not after the item's history row at {st.base}; "
+                "it can no longer be placed"
+            )
+        text = model.change_json
+        key = row_key(name, flake, op)
+        if st.timestamp is None or flake > st.timestamp:
+            st.push(name, flake, op, model.change_value, text)
+            self.rows[name][key] = text.encode()
+            return True
+        # Out of order (or a redelivery): check the flake, then replay with the op in place.
+        rows = self.item_rows(name)
+        same = [r for r in rows if r[1] == flake]
+        if same:
+            if len(same) == 1 and same[0][2] == op and same[0][3] == text:
+                return False
+            raise ConflictError(
+                f"{name!r}: flake {flake} already holds {same[0][2]} {same[0][3]}; "
+                f"refusing {op} {text}"
+            )
+        rows.append((key, flake, op, text))
+        rows.sort()
+        self.states[name] = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
+        self.rows[name][key] = text.encode()
+        return True
+
+    def flatten(self, name: str, hash_: str) -> bool:
+        """Fold rows up to the one whose chain hash is ``hash_``; False when nothing to fold."""
+        st = self.state(name)
+        rows = self.item_rows(name)
+        if st.count and hash_ == st.hash:
+            # the common case, fold everything: the state already is that row's result
+            upto, folded = len(rows) - 1, st.copy()
+        else:
+            upto, folded = -1, ItemState()
+            for i, (_, flake, op, text) in enumerate(rows):
+                if op == HISTORY:
+                    folded.push_history(flake, text)
+                else:
+                    folded.push(name, flake, op, ops.loads(text), text)
+                if folded.hash == hash_:
+                    upto = i
+                    break
+            if upto < 0:
+                raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
+        return self._fold(name, rows, upto, folded)
+
+    def flatten_before(self, name: str, flake: str) -> bool:
+        """Fold every row older than ``flake``."""
+        if not is_flake(flake):
+            raise InvalidFlakeError("flake", f"{flake!r} is not a flake id")
+        st = self.state(name)
+        rows = self.item_rows(name)
+        upto = -1
+        folded = ItemState()
+        for i, (_, f, op, text) in enumerate(rows):
+            if f >= flake:
+                break
+            if op == HISTORY:
+                folded.push_history(f, text)
+            else:
+                folded.push(name, f, op, ops.loads(text), text)
+            upto = i
+        if upto == len(rows) - 1 and st.count:
+            folded = st.copy()  # keep the state's exact value object
+        return self._fold(name, rows, upto, folded)
+
+    def _fold(self, name: str, rows: list[_Row], upto: int, folded: ItemState) -> bool:
+        if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):
+            return False  # nothing older, or already folded to exactly there
+        pending = self.rows[name]
+        for key, *_ in rows[: upto + 1]:
+            pending[key] = None
+        flake = rows[upto][1]
+        pending[row_key(name, flake, HISTORY)] = ops.encode_history(
+            folded.hash, folded.changes, folded.value
+        ).encode()
+        st = self.states[name]
+        st.base = flake
+        st.count -= upto  # upto+1 rows become one
+        return True
+
+    def commit(self, db: Any, extra: Mapping[bytes, bytes | None], sync: bool) -> None:
+        with db.write_batch(sync=sync) as wb:
+            for name, rows in self.rows.items():
+                for key, value in rows.items():
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
+                if rows:
+                    wb.put(state_key(name), self.states[name].encode().encode())
+            for key, value in extra.items():
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+
+
+class DynoStore:
+    """An item store in LevelDB where each item is the replay of its timestamped ops.
+
+    Open it with a path (created when missing); use it as a context manager or call
+    ``close()``. Writes are serialized by a lock; LevelDB allows one process per store.
+    ``sync=True`` makes every write batch wait for the disk (survives power loss, slower).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sync: bool = False,
+        flakes: Callable[[], str] = new_flake,
+        lru_cache_size: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.sync = sync
+        self._flakes = flakes
+        self._lock = threading.RLock()
+        kwargs: dict[str, Any] = {"create_if_missing": True}
+        if lru_cache_size is not None:
+            kwargs["lru_cache_size"] = lru_cache_size
+        try:
+            self._db: Any = plyvel.DB(str(self.path), **kwargs)
+        except plyvel.IOError as exc:
+            raise DynoError(f"cannot open store at {self.path}: {exc}") from exc
+        if self._db.get(_VERSION_KEY) is None:
+            self._adopt_rows()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def __enter__(self) -> DynoStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open_db(self) -> Any:
+        if self._db is None:
+            raise StoreClosedError(f"store at {self.path} is closed")
+        return self._db
+
+    def _adopt_rows(self) -> None:
+        """First open of this database by dyno-stream: build the materialized states.
+
+        A store level-dyno wrote holds only item rows; replaying each item once here makes it
+        read exactly as level-dyno would have read it.
+        """
+        db = self._db
+        states: dict[str, ItemState] = {}
+        current: str | None = None
+        rows: list[tuple[str, str, str]] = []
+
+        def finish() -> None:
+            if current is not None:
+                states[current] = ops.replay(current, rows)
+
+        for key, value in db.iterator(start=b"\x01"):
+            try:
+                name, flake, op = split_key(key)
+                check_name(name)
+                if not is_flake(flake) or (op not in ops.OP_NAMES and op != HISTORY):
+                    raise ValueError(op)
+            except (ValueError, DynoError):
+                raise DynoError(
+                    f"{self.path} is not a dyno store: row {key!r} is not <name>/<flake>/<op>"
+                ) from None
+            if name != current:
+                finish()
+                current, rows = name, []
+            rows.append((flake, op, value.decode("utf-8")))
+        finish()
+        with db.write_batch(sync=True) as wb:
+            for name, st in states.items():
+                wb.put(state_key(name), st.encode().encode())
+            wb.put(_VERSION_KEY, FORMAT_VERSION)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def apply(
+        self,
+        events: Iterable[EventModel],
+        extra: Mapping[bytes, bytes | None] | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> list[str]:
+        """Apply validated op models (and flatten commands), in order, in one write batch.
+
+        Returns the names of the items that changed, in first-touched order. ``extra`` holds
+        internal rows (keys starting ``\\x00``; value None deletes) written in the same batch,
+        which is how the worker keeps its consumed offsets exactly in step with the data.
+
+        Without ``on_error`` the first bad op (late, conflicting, unknown flatten hash) raises
+        and nothing is written. With it, each bad op is reported as ``on_error(index, event,
+        error)``, skipped, and the rest is written.
+        """
+        extra = extra or {}
+        for key in extra:
+            if not key.startswith(INTERNAL):
+                raise DynoError(f"extra row {key!r} is not an internal key (must start \\x00)")
+        with self._lock:
+            db = self._open_db()
+            batch = _Batch(db)
+            touched: dict[str, None] = {}
+            for i, event in enumerate(events):
+                try:
+                    if isinstance(event, Flatten):
+                        changed = batch.flatten(event.item, event.hash)
+                    else:
+                        changed = batch.apply_op(event)
+                except DynoError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(i, event, exc)
+                    continue
+                if changed:
+                    touched[event.item] = None
+            batch.commit(db, extra, self.sync)
+            return list(touched)
+
+    def _one(self, op: str, name: str, change: Any, ts: str | None) -> str:
+        flake = self._flakes() if ts is None else ts
+        self.apply([make_op(op, name, change, flake)])
+        return flake
+
+    def put_item(self, name: str, value: dict[str, Any], ts: str | None = None) -> str:
+        return self._one(ops.PUT_ITEM, name, value, ts)
+
+    def del_item(self, name: str, ts: str | None = None) -> str:
+        return self._one(ops.DEL_ITEM, name, {}, ts)
+
+    def put_attrs(self, name: str, attrs: dict[str, Any], ts: str | None = None) -> str:
+        return self._one(ops.PUT_ATTRS, name, attrs, ts)
+
+    def del_attrs(self, name: str, attrs: list[str], ts: str | None = None) -> str:
+        return self._one(ops.DEL_ATTRS, name, attrs, ts)
+
+    def inc_attr_by(self, name: str, field: str, by: float = 1, ts: str | None = None) -> str:
+        return self._one(ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts)
+
+    def dec_attr_by(self, name: str, field: str, by: float = 1, ts: str | None = None) -> str:
+        return self._one(ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts)
+
+    def append(self, name: str, field: str, text: str, ts: str | None = None) -> str:
+        return self._one(ops.APPEND, name, {"field": field, "str": text}, ts)
+
+    def add_to_set(self, name: str, field: str, value: Any, ts: str | None = None) -> str:
+        return self._one(ops.ADD_TO_SET, name, {"field": field, "value": value}, ts)
+
+    def flatten(self, name: str, hash: str) -> bool:
+        """Fold every row up to the one whose chain hash is ``hash`` into one history row.
+
+        The caller vouches for that hash (it has seen the item with it). Returns False when
+        there was nothing to fold; raises ``UnknownHashError`` (writing nothing) when no row
+        has that hash.
+        """
+        check_name(name)
+        with self._lock:
+            batch = _Batch(self._open_db())
+            changed = batch.flatten(name, hash)
+            if changed:
+                batch.commit(self._db, {}, self.sync)
+            return changed
+
+    def flatten_before(self, name: str, flake: str) -> bool:
+        """Fold every row older than ``flake`` (time-based compaction)."""
+        check_name(name)
+        with self._lock:
+            batch = _Batch(self._open_db())
+            changed = batch.flatten_before(name, flake)
+            if changed:
+                batch.commit(self._db, {}, self.sync)
+            return changed
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _state(self, name: str) -> ItemState | None:
+        raw = self._open_db().get(state_key(name))
+        return None if raw is None else ItemState.decode(raw)
+
+    def get_item(self, name: str) -> Item:
+        check_name(name)
+        return Item.from_state(name, self._state(name))
+
+    def get_history(self, name: str) -> list[Changeset | HistoryChangeset]:
+        check_name(name)
+        prefix = item_prefix(name)
+        out: list[Changeset | HistoryChangeset] = []
+        for key, value in self._open_db().iterator(prefix=prefix):
+            flake, op = key[len(prefix) :].decode().split("/")
+            text = value.decode("utf-8")
+            if op == HISTORY:
+                hash_, changes, folded = ops.decode_history(text)
+                out.append(HistoryChangeset(name, flake, folded, hash_, changes))
+            else:
+                out.append(Changeset(name, flake, op, ops.loads(text)))
+        return out
+
+    def _items(
+        self,
+        start: bytes,
+        stop: bytes,
+        include_stop: bool,
+        predicate: Callable[[str, Item], bool] | None = None,
+    ) -> Iterator[tuple[str, Item]]:
+        # a snapshot keeps a long iteration consistent while the worker goes on writing
+        with self._open_db().snapshot() as snap:
+            for key, raw in snap.iterator(start=start, stop=stop, include_stop=include_stop):
+                name = key[len(STATE_PREFIX) :].decode("utf-8")
+                item = Item.from_state(name, ItemState.decode(raw))
+                if item.value is not None and (predicate is None or predicate(name, item)):
+                    yield name, item
+
+    def query(self, start: str, end: str) -> Iterator[tuple[str, Item]]:
+        """Items with ``start <= name <= end``, in name order (absent items are skipped)."""
+        return self._items(state_key(start), state_key(end), True)
+
+    def scan(self, predicate: Callable[[str, Item], bool]) -> Iterator[tuple[str, Item]]:
+        """Every present item for which ``predicate(name, item)`` is true, in name order."""
+        return self._items(STATE_PREFIX, _STATE_END, False, predicate)
+
+    def rows(self) -> Iterator[tuple[str, str]]:
+        """Every item row as ``(key, value)`` text, in key order: the seed README's view."""
+        for key, value in self._open_db().iterator(start=b"\x01"):
+            yield key.decode("utf-8"), value.decode("utf-8")
+
+    # -- internal rows (worker bookkeeping) ---------------------------------------------------
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        if not key.startswith(INTERNAL):
+            raise DynoError(f"{key!r} is not an internal key")
+        value: bytes | None = self._open_db().get(key)
+        return value
+
+    def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        if not prefix.startswith(INTERNAL):
+            raise DynoError(f"{prefix!r} is not an internal prefix")
+        yield from self._open_db().iterator(prefix=prefix)
+
+    def compact_range(self) -> None:
+        """Let LevelDB drop deleted rows from disk now (after flattening many items)."""
+        self._open_db().compact_range()
