@@ -96,12 +96,15 @@ class _Op(_Model):
     @property
     def change_json(self) -> str:
         """The change as stored in LevelDB and fed to the history hash."""
-        return self._change_json
+        # straight from the private dict: pydantic's __getattr__ path costs microseconds, and
+        # the store reads this once per op on its hot path
+        text: str = self.__pydantic_private__["_change_json"]  # type: ignore[index]
+        return text
 
     @property
     def change_value(self) -> Any:
         """The change as plain JSON data (what the op semantics take)."""
-        return self._change_value
+        return self.__pydantic_private__["_change_value"]  # type: ignore[index]
 
 
 class PutItem(_Op):

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from dyno_stream.errors import InvalidChangeError
 
 PUT_ITEM = "putItem"
@@ -38,16 +40,34 @@ def dumps(value: Any) -> str:
     return _encode(value)
 
 
+def dumps_internal(value: Any) -> bytes:
+    """JSON for internal rows (materialized states), where speed matters more than the form.
+
+    orjson is ten times faster than the stdlib here; it refuses integers beyond 64 bits, which
+    the stdlib then writes. Values are finite by then (every change was checked), and
+    ``loads`` (stdlib) reads both forms exactly.
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _encode(value).encode()
+
+
 def loads(text: str | bytes) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return _decode(text)
 
 
+try:  # CPython's own MD5 skips OpenSSL's per-call set-up: twice as fast on short inputs
+    from _md5 import md5 as _md5
+except ImportError:  # pragma: no cover - CPython built without it
+    _md5 = hashlib.md5
+
+
 def chain_hash(prev: str, name: str, flake: str, op: str, change_json: str) -> str:
     """One link of the history hash: ``md5(prev\\nname\\nflake\\nop\\nchange\\n)``."""
-    data = f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return _md5(f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()).hexdigest()
 
 
 def _is_number(v: Any) -> bool:
@@ -148,8 +168,10 @@ class ItemState:
         self.timestamp = self.base = flake
         self.count += 1
 
-    def encode(self) -> str:
-        return dumps([self.timestamp, self.changes, self.hash, self.count, self.base, self.value])
+    def encode(self) -> bytes:
+        return dumps_internal(
+            [self.timestamp, self.changes, self.hash, self.count, self.base, self.value]
+        )
 
     @classmethod
     def decode(cls, text: str | bytes) -> ItemState:

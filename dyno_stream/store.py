@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import plyvel
 
@@ -45,6 +45,7 @@ from dyno_stream.keys import (
     META_PREFIX,
     STATE_PREFIX,
     check_name,
+    escape_name,
     item_prefix,
     row_key,
     split_key,
@@ -104,6 +105,7 @@ class HistoryChangeset:
 
 
 _Row = tuple[bytes, str, str, str]  # key, flake, op, stored text
+_T = TypeVar("_T")
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
 
 
@@ -113,18 +115,23 @@ class _Batch:
     Nothing touches LevelDB until ``commit``, so an error anywhere leaves the store as it was.
     """
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, cache: dict[str, ItemState]) -> None:
         self._db = db
+        self._cache = cache
         self.states: dict[str, ItemState] = {}
         self.rows: dict[str, dict[bytes, bytes | None]] = {}  # per item: key -> value/None=delete
+        self.prefixes: dict[str, str] = {}  # per item: its escaped key prefix, ``name/``
 
     def state(self, name: str) -> ItemState:
         st = self.states.get(name)
         if st is None:
-            raw = self._db.get(state_key(name))
-            st = ItemState() if raw is None else ItemState.decode(raw)
+            st = self._cache.get(name)
+            if st is None:
+                raw = self._db.get(state_key(name))
+                st = ItemState() if raw is None else ItemState.decode(raw)
             self.states[name] = st
             self.rows[name] = {}
+            self.prefixes[name] = escape_name(name) + "/"
         return st
 
     def item_rows(self, name: str) -> list[_Row]:
@@ -142,15 +149,16 @@ class _Batch:
 
     def apply_op(self, model: OpModel) -> bool:
         """Add one op; return False when it was a duplicate (nothing to do)."""
+        # This is the hot path of every write: keep it lean (see bench/bench_store.py).
         name, flake, op = model.item, model.ts, model.op
-        st = self.state(name)
+        st = self.states.get(name) or self.state(name)
         if st.base is not None and flake <= st.base:
             raise LateOpError(
                 f"{name!r}: op at {flake} is not after the item's history row at {st.base}; "
                 "it can no longer be placed"
             )
         text = model.change_json
-        key = row_key(name, flake, op)
+        key = f"{self.prefixes[name]}{flake}/{op}".encode()
         if st.timestamp is None or flake > st.timestamp:
             st.push(name, flake, op, model.change_value, text)
             self.rows[name][key] = text.encode()
@@ -228,7 +236,7 @@ class _Batch:
         return True
 
     def commit(self, db: Any, extra: Mapping[bytes, bytes | None], sync: bool) -> None:
-        with db.write_batch(sync=sync) as wb:
+        with db.write_batch(sync=sync, transaction=True) as wb:
             for name, rows in self.rows.items():
                 for key, value in rows.items():
                     if value is None:
@@ -236,7 +244,7 @@ class _Batch:
                     else:
                         wb.put(key, value)
                 if rows:
-                    wb.put(state_key(name), self.states[name].encode().encode())
+                    wb.put(state_key(name), self.states[name].encode())
             for key, value in extra.items():
                 if value is None:
                     wb.delete(key)
@@ -259,8 +267,12 @@ class DynoStore:
         sync: bool = False,
         flakes: Callable[[], str] = new_flake,
         lru_cache_size: int | None = None,
+        state_cache_size: int = 100_000,
     ) -> None:
         self.path = Path(path)
+        # decoded states of recently written items: a batch then skips the read and decode
+        self._cache: dict[str, ItemState] = {}
+        self._cache_size = state_cache_size
         self.sync = sync
         self._flakes = flakes
         self._lock = threading.RLock()
@@ -334,7 +346,7 @@ class DynoStore:
         finish()
         with db.write_batch(sync=True) as wb:
             for name, st in states.items():
-                wb.put(state_key(name), st.encode().encode())
+                wb.put(state_key(name), st.encode())
             wb.put(_VERSION_KEY, FORMAT_VERSION)
 
     # -- writing -----------------------------------------------------------------------------
@@ -359,9 +371,8 @@ class DynoStore:
         for key in extra:
             if not key.startswith(INTERNAL):
                 raise DynoError(f"extra row {key!r} is not an internal key (must start \\x00)")
-        with self._lock:
-            db = self._open_db()
-            batch = _Batch(db)
+
+        def run(batch: _Batch) -> list[str]:
             touched: dict[str, None] = {}
             for i, event in enumerate(events):
                 try:
@@ -376,8 +387,36 @@ class DynoStore:
                     continue
                 if changed:
                     touched[event.item] = None
-            batch.commit(db, extra, self.sync)
             return list(touched)
+
+        return self._write(run, extra)
+
+    def _write(
+        self, run: Callable[[_Batch], _T], extra: Mapping[bytes, bytes | None] | None = None
+    ) -> _T:
+        """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
+
+        The batch changes cached states in place (that is what makes a batch cheap), so when
+        anything fails before the write lands, those states are dropped from the cache and
+        read again from LevelDB next time.
+        """
+        with self._lock:
+            db = self._open_db()
+            batch = _Batch(db, self._cache)
+            try:
+                result = run(batch)
+                batch.commit(db, extra or {}, self.sync)
+            except BaseException:
+                for name in batch.states:
+                    self._cache.pop(name, None)
+                raise
+            cache = self._cache
+            for name, st in batch.states.items():
+                cache.pop(name, None)
+                cache[name] = st  # most recently used last
+            while len(cache) > self._cache_size:
+                del cache[next(iter(cache))]
+            return result
 
     def _one(self, op: str, name: str, change: Any, ts: str | None) -> str:
         flake = self._flakes() if ts is None else ts
@@ -416,22 +455,12 @@ class DynoStore:
         has that hash.
         """
         check_name(name)
-        with self._lock:
-            batch = _Batch(self._open_db())
-            changed = batch.flatten(name, hash)
-            if changed:
-                batch.commit(self._db, {}, self.sync)
-            return changed
+        return self._write(lambda batch: batch.flatten(name, hash))
 
     def flatten_before(self, name: str, flake: str) -> bool:
         """Fold every row older than ``flake`` (time-based compaction)."""
         check_name(name)
-        with self._lock:
-            batch = _Batch(self._open_db())
-            changed = batch.flatten_before(name, flake)
-            if changed:
-                batch.commit(self._db, {}, self.sync)
-            return changed
+        return self._write(lambda batch: batch.flatten_before(name, flake))
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -1,0 +1,241 @@
+"""Tests of the local Kafka broker (dyno_stream.broker).
+
+The ``kafka``-marked tests run the real Apache Kafka broker with java (jars fetched once by
+Maven into the user cache) on free loopback ports in a temporary home, so they never touch a
+broker a developer has running. The unmarked tests cover the error paths that need neither
+Java nor the network (a fake ``mvn`` stands in for Maven).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+# confluent_kafka.admin re-exports NewTopic without marking it public for type checkers (2.16);
+# it is defined, and typed, in cimpl.
+from confluent_kafka.cimpl import NewTopic
+
+from dyno_stream.broker import (
+    KAFKA_VERSION,
+    LocalBroker,
+    bootstrap_reachable,
+    default_cache_root,
+    ensure_jars,
+)
+from dyno_stream.errors import BrokerError
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 (the controller's) are both free on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port < 65535 and _port_is_free(port) and _port_is_free(port + 1):
+            return port
+    raise RuntimeError("no pair of adjacent free ports found")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A LocalBroker in a temporary home on free ports, always stopped afterwards."""
+    instance = LocalBroker(home=tmp_path / "broker", port=free_port_pair())
+    try:
+        yield instance
+    finally:
+        instance.stop(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real broker
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_broker_lifecycle_and_roundtrip(broker: LocalBroker) -> None:
+    assert not broker.is_running()
+    assert broker.status().running is False
+
+    bootstrap = broker.start(timeout=120)
+    assert bootstrap == f"127.0.0.1:{broker.port}"
+
+    status = broker.status()
+    assert status.running and broker.is_running()
+    assert status.pid is not None and status.pid > 0
+    assert status.bootstrap == bootstrap
+    assert status.home == broker.home
+    assert bootstrap_reachable(bootstrap, timeout=5)
+
+    # Idempotent: a second start (also from another instance, as a CLI would make) returns the
+    # same address and leaves the same JVM running.
+    assert broker.start() == bootstrap
+    other = LocalBroker(home=broker.home, port=broker.port)
+    assert other.start() == bootstrap
+    assert broker.status().pid == status.pid == other.status().pid
+
+    topic = f"test-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    futures[topic].result(timeout=30)
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key=b"k", value=b"hello dyno")
+    assert producer.flush(30) == 0
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{topic}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        received = None
+        while received is None and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            received = (msg.key(), msg.value())
+    finally:
+        consumer.close()
+    assert received == (b"k", b"hello dyno")
+
+    assert (broker.home / "logs" / "server.log").exists()
+
+    assert broker.stop() is True
+    assert not broker.is_running()
+    assert not (broker.home / "broker.pid").exists()
+    assert not bootstrap_reachable(bootstrap, timeout=2)
+    assert broker.stop() is False
+    assert broker.status().running is False
+
+
+@pytest.mark.kafka
+def test_jvm_dying_at_start_reports_its_log(broker: LocalBroker) -> None:
+    broker.heap = "-Xmx1m"  # the JVM refuses to start with so small a heap
+    with pytest.raises(BrokerError, match="exited during start-up") as excinfo:
+        broker.start(timeout=60)
+    assert "heap" in str(excinfo.value).lower()
+    assert not broker.is_running()
+    assert not (broker.home / "broker.pid").exists()
+
+
+@pytest.mark.kafka
+def test_ensure_jars_is_cached() -> None:
+    libs = ensure_jars()
+    assert (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+    assert any(libs.glob("log4j-slf4j-impl-*.jar"))
+    started = time.monotonic()
+    assert ensure_jars() == libs
+    assert time.monotonic() - started < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Error paths without Java or the network
+# ---------------------------------------------------------------------------------------------
+
+
+def test_port_taken_by_something_else(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = int(squatter.getsockname()[1])
+        broker = LocalBroker(home=tmp_path / "broker", port=port)
+        with pytest.raises(
+            BrokerError, match=rf"client port 127\.0\.0\.1:{port} is already in use"
+        ):
+            broker.start(timeout=5)
+        assert not broker.is_running()
+        assert broker.stop() is False
+
+
+def test_bootstrap_unreachable_when_nothing_listens() -> None:
+    port = free_port_pair()
+    started = time.monotonic()
+    assert not bootstrap_reachable(f"127.0.0.1:{port}", timeout=2)
+    assert time.monotonic() - started < 2.5
+
+
+def _fake_mvn(bin_dir: Path, body: str) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "mvn"
+    script.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in -DoutputDirectory=*) out="${a#-DoutputDirectory=}";; '
+        "esac; done\n" + body
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def test_ensure_jars_without_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(BrokerError, match="Maven"):
+        ensure_jars(tmp_path / "cache")
+
+
+def test_ensure_jars_redoes_a_failed_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    # A download that fails half way: the error quotes Maven's output, nothing counts as cached.
+    _fake_mvn(
+        bin_dir,
+        'mkdir -p "$out" && touch "$out/half.jar"\n'
+        'echo "[ERROR] Could not resolve dependencies: network is down"\nexit 1\n',
+    )
+    with pytest.raises(BrokerError, match="network is down"):
+        ensure_jars(cache)
+    version_dir = cache / f"kafka-{KAFKA_VERSION}"
+    assert not (version_dir / "libs.complete").exists()
+    assert not (version_dir / "libs").exists()
+
+    # The next call downloads again.
+    _fake_mvn(bin_dir, f'mkdir -p "$out" && touch "$out/kafka_2.13-{KAFKA_VERSION}.jar"\n')
+    libs = ensure_jars(cache)
+    assert libs == version_dir / "libs"
+    assert (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+    assert (version_dir / "libs.complete").is_file()
+
+    # Cached now: Maven is not needed any more.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert ensure_jars(cache) == libs
+
+
+def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNO_BROKER_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("DYNO_BROKER_PORT", "29555")
+    broker = LocalBroker()
+    assert broker.home == (tmp_path / "h").resolve()
+    assert broker.port == 29555
+    assert broker.controller_port == 29556
+    assert broker.bootstrap == "127.0.0.1:29555"
+    monkeypatch.setenv("DYNO_KAFKA_CACHE", str(tmp_path / "c"))
+    assert default_cache_root() == tmp_path / "c"
+    monkeypatch.setenv("DYNO_BROKER_PORT", "nope")
+    with pytest.raises(BrokerError, match="DYNO_BROKER_PORT"):
+        LocalBroker()
