@@ -37,6 +37,24 @@ class InvalidChangeError(ValidationError):
     """A change whose shape does not fit its op, or that is not finite JSON."""
 
 
+class NotJsonError(ValidationError):
+    """Bytes that are not a JSON document (or not UTF-8)."""
+
+    reason = "not-json"
+
+
+class OversizedEventError(ValidationError):
+    """An event larger than the configured limit."""
+
+    reason = "oversized"
+
+
+class KeyMismatchError(ValidationError):
+    """A Kafka key that is not the event's item name: the op may sit on the wrong partition."""
+
+    reason = "key-mismatch"
+
+
 class LateOpError(DynoError):
     """An op older than the item's flattened history row: it can no longer be placed."""
 
@@ -65,6 +83,12 @@ class BrokerError(DynoError):
     """The local Kafka broker could not be fetched, started, or reached."""
 
     reason = "broker"
+
+
+class PublishError(DynoError):
+    """Snapshots or dead letters were not acknowledged by Kafka; the batch stays pending."""
+
+    reason = "publish"
 
 
 class ConfigError(DynoError):

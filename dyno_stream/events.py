@@ -18,6 +18,7 @@ from dyno_stream.errors import (
     InvalidChangeError,
     InvalidFlakeError,
     InvalidNameError,
+    NotJsonError,
     ValidationError,
 )
 from dyno_stream.flake import FLAKE_RE
@@ -212,6 +213,8 @@ def _convert(exc: pydantic.ValidationError) -> ValidationError:
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, ValidationError):
         field, msg = ctx_err.field, str(ctx_err).split(": ", 1)[-1]
+    if err["type"] == "json_invalid":
+        return NotJsonError("event", msg)
     if err["type"] == "union_tag_invalid":
         field, msg = "op", f"unknown op; expected one of {', '.join(ops.OP_NAMES)}, flatten"
     elif err["type"] == "union_tag_not_found":

@@ -106,6 +106,8 @@ class HistoryChangeset:
 
 _Row = tuple[bytes, str, str, str]  # key, flake, op, stored text
 _T = TypeVar("_T")
+Rows = Mapping[bytes, bytes | None]
+Extra = Rows | Callable[[_T], Rows]
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
 
 
@@ -235,7 +237,7 @@ class _Batch:
         st.count -= upto  # upto+1 rows become one
         return True
 
-    def commit(self, db: Any, extra: Mapping[bytes, bytes | None], sync: bool) -> None:
+    def commit(self, db: Any, extra: Rows, sync: bool) -> None:
         with db.write_batch(sync=sync, transaction=True) as wb:
             for name, rows in self.rows.items():
                 for key, value in rows.items():
@@ -354,23 +356,21 @@ class DynoStore:
     def apply(
         self,
         events: Iterable[EventModel],
-        extra: Mapping[bytes, bytes | None] | None = None,
+        extra: Extra[list[str]] | None = None,
         on_error: ErrorHandler | None = None,
     ) -> list[str]:
         """Apply validated op models (and flatten commands), in order, in one write batch.
 
         Returns the names of the items that changed, in first-touched order. ``extra`` holds
         internal rows (keys starting ``\\x00``; value None deletes) written in the same batch,
-        which is how the worker keeps its consumed offsets exactly in step with the data.
+        which is how the worker keeps its consumed offsets exactly in step with the data. It
+        may be a function of the touched names, called once every op has run (so rows that
+        depend on the outcome, such as pending snapshots, land in the same batch).
 
         Without ``on_error`` the first bad op (late, conflicting, unknown flatten hash) raises
         and nothing is written. With it, each bad op is reported as ``on_error(index, event,
         error)``, skipped, and the rest is written.
         """
-        extra = extra or {}
-        for key in extra:
-            if not key.startswith(INTERNAL):
-                raise DynoError(f"extra row {key!r} is not an internal key (must start \\x00)")
 
         def run(batch: _Batch) -> list[str]:
             touched: dict[str, None] = {}
@@ -391,9 +391,7 @@ class DynoStore:
 
         return self._write(run, extra)
 
-    def _write(
-        self, run: Callable[[_Batch], _T], extra: Mapping[bytes, bytes | None] | None = None
-    ) -> _T:
+    def _write(self, run: Callable[[_Batch], _T], extra: Extra[_T] | None = None) -> _T:
         """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
 
         The batch changes cached states in place (that is what makes a batch cheap), so when
@@ -405,7 +403,11 @@ class DynoStore:
             batch = _Batch(db, self._cache)
             try:
                 result = run(batch)
-                batch.commit(db, extra or {}, self.sync)
+                rows = extra(result) if callable(extra) else (extra or {})
+                for key in rows:
+                    if not key.startswith(INTERNAL):
+                        raise DynoError(f"extra row {key!r} is not internal (must start \\x00)")
+                batch.commit(db, rows, self.sync)
             except BaseException:
                 for name in batch.states:
                     self._cache.pop(name, None)
@@ -509,9 +511,12 @@ class DynoStore:
         """Every present item for which ``predicate(name, item)`` is true, in name order."""
         return self._items(STATE_PREFIX, _STATE_END, False, predicate)
 
-    def rows(self) -> Iterator[tuple[str, str]]:
-        """Every item row as ``(key, value)`` text, in key order: the seed README's view."""
-        for key, value in self._open_db().iterator(start=b"\x01"):
+    def rows(self, name: str | None = None) -> Iterator[tuple[str, str]]:
+        """Item rows as ``(key, value)`` text in key order (all, or one item's): the seed
+        README's view of the store."""
+        db = self._open_db()
+        it = db.iterator(start=b"\x01") if name is None else db.iterator(prefix=item_prefix(name))
+        for key, value in it:
             yield key.decode("utf-8"), value.decode("utf-8")
 
     # -- internal rows (worker bookkeeping) ---------------------------------------------------

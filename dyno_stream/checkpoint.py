@@ -1,0 +1,205 @@
+"""Per-partition state and the commit order that makes the worker exactly-once in effect.
+
+Each assigned partition of the ops topic has its own :class:`DynoStore` (so a partition can
+move to another worker with its data). Beside the items, the store keeps, in its internal key
+space, the bookkeeping that must move in step with them:
+
+- ``offset``: the next offset to consume. It is written in the same LevelDB batch as the ops,
+  so after a crash the store's own offset is the truth: an op is either applied and counted,
+  or neither, and it is never applied twice.
+- ``pending/snapshots``: the items a batch changed and the offsets that changed them, until
+  their snapshots are acknowledged by Kafka.
+- ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
+
+The commit order of one batch (see ``Worker._process``)::
+
+    1. validate the raw events                   (nothing written yet)
+    2. store.apply: ops + offset + pending rows  (one atomic LevelDB batch per partition)
+    3. produce snapshots and dead letters; wait for every acknowledgement
+    4. clear the pending rows                    (small LevelDB batch)
+    5. commit the offsets to Kafka               (only for lag tools; the store is the truth)
+
+A crash before 2 replays the batch; between 2 and 4 the worker publishes the pending
+snapshots and dead letters again when it next opens the partition (duplicates are possible,
+loss is not, and a snapshot is always read from the store, so a duplicate is never stale).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dyno_stream import ops
+from dyno_stream.errors import DynoError
+from dyno_stream.events import Snapshot, Source
+from dyno_stream.keys import META_PREFIX
+from dyno_stream.store import DynoStore, Item
+
+OFFSET_KEY = META_PREFIX + b"offset"
+PARTITION_KEY = META_PREFIX + b"partition"
+PENDING_SNAPSHOTS_KEY = META_PREFIX + b"pending\x00snapshots"
+PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
+
+#: Header names the worker adds to a dead letter.
+H_REASON = "dyno.error.reason"
+H_MESSAGE = "dyno.error.message"
+H_FIELD = "dyno.error.field"
+H_TOPIC = "dyno.source.topic"
+H_PARTITION = "dyno.source.partition"
+H_OFFSET = "dyno.source.offset"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event the worker could not apply, with the reason, kept byte for byte."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    reason: str
+    message: str
+    field: str | None = None
+
+    def kafka_headers(self) -> Headers:
+        extra: Headers = [
+            (H_REASON, self.reason.encode()),
+            (H_MESSAGE, self.message.encode("utf-8", "replace")),
+            (H_TOPIC, self.topic.encode()),
+            (H_PARTITION, str(self.partition).encode()),
+            (H_OFFSET, str(self.offset).encode()),
+        ]
+        if self.field is not None:
+            extra.append((H_FIELD, self.field.encode("utf-8", "replace")))
+        return [*self.headers, *extra]
+
+    def encode(self) -> bytes:
+        def b64(v: bytes | None) -> str | None:
+            return None if v is None else base64.b64encode(v).decode()
+
+        return json.dumps(
+            {
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "key": b64(self.key),
+                "value": b64(self.value),
+                "headers": [[k, b64(v)] for k, v in self.headers],
+                "reason": self.reason,
+                "message": self.message,
+                "field": self.field,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DeadLetter:
+        d = json.loads(raw)
+
+        def unb64(v: str | None) -> bytes | None:
+            return None if v is None else base64.b64decode(v)
+
+        return cls(
+            d["topic"],
+            d["partition"],
+            d["offset"],
+            unb64(d["key"]),
+            unb64(d["value"]),
+            [(k, unb64(v) or b"") for k, v in d["headers"]],
+            d["reason"],
+            d["message"],
+            d["field"],
+        )
+
+
+def snapshot_of(item: Item, source: Source | None) -> Snapshot:
+    return Snapshot(
+        item=item.name,
+        value=item.value,
+        timestamp=item.timestamp,
+        changes=item.changes,
+        hash=item.hash,
+        count=item.count,
+        source=source,
+    )
+
+
+def snapshot_bytes(item: Item, topic: str, partition: int, offset: int) -> bytes:
+    """The snapshot event's JSON (built directly: this runs once per item per batch)."""
+    return ops.dumps_internal(
+        {
+            "item": item.name,
+            "value": item.value,
+            "timestamp": item.timestamp,
+            "changes": item.changes,
+            "hash": item.hash,
+            "count": item.count,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+        }
+    )
+
+
+@dataclass
+class PartitionStore:
+    """One partition's store and bookkeeping."""
+
+    topic: str
+    partition: int
+    store: DynoStore
+    next_offset: int | None = None
+    #: pending rows written by the last batch, cleared once acknowledged
+    dirty: dict[bytes, None] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, data_dir: Path, topic: str, partition: int, sync: bool) -> PartitionStore:
+        path = data_dir / topic / f"{partition:04d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = DynoStore(path, sync=sync)
+        ident = f"{topic}/{partition}".encode()
+        held = store.get_meta(PARTITION_KEY)
+        if held is not None and held != ident:
+            store.close()
+            raise DynoError(f"{path} holds partition {held.decode()}, not {ident.decode()}")
+        if held is None:
+            store.apply([], extra={PARTITION_KEY: ident})
+        raw = store.get_meta(OFFSET_KEY)
+        return cls(topic, partition, store, None if raw is None else int(raw))
+
+    @property
+    def label(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+    def pending_snapshots(self) -> dict[str, int]:
+        raw = self.store.get_meta(PENDING_SNAPSHOTS_KEY)
+        return {} if raw is None else dict(json.loads(raw))
+
+    def pending_dead_letters(self) -> list[tuple[bytes, DeadLetter]]:
+        return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
+
+    def batch_rows(
+        self, next_offset: int, touched: dict[str, int], dead: list[DeadLetter]
+    ) -> dict[bytes, bytes | None]:
+        """Internal rows for step 2: the new offset and what is pending publication."""
+        rows: dict[bytes, bytes | None] = {OFFSET_KEY: str(next_offset).encode()}
+        if touched:
+            rows[PENDING_SNAPSHOTS_KEY] = json.dumps(list(touched.items())).encode()
+        for d in dead:
+            rows[PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()] = d.encode()
+        self.dirty = dict.fromkeys(k for k in rows if k != OFFSET_KEY)
+        return rows
+
+    def clear_pending(self, keys: Any = None) -> None:
+        """Step 4: the batch's snapshots and dead letters are acknowledged."""
+        keys = self.dirty if keys is None else keys
+        if keys:
+            self.store.apply([], extra=dict.fromkeys(keys))
+        self.dirty = {}
+
+    def close(self) -> None:
+        self.store.close()

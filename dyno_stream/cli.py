@@ -1,0 +1,281 @@
+"""The ``dyno-stream`` command line.
+
+Every command reads the same settings (``config/dyno-stream.toml``, ``DYNO_*`` environment)
+and turns a ``DynoError`` into one clear line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from dyno_stream.config import Settings, load_settings
+from dyno_stream.errors import DynoError
+
+app = typer.Typer(
+    help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+broker_app = typer.Typer(help="The local Apache Kafka broker (from Maven Central jars).",
+                         no_args_is_help=True)
+schemas_app = typer.Typer(help="The JSON Schema of the wire contract.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(schemas_app, name="schemas")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Report our errors as one line, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DynoError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+# -- broker ------------------------------------------------------------------------------------
+
+
+@broker_app.command("start")
+@friendly
+def broker_start() -> None:
+    """Start the local broker (downloads the jars once); prints the bootstrap address."""
+    from dyno_stream.broker import LocalBroker
+
+    b = LocalBroker()
+    err.print(f"starting Kafka broker in {b.home} ...")
+    out.print(b.start())
+
+
+@broker_app.command("stop")
+@friendly
+def broker_stop() -> None:
+    """Stop the local broker."""
+    from dyno_stream.broker import LocalBroker
+
+    out.print("stopped" if LocalBroker().stop() else "not running")
+
+
+@broker_app.command("status")
+@friendly
+def broker_status() -> None:
+    """Is the local broker running?"""
+    from dyno_stream.broker import LocalBroker
+
+    st = LocalBroker().status()
+    out.print(f"{'running' if st.running else 'stopped'}  pid={st.pid}  "
+              f"bootstrap={st.bootstrap}  home={st.home}")
+    if not st.running:
+        raise typer.Exit(3)
+
+
+@broker_app.command("fetch")
+@friendly
+def broker_fetch() -> None:
+    """Download the broker's jars into the cache (done by start too)."""
+    from dyno_stream.broker import ensure_jars
+
+    out.print(str(ensure_jars()))
+
+
+# -- worker and topics -------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def worker() -> None:
+    """Run a stream worker until SIGTERM/SIGINT."""
+    from dyno_stream.logs import setup_logging
+    from dyno_stream.worker import Worker
+
+    s = settings()
+    setup_logging(s.worker.log_format, s.worker.log_level)
+    raise typer.Exit(Worker(s).run())
+
+
+@app.command()
+@friendly
+def topics() -> None:
+    """Create the ops, snapshot and dead-letter topics if they are missing."""
+    from dyno_stream.topics import ensure_topics
+
+    created = ensure_topics(settings())
+    out.print("created: " + ", ".join(created) if created else "all topics exist")
+
+
+# -- producing ---------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def op(
+    item: Annotated[str, typer.Argument(help="Item name (also the Kafka key).")],
+    opname: Annotated[str, typer.Argument(
+        metavar="OPNAME",
+        help="putItem, delItem, putAttrs, delAttrs, incAttrBy, decAttrBy, append, addToSet.")],
+    change: Annotated[str, typer.Argument(help='The change as JSON, e.g. \'{"nick":"chilts"}\'.')]
+    = "{}",
+    ts: Annotated[str | None, typer.Option(help="Flake id to use (default: a new one).")] = None,
+) -> None:
+    """Produce one op event to the ops topic and print where it landed."""
+    from dyno_stream.client import DynoClient
+    from dyno_stream.errors import InvalidChangeError
+    from dyno_stream.events import make_op
+    from dyno_stream.flake import new_flake
+
+    try:
+        value = json.loads(change)
+    except json.JSONDecodeError as exc:
+        raise InvalidChangeError("change", f"not JSON: {exc}") from None
+    event = make_op(opname, item, value, ts or new_flake())
+    with DynoClient(settings()) as client:
+        d = client.send(event).result(30)
+    out.print(f"{d.op} {d.item} ts={d.ts} -> {d.topic}/{d.partition}@{d.offset}")
+
+
+@app.command()
+@friendly
+def flatten(
+    item: Annotated[str, typer.Argument(help="Item name.")],
+    hash: Annotated[str, typer.Argument(help="The chain hash to flatten up to (MD5 hex).")],
+) -> None:
+    """Send a flatten command: workers fold the item's history up to that hash, in order."""
+    from dyno_stream.client import DynoClient
+
+    with DynoClient(settings()) as client:
+        d = client.flatten(item, hash).result(30)
+    out.print(f"flatten {d.item} -> {d.topic}/{d.partition}@{d.offset}")
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _http_get(path: str, s: Settings) -> tuple[int, bytes] | None:
+    """Ask a running worker (its store is locked while it runs); None when none answers."""
+    if not s.worker.http_port:
+        return None
+    url = f"http://{s.worker.http_host}:{s.worker.http_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None
+
+
+def _local_stores(s: Settings) -> list[Path]:
+    root = s.worker.data_dir / s.topics.ops
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+@app.command()
+@friendly
+def get(item: Annotated[str, typer.Argument(help="Item name.")]) -> None:
+    """Print an item as a worker's store holds it (value, timestamp, changes, hash, count)."""
+    from urllib.parse import quote
+
+    from dyno_stream.store import DynoStore
+
+    s = settings()
+    answer = _http_get(f"/items/{quote(item, safe='')}", s)
+    if answer is not None and answer[0] == 200:
+        out.print_json(answer[1].decode())
+        return
+    for path in _local_stores(s):
+        with DynoStore(path) as store:
+            it = store.get_item(item)
+            if it.count:
+                out.print_json(json.dumps({
+                    "item": item, "value": it.value, "timestamp": it.timestamp,
+                    "changes": it.changes, "hash": it.hash, "count": it.count,
+                    "store": str(path)}, ensure_ascii=False))
+                return
+    err.print(f"no item {item!r} in the worker's stores")
+    raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def dump(
+    item: Annotated[str | None, typer.Option(help="Only this item's rows.")] = None,
+    db: Annotated[Path | None, typer.Option(help="A store's path (default: the worker's).")]
+    = None,
+) -> None:
+    """Print LevelDB rows as the seed's README shows them: key = value."""
+    from urllib.parse import quote
+
+    from dyno_stream.store import DynoStore
+
+    if db is None:
+        s = settings()
+        query = "" if item is None else f"?item={quote(item, safe='')}"
+        answer = _http_get(f"/rows{query}", s)
+        if answer is not None and answer[0] == 200:
+            sys.stdout.write(answer[1].decode())
+            return
+        paths = _local_stores(s)
+    else:
+        paths = [db]
+    for path in paths:
+        with DynoStore(path) as store:
+            for key, value in store.rows(item):
+                out.print(f"{key} = {value}", markup=False, soft_wrap=True)
+
+
+# -- schemas -----------------------------------------------------------------------------------
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schema files of the wire contract."""
+    from dyno_stream.events import json_schemas
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (directory / name).write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+        out.print(f"wrote {directory / name}")
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def demo(
+    keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")]
+    = False,
+) -> None:
+    """The seed's example end to end through Kafka (starts the broker and a worker)."""
+    from dyno_stream.demo import run_demo
+
+    run_demo(out, keep_broker=keep_broker)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,169 @@
+"""Settings: one frozen, validated object, from a TOML file and the environment.
+
+Precedence (highest first): arguments in code, environment variables (``DYNO_`` prefix,
+``__`` between levels, e.g. ``DYNO_KAFKA__BOOTSTRAP_SERVERS``), the TOML file
+(``$DYNO_CONFIG``, else ``config/dyno-stream.toml`` when it exists), then the defaults here.
+
+``KafkaSettings`` maps onto librdkafka's own configuration names (``librdkafka()``), so
+anything librdkafka accepts (SASL, TLS, timeouts) can be set through ``kafka.extra`` without
+this module knowing of it. Secrets are ``SecretStr``: they never appear in a repr or a log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from dyno_stream.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/dyno-stream.toml")
+
+_SECRET_WORDS = ("password", "secret", "key.password", "token")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """How to reach the Kafka cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    client_id: str = "dyno-stream"
+    #: Any other librdkafka setting, by its own name (passed through unchanged).
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The settings as librdkafka names them (secrets revealed: pass to clients only)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password,
+        }
+        for key, value in optional.items():
+            if value is not None:
+                conf[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        conf.update(self.extra)
+        return conf
+
+    def redacted(self) -> dict[str, Any]:
+        """The same settings, fit for a log line."""
+        return {
+            k: "***" if any(w in k for w in _SECRET_WORDS) else v
+            for k, v in self.librdkafka().items()
+        }
+
+
+class TopicSettings(_Section):
+    """The topics a worker reads and writes; created with these settings when missing."""
+
+    ops: str = "dyno.ops"
+    snapshots: str = "dyno.snapshots"
+    dead_letter: str = "dyno.dead-letter"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    create_missing: bool = True
+
+
+class WorkerSettings(_Section):
+    group_id: str = "dyno-workers"
+    data_dir: Path = Path(".dyno/data")
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    #: How long one consume call waits to fill a batch.
+    batch_timeout_s: float = Field(default=0.05, gt=0)
+    #: Larger events go to the dead-letter topic with reason ``oversized``.
+    max_event_bytes: int = Field(default=1_048_576, ge=64)
+    #: fsync every LevelDB write batch (survives power loss; slower).
+    sync_writes: bool = False
+    #: How long to wait for snapshot acknowledgements before giving up the batch.
+    publish_timeout_s: float = Field(default=60.0, gt=0)
+    #: HTTP endpoint for /metrics, /healthz and item reads; port 0 turns it off.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+
+class Settings(BaseSettings):
+    """Everything dyno-stream reads from configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DYNO_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def config_file() -> Path | None:
+    """The TOML file in force: ``$DYNO_CONFIG`` (must exist), else the default if present."""
+    explicit = os.environ.get("DYNO_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"DYNO_CONFIG={explicit}: no such file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings, turning pydantic's error into a ``ConfigError`` that names the setting."""
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,499 @@
+"""The stream worker: Kafka ops -> validate -> apply -> snapshot -> commit.
+
+One worker process consumes the ops topic in a consumer group. For every assigned partition it
+opens that partition's store (see ``checkpoint``), seeks to the store's own recorded offset,
+and then processes batches, each in the commit order written down in ``checkpoint``. Bad
+events never stop it: each goes to the dead-letter topic with its reason and is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import plyvel
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from dyno_stream.checkpoint import (
+    PENDING_SNAPSHOTS_KEY,
+    DeadLetter,
+    PartitionStore,
+    snapshot_bytes,
+)
+from dyno_stream.config import Settings
+from dyno_stream.errors import (
+    DynoError,
+    InvalidChangeError,
+    KeyMismatchError,
+    OversizedEventError,
+    PublishError,
+)
+from dyno_stream.events import EventModel, Flatten, parse_event
+from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
+from dyno_stream.topics import ensure_topics
+
+log = logging.getLogger("dyno_stream.worker")
+
+_LAG_EVERY_S = 5.0
+_OPEN_RETRY_S = 30.0
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Idempotent, acks=all, and Java's partitioner, so every client places an item alike."""
+    return {
+        **settings.kafka.librdkafka(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "partitioner": "murmur2_random",
+        "message.timeout.ms": int(settings.worker.publish_timeout_s * 1000),
+    }
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The store keeps the offsets that matter; Kafka's committed offsets only show lag."""
+    return {
+        **settings.kafka.librdkafka(),
+        "group.id": settings.worker.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    }
+
+
+@dataclass
+class _PartitionBatch:
+    """The events of one batch that belong to one partition, in offset order."""
+
+    events: list[EventModel] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    last_offset: int = -1
+    touched: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs until stopped (``stop()``, SIGTERM or SIGINT); ``run()`` returns the exit status."""
+
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics()
+        self.health = Health()
+        self._parts: dict[tuple[str, int], PartitionStore] = {}
+        self._stop = threading.Event()
+        self._handle_signals = handle_signals
+        self._delivery_errors: list[str] = []
+        self._acked_snapshots = 0
+        self._last_lag = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self.http: HttpEndpoint | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._stop.is_set():
+            log.warning("second signal: exiting at once")
+            os._exit(128 + signum)
+        log.info("signal %s: finishing the batch, then stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        s = self.settings
+        log.info(
+            "worker starting",
+            extra={
+                "kafka": s.kafka.redacted(),
+                "topics": s.topics.model_dump(),
+                "group": s.worker.group_id,
+                "data_dir": str(s.worker.data_dir),
+            },
+        )
+        if self._handle_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        if s.topics.create_missing:
+            ensure_topics(s)
+        s.worker.data_dir.mkdir(parents=True, exist_ok=True)
+        if s.worker.http_port:
+            self.http = HttpEndpoint(
+                s.worker.http_host,
+                s.worker.http_port,
+                self.metrics,
+                self.health,
+                self.read_item,
+                self.read_rows,
+            )
+            self.http.start()
+            log.info(
+                "http endpoint at %s (/metrics /healthz /items/<name> /rows)", self.http.address
+            )
+        self._producer = Producer(producer_config(s))
+        self._consumer = Consumer(consumer_config(s))
+        self._consumer.subscribe(
+            [s.topics.ops],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.health.state = "running"
+        try:
+            while not self._stop.is_set():
+                messages = self._consumer.consume(s.worker.batch_size, s.worker.batch_timeout_s)
+                self.health.beat()
+                if messages:
+                    self._process(messages)
+                self._punctuate()
+        finally:
+            self.health.state = "stopping"
+            self._shutdown()
+        log.info("worker stopped")
+        return 0
+
+    def _shutdown(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()  # revokes, so every partition store is closed
+        finally:
+            for ps in list(self._parts.values()):
+                ps.close()
+            self._parts.clear()
+            if self._producer is not None:
+                self._producer.flush(5)
+            if self.http is not None:
+                self.http.stop()
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            ps = self._open_partition(tp.topic, tp.partition)
+            self._parts[(tp.topic, tp.partition)] = ps
+            self._republish_pending(ps)
+            tp.offset = OFFSET_BEGINNING if ps.next_offset is None else ps.next_offset
+            log.info(
+                "assigned %s from offset %s",
+                ps.label,
+                "beginning" if ps.next_offset is None else ps.next_offset,
+            )
+        consumer.assign(partitions)
+        self._partitions_changed()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches finish before consume() is called again, so nothing is in flight here:
+        # commit what the stores hold, then let the partitions go.
+        offsets = [
+            TopicPartition(tp.topic, tp.partition, ps.next_offset)
+            for tp in partitions
+            if (ps := self._parts.get((tp.topic, tp.partition))) and ps.next_offset is not None
+        ]
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed (the stores keep the offsets): %s", exc)
+        self._release(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost: %s", [f"{p.topic}/{p.partition}" for p in partitions])
+        self._release(partitions)
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            ps = self._parts.pop((tp.topic, tp.partition), None)
+            if ps is not None:
+                ps.close()
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+                log.info("released %s at offset %s", ps.label, ps.next_offset)
+        self._partitions_changed()
+
+    def _partitions_changed(self) -> None:
+        self.health.partitions = sorted(ps.label for ps in self._parts.values())
+        self.metrics.assigned_partitions.set(len(self._parts))
+
+    def _open_partition(self, topic: str, partition: int) -> PartitionStore:
+        """Open the partition's store, waiting while another worker still holds its lock."""
+        deadline = time.monotonic() + _OPEN_RETRY_S
+        while True:
+            try:
+                return PartitionStore.open(
+                    self.settings.worker.data_dir,
+                    topic,
+                    partition,
+                    self.settings.worker.sync_writes,
+                )
+            except DynoError as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                log.info("store of %s/%s is still locked; retrying", topic, partition)
+                time.sleep(0.5)
+
+    def _republish_pending(self, ps: PartitionStore) -> None:
+        """Publish what a crashed run left unacknowledged (checkpoint step 3 again)."""
+        snapshots = ps.pending_snapshots()
+        dead = ps.pending_dead_letters()
+        if not snapshots and not dead:
+            return
+        for name, offset in snapshots.items():
+            self._produce_snapshot(ps, name, offset)
+        for _, letter in dead:
+            self._produce_dead_letter(letter)
+        self._flush()
+        ps.clear_pending([PENDING_SNAPSHOTS_KEY, *(k for k, _ in dead)])
+        self.metrics.pending_republished.inc(len(snapshots) + len(dead))
+        log.info(
+            "republished %d snapshots and %d dead letters left pending in %s",
+            len(snapshots),
+            len(dead),
+            ps.label,
+        )
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def _validate(self, msg: Message) -> EventModel:
+        raw = msg.value()
+        if raw is None:
+            raise InvalidChangeError("event", "empty message (a tombstone is not an op)")
+        limit = self.settings.worker.max_event_bytes
+        if len(raw) > limit:
+            raise OversizedEventError("event", f"{len(raw)} bytes; the limit is {limit}")
+        event = parse_event(raw)
+        key = msg.key()
+        if key != event.item.encode():
+            raise KeyMismatchError(
+                "key",
+                f"Kafka key {key!r} is not the item name {event.item!r}; produce ops "
+                "keyed by item so each item's ops share a partition",
+            )
+        return event
+
+    @staticmethod
+    def _dead_letter(msg: Message, exc: DynoError) -> DeadLetter:
+        headers = [(k, v if v is not None else b"") for k, v in (msg.headers() or [])]
+        return DeadLetter(
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            msg.key(),
+            msg.value(),
+            headers,
+            exc.reason,
+            str(exc),
+            getattr(exc, "field", None),
+        )
+
+    def _process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        batches: dict[tuple[str, int], _PartitionBatch] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error: %s", err)
+                continue
+            tp = (msg.topic(), msg.partition())
+            ps = self._parts.get(tp)
+            offset = msg.offset()
+            if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
+                continue  # not ours any more, or already applied
+            pb = batches.get(tp)
+            if pb is None:
+                pb = batches[tp] = _PartitionBatch()
+            pb.last_offset = offset
+            try:
+                event = self._validate(msg)
+            except DynoError as exc:
+                pb.dead.append(self._dead_letter(msg, exc))
+                continue
+            pb.events.append(event)
+            pb.offsets.append(offset)
+            pb.messages.append(msg)
+        self.metrics.events_consumed.inc(len(messages))
+
+        # checkpoint step 2: one atomic LevelDB batch per partition
+        applied: Counter[str] = Counter()
+        for tp, pb in batches.items():
+            self._apply(self._parts[tp], pb, applied)
+
+        # step 3: publish and wait for the acknowledgements
+        for tp, pb in batches.items():
+            ps = self._parts[tp]
+            for name, offset in pb.touched.items():
+                self._produce_snapshot(ps, name, offset)
+            for letter in pb.dead:
+                self._produce_dead_letter(letter)
+        self._flush()
+
+        # steps 4 and 5
+        commit = []
+        for tp, pb in batches.items():
+            ps = self._parts[tp]
+            ps.clear_pending()
+            commit.append(TopicPartition(tp[0], tp[1], pb.last_offset + 1))
+        if commit and self._consumer is not None:
+            self._consumer.commit(offsets=commit, asynchronous=True)
+
+        for op, n in applied.items():
+            self.metrics.ops_applied.labels(op).inc(n)
+        for pb in batches.values():
+            for letter in pb.dead:
+                self.metrics.dead_lettered.labels(letter.reason).inc()
+                log.warning(
+                    "dead letter",
+                    extra={
+                        "reason": letter.reason,
+                        "error": letter.message,
+                        "source": f"{letter.topic}/{letter.partition}@{letter.offset}",
+                    },
+                )
+        self.metrics.batch_size.observe(len(messages))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _apply(self, ps: PartitionStore, pb: _PartitionBatch, applied: Counter[str]) -> None:
+        failed: set[int] = set()
+
+        def on_error(i: int, _event: EventModel, exc: DynoError) -> None:
+            failed.add(i)
+            pb.dead.append(self._dead_letter(pb.messages[i], exc))
+
+        def extra(touched: list[str]) -> dict[bytes, bytes | None]:
+            last: dict[str, int] = {}
+            for i, (event, offset) in enumerate(zip(pb.events, pb.offsets, strict=True)):
+                if i not in failed:
+                    last[event.item] = offset
+            pb.touched = {name: last[name] for name in touched}
+            pb.dead.sort(key=lambda d: d.offset)
+            return ps.batch_rows(pb.last_offset + 1, pb.touched, pb.dead)
+
+        try:
+            ps.store.apply(pb.events, extra=extra, on_error=on_error)
+        except plyvel.Error as exc:
+            raise DynoError(f"LevelDB write to {ps.label} failed: {exc}") from exc
+        ps.next_offset = pb.last_offset + 1
+        for i, event in enumerate(pb.events):
+            if i not in failed:
+                applied[event.op if not isinstance(event, Flatten) else "flatten"] += 1
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=headers, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:  # local queue full: let deliveries drain, then go on
+                self._producer.poll(0.1)
+
+    def _produce_snapshot(self, ps: PartitionStore, name: str, offset: int) -> None:
+        item = ps.store.get_item(name)
+        value = snapshot_bytes(item, ps.topic, ps.partition, offset)
+        self._produce(self.settings.topics.snapshots, name.encode(), value)
+
+    def _produce_dead_letter(self, letter: DeadLetter) -> None:
+        self._produce(
+            self.settings.topics.dead_letter, letter.key, letter.value, letter.kafka_headers()
+        )
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+        elif msg.topic() == self.settings.topics.snapshots:
+            self._acked_snapshots += 1
+
+    def _flush(self) -> None:
+        assert self._producer is not None
+        deadline = time.monotonic() + self.settings.worker.publish_timeout_s
+        remaining = self._producer.flush(self.settings.worker.publish_timeout_s)
+        while remaining and time.monotonic() < deadline:
+            remaining = self._producer.flush(1.0)
+        if self._acked_snapshots:
+            self.metrics.snapshots_published.inc(self._acked_snapshots)
+            self._acked_snapshots = 0
+        if remaining or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise PublishError(
+                f"{remaining} messages unacknowledged, {len(errors)} failed "
+                f"({'; '.join(errors[:3])}); the batch stays pending and is published again "
+                "on restart"
+            )
+
+    # -- scheduled work ----------------------------------------------------------------------
+
+    def _punctuate(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < _LAG_EVERY_S or self._consumer is None:
+            return
+        self._last_lag = now
+        for (topic, partition), ps in list(self._parts.items()):
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=1.0, cached=False
+                )
+            except KafkaException:
+                continue
+            lag = max(0, high - (ps.next_offset or 0))
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    # -- reads for the HTTP endpoint ------------------------------------------------------------
+
+    def _stores(self) -> list[PartitionStore]:
+        return list(self._parts.values())
+
+    def read_item(self, name: str) -> dict[str, Any] | None:
+        for ps in self._stores():
+            try:
+                item = ps.store.get_item(name)
+            except DynoError:
+                continue
+            if item.count:
+                return {
+                    "item": name,
+                    "value": item.value,
+                    "timestamp": item.timestamp,
+                    "changes": item.changes,
+                    "hash": item.hash,
+                    "count": item.count,
+                    "partition": ps.label,
+                }
+        return None
+
+    def read_rows(self, name: str | None) -> list[tuple[str, str]]:
+        rows: list[tuple[str, str]] = []
+        for ps in self._stores():
+            try:
+                rows.extend(ps.store.rows(name))
+            except DynoError:
+                continue
+        return sorted(rows)
