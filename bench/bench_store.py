@@ -104,15 +104,25 @@ def main() -> None:
     table.add_column("benchmark")
     table.add_column("figure", justify="right")
     table.add_column("target", justify="right")
-    table.add_row(f"apply, 1,000-op batches, {args.items:,} items", f"{ops_s:,.0f} ops/s",
-                  ">= 300,000 ops/s")
+    table.add_row(
+        f"apply, 1,000-op batches, {args.items:,} items", f"{ops_s:,.0f} ops/s", ">= 300,000 ops/s"
+    )
     table.add_row("get_item, 1 row", f"{small * 1e6:.1f} us", "")
     table.add_row("get_item, 10,000 rows", f"{big * 1e6:.1f} us", f"<= 2x ({big / small:.2f}x)")
     table.add_row("flatten, 10,000 rows (median of 5)", f"{flat * 1e3:.1f} ms", "< 50 ms")
     Console().print(table)
     if args.json:
-        args.json.write_text(json.dumps({"apply_ops_per_s": ops_s, "get_1_row_s": small,
-                                         "get_10k_rows_s": big, "flatten_10k_s": flat}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "apply_ops_per_s": ops_s,
+                    "get_1_row_s": small,
+                    "get_10k_rows_s": big,
+                    "flatten_10k_s": flat,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

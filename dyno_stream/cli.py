@@ -26,8 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-broker_app = typer.Typer(help="The local Apache Kafka broker (from Maven Central jars).",
-                         no_args_is_help=True)
+broker_app = typer.Typer(
+    help="The local Apache Kafka broker (from Maven Central jars).", no_args_is_help=True
+)
 schemas_app = typer.Typer(help="The JSON Schema of the wire contract.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(schemas_app, name="schemas")
@@ -86,8 +87,10 @@ def broker_status() -> None:
     from dyno_stream.broker import LocalBroker
 
     st = LocalBroker().status()
-    out.print(f"{'running' if st.running else 'stopped'}  pid={st.pid}  "
-              f"bootstrap={st.bootstrap}  home={st.home}")
+    out.print(
+        f"{'running' if st.running else 'stopped'}  pid={st.pid}  "
+        f"bootstrap={st.bootstrap}  home={st.home}"
+    )
     if not st.running:
         raise typer.Exit(3)
 
@@ -133,11 +136,16 @@ def topics() -> None:
 @friendly
 def op(
     item: Annotated[str, typer.Argument(help="Item name (also the Kafka key).")],
-    opname: Annotated[str, typer.Argument(
-        metavar="OPNAME",
-        help="putItem, delItem, putAttrs, delAttrs, incAttrBy, decAttrBy, append, addToSet.")],
-    change: Annotated[str, typer.Argument(help='The change as JSON, e.g. \'{"nick":"chilts"}\'.')]
-    = "{}",
+    opname: Annotated[
+        str,
+        typer.Argument(
+            metavar="OPNAME",
+            help="putItem, delItem, putAttrs, delAttrs, incAttrBy, decAttrBy, append, addToSet.",
+        ),
+    ],
+    change: Annotated[
+        str, typer.Argument(help='The change as JSON, e.g. \'{"nick":"chilts"}\'.')
+    ] = "{}",
     ts: Annotated[str | None, typer.Option(help="Flake id to use (default: a new one).")] = None,
 ) -> None:
     """Produce one op event to the ops topic and print where it landed."""
@@ -209,10 +217,20 @@ def get(item: Annotated[str, typer.Argument(help="Item name.")]) -> None:
         with DynoStore(path) as store:
             it = store.get_item(item)
             if it.count:
-                out.print_json(json.dumps({
-                    "item": item, "value": it.value, "timestamp": it.timestamp,
-                    "changes": it.changes, "hash": it.hash, "count": it.count,
-                    "store": str(path)}, ensure_ascii=False))
+                out.print_json(
+                    json.dumps(
+                        {
+                            "item": item,
+                            "value": it.value,
+                            "timestamp": it.timestamp,
+                            "changes": it.changes,
+                            "hash": it.hash,
+                            "count": it.count,
+                            "store": str(path),
+                        },
+                        ensure_ascii=False,
+                    )
+                )
                 return
     err.print(f"no item {item!r} in the worker's stores")
     raise typer.Exit(1)
@@ -222,8 +240,7 @@ def get(item: Annotated[str, typer.Argument(help="Item name.")]) -> None:
 @friendly
 def dump(
     item: Annotated[str | None, typer.Option(help="Only this item's rows.")] = None,
-    db: Annotated[Path | None, typer.Option(help="A store's path (default: the worker's).")]
-    = None,
+    db: Annotated[Path | None, typer.Option(help="A store's path (default: the worker's).")] = None,
 ) -> None:
     """Print LevelDB rows as the seed's README shows them: key = value."""
     from urllib.parse import quote
@@ -268,8 +285,7 @@ def schemas_export(
 @app.command()
 @friendly
 def demo(
-    keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")]
-    = False,
+    keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
 ) -> None:
     """The seed's example end to end through Kafka (starts the broker and a worker)."""
     from dyno_stream.demo import run_demo

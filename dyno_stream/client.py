@@ -66,8 +66,16 @@ class DynoClient:
             if err is not None:
                 future.set_exception(PublishError(f"{event.op} on {event.item!r}: {err}"))
             else:
-                future.set_result(Delivery(event.item, event.op, ts, msg.topic() or "",
-                                           msg.partition() or 0, msg.offset() or 0))
+                future.set_result(
+                    Delivery(
+                        event.item,
+                        event.op,
+                        ts,
+                        msg.topic() or "",
+                        msg.partition() or 0,
+                        msg.offset() or 0,
+                    )
+                )
 
         value = event.model_dump_json().encode()
         while True:
@@ -87,25 +95,30 @@ class DynoClient:
     def del_item(self, name: str, ts: str | None = None) -> Future[Delivery]:
         return self._op(ops.DEL_ITEM, name, {}, ts)
 
-    def put_attrs(self, name: str, attrs: dict[str, Any], ts: str | None = None) -> Future[Delivery]:
+    def put_attrs(
+        self, name: str, attrs: dict[str, Any], ts: str | None = None
+    ) -> Future[Delivery]:
         return self._op(ops.PUT_ATTRS, name, attrs, ts)
 
     def del_attrs(self, name: str, attrs: list[str], ts: str | None = None) -> Future[Delivery]:
         return self._op(ops.DEL_ATTRS, name, attrs, ts)
 
-    def inc_attr_by(self, name: str, field: str, by: float = 1,
-                    ts: str | None = None) -> Future[Delivery]:
+    def inc_attr_by(
+        self, name: str, field: str, by: float = 1, ts: str | None = None
+    ) -> Future[Delivery]:
         return self._op(ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts)
 
-    def dec_attr_by(self, name: str, field: str, by: float = 1,
-                    ts: str | None = None) -> Future[Delivery]:
+    def dec_attr_by(
+        self, name: str, field: str, by: float = 1, ts: str | None = None
+    ) -> Future[Delivery]:
         return self._op(ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts)
 
     def append(self, name: str, field: str, text: str, ts: str | None = None) -> Future[Delivery]:
         return self._op(ops.APPEND, name, {"field": field, "str": text}, ts)
 
-    def add_to_set(self, name: str, field: str, value: Any,
-                   ts: str | None = None) -> Future[Delivery]:
+    def add_to_set(
+        self, name: str, field: str, value: Any, ts: str | None = None
+    ) -> Future[Delivery]:
         return self._op(ops.ADD_TO_SET, name, {"field": field, "value": value}, ts)
 
     def flatten(self, name: str, hash: str) -> Future[Delivery]:
@@ -134,6 +147,10 @@ class DynoClient:
     def __enter__(self) -> DynoClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

@@ -37,14 +37,22 @@ DEMO_HTTP_PORT = 9474
 
 def demo_settings(bootstrap: str, data_dir: Path) -> Settings:
     base = load_settings()
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
-        "topics": base.topics.model_copy(update={
-            "ops": "dyno-demo.ops", "snapshots": "dyno-demo.snapshots",
-            "dead_letter": "dyno-demo.dead-letter", "partitions": 1}),
-        "worker": base.worker.model_copy(update={
-            "group_id": "dyno-demo", "data_dir": data_dir, "http_port": DEMO_HTTP_PORT}),
-    })
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
+            "topics": base.topics.model_copy(
+                update={
+                    "ops": "dyno-demo.ops",
+                    "snapshots": "dyno-demo.snapshots",
+                    "dead_letter": "dyno-demo.dead-letter",
+                    "partitions": 1,
+                }
+            ),
+            "worker": base.worker.model_copy(
+                update={"group_id": "dyno-demo", "data_dir": data_dir, "http_port": DEMO_HTTP_PORT}
+            ),
+        }
+    )
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -66,10 +74,14 @@ class TopicReader:
     """Reads a topic from the beginning, for the demo and the tests."""
 
     def __init__(self, s: Settings, topic: str) -> None:
-        self.consumer = Consumer({
-            **s.kafka.librdkafka(), "group.id": f"dyno-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        })
+        self.consumer = Consumer(
+            {
+                **s.kafka.librdkafka(),
+                "group.id": f"dyno-reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         self.consumer.subscribe([topic])
 
     def wait_for(self, pred: Callable[[Any], bool], timeout: float = 30.0) -> Any:
@@ -94,13 +106,15 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path,
-                 timeout: float = 60.0) -> None:
+def wait_healthy(
+    base_url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DynoError(f"the worker exited ({proc.returncode}); see {log}:\n"
-                            + log.read_text()[-2000:])
+            raise DynoError(
+                f"the worker exited ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:]
+            )
         try:
             code, body = _get(base_url + "/healthz")
             if code == 200 and json.loads(body)["partitions"]:
@@ -114,8 +128,12 @@ def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path,
 def start_worker(s: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_env(s)}
     with log.open("wb") as fh:
-        return subprocess.Popen([sys.executable, "-m", "dyno_stream", "worker"], env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dyno_stream", "worker"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_demo(out: Console, keep_broker: bool = False) -> None:
@@ -144,8 +162,11 @@ def run_demo(out: Console, keep_broker: bool = False) -> None:
         if not (keep_broker or was_running):
             broker.stop()
     out.rule("done")
-    out.print("The worker stopped cleanly." if proc.returncode == 0
-              else f"The worker exited with {proc.returncode}; see {log}.")
+    out.print(
+        "The worker stopped cleanly."
+        if proc.returncode == 0
+        else f"The worker exited with {proc.returncode}; see {log}."
+    )
     if keep_broker or was_running:
         out.print(f"The broker is still running at {bootstrap} (dyno-stream broker stop).")
 
@@ -196,11 +217,17 @@ def _seed_example(out: Console, s: Settings, proc: subprocess.Popen[bytes], log:
 
 
 def _show_snapshot(out: Console, raw: bytes) -> None:
-    out.print(Panel(json.dumps(json.loads(raw), indent=2, ensure_ascii=False),
-                    title="snapshot published by the worker", expand=False))
+    out.print(
+        Panel(
+            json.dumps(json.loads(raw), indent=2, ensure_ascii=False),
+            title="snapshot published by the worker",
+            expand=False,
+        )
+    )
 
 
 def _show_rows(out: Console, base_url: str) -> None:
     _, body = _get(base_url + "/rows")
-    out.print(Panel(body.decode().rstrip(), title="LevelDB rows in the worker's store",
-                    expand=False))
+    out.print(
+        Panel(body.decode().rstrip(), title="LevelDB rows in the worker's store", expand=False)
+    )

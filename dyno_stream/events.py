@@ -8,10 +8,12 @@ Schema (``dyno-stream schemas export``). The field names and op names are level-
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from typing_extensions import TypedDict
 
 from dyno_stream import ops
 from dyno_stream.errors import (
@@ -48,64 +50,64 @@ FlakeId = Annotated[
     ),
 ]
 AttrName = Annotated[str, Field(description="Attribute name.")]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-FiniteNumber = int | FiniteFloat
-Scalar = str | bool | int | FiniteFloat | None
+FiniteFloat = Annotated[pydantic.StrictFloat, Field(allow_inf_nan=False)]
+#: Numbers are strict: "5" or true is not a number, so the stored change is the event's own.
+FiniteNumber = pydantic.StrictInt | FiniteFloat
+Scalar = pydantic.StrictStr | pydantic.StrictBool | pydantic.StrictInt | FiniteFloat | None
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class FieldBy(_Model):
+# The changes are TypedDicts, not models: they validate to the plain JSON data that the op
+# semantics take and the store serializes, with no conversion step on the hot path.
+class FieldBy(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
     field: AttrName
-    by: FiniteNumber = 1
+    by: FiniteNumber
 
 
-class FieldStr(_Model):
+class FieldStr(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
     field: AttrName
     str: Annotated[str, Field(description="Text to append.")]
 
 
-class FieldValue(_Model):
+class FieldValue(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
     field: AttrName
     value: Scalar
 
 
 class _Op(_Model):
-    """Common part of every op event. ``change_json`` is the change as stored and hashed."""
+    """Common part of every op event."""
 
     item: ItemName
     ts: FlakeId
-    _change_json: str = PrivateAttr(default="")
-    _change_value: Any = PrivateAttr(default=None)
 
     @pydantic.model_validator(mode="after")
-    def _serialize_change(self) -> _Op:
-        # Serialize once here: the store keeps and hashes exactly this text, and the stdlib
-        # encoder with allow_nan=False is also the cheapest finiteness check there is.
-        change = getattr(self, "change")  # noqa: B009 - each subclass declares its own type
-        if isinstance(change, BaseModel):
-            change = change.model_dump()
+    def _check_change(self) -> _Op:
+        # Serialize once, here: a change that cannot be stored (a non-finite number, text
+        # that is not UTF-8) is refused at validation, naming its field, never in the store.
         try:
-            self._change_json = ops.dumps(change)
+            self.change_json  # noqa: B018 - computes and caches the stored text
+        except UnicodeError:
+            raise InvalidChangeError("change", "is not valid UTF-8 text (lone surrogate)") from None
         except ValueError:
-            raise ValueError("change holds a non-finite number (NaN or Infinity)") from None
-        self._change_value = change
+            _check_finite(self.change_value, "change")  # raises, naming the field
+            raise
         return self
-
-    @property
-    def change_json(self) -> str:
-        """The change as stored in LevelDB and fed to the history hash."""
-        # straight from the private dict: pydantic's __getattr__ path costs microseconds, and
-        # the store reads this once per op on its hot path
-        text: str = self.__pydantic_private__["_change_json"]  # type: ignore[index]
-        return text
 
     @property
     def change_value(self) -> Any:
         """The change as plain JSON data (what the op semantics take)."""
-        return self.__pydantic_private__["_change_value"]  # type: ignore[index]
+        return getattr(self, "change")  # noqa: B009 - each subclass declares its own type
+
+    @cached_property
+    def change_json(self) -> str:
+        """The change as stored in LevelDB and fed to the history hash."""
+        return ops.dumps(self.change_value)
 
 
 class PutItem(_Op):
@@ -197,17 +199,23 @@ class Snapshot(_Model):
 _TYPE_TAGS = {"int", "float", "str", "bool", "none"}
 
 
+def _is_union_tag(parent: str, part: str) -> bool:
+    return (parent in ("by", "value") and part in _TYPE_TAGS) or "[" in part or "`" in part
+
+
 def _convert(exc: pydantic.ValidationError) -> ValidationError:
     """Turn pydantic's error into ours, naming the first field that was wrong."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # a number that is not finite is the real story, whatever else the union tried
+    err = next((e for e in errors if e["type"] == "finite_number"), errors[0])
     loc = [str(p) for p in err["loc"]]
     # discriminated unions put the op name in the path: drop it, it is not a field; an error
     # of the op model itself comes from the change check (_serialize_change)
     if loc and loc[0] in (*ops.OP_NAMES, "flatten"):
         loc = loc[1:] or ["change"]
-    # unions of plain types (int | float) add the member's type name: not a field either
-    while len(loc) > 1 and loc[-1] in _TYPE_TAGS:
-        loc.pop()
+    # unions add the member's type name to the path (`by.int`, `value.str`, ...): not a
+    # field either; only unions do, so a real field named "str" stays
+    loc = [p for i, p in enumerate(loc) if not (i and _is_union_tag(loc[i - 1], p))]
     field = ".".join(loc) or "event"
     msg = err["msg"].removeprefix("Value error, ")
     ctx_err = (err.get("ctx") or {}).get("error")
@@ -238,9 +246,8 @@ def make_op(op: str, item: str, change: Any, ts: str) -> OpModel:
         )
     if not isinstance(item, str):
         raise InvalidNameError("item", f"must be a string, not {type(item).__name__}")
-    if not isinstance(ts, str) or not FLAKE_RE.match(ts):
+    if not isinstance(ts, str) or not FLAKE_RE.fullmatch(ts):
         raise InvalidFlakeError("ts", f"{ts!r} is not a flake id")
-    _check_finite(change, "change")
     try:
         return model(item=item, ts=ts, change=change)
     except pydantic.ValidationError as exc:

@@ -50,7 +50,7 @@ def format_flake(time_ms: int, counter: int, pid: int, node: int) -> str:
 
 def parse_flake(text: str, field: str = "ts") -> Flake:
     """Split a flake id into its fields, or raise :class:`InvalidFlakeError` naming ``field``."""
-    if not isinstance(text, str) or not FLAKE_RE.match(text):
+    if not isinstance(text, str) or not FLAKE_RE.fullmatch(text):
         raise InvalidFlakeError(
             field,
             f"{text!r} is not a flake id (tttttttttttt-ssss-pppp-mmmmmmmmmmmm, lower-case hex)",
@@ -60,7 +60,7 @@ def parse_flake(text: str, field: str = "ts") -> Flake:
 
 
 def is_flake(text: object) -> bool:
-    return isinstance(text, str) and FLAKE_RE.match(text) is not None
+    return isinstance(text, str) and FLAKE_RE.fullmatch(text) is not None
 
 
 def flake_time(text: str) -> float:

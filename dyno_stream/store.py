@@ -282,8 +282,9 @@ class DynoStore:
         if lru_cache_size is not None:
             kwargs["lru_cache_size"] = lru_cache_size
         try:
+            self.path.mkdir(parents=True, exist_ok=True)
             self._db: Any = plyvel.DB(str(self.path), **kwargs)
-        except plyvel.IOError as exc:
+        except (OSError, plyvel.Error) as exc:
             raise DynoError(f"cannot open store at {self.path}: {exc}") from exc
         if self._db.get(_VERSION_KEY) is None:
             self._adopt_rows()
@@ -496,12 +497,18 @@ class DynoStore:
         predicate: Callable[[str, Item], bool] | None = None,
     ) -> Iterator[tuple[str, Item]]:
         # a snapshot keeps a long iteration consistent while the worker goes on writing
-        with self._open_db().snapshot() as snap:
-            for key, raw in snap.iterator(start=start, stop=stop, include_stop=include_stop):
-                name = key[len(STATE_PREFIX) :].decode("utf-8")
-                item = Item.from_state(name, ItemState.decode(raw))
-                if item.value is not None and (predicate is None or predicate(name, item)):
-                    yield name, item
+        try:
+            with self._open_db().snapshot() as snap:
+                rows = snap.iterator(start=start, stop=stop, include_stop=include_stop)
+                for key, raw in rows:
+                    name = key[len(STATE_PREFIX) :].decode("utf-8")
+                    item = Item.from_state(name, ItemState.decode(raw))
+                    if item.value is not None and (predicate is None or predicate(name, item)):
+                        yield name, item
+        except RuntimeError as exc:  # plyvel: "Database or iterator is closed"
+            if self._db is None:
+                raise StoreClosedError(f"store at {self.path} was closed during iteration") from exc
+            raise
 
     def query(self, start: str, end: str) -> Iterator[tuple[str, Item]]:
         """Items with ``start <= name <= end``, in name order (absent items are skipped)."""

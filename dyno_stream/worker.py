@@ -458,8 +458,9 @@ class Worker:
         self._last_lag = now
         for (topic, partition), ps in list(self._parts.items()):
             try:
+                # cached: the high watermark that came with the last fetch, no round trip
                 _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=1.0, cached=False
+                    TopicPartition(topic, partition), cached=True
                 )
             except KafkaException:
                 continue

@@ -1,0 +1,62 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   the worker on the local Kafka broker, with the seed's example
+#   make test   the whole test suite, Kafka integration tests included
+# Everything else here is a building block of those two.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-store schemas worker broker-start broker-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# kcat (Debian's package) is the "plain Kafka client" in the interop test.
+kcat:
+	@command -v kcat >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kcat >/dev/null; }
+
+jars: $(STAMP)
+	$(BIN)/dyno-stream broker fetch >/dev/null
+
+demo: $(STAMP) jars
+	$(BIN)/dyno-stream demo
+
+test: $(STAMP) jars kcat
+	$(BIN)/ruff check dyno_stream tests bench
+	$(BIN)/mypy dyno_stream
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check dyno_stream tests bench
+	$(BIN)/ruff format --check dyno_stream tests bench
+	$(BIN)/mypy dyno_stream
+
+worker: $(STAMP) jars
+	$(BIN)/dyno-stream broker start
+	$(BIN)/dyno-stream worker
+
+broker-start: $(STAMP) jars
+	$(BIN)/dyno-stream broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/dyno-stream broker stop
+
+bench-store: $(STAMP)
+	$(BIN)/python bench/bench_store.py
+
+bench: $(STAMP) jars
+	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_worker.py
+
+schemas: $(STAMP)
+	$(BIN)/dyno-stream schemas export
+
+clean:
+	rm -rf $(VENV) .dyno .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,303 @@
+"""Worker benchmarks on the local broker (issue: the stream worker). Prints a table.
+
+1. Throughput: N ops over 1,000 items (changes of about 100 bytes, snapshots on) are produced
+   first; then one worker process (``dyno-stream worker``, a real subprocess) is started and
+   timed from its first consumed event until every event is applied and every snapshot of the
+   last batch is acknowledged (read from its /metrics).
+2. Latency: ops produced at a steady 5,000 ops/s while the worker runs; for each op, the time
+   from its send to the first snapshot of its item that includes it (``changes`` >= its rank).
+
+Run: ``make bench`` (starts the broker if needed) or ``python bench/bench_worker.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from rich.console import Console
+from rich.table import Table
+
+from dyno_stream.broker import LocalBroker
+from dyno_stream.config import Settings, load_settings
+from dyno_stream.demo import settings_env
+from dyno_stream.flake import FlakeGenerator
+from dyno_stream.topics import ensure_topics
+from dyno_stream.worker import producer_config
+
+HTTP_PORT = 9484
+
+
+def bench_settings(bootstrap: str, data_dir: Path, partitions: int) -> Settings:
+    base = load_settings()
+    tag = uuid.uuid4().hex[:6]
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
+            "topics": base.topics.model_copy(
+                update={
+                    "ops": f"bench-{tag}.ops",
+                    "snapshots": f"bench-{tag}.snapshots",
+                    "dead_letter": f"bench-{tag}.dead-letter",
+                    "partitions": partitions,
+                }
+            ),
+            "worker": base.worker.model_copy(
+                update={
+                    "group_id": f"bench-{tag}",
+                    "data_dir": data_dir,
+                    "http_port": HTTP_PORT,
+                    "log_level": "WARNING",
+                }
+            ),
+        }
+    )
+
+
+def op_event(rnd: random.Random, gen: FlakeGenerator, items: int) -> tuple[str, bytes]:
+    """One op of about 100 bytes of change."""
+    name = f"user-{rnd.randrange(items):05d}"
+    kind = rnd.randrange(4)
+    if kind == 0:
+        change: Any = {
+            "email": f"{name}@example.com",
+            "city": "Wellington",
+            "plan": "pro",
+            "n": rnd.randrange(10**6),
+            "note": "x" * 20,
+        }
+        op = "putAttrs"
+    elif kind == 1:
+        change, op = {"field": "visits", "by": 1}, "incAttrBy"
+    elif kind == 2:
+        change, op = {"field": "log", "str": "event;"}, "append"
+    else:
+        change, op = {"field": "tags", "value": f"tag-{rnd.randrange(20)}"}, "addToSet"
+    ev = {"item": name, "op": op, "ts": gen(), "change": change}
+    return name, json.dumps(ev, separators=(",", ":")).encode()
+
+
+def metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        base = key.split("{")[0]
+        out[base] = out.get(base, 0.0) + float(value)
+    return out
+
+
+def start_worker(s: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings_env(s), "DYNO_WORKER__LOG_LEVEL": "WARNING"}
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dyno_stream", "worker"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_metrics(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited with {proc.returncode}")
+        try:
+            metrics(url)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("worker did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def bench_throughput(
+    bootstrap: str, tmp: Path, n: int, items: int, partitions: int
+) -> dict[str, float]:
+    s = bench_settings(bootstrap, tmp / "tp-data", partitions)
+    ensure_topics(s)
+    producer = Producer({**producer_config(s), "linger.ms": 20, "batch.size": 1_000_000})
+    rnd, gen = random.Random(1), FlakeGenerator(node=7, pid=7)
+    for _ in range(n):
+        name, value = op_event(rnd, gen, items)
+        while True:
+            try:
+                producer.produce(s.topics.ops, value, name.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    url = f"http://127.0.0.1:{HTTP_PORT}"
+    proc = start_worker(s, tmp / "tp-worker.log")
+    try:
+        wait_metrics(url, proc)
+        t0 = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            m = metrics(url)
+            consumed = m.get("dyno_events_consumed_total", 0)
+            if t0 is None and consumed > 0:
+                t0 = time.monotonic()
+            if consumed >= n and m.get("dyno_batch_seconds_count", 0) > 0:
+                applied = m.get("dyno_ops_applied_total", 0)
+                if applied >= n:
+                    break
+            time.sleep(0.02)
+        t1 = time.monotonic()
+        m = metrics(url)
+    finally:
+        stop(proc)
+    assert t0 is not None
+    return {
+        "ops": n,
+        "seconds": t1 - t0,
+        "ops_per_s": n / (t1 - t0),
+        "snapshots": m.get("dyno_snapshots_published_total", 0),
+        "batches": m.get("dyno_batch_seconds_count", 0),
+    }
+
+
+def bench_latency(
+    bootstrap: str, tmp: Path, rate: int, seconds: float, items: int, partitions: int
+) -> dict[str, float]:
+    s = bench_settings(bootstrap, tmp / "lat-data", partitions)
+    ensure_topics(s)
+    url = f"http://127.0.0.1:{HTTP_PORT}"
+    proc = start_worker(s, tmp / "lat-worker.log")
+    consumer = Consumer(
+        {
+            **s.kafka.librdkafka(),
+            "group.id": f"lat-{uuid.uuid4().hex}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        wait_metrics(url, proc)
+        consumer.subscribe([s.topics.snapshots])
+        consumer.poll(2)  # join the group before the clock starts
+        producer = Producer({**producer_config(s), "linger.ms": 0})
+        rnd, gen = random.Random(2), FlakeGenerator(node=8, pid=8)
+        sent: dict[str, list[float]] = {}  # item -> send times, in op order
+        total = int(rate * seconds)
+        latencies: list[float] = []
+        seen: dict[str, int] = {}
+        start = time.monotonic()
+        for i in range(total):
+            target = start + i / rate
+            while (now := time.monotonic()) < target:
+                _drain(consumer, sent, seen, latencies, 0)
+            name, value = op_event(rnd, gen, items)
+            sent.setdefault(name, []).append(time.monotonic())
+            producer.produce(s.topics.ops, value, name.encode())
+            producer.poll(0)
+        producer.flush(30)
+        deadline = time.monotonic() + 30
+        while len(latencies) < total and time.monotonic() < deadline:
+            _drain(consumer, sent, seen, latencies, 0.1)
+        achieved = total / (now - start)
+    finally:
+        consumer.close()
+        stop(proc)
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {
+        "ops": total,
+        "measured": len(latencies),
+        "rate": achieved,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000,
+    }
+
+
+def _drain(
+    consumer: Consumer,
+    sent: dict[str, list[float]],
+    seen: dict[str, int],
+    latencies: list[float],
+    timeout: float,
+) -> None:
+    msg = consumer.poll(timeout)
+    now = time.monotonic()
+    while msg is not None:
+        if not msg.error():
+            snap = json.loads(msg.value())
+            name, changes = snap["item"], snap["changes"]
+            times = sent.get(name, [])
+            for k in range(seen.get(name, 0), min(changes, len(times))):
+                latencies.append(now - times[k])
+            seen[name] = max(seen.get(name, 0), changes)
+        msg = consumer.poll(0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ops", type=int, default=200_000)
+    ap.add_argument("--items", type=int, default=1_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rate", type=int, default=5_000)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    broker = LocalBroker()
+    started = not broker.is_running()
+    bootstrap = broker.start()
+    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-"))
+    try:
+        tp = bench_throughput(bootstrap, tmp, args.ops, args.items, args.partitions)
+        lat = bench_latency(bootstrap, tmp, args.rate, args.seconds, args.items, args.partitions)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if started:
+            broker.stop()
+    table = Table(
+        title=f"dyno-stream worker (1 process, {args.partitions} partitions, "
+        f"{args.items:,} items, snapshots on)"
+    )
+    table.add_column("benchmark")
+    table.add_column("figure", justify="right")
+    table.add_column("target", justify="right")
+    table.add_row(
+        f"throughput, {tp['ops']:,} ops", f"{tp['ops_per_s']:,.0f} ops/s", ">= 50,000 ops/s"
+    )
+    table.add_row("  batches / snapshots", f"{tp['batches']:,.0f} / {tp['snapshots']:,.0f}", "")
+    table.add_row(f"latency at {lat['rate']:,.0f} ops/s, p50", f"{lat['p50_ms']:.1f} ms", "")
+    table.add_row(
+        f"latency at {lat['rate']:,.0f} ops/s, p99", f"{lat['p99_ms']:.1f} ms", "< 100 ms"
+    )
+    table.add_row("  ops measured / max", f"{lat['measured']:,.0f} / {lat['max_ms']:.0f} ms", "")
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"throughput": tp, "latency": lat}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

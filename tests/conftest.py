@@ -1,0 +1,137 @@
+"""Shared fixtures: a real Kafka broker for the session, and factories built on it.
+
+The broker is the project's own ``LocalBroker`` (Kafka from Maven Central jars). If one is
+already answering at ``DYNO_TEST_BOOTSTRAP`` (or the default local address) the tests use it;
+otherwise the session starts one in a temporary home on free ports and stops it at the end.
+Every test gets its own topic names and group id, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dyno_stream.broker import LocalBroker, bootstrap_reachable
+from dyno_stream.config import Settings, load_settings
+from dyno_stream.topics import ensure_topics
+from dyno_stream.worker import Worker
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free neighbouring ports")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running broker's bootstrap address: an existing one, or one started for the session."""
+    existing = os.environ.get("DYNO_TEST_BOOTSTRAP")
+    if existing:
+        if not bootstrap_reachable(existing, timeout=10):
+            pytest.fail(f"DYNO_TEST_BOOTSTRAP={existing} does not answer")
+        yield existing
+        return
+    broker = LocalBroker(home=tmp_path_factory.mktemp("broker"), port=_free_port_pair())
+    bootstrap = broker.start(timeout=120)
+    try:
+        yield bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def make_settings(
+    kafka_bootstrap: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    """Settings for this test: unique topics and group, data under tmp_path, no HTTP port.
+
+    Keyword arguments override fields of the ``topics`` and ``worker`` sections.
+    """
+    tag = uuid.uuid4().hex[:8]
+
+    def make(partitions: int = 1, **overrides: Any) -> Settings:
+        base = load_settings()
+        topic_fields = set(base.topics.model_fields)
+        t = {k: v for k, v in overrides.items() if k in topic_fields}
+        w = {k: v for k, v in overrides.items() if k not in topic_fields}
+        return base.model_copy(update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap}),
+            "topics": base.topics.model_copy(update={
+                "ops": f"t-{tag}.ops", "snapshots": f"t-{tag}.snapshots",
+                "dead_letter": f"t-{tag}.dead-letter", "partitions": partitions, **t}),
+            "worker": base.worker.model_copy(update={
+                "group_id": f"g-{tag}", "data_dir": tmp_path / "data", "http_port": 0,
+                "batch_timeout_s": 0.02, **w}),
+        })
+
+    return make
+
+
+class RunningWorker:
+    """A worker on a thread of the test process, stopped at the end of the test."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.worker = Worker(settings, handle_signals=False)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self, timeout: float = 60) -> None:
+        self.worker.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
+    """Factory: start a worker thread with these settings (topics created first)."""
+    running: list[RunningWorker] = []
+
+    def start(settings: Settings) -> RunningWorker:
+        ensure_topics(settings)
+        w = RunningWorker(settings)
+        running.append(w)
+        return w
+
+    yield start
+    for w in running:
+        if w.thread.is_alive():
+            w.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the broker, so `-m "not kafka"` runs the rest alone."""
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
