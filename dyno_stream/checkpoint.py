@@ -52,6 +52,8 @@ H_PARTITION = "dyno.source.partition"
 H_OFFSET = "dyno.source.offset"
 
 Headers = list[tuple[str, bytes]]
+#: Headers as confluent-kafka's produce() takes them.
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class DeadLetter:
     message: str
     field: str | None = None
 
-    def kafka_headers(self) -> Headers:
-        extra: Headers = [
+    def kafka_headers(self) -> KafkaHeaders:
+        extra: KafkaHeaders = [
             (H_REASON, self.reason.encode()),
             (H_MESSAGE, self.message.encode("utf-8", "replace")),
             (H_TOPIC, self.topic.encode()),

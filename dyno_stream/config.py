@@ -96,8 +96,9 @@ class WorkerSettings(_Section):
     group_id: str = "dyno-workers"
     data_dir: Path = Path(".dyno/data")
     batch_size: int = Field(default=1000, ge=1, le=100_000)
-    #: How long one consume call waits to fill a batch.
-    batch_timeout_s: float = Field(default=0.05, gt=0)
+    #: How long the loop waits for an event before doing its scheduled work; a batch never
+    #: waits to fill up: it takes what has arrived, up to batch_size.
+    batch_timeout_s: float = Field(default=0.1, gt=0)
     #: Larger events go to the dead-letter topic with reason ``oversized``.
     max_event_bytes: int = Field(default=1_048_576, ge=64)
     #: fsync every LevelDB write batch (survives power loss; slower).

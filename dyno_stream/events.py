@@ -8,8 +8,8 @@ Schema (``dyno-stream schemas export``). The field names and op names are level-
 from __future__ import annotations
 
 import math
-from functools import cached_property
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
@@ -81,17 +81,28 @@ class FieldValue(TypedDict):
 
 
 class _Op(_Model):
-    """Common part of every op event."""
+    """Common part of every op event.
+
+    ``change_json`` is the change as stored in LevelDB and fed to the history hash. It is
+    computed once, by the validator, and kept in the instance's ``__dict__`` beside the
+    fields (not a field: it is not part of the wire form). A property or private attribute
+    would cost microseconds per read on the store's hot path.
+    """
+
+    if TYPE_CHECKING:  # set by _check_change; declared for type checkers only
+
+        @property
+        def change_json(self) -> str: ...
 
     item: ItemName
     ts: FlakeId
 
     @pydantic.model_validator(mode="after")
     def _check_change(self) -> _Op:
-        # Serialize once, here: a change that cannot be stored (a non-finite number, text
-        # that is not UTF-8) is refused at validation, naming its field, never in the store.
+        # A change that cannot be stored (a non-finite number, text that is not UTF-8) is
+        # refused here, naming its field, never in the store.
         try:
-            self.change_json  # noqa: B018 - computes and caches the stored text
+            self.__dict__["change_json"] = ops.dumps(self.change_value)
         except UnicodeError:
             raise InvalidChangeError("change", "is not valid UTF-8 text (lone surrogate)") from None
         except ValueError:
@@ -104,10 +115,11 @@ class _Op(_Model):
         """The change as plain JSON data (what the op semantics take)."""
         return getattr(self, "change")  # noqa: B009 - each subclass declares its own type
 
-    @cached_property
-    def change_json(self) -> str:
-        """The change as stored in LevelDB and fed to the history hash."""
-        return ops.dumps(self.change_value)
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with ``update``, validated again so ``change_json`` follows the change."""
+        if update:
+            return self.model_validate({**self.model_dump(), **update})
+        return super().model_copy(deep=deep)
 
 
 class PutItem(_Op):

@@ -158,8 +158,8 @@ class HttpEndpoint:
                 else:
                     self._json(req, 200, item)
             elif url.path == "/rows":
-                item = parse_qs(url.query).get("item", [None])[0]
-                rows = self.read_rows(item)
+                only = parse_qs(url.query).get("item", [None])[0]
+                rows = self.read_rows(only)
                 text = "".join(f"{k} = {v}\n" for k, v in rows)
                 self._send(req, 200, text.encode(), "text/plain; charset=utf-8")
             else:

@@ -96,14 +96,15 @@ def loads(text: str | bytes) -> Any:
 
 
 try:  # CPython's own MD5 skips OpenSSL's per-call set-up: twice as fast on short inputs
-    from _md5 import md5 as _md5
+    from _md5 import md5 as _md5  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - CPython built without it
     _md5 = hashlib.md5
 
 
 def chain_hash(prev: str, name: str, flake: str, op: str, change_json: str) -> str:
     """One link of the history hash: ``md5(prev\\nname\\nflake\\nop\\nchange\\n)``."""
-    return _md5(f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()).hexdigest()
+    digest: str = _md5(f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()).hexdigest()
+    return digest
 
 
 def _is_number(v: Any) -> bool:

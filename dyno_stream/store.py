@@ -475,6 +475,24 @@ class DynoStore:
         check_name(name)
         return Item.from_state(name, self._state(name))
 
+    def current(self, names: Iterable[str]) -> list[Item]:
+        """Items as of the last write, served from the state cache where possible.
+
+        For serializing at once (the worker's snapshots): an item's value may be the store's
+        own object, so it must not be changed or kept across writes. ``get_item`` returns
+        independent copies.
+        """
+        with self._lock:
+            db = self._open_db()
+            out = []
+            for name in names:
+                st = self._cache.get(name)
+                if st is None:
+                    raw = db.get(state_key(name))
+                    st = None if raw is None else ItemState.decode(raw)
+                out.append(Item.from_state(name, st))
+            return out
+
     def get_history(self, name: str) -> list[Changeset | HistoryChangeset]:
         check_name(name)
         prefix = item_prefix(name)

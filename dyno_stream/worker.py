@@ -32,6 +32,7 @@ from confluent_kafka import (
 from dyno_stream.checkpoint import (
     PENDING_SNAPSHOTS_KEY,
     DeadLetter,
+    KafkaHeaders,
     PartitionStore,
     snapshot_bytes,
 )
@@ -45,6 +46,7 @@ from dyno_stream.errors import (
 )
 from dyno_stream.events import EventModel, Flatten, parse_event
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
+from dyno_stream.store import Item
 from dyno_stream.topics import ensure_topics
 
 log = logging.getLogger("dyno_stream.worker")
@@ -159,7 +161,7 @@ class Worker:
         self.health.state = "running"
         try:
             while not self._stop.is_set():
-                messages = self._consumer.consume(s.worker.batch_size, s.worker.batch_timeout_s)
+                messages = self._next_batch()
                 self.health.beat()
                 if messages:
                     self._process(messages)
@@ -169,6 +171,22 @@ class Worker:
             self._shutdown()
         log.info("worker stopped")
         return 0
+
+    def _next_batch(self) -> list[Message]:
+        """Wait for one event, then take whatever else has arrived, up to the batch size.
+
+        ``consume(n, timeout)`` alone would wait out its timeout whenever fewer than n events
+        are waiting, adding that wait to every op's latency under light load; this way a
+        batch is as large as the backlog and never waits for more.
+        """
+        assert self._consumer is not None
+        w = self.settings.worker
+        first = self._consumer.poll(w.batch_timeout_s)
+        if first is None:
+            return []
+        return (
+            [first, *self._consumer.consume(w.batch_size - 1, 0)] if w.batch_size > 1 else [first]
+        )
 
     def _shutdown(self) -> None:
         try:
@@ -254,8 +272,8 @@ class Worker:
         dead = ps.pending_dead_letters()
         if not snapshots and not dead:
             return
-        for name, offset in snapshots.items():
-            self._produce_snapshot(ps, name, offset)
+        for item in ps.store.current(snapshots):
+            self._produce_snapshot(ps, item, snapshots[item.name])
         for _, letter in dead:
             self._produce_dead_letter(letter)
         self._flush()
@@ -289,11 +307,14 @@ class Worker:
 
     @staticmethod
     def _dead_letter(msg: Message, exc: DynoError) -> DeadLetter:
-        headers = [(k, v if v is not None else b"") for k, v in (msg.headers() or [])]
+        topic, partition, offset = _where(msg)
+        raw = msg.headers() or []
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        headers = [(k, _as_bytes(v)) for k, v in pairs]
         return DeadLetter(
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
+            topic,
+            partition,
+            offset,
             msg.key(),
             msg.value(),
             headers,
@@ -314,9 +335,9 @@ class Worker:
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
                 continue
-            tp = (msg.topic(), msg.partition())
+            topic, partition, offset = _where(msg)
+            tp = (topic, partition)
             ps = self._parts.get(tp)
-            offset = msg.offset()
             if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
                 continue  # not ours any more, or already applied
             pb = batches.get(tp)
@@ -341,8 +362,8 @@ class Worker:
         # step 3: publish and wait for the acknowledgements
         for tp, pb in batches.items():
             ps = self._parts[tp]
-            for name, offset in pb.touched.items():
-                self._produce_snapshot(ps, name, offset)
+            for item in ps.store.current(pb.touched):
+                self._produce_snapshot(ps, item, pb.touched[item.name])
             for letter in pb.dead:
                 self._produce_dead_letter(letter)
         self._flush()
@@ -404,7 +425,7 @@ class Worker:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: KafkaHeaders | None = None,
     ) -> None:
         assert self._producer is not None
         while True:
@@ -416,10 +437,9 @@ class Worker:
             except BufferError:  # local queue full: let deliveries drain, then go on
                 self._producer.poll(0.1)
 
-    def _produce_snapshot(self, ps: PartitionStore, name: str, offset: int) -> None:
-        item = ps.store.get_item(name)
+    def _produce_snapshot(self, ps: PartitionStore, item: Item, offset: int) -> None:
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
-        self._produce(self.settings.topics.snapshots, name.encode(), value)
+        self._produce(self.settings.topics.snapshots, item.name.encode(), value)
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
         self._produce(
@@ -498,3 +518,14 @@ class Worker:
             except DynoError:
                 continue
         return sorted(rows)
+
+
+def _where(msg: Message) -> tuple[str, int, int]:
+    """A consumed message's topic, partition and offset (always set on consumed messages)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _as_bytes(v: str | bytes | None) -> bytes:
+    return b"" if v is None else v.encode() if isinstance(v, str) else v
