@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-store schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test lint bench bench-store schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# kcat (Debian's package) is the "plain Kafka client" in the interop test.
-kcat:
-	@command -v kcat >/dev/null 2>&1 || { \
+# Debian's kcat is the "plain Kafka client" of the interop test; Debian's docker-compose
+# validates docker-compose.yml (no Docker engine runs on our machines).
+debs:
+	@command -v kcat >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kcat >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kcat docker-compose >/dev/null; }
 
 jars: $(STAMP)
 	$(BIN)/dyno-stream broker fetch >/dev/null
@@ -28,7 +30,7 @@ jars: $(STAMP)
 demo: $(STAMP) jars
 	$(BIN)/dyno-stream demo
 
-test: $(STAMP) jars kcat
+test: $(STAMP) jars debs
 	$(BIN)/ruff check dyno_stream tests bench
 	$(BIN)/mypy dyno_stream
 	$(BIN)/pytest
