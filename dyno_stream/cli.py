@@ -11,15 +11,18 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import Future
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from dyno_stream.client import Delivery
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.errors import DynoError
+from dyno_stream.errors import DynoError, PublishError
 
 app = typer.Typer(
     help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",
@@ -33,8 +36,9 @@ schemas_app = typer.Typer(help="The JSON Schema of the wire contract.", no_args_
 app.add_typer(broker_app, name="broker")
 app.add_typer(schemas_app, name="schemas")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# no markup: item names and messages are printed exactly as they are, one line each
+out = Console(highlight=False, markup=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +51,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DynoError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -159,9 +163,22 @@ def op(
     except json.JSONDecodeError as exc:
         raise InvalidChangeError("change", f"not JSON: {exc}") from None
     event = make_op(opname, item, value, ts or new_flake())
-    with DynoClient(settings()) as client:
-        d = client.send(event).result(30)
+    s = settings()
+    with DynoClient(s) as client:
+        d = _delivered(client.send(event), s)
     out.print(f"{d.op} {d.item} ts={d.ts} -> {d.topic}/{d.partition}@{d.offset}")
+
+
+def _delivered(future: Future[Delivery], s: Settings) -> Delivery:
+    """Wait as long as the producer itself would, then say what to check."""
+    try:
+        return future.result(s.worker.publish_timeout_s + 5)
+    except TimeoutError:
+        raise PublishError(
+            f"Kafka at {s.kafka.bootstrap_servers} did not acknowledge the event within "
+            f"{s.worker.publish_timeout_s:.0f}s; is the broker up and does topic "
+            f"{s.topics.ops!r} exist (dyno-stream topics)?"
+        ) from None
 
 
 @app.command()
@@ -173,8 +190,9 @@ def flatten(
     """Send a flatten command: workers fold the item's history up to that hash, in order."""
     from dyno_stream.client import DynoClient
 
-    with DynoClient(settings()) as client:
-        d = client.flatten(item, hash).result(30)
+    s = settings()
+    with DynoClient(s) as client:
+        d = _delivered(client.flatten(item, hash), s)
     out.print(f"flatten {d.item} -> {d.topic}/{d.partition}@{d.offset}")
 
 
@@ -260,7 +278,7 @@ def dump(
     for path in paths:
         with DynoStore(path) as store:
             for key, value in store.rows(item):
-                out.print(f"{key} = {value}", markup=False, soft_wrap=True)
+                out.print(f"{key} = {value}")
 
 
 # -- schemas -----------------------------------------------------------------------------------

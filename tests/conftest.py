@@ -74,7 +74,7 @@ def make_settings(
 
     def make(partitions: int = 1, **overrides: Any) -> Settings:
         base = load_settings()
-        topic_fields = set(base.topics.model_fields)
+        topic_fields = set(type(base.topics).model_fields)
         t = {k: v for k, v in overrides.items() if k in topic_fields}
         w = {k: v for k, v in overrides.items() if k not in topic_fields}
         return base.model_copy(update={
