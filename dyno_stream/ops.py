@@ -35,6 +35,16 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 _decode = json.JSONDecoder().decode
 
 
+def dumps_floatless(value: Any) -> str:
+    """``dumps`` for a value that is known to hold no float (the shape says so)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, or a lone surrogate
+        text = _encode(value)
+        text.encode()
+        return text
+
+
 def dumps(value: Any) -> str:
     """The canonical JSON text of a value, as changes are stored and hashed.
 
@@ -43,7 +53,7 @@ def dumps(value: Any) -> str:
     faster for values without floats (its float notation differs from Python's), so it
     does those; the stdlib does the rest.
     """
-    kind = _float_kind(value)
+    kind = _float_kind(value) if type(value) is not str else _NO_FLOAT
     if kind == _NON_FINITE:
         raise ValueError("a number is not finite (NaN or Infinity)")
     if kind == _NO_FLOAT:
@@ -96,14 +106,14 @@ def loads(text: str | bytes) -> Any:
 
 
 try:  # CPython's own MD5 skips OpenSSL's per-call set-up: twice as fast on short inputs
-    from _md5 import md5 as _md5  # type: ignore[import-not-found]
+    from _md5 import md5 as md5  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - CPython built without it
-    _md5 = hashlib.md5
+    md5 = hashlib.md5
 
 
 def chain_hash(prev: str, name: str, flake: str, op: str, change_json: str) -> str:
     """One link of the history hash: ``md5(prev\\nname\\nflake\\nop\\nchange\\n)``."""
-    digest: str = _md5(f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()).hexdigest()
+    digest: str = md5(f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()).hexdigest()
     return digest
 
 

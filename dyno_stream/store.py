@@ -51,7 +51,7 @@ from dyno_stream.keys import (
     split_key,
     state_key,
 )
-from dyno_stream.ops import HISTORY, ItemState
+from dyno_stream.ops import HISTORY, ItemState, md5
 
 FORMAT_VERSION = b"1"
 _VERSION_KEY = META_PREFIX + b"format"
@@ -120,9 +120,9 @@ class _Batch:
     def __init__(self, db: Any, cache: dict[str, ItemState]) -> None:
         self._db = db
         self._cache = cache
-        self.states: dict[str, ItemState] = {}
-        self.rows: dict[str, dict[bytes, bytes | None]] = {}  # per item: key -> value/None=delete
+        self.states: dict[str, ItemState] = {}  # every item this batch touched
         self.prefixes: dict[str, str] = {}  # per item: its escaped key prefix, ``name/``
+        self.rows: dict[bytes, bytes | None] = {}  # key -> value, or None to delete
 
     def state(self, name: str) -> ItemState:
         st = self.states.get(name)
@@ -132,7 +132,6 @@ class _Batch:
                 raw = self._db.get(state_key(name))
                 st = ItemState() if raw is None else ItemState.decode(raw)
             self.states[name] = st
-            self.rows[name] = {}
             self.prefixes[name] = escape_name(name) + "/"
         return st
 
@@ -140,7 +139,7 @@ class _Batch:
         """The item's rows as they will be after this batch, in key order."""
         prefix = item_prefix(name)
         merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
-        merged.update(self.rows.get(name, {}))
+        merged.update((k, v) for k, v in self.rows.items() if k.startswith(prefix))
         out: list[_Row] = []
         for key in sorted(merged):
             value = merged[key]
@@ -151,9 +150,12 @@ class _Batch:
 
     def apply_op(self, model: OpModel) -> bool:
         """Add one op; return False when it was a duplicate (nothing to do)."""
-        # This is the hot path of every write: keep it lean (see bench/bench_store.py).
+        # The hot path of every write, run once per op: kept lean on purpose (one lookup per
+        # dict, ItemState.push inlined); see bench/bench_store.py.
         name, flake, op = model.item, model.ts, model.op
-        st = self.states.get(name) or self.state(name)
+        st = self.states.get(name)
+        if st is None:
+            st = self.state(name)
         if st.base is not None and flake <= st.base:
             raise LateOpError(
                 f"{name!r}: op at {flake} is not after the item's history row at {st.base}; "
@@ -161,9 +163,14 @@ class _Batch:
             )
         text = model.change_json
         key = f"{self.prefixes[name]}{flake}/{op}".encode()
-        if st.timestamp is None or flake > st.timestamp:
-            st.push(name, flake, op, model.change_value, text)
-            self.rows[name][key] = text.encode()
+        last = st.timestamp
+        if last is None or flake > last:
+            st.value = ops.apply_op(st.value, op, model.change)
+            st.hash = md5(f"{st.hash}\n{name}\n{flake}\n{op}\n{text}\n".encode()).hexdigest()
+            st.timestamp = flake
+            st.changes += 1
+            st.count += 1
+            self.rows[key] = text.encode()
             return True
         # Out of order (or a redelivery): check the flake, then replay with the op in place.
         rows = self.item_rows(name)
@@ -178,7 +185,7 @@ class _Batch:
         rows.append((key, flake, op, text))
         rows.sort()
         self.states[name] = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
-        self.rows[name][key] = text.encode()
+        self.rows[key] = text.encode()
         return True
 
     def flatten(self, name: str, hash_: str) -> bool:
@@ -225,7 +232,7 @@ class _Batch:
     def _fold(self, name: str, rows: list[_Row], upto: int, folded: ItemState) -> bool:
         if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):
             return False  # nothing older, or already folded to exactly there
-        pending = self.rows[name]
+        pending = self.rows
         for key, *_ in rows[: upto + 1]:
             pending[key] = None
         flake = rows[upto][1]
@@ -239,19 +246,20 @@ class _Batch:
 
     def commit(self, db: Any, extra: Rows, sync: bool) -> None:
         with db.write_batch(sync=sync, transaction=True) as wb:
-            for name, rows in self.rows.items():
-                for key, value in rows.items():
-                    if value is None:
-                        wb.delete(key)
-                    else:
-                        wb.put(key, value)
-                if rows:
-                    wb.put(state_key(name), self.states[name].encode())
+            put, delete = wb.put, wb.delete
+            for key, value in self.rows.items():
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+            for name, st in self.states.items():
+                if st.count:
+                    put(STATE_PREFIX + name.encode(), st.encode())
             for key, value in extra.items():
                 if value is None:
-                    wb.delete(key)
+                    delete(key)
                 else:
-                    wb.put(key, value)
+                    put(key, value)
 
 
 class DynoStore:

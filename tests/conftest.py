@@ -63,9 +63,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_settings(
-    kafka_bootstrap: str, tmp_path: Path
-) -> Callable[..., Settings]:
+def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings for this test: unique topics and group, data under tmp_path, no HTTP port.
 
     Keyword arguments override fields of the ``topics`` and ``worker`` sections.
@@ -77,15 +75,29 @@ def make_settings(
         topic_fields = set(type(base.topics).model_fields)
         t = {k: v for k, v in overrides.items() if k in topic_fields}
         w = {k: v for k, v in overrides.items() if k not in topic_fields}
-        return base.model_copy(update={
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap}),
-            "topics": base.topics.model_copy(update={
-                "ops": f"t-{tag}.ops", "snapshots": f"t-{tag}.snapshots",
-                "dead_letter": f"t-{tag}.dead-letter", "partitions": partitions, **t}),
-            "worker": base.worker.model_copy(update={
-                "group_id": f"g-{tag}", "data_dir": tmp_path / "data", "http_port": 0,
-                "batch_timeout_s": 0.02, **w}),
-        })
+        return base.model_copy(
+            update={
+                "kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap}),
+                "topics": base.topics.model_copy(
+                    update={
+                        "ops": f"t-{tag}.ops",
+                        "snapshots": f"t-{tag}.snapshots",
+                        "dead_letter": f"t-{tag}.dead-letter",
+                        "partitions": partitions,
+                        **t,
+                    }
+                ),
+                "worker": base.worker.model_copy(
+                    update={
+                        "group_id": f"g-{tag}",
+                        "data_dir": tmp_path / "data",
+                        "http_port": 0,
+                        "batch_timeout_s": 0.02,
+                        **w,
+                    }
+                ),
+            }
+        )
 
     return make
 

@@ -21,7 +21,9 @@ def compose() -> dict[str, Any]:
         pytest.fail("docker-compose is not installed: run `make test` (it installs it)")
     out = subprocess.run(
         [exe, "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     resolved: dict[str, Any] = yaml.safe_load(out.stdout)
