@@ -196,6 +196,49 @@ def flatten(
     out.print(f"flatten {d.item} -> {d.topic}/{d.partition}@{d.offset}")
 
 
+# -- compaction ------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def compact(
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="Offline: compact this store (no worker may hold it), then reclaim disk."
+        ),
+    ] = None,
+    min_rows: Annotated[int | None, typer.Option(help="Only items with at least N rows.")] = None,
+    lateness: Annotated[
+        float | None, typer.Option(help="Only fold ops older than this many seconds.")
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="Only item names with this prefix.")] = None,
+    max_items: Annotated[int | None, typer.Option(help="At most N items this pass.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would be flattened and why.")] = False,
+) -> None:
+    """One compaction pass: flatten long histories (online through the workers, or --db)."""
+    from dyno_stream.compaction import compact_offline, compact_online
+    from dyno_stream.logs import setup_logging
+
+    s = settings()
+    setup_logging(s.worker.log_format, s.worker.log_level)
+    given = {"min_rows": min_rows, "lateness_s": lateness, "prefix": prefix, "max_items": max_items}
+    policy = s.compaction.model_copy(update={k: v for k, v in given.items() if v is not None})
+    summary = (
+        compact_offline(db, policy, err, dry_run=dry_run)
+        if db is not None
+        else compact_online(s, policy, err, dry_run=dry_run)
+    )
+    for line in summary.details:
+        out.print(line)
+    if err.is_terminal:
+        err.print(summary.table())
+    else:
+        import logging
+
+        logging.getLogger("dyno_stream.compaction").info(summary.log_line())
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 

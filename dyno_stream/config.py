@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -117,6 +118,32 @@ class WorkerSettings(_Section):
         return v.expanduser()
 
 
+class CompactionSettings(_Section):
+    """Which items a compaction pass flattens, and when workers compact on their own."""
+
+    #: Only items with at least this many rows.
+    min_rows: int = Field(default=10, ge=2)
+    #: Only rows older than this many seconds are folded (ops may arrive this late).
+    lateness_s: float = Field(default=3600.0, ge=0)
+    #: Only items whose name starts with this.
+    prefix: str = ""
+    #: At most this many items per pass (the longest histories first).
+    max_items: int | None = Field(default=None, ge=1)
+    #: How long an online pass waits for the workers to confirm its commands.
+    wait_s: float = Field(default=60.0, ge=0)
+    #: Workers compact their own partitions every this many seconds (0: never) ...
+    interval_s: float = Field(default=0.0, ge=0)
+    #: ... or on this cron schedule (e.g. "0 3 * * *"); takes precedence over interval_s.
+    cron: str | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is not None and not croniter.is_valid(v):
+            raise ValueError(f"{v!r} is not a cron expression")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything dyno-stream reads from configuration."""
 
@@ -130,6 +157,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    compaction: CompactionSettings = Field(default_factory=CompactionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -178,11 +178,19 @@ class AddToSet(_Op):
 
 
 class Flatten(_Model):
-    """Flatten command: fold the item's history up to the row whose chain hash is ``hash``."""
+    """Flatten command: fold the item's history up to the row whose chain hash is ``hash``.
+
+    With ``before`` (compaction), only rows older than that flake are folded, and a hash that
+    an earlier pass already folded away is not an error.
+    """
 
     item: ItemName
     op: Literal["flatten"] = "flatten"
     hash: Annotated[str, Field(pattern=MD5_PATTERN, description="Chain hash (MD5 hex).")]
+    before: Annotated[
+        FlakeId | None,
+        Field(description="Fold only rows older than this flake (the lateness cut-off)."),
+    ] = None
 
 
 Op = Annotated[

@@ -68,6 +68,11 @@ class WorkerMetrics:
         self.assigned_partitions = Gauge(
             "dyno_assigned_partitions", "Partitions this worker holds", registry=r
         )
+        self.compacted = Counter(
+            "dyno_items_compacted",
+            "Items flattened by the worker's scheduled compaction",
+            registry=r,
+        )
         self.pending_republished = Counter(
             "dyno_pending_republished",
             "Snapshots and dead letters published again after a restart",

@@ -209,14 +209,20 @@ class _Batch:
                 raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
         return self._fold(name, rows, upto, folded)
 
-    def flatten_before(self, name: str, flake: str) -> bool:
-        """Fold every row older than ``flake``."""
+    def flatten_before(self, name: str, flake: str, hash_: str | None = None) -> bool:
+        """Fold every row older than ``flake`` (and, given ``hash_``, not past its row).
+
+        With ``hash_`` this is compaction's flatten: fold what is both older than the
+        lateness cut-off and already published with that hash. A hash no longer in the rows
+        of an item that has a history row was folded by an earlier pass: nothing to do.
+        """
         if not is_flake(flake):
             raise InvalidFlakeError("flake", f"{flake!r} is not a flake id")
         st = self.state(name)
         rows = self.item_rows(name)
         upto = -1
         folded = ItemState()
+        found = hash_ is None or (st.count > 0 and hash_ == st.hash)
         for i, (_, f, op, text) in enumerate(rows):
             if f >= flake:
                 break
@@ -225,6 +231,21 @@ class _Batch:
             else:
                 folded.push(name, f, op, ops.loads(text), text)
             upto = i
+            if folded.hash == hash_:
+                found = True
+                break
+        if not found:
+            # the hash may stand after the cut-off: follow the chain (hashes only)
+            h = folded.hash
+            for _, f, op, text in rows[upto + 1 :]:
+                h = text.split(":", 1)[0] if op == HISTORY else ops.chain_hash(h, name, f, op, text)
+                if h == hash_:
+                    found = True
+                    break
+        if not found:
+            if st.base is not None:
+                return False  # folded by an earlier pass
+            raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
         if upto == len(rows) - 1 and st.count:
             folded = st.copy()  # keep the state's exact value object
         return self._fold(name, rows, upto, folded)
@@ -386,7 +407,11 @@ class DynoStore:
             for i, event in enumerate(events):
                 try:
                     if isinstance(event, Flatten):
-                        changed = batch.flatten(event.item, event.hash)
+                        changed = (
+                            batch.flatten(event.item, event.hash)
+                            if event.before is None
+                            else batch.flatten_before(event.item, event.before, event.hash)
+                        )
                     else:
                         changed = batch.apply_op(event)
                 except DynoError as exc:
@@ -567,4 +592,6 @@ class DynoStore:
 
     def compact_range(self) -> None:
         """Let LevelDB drop deleted rows from disk now (after flattening many items)."""
-        self._open_db().compact_range()
+        # An explicit range: plyvel's compact_range() without one compacted nothing here.
+        # Every key is below 0xff (UTF-8 never holds that byte; internal keys start 0x00).
+        self._open_db().compact_range(start=b"\x00", stop=b"\xff")

@@ -28,6 +28,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from croniter import croniter
 
 from dyno_stream.checkpoint import (
     PENDING_SNAPSHOTS_KEY,
@@ -45,6 +46,7 @@ from dyno_stream.errors import (
     PublishError,
 )
 from dyno_stream.events import EventModel, Flatten, parse_event
+from dyno_stream.flake import flake_floor
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.store import Item
 from dyno_stream.topics import ensure_topics
@@ -104,6 +106,7 @@ class Worker:
         self._delivery_errors: list[str] = []
         self._acked_snapshots = 0
         self._last_lag = 0.0
+        self._next_compaction: float | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.http: HttpEndpoint | None = None
@@ -472,6 +475,9 @@ class Worker:
     # -- scheduled work ----------------------------------------------------------------------
 
     def _punctuate(self) -> None:
+        """Scheduled work between batches: compaction when due, lag every few seconds."""
+        if self._compaction_due():
+            self._compact_partitions()
         now = time.monotonic()
         if now - self._last_lag < _LAG_EVERY_S or self._consumer is None:
             return
@@ -486,6 +492,48 @@ class Worker:
                 continue
             lag = max(0, high - (ps.next_offset or 0))
             self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def _compaction_due(self) -> bool:
+        c = self.settings.compaction
+        now = time.time()
+        if self._next_compaction is None:
+            if c.cron:
+                self._next_compaction = croniter(c.cron, now).get_next(float)
+            elif c.interval_s:
+                self._next_compaction = now + c.interval_s
+            else:
+                return False
+            return False
+        if now < self._next_compaction:
+            return False
+        self._next_compaction = None  # scheduled again on the next turn
+        return True
+
+    def _compact_partitions(self) -> None:
+        """Flatten long histories in this worker's own stores, between two batches.
+
+        The worker owns these stores, so it folds directly (rows older than the lateness
+        cut-off) and publishes the items' new snapshots (only ``count`` changes).
+        """
+        c = self.settings.compaction
+        cutoff = flake_floor(time.time() - c.lateness_s)
+        started, folded = time.monotonic(), 0
+        for ps in list(self._parts.values()):
+            names = [
+                n
+                for n, item in ps.store.scan(
+                    lambda n, i: i.count >= c.min_rows and n.startswith(c.prefix)
+                )
+            ][: c.max_items]
+            changed = [n for n in names if ps.store.flatten_before(n, cutoff)]
+            for item in ps.store.current(changed):
+                self._produce_snapshot(ps, item, (ps.next_offset or 1) - 1)
+            folded += len(changed)
+        self._flush()
+        self.metrics.compacted.inc(folded)
+        log.info(
+            "scheduled compaction: %d items flattened in %.2fs", folded, time.monotonic() - started
+        )
 
     # -- reads for the HTTP endpoint ------------------------------------------------------------
 

@@ -31,7 +31,7 @@ def compose() -> dict[str, Any]:
 
 
 def test_services_present(compose: dict[str, Any]) -> None:
-    assert {"kafka", "topics", "worker"} <= set(compose["services"])
+    assert {"kafka", "topics", "worker", "compactor"} <= set(compose["services"])
 
 
 def test_kafka_image_pinned_and_kraft(compose: dict[str, Any]) -> None:
@@ -56,3 +56,10 @@ def test_topics_step_waits_for_a_healthy_broker(compose: dict[str, Any]) -> None
     topics = compose["services"]["topics"]
     assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert topics["command"] == ["topics"]
+
+
+def test_compactor_runs_compact_on_a_schedule(compose: dict[str, Any]) -> None:
+    compactor = compose["services"]["compactor"]
+    script = " ".join(compactor["entrypoint"])
+    assert "dyno-stream compact" in script and "sleep" in script
+    assert compactor["environment"]["DYNO_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
