@@ -6,6 +6,7 @@ and turns a ``DynoError`` into one clear line on stderr and exit status 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import urllib.error
@@ -263,13 +264,30 @@ def _local_stores(s: Settings) -> list[Path]:
 
 @app.command()
 @friendly
-def get(item: Annotated[str, typer.Argument(help="Item name.")]) -> None:
+def get(
+    item: Annotated[str, typer.Argument(help="Item name.")],
+    view: Annotated[
+        bool,
+        typer.Option("--view", help="Answer from the snapshot topic (no worker store needed)."),
+    ] = False,
+) -> None:
     """Print an item as a worker's store holds it (value, timestamp, changes, hash, count)."""
     from urllib.parse import quote
 
     from dyno_stream.store import DynoStore
+    from dyno_stream.views import MaterializedView
 
     s = settings()
+    if view:
+        with MaterializedView(s, prefix=item) as v:
+            if not v.wait_until_caught_up(60):
+                raise DynoError("the snapshot topic could not be read to its end within 60s")
+            snap = v.get(item)
+        if snap is None:
+            err.print(f"no snapshot of {item!r} in {s.topics.snapshots}")
+            raise typer.Exit(1)
+        out.print_json(json.dumps(snap, ensure_ascii=False))
+        return
     answer = _http_get(f"/items/{quote(item, safe='')}", s)
     if answer is not None and answer[0] == 200:
         out.print_json(answer[1].decode())
@@ -322,6 +340,47 @@ def dump(
         with DynoStore(path) as store:
             for key, value in store.rows(item):
                 out.print(f"{key} = {value}")
+
+
+@app.command()
+@friendly
+def watch(
+    prefix: Annotated[str, typer.Option(help="Only items whose name starts with this.")] = "",
+    from_beginning: Annotated[
+        bool, typer.Option(help="Also print the changes already in the topic.")
+    ] = False,
+) -> None:
+    """Print item changes live from the snapshot topic, one JSON line each (Ctrl-C stops)."""
+    import threading
+
+    from dyno_stream.views import MaterializedView
+
+    s = settings()
+    live = threading.Event()
+
+    def show(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        if live.is_set() or from_beginning:
+            print(
+                json.dumps(
+                    {
+                        "item": new["item"],
+                        "old": None if old is None else old["value"],
+                        "new": new["value"],
+                        "changes": new["changes"],
+                        "hash": new["hash"],
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
+
+    with MaterializedView(s, prefix=prefix) as v:
+        v.on_change(show)
+        v.wait_until_caught_up(60)
+        live.set()
+        err.print(f"watching {s.topics.snapshots} ({len(v)} items so far); Ctrl-C stops")
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
 
 
 # -- schemas -----------------------------------------------------------------------------------
