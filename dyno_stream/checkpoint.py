@@ -42,6 +42,8 @@ OFFSET_KEY = META_PREFIX + b"offset"
 PARTITION_KEY = META_PREFIX + b"partition"
 PENDING_SNAPSHOTS_KEY = META_PREFIX + b"pending\x00snapshots"
 PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
+#: After a restore from snapshots: per item, the ops offset its snapshot already includes.
+RESTORED_PREFIX = META_PREFIX + b"restored\x00"
 
 #: Header names the worker adds to a dead letter.
 H_REASON = "dyno.error.reason"
@@ -157,6 +159,8 @@ class PartitionStore:
     next_offset: int | None = None
     #: pending rows written by the last batch, cleared once acknowledged
     dirty: dict[bytes, None] = field(default_factory=dict)
+    #: after a restore: ops at or below these offsets are already in the item's snapshot
+    restored: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def open(cls, data_dir: Path, topic: str, partition: int, sync: bool) -> PartitionStore:
@@ -171,7 +175,36 @@ class PartitionStore:
         if held is None:
             store.apply([], extra={PARTITION_KEY: ident})
         raw = store.get_meta(OFFSET_KEY)
-        return cls(topic, partition, store, None if raw is None else int(raw))
+        restored = {
+            k[len(RESTORED_PREFIX) :].decode(): int(v) for k, v in store.iter_meta(RESTORED_PREFIX)
+        }
+        return cls(topic, partition, store, None if raw is None else int(raw), restored=restored)
+
+    def restore_from(self, snapshots: list[Snapshot]) -> int:
+        """Load snapshots (of this partition's items) as history rows; resume the ops topic
+        just after the oldest of them, skipping what each item's snapshot already holds."""
+        items = [
+            (s.item, Item(s.item, s.value, s.timestamp, s.changes, s.hash, s.count))
+            for s in snapshots
+        ]
+        assert all(s.source is not None for s in snapshots)
+        through = {s.item: s.source.offset for s in snapshots if s.source is not None}
+        start = min(through.values()) + 1
+        extra: dict[bytes, bytes | None] = {OFFSET_KEY: str(start).encode()}
+        for name, off in through.items():
+            extra[RESTORED_PREFIX + name.encode()] = str(off).encode()
+        n = self.store.restore(items, extra)
+        self.next_offset = start
+        self.restored = through
+        return n
+
+    def restore_done(self) -> None:
+        """Every restored item's snapshot offset is behind us: drop the skip list."""
+        if self.restored:
+            self.store.apply(
+                [], extra={RESTORED_PREFIX + name.encode(): None for name in self.restored}
+            )
+            self.restored = {}
 
     @property
     def label(self) -> str:

@@ -27,10 +27,8 @@ lateness of one hour, any op that reaches Kafka within an hour of its flake is a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from dyno_stream.errors import DynoError
 from dyno_stream.events import Flatten
 from dyno_stream.flake import flake_floor
 from dyno_stream.store import DynoStore
+from dyno_stream.views import read_snapshots, snapshot_reader
 
 log = logging.getLogger("dyno_stream.compaction")
 
@@ -165,67 +164,6 @@ class Reporter:
 # -- online ----------------------------------------------------------------------------------
 
 
-def _reader(settings: Settings) -> Consumer:
-    return Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"dyno-compact-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-
-
-def read_snapshots(
-    settings: Settings,
-    advance: Callable[[int], None],
-    since: dict[int, int] | None = None,
-    timeout: float = 120.0,
-) -> dict[str, dict[str, Any]]:
-    """Each item's newest snapshot (most ``changes``), reading every partition to its end.
-
-    ``since`` starts partitions at those offsets instead of the beginning.
-    """
-    topic = settings.topics.snapshots
-    consumer = _reader(settings)
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise DynoError(f"snapshot topic {topic!r} not found; is a worker running?")
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in meta.partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            start = max(lo, (since or {}).get(p, lo))
-            if hi > start:
-                ends[p] = hi
-                starts.append(TopicPartition(topic, p, start))
-        latest: dict[str, dict[str, Any]] = {}
-        if not ends:
-            return latest
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise DynoError(f"reading {topic} did not finish within {timeout:.0f}s")
-            for msg in consumer.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                p, off = msg.partition(), msg.offset()
-                assert p is not None and off is not None
-                snap = json.loads(msg.value() or b"null")
-                if isinstance(snap, dict) and "item" in snap:
-                    held = latest.get(snap["item"])
-                    if held is None or snap["changes"] >= held["changes"]:
-                        latest[snap["item"]] = snap
-                advance(1)
-                if p in ends and off + 1 >= ends[p]:
-                    del ends[p]
-        return latest
-    finally:
-        consumer.close()
-
-
 def _group_caught_up(settings: Settings, targets: dict[int, int], timeout: float) -> bool:
     """Wait until the workers' group has committed past every command we sent."""
     consumer = Consumer(
@@ -281,7 +219,7 @@ def compact_online(
             targets[d.partition] = max(targets.get(d.partition, 0), d.offset + 1)
             adv(1)
     # snapshots published from now on show the result
-    consumer = _reader(settings)
+    consumer = snapshot_reader(settings)
     try:
         meta = consumer.list_topics(settings.topics.snapshots, timeout=30)
         parts = meta.topics[settings.topics.snapshots].partitions

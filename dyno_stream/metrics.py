@@ -73,6 +73,9 @@ class WorkerMetrics:
             "Items flattened by the worker's scheduled compaction",
             registry=r,
         )
+        self.restored_items = Counter(
+            "dyno_restored_items", "Items restored from the snapshot topic", registry=r
+        )
         self.pending_republished = Counter(
             "dyno_pending_republished",
             "Snapshots and dead letters published again after a restart",

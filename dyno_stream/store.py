@@ -498,6 +498,33 @@ class DynoStore:
         check_name(name)
         return self._write(lambda batch: batch.flatten_before(name, flake))
 
+    def restore(self, items: Iterable[tuple[str, Item]], extra: Rows | None = None) -> int:
+        """Load items as history rows (a restore from snapshots) into an empty store.
+
+        Each item becomes one ``history`` row at its timestamp with its value, hash and
+        changes, exactly as a flatten would leave it, so later ops chain on from that hash.
+        """
+
+        def run(batch: _Batch) -> int:
+            n = 0
+            for name, item in items:
+                if item.timestamp is None or item.hash is None:
+                    continue
+                check_name(name)
+                if batch.state(name).count:
+                    raise DynoError(f"restore: item {name!r} already has rows")
+                value = item.value or {}
+                batch.rows[row_key(name, item.timestamp, HISTORY)] = ops.encode_history(
+                    item.hash, item.changes, value
+                ).encode()
+                batch.states[name] = ItemState(
+                    value, item.timestamp, item.changes, item.hash, 1, item.timestamp
+                )
+                n += 1
+            return n
+
+        return self._write(run, extra)
+
     # -- reading -----------------------------------------------------------------------------
 
     def _state(self, name: str) -> ItemState | None:

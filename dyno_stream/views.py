@@ -46,6 +46,72 @@ def is_newer(new: Snapshot, held: Snapshot | None) -> bool:
     return bool(new["count"] < held["count"])
 
 
+def snapshot_reader(settings: Settings) -> Consumer:
+    """A consumer outside any group, for reading a topic from a chosen offset."""
+    return Consumer(
+        {
+            **settings.kafka.librdkafka(),
+            "group.id": f"dyno-compact-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+def read_snapshots(
+    settings: Settings,
+    advance: Callable[[int], None] = lambda n: None,
+    since: dict[int, int] | None = None,
+    timeout: float = 120.0,
+    keep: Callable[[Snapshot], bool] = lambda snap: True,
+) -> dict[str, Snapshot]:
+    """Each item's newest snapshot (see ``is_newer``), reading every partition to its end.
+
+    ``since`` starts partitions at those offsets instead of the beginning; ``keep`` filters.
+    """
+    topic = settings.topics.snapshots
+    consumer = snapshot_reader(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise DynoError(f"snapshot topic {topic!r} not found; is a worker running?")
+        ends: dict[int, int] = {}
+        starts: list[TopicPartition] = []
+        for p in meta.partitions:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            start = max(lo, (since or {}).get(p, lo))
+            if hi > start:
+                ends[p] = hi
+                starts.append(TopicPartition(topic, p, start))
+        latest: dict[str, Snapshot] = {}
+        if not ends:
+            return latest
+        consumer.assign(starts)
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise DynoError(f"reading {topic} did not finish within {timeout:.0f}s")
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error():
+                    continue
+                p, off = msg.partition(), msg.offset()
+                assert p is not None and off is not None
+                snap = json.loads(msg.value() or b"null")
+                if (
+                    isinstance(snap, dict)
+                    and "item" in snap
+                    and keep(snap)
+                    and is_newer(snap, latest.get(snap["item"]))
+                ):
+                    latest[snap["item"]] = snap
+                advance(1)
+                if p in ends and off + 1 >= ends[p]:
+                    del ends[p]
+        return latest
+    finally:
+        consumer.close()
+
+
 class _MemoryTable:
     def __init__(self) -> None:
         self.rows: dict[str, Snapshot] = {}
@@ -207,16 +273,19 @@ class MaterializedView:
     # -- the reading thread ------------------------------------------------------------------
 
     def _high_watermarks(self) -> dict[int, int]:
-        out = {}
-        for p in self._partitions:
-            try:
-                _, hi = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=10
-                )
-            except KafkaException as exc:
-                raise DynoError(f"cannot read the end of {self.topic}/{p}: {exc}") from exc
-            out[p] = hi
-        return out
+        # a consumer of its own: the view's consumer is busy in consume() on its thread,
+        # and confluent-kafka calls on one consumer from two threads can block each other
+        probe = snapshot_reader(self.settings)
+        try:
+            out = {}
+            for p in self._partitions:
+                _, hi = probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                out[p] = hi
+            return out
+        except KafkaException as exc:
+            raise DynoError(f"cannot read the end of {self.topic}: {exc}") from exc
+        finally:
+            probe.close()
 
     def _run(self) -> None:
         try:

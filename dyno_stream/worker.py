@@ -45,11 +45,12 @@ from dyno_stream.errors import (
     OversizedEventError,
     PublishError,
 )
-from dyno_stream.events import EventModel, Flatten, parse_event
+from dyno_stream.events import EventModel, Flatten, Snapshot, parse_event
 from dyno_stream.flake import flake_floor
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.store import Item
 from dyno_stream.topics import ensure_topics
+from dyno_stream.views import read_snapshots
 
 log = logging.getLogger("dyno_stream.worker")
 
@@ -209,6 +210,7 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             ps = self._open_partition(tp.topic, tp.partition)
+            ps = self._restore_if_needed(consumer, ps)
             self._parts[(tp.topic, tp.partition)] = ps
             self._republish_pending(ps)
             tp.offset = OFFSET_BEGINNING if ps.next_offset is None else ps.next_offset
@@ -268,6 +270,59 @@ class Worker:
                     raise
                 log.info("store of %s/%s is still locked; retrying", topic, partition)
                 time.sleep(0.5)
+
+    def _restore_if_needed(self, consumer: Consumer, ps: PartitionStore) -> PartitionStore:
+        """Restore a partition whose store is missing, or behind what the ops topic keeps.
+
+        First from the snapshot topic (each item's newest snapshot becomes its history row),
+        then the ops after each snapshot's source offset are replayed as usual. With no
+        snapshot of this partition, the ops are replayed from the beginning.
+        """
+        try:
+            low, _high = consumer.get_watermark_offsets(
+                TopicPartition(ps.topic, ps.partition), timeout=10
+            )
+        except KafkaException:
+            low = 0
+        if ps.next_offset is not None and ps.next_offset >= low:
+            return ps  # current: the ops from its offset on are all still in Kafka
+        if ps.next_offset is not None:
+            stale = ps.store.path.with_name(f"{ps.store.path.name}.stale-{int(time.time())}")
+            log.warning(
+                "store of %s is at offset %s but the ops topic starts at %s: moving "
+                "it to %s and restoring",
+                ps.label,
+                ps.next_offset,
+                low,
+                stale,
+            )
+            ps.close()
+            ps.store.path.rename(stale)
+            ps = self._open_partition(ps.topic, ps.partition)
+        started = time.monotonic()
+        ops_topic, part = ps.topic, ps.partition
+        raw = read_snapshots(
+            self.settings,
+            keep=lambda snap: (
+                (src := snap.get("source")) is not None
+                and src.get("topic") == ops_topic
+                and src.get("partition") == part
+            ),
+        )
+        if not raw:
+            log.info("restoring %s: no snapshots, replaying the ops from the beginning", ps.label)
+            return ps
+        snapshots = [Snapshot.model_validate(v) for v in raw.values()]
+        n = ps.restore_from(snapshots)
+        self.metrics.restored_items.inc(n)
+        log.info(
+            "restored %s: %d items from snapshots in %.2fs; replaying ops from offset %s",
+            ps.label,
+            n,
+            time.monotonic() - started,
+            ps.next_offset,
+        )
+        return ps
 
     def _republish_pending(self, ps: PartitionStore) -> None:
         """Publish what a crashed run left unacknowledged (checkpoint step 3 again)."""
@@ -352,6 +407,8 @@ class Worker:
             except DynoError as exc:
                 pb.dead.append(self._dead_letter(msg, exc))
                 continue
+            if ps.restored and offset <= ps.restored.get(event.item, -1):
+                continue  # already in the item's snapshot we restored from
             pb.events.append(event)
             pb.offsets.append(offset)
             pb.messages.append(msg)
@@ -417,6 +474,8 @@ class Worker:
         except plyvel.Error as exc:
             raise DynoError(f"LevelDB write to {ps.label} failed: {exc}") from exc
         ps.next_offset = pb.last_offset + 1
+        if ps.restored and ps.next_offset > max(ps.restored.values()):
+            ps.restore_done()
         for i, event in enumerate(pb.events):
             if i not in failed:
                 applied[event.op if not isinstance(event, Flatten) else "flatten"] += 1
