@@ -227,6 +227,14 @@ def _show_snapshot(out: Console, raw: bytes) -> None:
 
 
 def _show_rows(out: Console, base_url: str) -> None:
+    _, body = _get(base_url + "/items/chilts")
+    out.print(
+        Panel(
+            json.dumps(json.loads(body), indent=2, ensure_ascii=False),
+            title="get chilts (the worker's store)",
+            expand=False,
+        )
+    )
     _, body = _get(base_url + "/rows")
     out.print(
         Panel(body.decode().rstrip(), title="LevelDB rows in the worker's store", expand=False)
