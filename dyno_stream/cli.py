@@ -218,13 +218,13 @@ def compact(
     dry_run: Annotated[bool, typer.Option(help="List what would be flattened and why.")] = False,
 ) -> None:
     """One compaction pass: flatten long histories (online through the workers, or --db)."""
-    from dyno_stream.compaction import compact_offline, compact_online
+    from dyno_stream.compaction import compact_offline, compact_online, compaction_policy
     from dyno_stream.logs import setup_logging
 
     s = settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
     given = {"min_rows": min_rows, "lateness_s": lateness, "prefix": prefix, "max_items": max_items}
-    policy = s.compaction.model_copy(update={k: v for k, v in given.items() if v is not None})
+    policy = compaction_policy(s, {k: v for k, v in given.items() if v is not None})
     summary = (
         compact_offline(db, policy, err, dry_run=dry_run)
         if db is not None
@@ -232,12 +232,11 @@ def compact(
     )
     for line in summary.details:
         out.print(line)
-    if err.is_terminal:
-        err.print(summary.table())
+    # the summary is the command's answer: printed whatever the log level
+    if out.is_terminal:
+        out.print(summary.table())
     else:
-        import logging
-
-        logging.getLogger("dyno_stream.compaction").info(summary.log_line())
+        out.print(summary.log_line())
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -21,12 +21,11 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream import ops
-from dyno_stream.config import Settings, load_settings
+from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.errors import DynoError, PublishError
 from dyno_stream.events import EventModel, Flatten, make_op
 from dyno_stream.flake import new_flake
 from dyno_stream.keys import check_name
-from dyno_stream.worker import producer_config
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,13 +43,26 @@ from rich.table import Table
 
 from dyno_stream.client import DynoClient
 from dyno_stream.config import CompactionSettings, Settings
-from dyno_stream.errors import DynoError
+from dyno_stream.errors import ConfigError, DynoError
 from dyno_stream.events import Flatten
 from dyno_stream.flake import flake_floor
 from dyno_stream.store import DynoStore
 from dyno_stream.views import read_snapshots, snapshot_reader
 
 log = logging.getLogger("dyno_stream.compaction")
+
+
+def compaction_policy(settings: Settings, overrides: dict[str, Any]) -> CompactionSettings:
+    """The configured policy with command-line overrides, validated like the config."""
+    try:
+        return CompactionSettings.model_validate({**settings.compaction.model_dump(), **overrides})
+    except pydantic.ValidationError as exc:
+        lines = [
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_s', '').replace('_', '-')}: "
+            f"{e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError("invalid compaction policy: " + "; ".join(lines)) from None
 
 
 @dataclass(frozen=True)
@@ -211,14 +225,8 @@ def compact_online(
         summary.rows_after = summary.rows_before
         summary.seconds = time.monotonic() - started
         return summary
-    targets: dict[int, int] = {}
-    with DynoClient(settings) as client, rep.task("sending flatten commands", len(chosen)) as adv:
-        futures = [client.send(Flatten(item=c.name, hash=c.hash, before=cutoff)) for c in chosen]
-        for f in futures:
-            d = f.result(settings.worker.publish_timeout_s + 5)
-            targets[d.partition] = max(targets.get(d.partition, 0), d.offset + 1)
-            adv(1)
-    # snapshots published from now on show the result
+    # snapshots published from now on show the result: mark where the topic ends before
+    # the first command goes out (a fast worker answers before the last one is acknowledged)
     consumer = snapshot_reader(settings)
     try:
         meta = consumer.list_topics(settings.topics.snapshots, timeout=30)
@@ -231,6 +239,13 @@ def compact_online(
         }
     finally:
         consumer.close()
+    targets: dict[int, int] = {}
+    with DynoClient(settings) as client, rep.task("sending flatten commands", len(chosen)) as adv:
+        futures = [client.send(Flatten(item=c.name, hash=c.hash, before=cutoff)) for c in chosen]
+        for f in futures:
+            d = f.result(settings.worker.publish_timeout_s + 5)
+            targets[d.partition] = max(targets.get(d.partition, 0), d.offset + 1)
+            adv(1)
     if not _group_caught_up(settings, targets, policy.wait_s):
         log.warning("the workers did not confirm every command within %ss", policy.wait_s)
     with rep.task("reading new snapshots", None) as advance:

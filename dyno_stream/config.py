@@ -196,3 +196,27 @@ def load_settings(**overrides: Any) -> Settings:
             for e in exc.errors(include_url=False)
         ]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Idempotent, acks=all, and Java's partitioner, so every client places an item alike."""
+    return {
+        **settings.kafka.librdkafka(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "partitioner": "murmur2_random",
+        "message.timeout.ms": int(settings.worker.publish_timeout_s * 1000),
+    }
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The store keeps the offsets that matter; Kafka's committed offsets only show lag."""
+    return {
+        **settings.kafka.librdkafka(),
+        "group.id": settings.worker.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    }

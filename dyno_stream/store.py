@@ -121,7 +121,8 @@ class _Batch:
         self._db = db
         self._cache = cache
         self.states: dict[str, ItemState] = {}  # every item this batch touched
-        self.prefixes: dict[str, str] = {}  # per item: its escaped key prefix, ``name/``
+        # per item: its escaped key prefix (``name/``) and the keys this batch wrote for it
+        self.pending: dict[str, tuple[str, list[bytes]]] = {}
         self.rows: dict[bytes, bytes | None] = {}  # key -> value, or None to delete
 
     def state(self, name: str) -> ItemState:
@@ -132,14 +133,20 @@ class _Batch:
                 raw = self._db.get(state_key(name))
                 st = ItemState() if raw is None else ItemState.decode(raw)
             self.states[name] = st
-            self.prefixes[name] = escape_name(name) + "/"
+            self.pending[name] = (escape_name(name) + "/", [])
         return st
+
+    def put(self, name: str, key: bytes, value: bytes | None) -> None:
+        """Stage a row of ``name`` (a delete when value is None)."""
+        self.rows[key] = value
+        self.pending[name][1].append(key)
 
     def item_rows(self, name: str) -> list[_Row]:
         """The item's rows as they will be after this batch, in key order."""
         prefix = item_prefix(name)
         merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
-        merged.update((k, v) for k, v in self.rows.items() if k.startswith(prefix))
+        if name in self.pending:
+            merged.update((k, self.rows[k]) for k in self.pending[name][1])
         out: list[_Row] = []
         for key in sorted(merged):
             value = merged[key]
@@ -162,7 +169,8 @@ class _Batch:
                 "it can no longer be placed"
             )
         text = model.change_json
-        key = f"{self.prefixes[name]}{flake}/{op}".encode()
+        prefix, staged = self.pending[name]
+        key = f"{prefix}{flake}/{op}".encode()
         last = st.timestamp
         if last is None or flake > last:
             st.value = ops.apply_op(st.value, op, model.change)
@@ -171,6 +179,7 @@ class _Batch:
             st.changes += 1
             st.count += 1
             self.rows[key] = text.encode()
+            staged.append(key)
             return True
         # Out of order (or a redelivery): check the flake, then replay with the op in place.
         rows = self.item_rows(name)
@@ -185,7 +194,7 @@ class _Batch:
         rows.append((key, flake, op, text))
         rows.sort()
         self.states[name] = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
-        self.rows[key] = text.encode()
+        self.put(name, key, text.encode())
         return True
 
     def flatten(self, name: str, hash_: str) -> bool:
@@ -253,13 +262,11 @@ class _Batch:
     def _fold(self, name: str, rows: list[_Row], upto: int, folded: ItemState) -> bool:
         if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):
             return False  # nothing older, or already folded to exactly there
-        pending = self.rows
         for key, *_ in rows[: upto + 1]:
-            pending[key] = None
+            self.put(name, key, None)
         flake = rows[upto][1]
-        pending[row_key(name, flake, HISTORY)] = ops.encode_history(
-            folded.hash, folded.changes, folded.value
-        ).encode()
+        history = ops.encode_history(folded.hash, folded.changes, folded.value).encode()
+        self.put(name, row_key(name, flake, HISTORY), history)
         st = self.states[name]
         st.base = flake
         st.count -= upto  # upto+1 rows become one
@@ -514,9 +521,8 @@ class DynoStore:
                 if batch.state(name).count:
                     raise DynoError(f"restore: item {name!r} already has rows")
                 value = item.value or {}
-                batch.rows[row_key(name, item.timestamp, HISTORY)] = ops.encode_history(
-                    item.hash, item.changes, value
-                ).encode()
+                history = ops.encode_history(item.hash, item.changes, value).encode()
+                batch.put(name, row_key(name, item.timestamp, HISTORY), history)
                 batch.states[name] = ItemState(
                     value, item.timestamp, item.changes, item.hash, 1, item.timestamp
                 )

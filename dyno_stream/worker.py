@@ -37,7 +37,8 @@ from dyno_stream.checkpoint import (
     PartitionStore,
     snapshot_bytes,
 )
-from dyno_stream.config import Settings
+from dyno_stream.compaction import choose
+from dyno_stream.config import Settings, consumer_config, producer_config
 from dyno_stream.errors import (
     DynoError,
     InvalidChangeError,
@@ -56,30 +57,6 @@ log = logging.getLogger("dyno_stream.worker")
 
 _LAG_EVERY_S = 5.0
 _OPEN_RETRY_S = 30.0
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """Idempotent, acks=all, and Java's partitioner, so every client places an item alike."""
-    return {
-        **settings.kafka.librdkafka(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 2,
-        "partitioner": "murmur2_random",
-        "message.timeout.ms": int(settings.worker.publish_timeout_s * 1000),
-    }
-
-
-def consumer_config(settings: Settings) -> dict[str, Any]:
-    """The store keeps the offsets that matter; Kafka's committed offsets only show lag."""
-    return {
-        **settings.kafka.librdkafka(),
-        "group.id": settings.worker.group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-    }
 
 
 @dataclass
@@ -536,7 +513,10 @@ class Worker:
     def _punctuate(self) -> None:
         """Scheduled work between batches: compaction when due, lag every few seconds."""
         if self._compaction_due():
-            self._compact_partitions()
+            try:
+                self._compact_partitions()
+            except DynoError as exc:  # scheduled work must not stop the worker
+                log.error("scheduled compaction failed: %s", exc)
         now = time.monotonic()
         if now - self._last_lag < _LAG_EVERY_S or self._consumer is None:
             return
@@ -577,17 +557,25 @@ class Worker:
         c = self.settings.compaction
         cutoff = flake_floor(time.time() - c.lateness_s)
         started, folded = time.monotonic(), 0
-        for ps in list(self._parts.values()):
-            names = [
-                n
-                for n, item in ps.store.scan(
-                    lambda n, i: i.count >= c.min_rows and n.startswith(c.prefix)
+        stores = list(self._parts.values())
+        owner: dict[str, PartitionStore] = {}
+        seen = []
+        for ps in stores:
+            for name, item in ps.store.scan(lambda n, i: i.count >= c.min_rows):
+                owner[name] = ps
+                seen.append(
+                    {"item": name, "hash": item.hash, "count": item.count, "changes": item.changes}
                 )
-            ][: c.max_items]
-            changed = [n for n in names if ps.store.flatten_before(n, cutoff)]
-            for item in ps.store.current(changed):
+        chosen, _ = choose(seen, c)  # the policy of a pass: prefix, longest first, the cap
+        changed: dict[str, list[str]] = {}
+        for cand in chosen:
+            ps = owner[cand.name]
+            if ps.store.flatten_before(cand.name, cutoff):
+                changed.setdefault(ps.label, []).append(cand.name)
+                folded += 1
+        for ps in stores:
+            for item in ps.store.current(changed.get(ps.label, [])):
                 self._produce_snapshot(ps, item, (ps.next_offset or 1) - 1)
-            folded += len(changed)
         self._flush()
         self.metrics.compacted.inc(folded)
         log.info(
