@@ -180,7 +180,7 @@ class PartitionStore:
         }
         return cls(topic, partition, store, None if raw is None else int(raw), restored=restored)
 
-    def restore_from(self, snapshots: list[Snapshot]) -> int:
+    def restore_from(self, snapshots: list[Snapshot], low: int = 0) -> int:
         """Load snapshots (of this partition's items) as history rows; resume the ops topic
         just after the oldest of them, skipping what each item's snapshot already holds."""
         items = [
@@ -189,7 +189,7 @@ class PartitionStore:
         ]
         assert all(s.source is not None for s in snapshots)
         through = {s.item: s.source.offset for s in snapshots if s.source is not None}
-        start = min(through.values()) + 1
+        start = max(low, min(through.values()) + 1)  # nothing below the topic's start
         extra: dict[bytes, bytes | None] = {OFFSET_KEY: str(start).encode()}
         for name, off in through.items():
             extra[RESTORED_PREFIX + name.encode()] = str(off).encode()

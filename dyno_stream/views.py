@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import plyvel
+import pydantic
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from dyno_stream.config import Settings
 from dyno_stream.errors import DynoError
+from dyno_stream.events import Snapshot as SnapshotModel
 
 log = logging.getLogger("dyno_stream.views")
 
@@ -35,6 +37,17 @@ Snapshot = dict[str, Any]
 ChangeCallback = Callable[[Snapshot | None, Snapshot], None]
 
 _OFFSET_PREFIX = b"\x00offset\x00"
+_ITEM_PREFIX = b"\x01"  # item rows: names may start with any character, even \x00
+
+
+def parse_snapshot(raw: bytes | None) -> Snapshot | None:
+    """A snapshot event as a dict, or None for anything else (a topic can hold strays)."""
+    if raw is None:
+        return None
+    try:
+        return SnapshotModel.model_validate_json(raw).model_dump()
+    except pydantic.ValidationError:
+        return None
 
 
 def is_newer(new: Snapshot, held: Snapshot | None) -> bool:
@@ -96,13 +109,12 @@ def read_snapshots(
                     continue
                 p, off = msg.partition(), msg.offset()
                 assert p is not None and off is not None
-                snap = json.loads(msg.value() or b"null")
-                if (
-                    isinstance(snap, dict)
-                    and "item" in snap
-                    and keep(snap)
-                    and is_newer(snap, latest.get(snap["item"]))
-                ):
+                snap = parse_snapshot(msg.value())
+                if snap is None:
+                    log.warning(
+                        "skipping a message that is not a snapshot at %s/%s@%s", topic, p, off
+                    )
+                elif keep(snap) and is_newer(snap, latest.get(snap["item"])):
                     latest[snap["item"]] = snap
                 advance(1)
                 if p in ends and off + 1 >= ends[p]:
@@ -147,16 +159,16 @@ class _LevelDBTable:
             int(k[len(_OFFSET_PREFIX) :]): int(v)
             for k, v in self.db.iterator(prefix=_OFFSET_PREFIX)
         }
-        self._count = sum(1 for _ in self.db.iterator(start=b"\x01", include_value=False))
+        self._count = sum(1 for _ in self.db.iterator(prefix=_ITEM_PREFIX, include_value=False))
 
     def get(self, name: str) -> Snapshot | None:
-        raw = self.db.get(name.encode())
+        raw = self.db.get(_ITEM_PREFIX + name.encode())
         return None if raw is None else dict(json.loads(raw))
 
     def write(self, rows: dict[str, Snapshot], offsets: dict[int, int]) -> None:
         with self.db.write_batch(transaction=True) as wb:
             for name, snap in rows.items():
-                key = name.encode()
+                key = _ITEM_PREFIX + name.encode()
                 if self.db.get(key) is None:
                     self._count += 1
                 wb.put(key, json.dumps(snap, ensure_ascii=False).encode())
@@ -165,8 +177,8 @@ class _LevelDBTable:
         self.offsets.update(offsets)
 
     def items(self) -> Iterator[tuple[str, Snapshot]]:
-        for k, v in self.db.iterator(start=b"\x01"):
-            yield k.decode(), json.loads(v)
+        for k, v in self.db.iterator(prefix=_ITEM_PREFIX):
+            yield k[len(_ITEM_PREFIX) :].decode(), json.loads(v)
 
     def __len__(self) -> int:
         return self._count
@@ -307,10 +319,8 @@ class MaterializedView:
             if msg.error():
                 continue
             offsets[msg.partition()] = msg.offset() + 1
-            try:
-                snap = json.loads(msg.value())
-                name = snap["item"]
-            except (TypeError, ValueError, KeyError):
+            snap = parse_snapshot(msg.value())
+            if snap is None:
                 log.warning(
                     "skipping a message that is not a snapshot at %s/%s@%s",
                     msg.topic(),
@@ -318,6 +328,7 @@ class MaterializedView:
                     msg.offset(),
                 )
                 continue
+            name = snap["item"]
             if not name.startswith(self.prefix):
                 continue
             held = changed.get(name) or self._table.get(name)

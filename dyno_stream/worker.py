@@ -290,7 +290,7 @@ class Worker:
             log.info("restoring %s: no snapshots, replaying the ops from the beginning", ps.label)
             return ps
         snapshots = [Snapshot.model_validate(v) for v in raw.values()]
-        n = ps.restore_from(snapshots)
+        n = ps.restore_from(snapshots, low)
         self.metrics.restored_items.inc(n)
         log.info(
             "restored %s: %d items from snapshots in %.2fs; replaying ops from offset %s",

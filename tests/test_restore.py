@@ -1,0 +1,782 @@
+"""Restore: a worker rebuilds a missing or stale partition store from the snapshot topic.
+
+Real broker, real worker processes, nothing mocked. A partition whose store is missing (a
+worker killed and its disk lost, or a fresh worker) or behind what the ops topic still keeps
+is restored from each item's newest snapshot (one ``history`` row per item); the ops after
+each snapshot's source offset are then replayed, and the ops a snapshot already holds are
+skipped. The end state must equal a plain-Python replay of every op produced: value and
+``changes`` exact (no op lost, none applied twice), and the hash equal to a ``DynoStore``
+replay of the same ops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from dyno_stream.checkpoint import snapshot_bytes
+from dyno_stream.client import Delivery, DynoClient
+from dyno_stream.config import Settings
+from dyno_stream.demo import settings_env
+from dyno_stream.events import OpModel, make_op
+from dyno_stream.flake import new_flake
+from dyno_stream.keys import split_key
+from dyno_stream.ops import HISTORY
+from dyno_stream.store import DynoStore, Item
+from dyno_stream.topics import ensure_topics
+from dyno_stream.views import MaterializedView, snapshot_reader
+from dyno_stream.worker import producer_config
+
+SET_VALUES: list[Any] = ["red", "green", "blue", 7, True]
+#: A killed consumer leaves the group only when its session times out: 6 s (the broker's
+#: minimum) instead of librdkafka's 45 s default keeps the test short.
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference model and the ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _text_of(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
+class Reference:
+    """level-dyno's semantics of the ops these tests produce, in plain Python."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+        self.changes: Counter[str] = Counter()
+
+    def apply(self, m: OpModel) -> None:
+        v = self.values.setdefault(m.item, {})
+        self.changes[m.item] += 1
+        change = m.change_value
+        if m.op == "putAttrs":
+            v.update(change)
+        elif m.op == "delAttrs":
+            for f in change:
+                v.pop(f, None)
+        elif m.op == "incAttrBy":
+            v[change["field"]] = v.get(change["field"], 0) + change["by"]
+        elif m.op == "append":
+            v[change["field"]] = v.get(change["field"], "") + change["str"]
+        elif m.op == "addToSet":
+            members = dict(v.get(change["field"], {}))
+            members[_text_of(change["value"])] = True
+            v[change["field"]] = members
+        else:  # pragma: no cover - the generator makes no other op
+            raise AssertionError(m.op)
+
+    def value(self, name: str) -> dict[str, Any] | None:
+        return self.values[name] or None  # an item with no attributes reads as absent
+
+
+def random_op(rnd: random.Random, i: int, n_items: int, prefix: str = "item") -> OpModel:
+    name = f"{prefix}-{rnd.randrange(n_items):04d}"
+    r = rnd.random()
+    change: Any
+    if r < 0.28:
+        op, change = "putAttrs", {"a": i, "b": f"v{rnd.randrange(100)}"}
+    elif r < 0.56:
+        op, change = "incAttrBy", {"field": "n", "by": rnd.randrange(-5, 11)}
+    elif r < 0.76:
+        op, change = "append", {"field": "s", "str": rnd.choice("xyz")}
+    elif r < 0.96:
+        op, change = "addToSet", {"field": "tags", "value": rnd.choice(SET_VALUES)}
+    else:
+        op, change = "delAttrs", rnd.sample(["a", "b", "s"], rnd.randrange(1, 3))
+    return make_op(op, name, change, new_flake())
+
+
+class Produced:
+    """Every op sent, in production (= flake) order, and where Kafka put it."""
+
+    def __init__(self) -> None:
+        self.models: list[OpModel] = []
+        self.futures: list[Future[Delivery]] = []
+
+    def send(self, client: DynoClient, models: Iterable[OpModel]) -> None:
+        for m in models:
+            self.models.append(m)
+            self.futures.append(client.send(m))
+
+    def reference(self) -> Reference:
+        ref = Reference()
+        for m in self.models:
+            ref.apply(m)
+        return ref
+
+    def partitions(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.futures:
+            d = f.result(60)
+            assert out.setdefault(d.item, d.partition) == d.partition, f"{d.item} on 2 partitions"
+        return out
+
+    def replay(self, path: Path) -> dict[str, Item]:
+        """The same ops applied in order to a local DynoStore: the reference hashes."""
+        with DynoStore(path) as store:
+            for i in range(0, len(self.models), 1000):
+                store.apply(self.models[i : i + 1000])
+            return {name: store.get_item(name) for name in {m.item for m in self.models}}
+
+
+# ---------------------------------------------------------------------------------------------
+# waiting and reading
+# ---------------------------------------------------------------------------------------------
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f}s: {what()}")
+        time.sleep(0.1)
+
+
+def wait_caught_up(view: MaterializedView, ref: Reference, timeout: float, why: str = "") -> None:
+    """Until every item's snapshot in the view has all its ops; fail at once on too many."""
+
+    def behind() -> list[tuple[str, int | None, int]]:
+        out = []
+        for name, want in ref.changes.items():
+            snap = view.get(name)
+            got = None if snap is None else snap["changes"]
+            if got is not None and got > want:
+                pytest.fail(
+                    f"{name}: a snapshot with {got} changes but only {want} ops were produced "
+                    f"for it (an op applied twice): {snap}"
+                )
+            if got != want:
+                out.append((name, got, want))
+        return out
+
+    lagging = behind()
+    deadline = time.monotonic() + timeout
+    while lagging:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{len(lagging)} of {len(ref.changes)} items not caught up within "
+                f"{timeout:.0f}s (item, snapshot changes, ops produced): {lagging[:5]} {why}"
+            )
+        time.sleep(0.2)
+        lagging = behind()
+
+
+def high_watermark(settings: Settings, topic: str, partition: int = 0) -> tuple[int, int]:
+    consumer = snapshot_reader(settings)
+    try:
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return lo, hi
+    finally:
+        consumer.close()
+
+
+def last_snapshots_by_offset(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each item's last snapshot in topic order: what log compaction keeps."""
+    topic = settings.topics.snapshots
+    consumer = snapshot_reader(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            _, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if hi > 0:
+                ends[p] = hi
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        last: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + 60
+        while ends:
+            assert time.monotonic() < deadline, f"reading {topic} to its end took over 60s"
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error():
+                    continue
+                snap = json.loads(msg.value() or b"null")
+                last[snap["item"]] = snap
+                p, off = msg.partition(), msg.offset()
+                if off is not None and off + 1 >= ends.get(p or 0, 0):
+                    ends.pop(p or 0, None)
+        return last
+    finally:
+        consumer.close()
+
+
+def store_items(path: Path) -> dict[str, Item]:
+    with DynoStore(path) as store:
+        return dict(store.scan(lambda _n, _i: True))
+
+
+def history_rows(path: Path) -> dict[str, int]:
+    """Per item, the number of ``history`` rows in the store."""
+    out: Counter[str] = Counter()
+    with DynoStore(path) as store:
+        for key, _value in store.rows():
+            name, _flake, op = split_key(key.encode())
+            if op == HISTORY:
+                out[name] += 1
+    return dict(out)
+
+
+def counter_total(counter: Any) -> float:
+    total: float = sum(
+        s.value for c in counter.collect() for s in c.samples if s.name.endswith("_total")
+    )
+    return total
+
+
+def check_against_reference(
+    got: dict[str, Any], ref: Reference, replay: dict[str, Item], where: str
+) -> None:
+    """``got``: name -> snapshot dict or Item, for every item of the reference."""
+    wrong: list[Any] = []
+    for name, changes in ref.changes.items():
+        g = got.get(name)
+        if g is None:
+            wrong.append((name, "missing"))
+            continue
+        value, n, h = (
+            (g["value"], g["changes"], g["hash"])
+            if isinstance(g, dict)
+            else (g.value, g.changes, g.hash)
+        )
+        want = (ref.value(name), changes, replay[name].hash)
+        assert replay[name].value == want[0] and replay[name].changes == changes, name
+        if (value, n, h) != want:
+            wrong.append((name, (value, n, h), want))
+    assert not wrong, f"{len(wrong)} items in {where} differ from the reference: {wrong[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# worker processes
+# ---------------------------------------------------------------------------------------------
+
+_ASSIGNED = re.compile(r"assigned (\S+)/(\d+) from offset")
+_RELEASED = re.compile(r"released (\S+)/(\d+) at offset")
+_RESTORED = re.compile(r"restored (\S+)/(\d+): (\d+) items from snapshots")
+
+
+class WorkerProcess:
+    """``python -m dyno_stream worker`` with its own data dir, logging to a file."""
+
+    def __init__(self, settings: Settings, name: str, tmp_path: Path) -> None:
+        self.name = name
+        self.ops_topic = settings.topics.ops
+        self.data_dir = tmp_path / f"data-{name}"
+        self.log = tmp_path / f"{name}.log"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DYNO_")},
+            **settings_env(settings),
+            "DYNO_WORKER__DATA_DIR": str(self.data_dir),
+            "DYNO_WORKER__HTTP_PORT": "0",
+            "DYNO_WORKER__BATCH_TIMEOUT_S": "0.02",
+            "DYNO_KAFKA__EXTRA": json.dumps(FAST_GROUP),
+            "DYNO_KAFKA__CLIENT_ID": f"dyno-test-{name}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dyno_stream", "worker"],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def partitions(self) -> set[int]:
+        """The partitions it holds now, from its 'assigned' and 'released' log lines."""
+        held: set[int] = set()
+        for line in self.text().splitlines():
+            if (m := _ASSIGNED.search(line)) and m.group(1) == self.ops_topic:
+                held.add(int(m.group(2)))
+            elif (m := _RELEASED.search(line)) and m.group(1) == self.ops_topic:
+                held.discard(int(m.group(2)))
+        return held
+
+    def restored(self) -> dict[int, int]:
+        """Partition -> items restored from snapshots, by its last 'restored' line."""
+        out = {}
+        for m in _RESTORED.finditer(self.text()):
+            if m.group(1) == self.ops_topic:
+                out[int(m.group(2))] = int(m.group(3))
+        return out
+
+    def store(self, partition: int) -> Path:
+        return self.data_dir / self.ops_topic / f"{partition:04d}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 1500) -> str:
+        return f"\n--- {self.name} log (exit {self.proc.poll()}) ---\n{self.text()[-n:]}"
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit status after SIGTERM (sent once: a second one makes it exit at once)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            pytest.fail(f"worker {self.name} did not stop within {timeout:.0f}s of SIGTERM")
+
+    def cleanup(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def assignment(workers: list[WorkerProcess]) -> str:
+    return ", ".join(f"{w.name}={sorted(w.partitions())}/alive={w.alive()}" for w in workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# three worker processes, one killed and its disk wiped
+# ---------------------------------------------------------------------------------------------
+
+N_OPS = 30_000
+N_ITEMS = 600
+PARTITIONS = 6
+FIRST = 10_000  # produced and applied before the kill
+KILL_AFTER = 4_000  # more ops produced, then SIGKILL while the workers are busy
+
+
+def test_three_worker_processes_one_killed_and_wiped_others_restore(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    s = make_settings(partitions=PARTITIONS)
+    ensure_topics(s)
+    workers = [WorkerProcess(s, f"w{i}", tmp_path) for i in range(3)]
+    victim, survivors = workers[2], workers[:2]
+    view = MaterializedView(s).start()
+    produced = Produced()
+    rnd = random.Random(20240607)
+    try:
+        # a stable group before any op: each worker holds two partitions, and none has ever
+        # applied an op of a partition it does not hold now (so a takeover must restore)
+        wait_until(
+            lambda: (
+                all(len(w.partitions()) == 2 for w in workers)
+                and set().union(*(w.partitions() for w in workers)) == set(range(PARTITIONS))
+            ),
+            90,
+            lambda: (
+                f"the 3 workers did not share the 6 partitions: {assignment(workers)}"
+                + "".join(w.tail() for w in workers if not w.alive())
+            ),
+        )
+        grouped_at = time.monotonic() - started
+
+        with DynoClient(s) as client:
+            produced.send(client, (random_op(rnd, i, N_ITEMS) for i in range(FIRST)))
+            client.flush(60)
+            wait_caught_up(view, produced.reference(), 90, assignment(workers))
+            first_at = time.monotonic() - started
+            victim_parts = victim.partitions()
+            assert len(victim_parts) == 2
+
+            # go on producing on a thread; kill the victim while the workers are busy
+            failure: list[BaseException] = []
+
+            def produce_rest() -> None:
+                try:
+                    produced.send(client, (random_op(rnd, i, N_ITEMS) for i in range(FIRST, N_OPS)))
+                except BaseException as exc:
+                    failure.append(exc)
+
+            producer = threading.Thread(target=produce_rest, daemon=True)
+            producer.start()
+            wait_until(
+                lambda: len(produced.models) >= FIRST + KILL_AFTER or not producer.is_alive(),
+                60,
+                lambda: f"only {len(produced.models)} ops produced",
+            )
+            victim.proc.kill()  # SIGKILL: no revoke, no flush, no goodbye to the group
+            assert victim.proc.wait(10) == -signal.SIGKILL
+            shutil.rmtree(victim.data_dir)
+            killed_at = time.monotonic() - started
+            producer.join(120)
+            assert not producer.is_alive(), "producing took over 2 minutes"
+            assert not failure, failure
+            client.flush(60)
+        assert len(produced.models) == N_OPS
+
+        ref = produced.reference()
+        assert len(ref.changes) == N_ITEMS
+        part_of = produced.partitions()
+
+        # the survivors take over the victim's partitions (after its session times out)
+        wait_until(
+            lambda: set().union(*(w.partitions() for w in survivors)) == set(range(PARTITIONS)),
+            60,
+            lambda: f"the survivors did not take over every partition: {assignment(workers)}",
+        )
+        wait_caught_up(view, ref, 120, assignment(workers))
+        caught_up_at = time.monotonic() - started
+        owner = {p: w for w in survivors for p in w.partitions()}
+        assert all(w.alive() for w in survivors), "".join(w.tail() for w in survivors)
+
+        # nothing went to the dead-letter topic
+        assert high_watermark(s, s.topics.dead_letter) == (0, 0), "ops were dead-lettered"
+
+        # the survivors stop cleanly on SIGTERM
+        for w in survivors:
+            w.proc.send_signal(signal.SIGTERM)
+        codes = [w.wait_exit() for w in survivors]
+        assert codes == [0, 0], "".join(w.tail() for w in survivors)
+
+        # the final snapshots: value and changes exact, hash as a DynoStore replay
+        assert view.wait_until_caught_up(30), "the view did not read the snapshot topic's end"
+        replay = produced.replay(tmp_path / "reference")
+        final = dict(view)
+        assert set(final) == set(ref.changes)
+        check_against_reference(final, ref, replay, "the view")
+        assert all(final[n]["source"]["partition"] == part_of[n] for n in final)
+        # what compaction would keep (the last snapshot in topic order) is the final one too
+        check_against_reference(last_snapshots_by_offset(s), ref, replay, "the last snapshots")
+
+        # the stores of the partitions' last owners hold the same items
+        for p in range(PARTITIONS):
+            items = store_items(owner[p].store(p))
+            mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
+            assert set(items) == mine, f"partition {p} in {owner[p].name}'s store"
+            check_against_reference(
+                items, _only(ref, mine), replay, f"{owner[p].name}'s store of partition {p}"
+            )
+
+        # restore really happened: each of the victim's partitions was restored from
+        # snapshots by its new owner, whose store has one history row per restored item
+        for p in victim_parts:
+            w = owner[p]
+            n_restored = w.restored().get(p)
+            assert n_restored, (
+                f"{w.name} took over partition {p} but did not restore it from snapshots" + w.tail()
+            )
+            hist = history_rows(w.store(p))
+            assert len(hist) == n_restored and set(hist.values()) == {1}, (
+                f"partition {p}: {n_restored} items restored, history rows {len(hist)}"
+            )
+            assert set(hist) <= {n for n, q in part_of.items() if q == p}
+        print(
+            f"\nrestore: grouped at {grouped_at:.1f}s, first {FIRST} applied at {first_at:.1f}s, "
+            f"killed at {killed_at:.1f}s, caught up at {caught_up_at:.1f}s, "
+            f"total {time.monotonic() - started:.1f}s; victim partitions {sorted(victim_parts)}, "
+            f"restored {[w.restored() for w in survivors]}"
+        )
+    finally:
+        view.close()
+        for w in workers:
+            w.cleanup()
+
+
+def _only(ref: Reference, names: set[str]) -> Reference:
+    out = Reference()
+    out.values = {n: ref.values[n] for n in names}
+    out.changes = Counter({n: ref.changes[n] for n in names})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# a fresh worker in the group: the same store, rebuilt from snapshots
+# ---------------------------------------------------------------------------------------------
+
+
+def _wait_assigned(rw: Any, settings: Settings, partitions: int, timeout: float = 60) -> None:
+    want = sorted(f"{settings.topics.ops}/{p}" for p in range(partitions))
+    wait_until(
+        lambda: sorted(rw.worker.health.partitions) == want or not rw.thread.is_alive(),
+        timeout,
+        lambda: f"worker holds {rw.worker.health.partitions}, want {want}",
+    )
+    assert rw.thread.is_alive(), f"the worker died: {rw.error!r}"
+
+
+def test_fresh_worker_restores_the_same_items_and_applies_new_ops_on_top(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tmp_path: Path,
+) -> None:
+    s1 = make_settings(partitions=2)
+    s2 = s1.model_copy(
+        update={"worker": s1.worker.model_copy(update={"data_dir": tmp_path / "data-2"})}
+    )
+    rnd = random.Random(7)
+    produced = Produced()
+    w1 = start_worker(s1)
+    with MaterializedView(s1) as view:
+        _wait_assigned(w1, s1, 2)
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 150, "fresh") for i in range(3000)))
+        ref1 = produced.reference()
+        wait_caught_up(view, ref1, 60)
+        w1.stop()
+        n_first = len(produced.models)
+
+        first: dict[str, Item] = {}
+        for p in range(2):
+            with DynoStore(s1.worker.data_dir / s1.topics.ops / f"{p:04d}") as store:
+                names = {n for n, q in produced.partitions().items() if q == p}
+                first.update({n: store.get_item(n) for n in names})
+        assert set(first) == set(ref1.changes)
+        check_against_reference(first, ref1, produced.replay(tmp_path / "ref1"), "store 1")
+
+        # the fresh worker restores both partitions before it reports them assigned
+        w2 = start_worker(s2)
+        _wait_assigned(w2, s2, 2)
+        restored = {n: w2.worker.read_item(n) for n in first}
+        differ = [
+            (n, first[n], r)
+            for n, r in restored.items()
+            if r is None
+            or (r["value"], r["hash"], r["changes"])
+            != (first[n].value, first[n].hash, first[n].changes)
+        ]
+        assert not differ, f"{len(differ)} restored items differ from store 1: {differ[:3]}"
+        assert {r["count"] for r in restored.values() if r} == {1}, "one history row per item"
+        assert counter_total(w2.worker.metrics.restored_items) == len(first)
+
+        # new ops (on old and new items) chain on from the restored history rows
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 200, "fresh") for i in range(1000)))
+        ref = produced.reference()
+        wait_caught_up(view, ref, 60)
+        w2.stop()
+        assert view.wait_until_caught_up(30)
+        final = dict(view)
+    assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
+
+    replay = produced.replay(tmp_path / "ref2")
+    check_against_reference(final, ref, replay, "the view")
+    # the fresh worker applied the new ops only: every old one was in a snapshot
+    assert counter_total(w2.worker.metrics.ops_applied) == len(produced.models) - n_first
+    new_ops = Counter(m.item for m in produced.models[n_first:])
+    part_of = produced.partitions()
+    for p in range(2):
+        path = s2.worker.data_dir / s2.topics.ops / f"{p:04d}"
+        items = store_items(path)
+        mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
+        assert set(items) == mine
+        check_against_reference(items, _only(ref, mine), replay, f"store 2, partition {p}")
+        hist = history_rows(path)
+        assert set(hist) == {n for n in first if part_of[n] == p}
+        for n, item in items.items():
+            assert item.count == (1 if n in first else 0) + new_ops[n], n
+
+
+# ---------------------------------------------------------------------------------------------
+# a store behind retention: set aside, restored, caught up
+# ---------------------------------------------------------------------------------------------
+
+
+def test_store_behind_the_ops_topic_retention_is_set_aside_and_restored(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tmp_path: Path,
+) -> None:
+    s1 = make_settings(partitions=1)
+    s2 = s1.model_copy(
+        update={"worker": s1.worker.model_copy(update={"data_dir": tmp_path / "data-2"})}
+    )
+    rnd = random.Random(11)
+    produced = Produced()
+    ensure_topics(s1)
+    with MaterializedView(s1) as view:
+        # worker 1 applies the first ops, then stops with its store at offset 500
+        w1 = start_worker(s1)
+        _wait_assigned(w1, s1, 1)
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 40, "ret") for i in range(500)))
+        wait_caught_up(view, produced.reference(), 60)
+        w1.stop()
+        # another worker (another disk) applies more while worker 1 is away
+        w2 = start_worker(s2)
+        _wait_assigned(w2, s2, 1)
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 60, "ret") for i in range(500, 1000)))
+        ref_before = produced.reference()
+        wait_caught_up(view, ref_before, 60)
+        w2.stop()
+
+        # retention drops every op so far: worker 1's offset is no longer in the topic
+        admin = AdminClient(s1.kafka.librdkafka())
+        tp = TopicPartition(s1.topics.ops, 0, 1000)
+        for fut in admin.delete_records([tp]).values():
+            fut.result(30)
+        assert high_watermark(s1, s1.topics.ops) == (1000, 1000)
+
+        w1b = start_worker(s1)
+        _wait_assigned(w1b, s1, 1)
+        store_dir = s1.worker.data_dir / s1.topics.ops
+        stale = [p for p in store_dir.iterdir() if p.name.startswith("0000.stale-")]
+        assert len(stale) == 1, f"the behind store was not set aside: {list(store_dir.iterdir())}"
+        for name, changes in ref_before.changes.items():
+            r = w1b.worker.read_item(name)
+            assert r is not None and (r["value"], r["changes"], r["count"]) == (
+                ref_before.value(name),
+                changes,
+                1,
+            ), (name, r)
+
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 80, "ret") for i in range(1000, 1300)))
+        ref = produced.reference()
+        wait_caught_up(view, ref, 60)
+        w1b.stop()
+        assert view.wait_until_caught_up(30)
+        final = dict(view)
+    assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
+
+    replay = produced.replay(tmp_path / "reference")
+    check_against_reference(final, ref, replay, "the view")
+    assert counter_total(w1b.worker.metrics.ops_applied) == 300
+    items = store_items(store_dir / "0000")
+    check_against_reference(
+        items, _only(ref, {n for n in ref.changes if ref.value(n)}), replay, "the new store"
+    )
+    # the set-aside store is left as it was: the first 500 ops, as worker 1 applied them
+    first = Produced()
+    first.models = produced.models[:500]
+    ref_first = first.reference()
+    check_against_reference(
+        store_items(stale[0]),
+        _only(ref_first, {n for n in ref_first.changes if ref_first.value(n)}),
+        first.replay(tmp_path / "reference-first"),
+        "the set-aside store",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# a bad message in the snapshot topic
+# ---------------------------------------------------------------------------------------------
+
+
+def test_restore_reads_past_a_message_that_is_not_a_snapshot(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tmp_path: Path,
+) -> None:
+    """The snapshot topic is open to any producer: one bad message must not stop restores."""
+    s1 = make_settings(partitions=1)
+    s2 = s1.model_copy(
+        update={"worker": s1.worker.model_copy(update={"data_dir": tmp_path / "data-2"})}
+    )
+    rnd = random.Random(3)
+    produced = Produced()
+    ensure_topics(s1)
+    with MaterializedView(s1) as view:
+        w1 = start_worker(s1)
+        _wait_assigned(w1, s1, 1)
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 20, "bad") for i in range(200)))
+        ref = produced.reference()
+        wait_caught_up(view, ref, 60)
+        w1.stop()
+    producer = Producer(s1.kafka.librdkafka())
+    producer.produce(s1.topics.snapshots, b"not json", b"bad-garbage")
+    producer.produce(s1.topics.snapshots, None, b"bad-tombstone")
+    assert producer.flush(30) == 0
+
+    w2 = start_worker(s2)
+    _wait_assigned(w2, s2, 1, timeout=30)
+    replay = produced.replay(tmp_path / "reference")
+    restored = {n: w2.worker.read_item(n) for n in ref.changes}
+    check_against_reference(
+        {n: r for n, r in restored.items() if r is not None}, ref, replay, "the fresh worker"
+    )
+    w2.stop()
+    assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
+
+
+# ---------------------------------------------------------------------------------------------
+# a crash that published only part of a batch's snapshots
+# ---------------------------------------------------------------------------------------------
+
+
+def test_restore_after_a_crash_that_published_part_of_a_batch(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tmp_path: Path,
+) -> None:
+    """Item X's newest snapshot is behind its ops while item Y's is ahead of X's op.
+
+    As left by a worker killed after applying a batch and publishing only Y's snapshot: the
+    restore must resume after the oldest snapshot (X's op is replayed) and skip what Y's
+    snapshot already holds (Y's op is not applied twice).
+    """
+    s1 = make_settings(partitions=1)
+    s2 = s1.model_copy(
+        update={"worker": s1.worker.model_copy(update={"data_dir": tmp_path / "data-2"})}
+    )
+    rnd = random.Random(5)
+    produced = Produced()
+    ensure_topics(s1)
+    with MaterializedView(s1) as view:
+        w1 = start_worker(s1)
+        _wait_assigned(w1, s1, 1)
+        with DynoClient(s1) as client:
+            produced.send(client, (random_op(rnd, i, 10, "part") for i in range(100)))
+        wait_caught_up(view, produced.reference(), 60)
+        w1.stop()
+
+        # the batch: one op of X, then one of Y; of its snapshots only Y's was published
+        with DynoClient(s1) as client:
+            produced.send(
+                client,
+                [
+                    make_op("putAttrs", "part-0001", {"late": "x"}, new_flake()),
+                    make_op("incAttrBy", "part-0002", {"field": "n", "by": 100}, new_flake()),
+                ],
+            )
+        y_offset = produced.futures[-1].result(30).offset
+        assert produced.futures[-2].result(30).offset == y_offset - 1
+        replay = produced.replay(tmp_path / "reference")
+        producer = Producer(producer_config(s1))
+        producer.produce(
+            s1.topics.snapshots,
+            snapshot_bytes(replay["part-0002"], s1.topics.ops, 0, y_offset),
+            b"part-0002",
+        )
+        assert producer.flush(30) == 0
+        ref = produced.reference()
+        assert view.wait_until_caught_up(30)
+        x_snap, y_snap = view.get("part-0001"), view.get("part-0002")
+        assert x_snap is not None and y_snap is not None
+        assert y_snap["changes"] == ref.changes["part-0002"]  # Y's snapshot has Y's op
+        assert x_snap["changes"] == ref.changes["part-0001"] - 1  # X's is behind X's op
+        assert x_snap["source"]["offset"] < y_offset - 1
+
+        w2 = start_worker(s2)
+        _wait_assigned(w2, s2, 1)
+        wait_caught_up(view, ref, 60)
+        w2.stop()
+        assert view.wait_until_caught_up(30)
+        final = dict(view)
+    check_against_reference(final, ref, replay, "the view")
+    assert counter_total(w2.worker.metrics.ops_applied) == 1  # X's op, and only it
+    assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
+    check_against_reference(
+        store_items(s2.worker.data_dir / s2.topics.ops / "0000"),
+        _only(ref, {n for n in ref.changes if ref.value(n)}),
+        replay,
+        "the restored store",
+    )
