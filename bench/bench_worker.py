@@ -199,7 +199,7 @@ def bench_latency(
     try:
         wait_metrics(url, proc)
         consumer.subscribe([s.topics.snapshots])
-        producer = Producer({**producer_config(s), "linger.ms": 0})
+        producer = Producer(producer_config(s))  # as DynoClient sends: linger.ms=2
         rnd, gen = random.Random(2), FlakeGenerator(node=8, pid=8)
         # warm up: the first op pays for metadata look-ups and the group join
         name, value = op_event(rnd, gen, items)
