@@ -13,13 +13,12 @@ Run: ``make bench`` (starts the broker if needed) or ``python bench/bench_worker
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -33,7 +32,7 @@ from rich.table import Table
 
 from dyno_stream.broker import LocalBroker
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.demo import settings_env
+from dyno_stream.demo import start_worker
 from dyno_stream.flake import FlakeGenerator
 from dyno_stream.topics import ensure_topics
 from dyno_stream.worker import producer_config
@@ -101,17 +100,6 @@ def metrics(url: str) -> dict[str, float]:
         base = key.split("{")[0]
         out[base] = out.get(base, 0.0) + float(value)
     return out
-
-
-def start_worker(s: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings_env(s), "DYNO_WORKER__LOG_LEVEL": "WARNING"}
-    with log.open("wb") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dyno_stream", "worker"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def wait_metrics(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -214,6 +202,7 @@ def bench_latency(
         total = int(rate * seconds)
         latencies: list[float] = []
         seen: dict[str, int] = {}
+        gc.disable()  # the harness's own collections must not count as the worker's latency
         start = time.monotonic()
         for i in range(total):
             target = start + i / rate
@@ -229,6 +218,7 @@ def bench_latency(
             _drain(consumer, sent, seen, latencies, 0.1)
         achieved = total / (now - start)
     finally:
+        gc.enable()
         consumer.close()
         stop(proc)
     latencies.sort()

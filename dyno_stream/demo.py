@@ -67,6 +67,7 @@ def settings_env(s: Settings) -> dict[str, str]:
         "DYNO_WORKER__DATA_DIR": str(s.worker.data_dir),
         "DYNO_WORKER__HTTP_PORT": str(s.worker.http_port),
         "DYNO_WORKER__HTTP_HOST": s.worker.http_host,
+        "DYNO_WORKER__LOG_LEVEL": s.worker.log_level,
     }
 
 

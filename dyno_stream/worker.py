@@ -8,6 +8,7 @@ events never stop it: each goes to the dead-letter topic with its reason and is 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -139,6 +140,9 @@ class Worker:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        # Everything allocated so far (modules, pydantic's validators) lives as long as the
+        # process: keep the collector from walking it again and again (latency tails).
+        gc.freeze()
         self.health.state = "running"
         try:
             while not self._stop.is_set():
