@@ -237,6 +237,7 @@ def _show_rows(out: Console, base_url: str) -> None:
         )
     )
     _, body = _get(base_url + "/rows")
-    out.print(
-        Panel(body.decode().rstrip(), title="LevelDB rows in the worker's store", expand=False)
-    )
+    # plain lines, not a panel: a row is never cut at the terminal's edge
+    out.print("LevelDB rows in the worker's store:", style="bold")
+    for line in body.decode().splitlines():
+        out.print("  " + line, soft_wrap=True, markup=False, highlight=False)

@@ -7,6 +7,9 @@ The snapshot topic is a changelog of materialized items, so it is created compac
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -54,6 +57,8 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker won
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    names = [spec.topic for spec in wanted]
+    _wait(admin, lambda topics: _ready(topics, names), timeout, "ready")
     return created
 
 
@@ -66,3 +71,28 @@ def delete_topics(settings: Settings, names: list[str], timeout: float = 30.0) -
         return
     for _name, future in admin.delete_topics(doomed, operation_timeout=timeout).items():
         future.result(timeout)
+    # deletion completes in the background: a topic created again under the same name
+    # before it is gone leaves clients with stale metadata
+    _wait(admin, lambda topics: not any(n in topics for n in doomed), timeout, "deleted")
+
+
+def _wait(
+    admin: AdminClient, done: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done(admin.list_topics(timeout=timeout).topics):
+            return
+        time.sleep(0.2)
+    raise BrokerError(f"topics not {what} within {timeout:.0f}s")
+
+
+def _ready(topics: dict[str, Any], names: list[str]) -> bool:
+    """Every partition of every topic has a leader."""
+    for name in names:
+        meta = topics.get(name)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return False
+        if any(p.leader < 0 for p in meta.partitions.values()):
+            return False
+    return True
