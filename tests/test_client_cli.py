@@ -7,7 +7,6 @@ deployment; the tests read what it produced straight from Kafka, and what it pri
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from helpers import cli_env, run_cli
 
 from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
@@ -28,34 +28,6 @@ from dyno_stream.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0
-
-
-def cli_env(s: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNO_")}
-    env.update(
-        {
-            "DYNO_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
-            "DYNO_TOPICS__OPS": s.topics.ops,
-            "DYNO_TOPICS__SNAPSHOTS": s.topics.snapshots,
-            "DYNO_TOPICS__DEAD_LETTER": s.topics.dead_letter,
-            "DYNO_WORKER__DATA_DIR": str(s.worker.data_dir),
-            "DYNO_WORKER__HTTP_PORT": "0",
-            **extra,
-        }
-    )
-    return env
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dyno_stream", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def read_topic(

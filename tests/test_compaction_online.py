@@ -15,10 +15,7 @@ import copy
 import hashlib
 import io
 import json
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +26,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from helpers import cli_env, run_cli
 from rich.console import Console
 
 from dyno_stream.checkpoint import H_OFFSET, H_REASON
@@ -613,36 +611,6 @@ def test_two_passes_at_once_end_as_one(
 # ---------------------------------------------------------------------------------------------
 # the CLI
 # ---------------------------------------------------------------------------------------------
-
-
-def cli_env(s: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNO_")}
-    env.update(
-        {
-            "DYNO_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
-            "DYNO_TOPICS__OPS": s.topics.ops,
-            "DYNO_TOPICS__SNAPSHOTS": s.topics.snapshots,
-            "DYNO_TOPICS__DEAD_LETTER": s.topics.dead_letter,
-            "DYNO_WORKER__GROUP_ID": s.worker.group_id,
-            "DYNO_WORKER__DATA_DIR": str(s.worker.data_dir),
-            "DYNO_WORKER__HTTP_PORT": "0",
-            "DYNO_COMPACTION__WAIT_S": "60",
-            **extra,
-        }
-    )
-    return env
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dyno_stream", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def summary_fields(stderr: str) -> dict[str, str]:
