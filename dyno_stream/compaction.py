@@ -284,7 +284,7 @@ def compact_offline(
     with DynoStore(path) as store:
         snaps = [
             {"item": n, "hash": i.hash, "count": i.count, "changes": i.changes}
-            for n, i in store.scan(lambda n, i: True)
+            for n, i in store.scan(lambda n, i: True, include_empty=True)
         ]
         chosen, summary.examined = choose(snaps, policy)
         summary.chosen = len(chosen)

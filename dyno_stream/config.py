@@ -27,6 +27,9 @@ from pydantic_settings import (
 
 from dyno_stream.errors import ConfigError
 
+#: The largest snapshot or dead letter (the topics are created to take it).
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
 DEFAULT_CONFIG_FILE = Path("config/dyno-stream.toml")
 
 _SECRET_WORDS = ("password", "secret", "key.password", "token")
@@ -206,6 +209,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "linger.ms": 2,
         "partitioner": "murmur2_random",
+        # as large as the snapshot and dead-letter topics take (see topics.py)
+        "message.max.bytes": MAX_MESSAGE_BYTES,
         "message.timeout.ms": int(settings.worker.publish_timeout_s * 1000),
     }
 

@@ -127,6 +127,9 @@ def _text_of(v: Any) -> str:
 
 _MISSING = object()
 
+#: Counters stay within what JSON readers (and every replica's encoder) handle exactly.
+MAX_INT_BITS = 64
+
 
 def apply_op(value: JsonDict, op: str, change: Any) -> JsonDict:
     """Apply one op to an item value and return the new value.
@@ -149,9 +152,16 @@ def apply_op(value: JsonDict, op: str, change: Any) -> JsonDict:
         by = change["by"] if op == INC_ATTR_BY else -change["by"]
         name = change["field"]
         old = value.get(name)
-        new = old + by if _is_number(old) else by
+        try:
+            new = old + by if _is_number(old) else by
+        except OverflowError:  # a huge integer plus a float
+            raise InvalidChangeError("change.by", f"{op} would overflow {name!r}") from None
         if isinstance(new, float) and (new != new or new in (float("inf"), float("-inf"))):
             raise InvalidChangeError("change.by", f"{op} would make {name!r} non-finite")
+        if isinstance(new, int) and new.bit_length() > MAX_INT_BITS:
+            raise InvalidChangeError(
+                "change.by", f"{op} would take {name!r} beyond {MAX_INT_BITS}-bit integers"
+            )
         value[name] = new
         return value
     if op == APPEND:

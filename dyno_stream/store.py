@@ -33,6 +33,7 @@ from dyno_stream import ops
 from dyno_stream.errors import (
     ConflictError,
     DynoError,
+    InvalidChangeError,
     InvalidFlakeError,
     LateOpError,
     StoreClosedError,
@@ -173,7 +174,12 @@ class _Batch:
         key = f"{prefix}{flake}/{op}".encode()
         last = st.timestamp
         if last is None or flake > last:
-            st.value = ops.apply_op(st.value, op, model.change)
+            try:
+                st.value = ops.apply_op(st.value, op, model.change)
+            except DynoError:
+                raise
+            except (ArithmeticError, ValueError, TypeError) as exc:  # never crash a batch
+                raise InvalidChangeError("change", f"cannot apply {op}: {exc}") from None
             st.hash = md5(f"{st.hash}\n{name}\n{flake}\n{op}\n{text}\n".encode()).hexdigest()
             st.timestamp = flake
             st.changes += 1
@@ -579,6 +585,7 @@ class DynoStore:
         stop: bytes,
         include_stop: bool,
         predicate: Callable[[str, Item], bool] | None = None,
+        include_empty: bool = False,
     ) -> Iterator[tuple[str, Item]]:
         # a snapshot keeps a long iteration consistent while the worker goes on writing
         try:
@@ -587,7 +594,8 @@ class DynoStore:
                 for key, raw in rows:
                     name = key[len(STATE_PREFIX) :].decode("utf-8")
                     item = Item.from_state(name, ItemState.decode(raw))
-                    if item.value is not None and (predicate is None or predicate(name, item)):
+                    present = item.value is not None or (include_empty and item.count > 0)
+                    if present and (predicate is None or predicate(name, item)):
                         yield name, item
         except RuntimeError as exc:  # plyvel: "Database or iterator is closed"
             if self._db is None:
@@ -598,9 +606,14 @@ class DynoStore:
         """Items with ``start <= name <= end``, in name order (absent items are skipped)."""
         return self._items(state_key(start), state_key(end), True)
 
-    def scan(self, predicate: Callable[[str, Item], bool]) -> Iterator[tuple[str, Item]]:
-        """Every present item for which ``predicate(name, item)`` is true, in name order."""
-        return self._items(STATE_PREFIX, _STATE_END, False, predicate)
+    def scan(
+        self, predicate: Callable[[str, Item], bool], include_empty: bool = False
+    ) -> Iterator[tuple[str, Item]]:
+        """Every present item for which ``predicate(name, item)`` is true, in name order.
+
+        ``include_empty`` also yields items that have rows but read as absent (deleted or
+        emptied): compaction must fold those too."""
+        return self._items(STATE_PREFIX, _STATE_END, False, predicate, include_empty)
 
     def rows(self, name: str | None = None) -> Iterator[tuple[str, str]]:
         """Item rows as ``(key, value)`` text in key order (all, or one item's): the seed

@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from dyno_stream.config import Settings
+from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
 from dyno_stream.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,14 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
             t.snapshots,
             num_partitions=t.partitions,
             replication_factor=rf,
-            config={"cleanup.policy": "compact"},
+            config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
         ),
-        NewTopic(t.dead_letter, num_partitions=1, replication_factor=rf),
+        NewTopic(
+            t.dead_letter,
+            num_partitions=1,
+            replication_factor=rf,
+            config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        ),
     ]
 
 

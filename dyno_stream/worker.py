@@ -191,9 +191,13 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             ps = self._open_partition(tp.topic, tp.partition)
-            ps = self._restore_if_needed(consumer, ps)
+            try:
+                ps = self._restore_if_needed(consumer, ps)
+                self._republish_pending(ps)
+            except BaseException:
+                ps.close()  # release its LevelDB lock for the next owner
+                raise
             self._parts[(tp.topic, tp.partition)] = ps
-            self._republish_pending(ps)
             tp.offset = OFFSET_BEGINNING if ps.next_offset is None else ps.next_offset
             log.info(
                 "assigned %s from offset %s",
@@ -482,12 +486,33 @@ class Worker:
 
     def _produce_snapshot(self, ps: PartitionStore, item: Item, offset: int) -> None:
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
-        self._produce(self.settings.topics.snapshots, item.name.encode(), value)
+        try:
+            self._produce(self.settings.topics.snapshots, item.name.encode(), value)
+        except KafkaException as exc:
+            # The item outgrew what Kafka takes in one message. Publishing it is impossible,
+            # crashing would only loop: say so loudly, and leave a dead letter naming it.
+            log.error("snapshot of %r (%d bytes) refused by Kafka: %s", item.name, len(value), exc)
+            self._produce_dead_letter(
+                DeadLetter(
+                    ps.topic,
+                    ps.partition,
+                    offset,
+                    item.name.encode(),
+                    None,
+                    [],
+                    "snapshot-too-large",
+                    f"snapshot of {len(value)} bytes not published: {exc}",
+                )
+            )
+            self.metrics.dead_lettered.labels("snapshot-too-large").inc()
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
-        self._produce(
-            self.settings.topics.dead_letter, letter.key, letter.value, letter.kafka_headers()
-        )
+        headers = letter.kafka_headers()
+        try:
+            self._produce(self.settings.topics.dead_letter, letter.key, letter.value, headers)
+        except KafkaException:  # too large with the original bytes: keep the reason at least
+            headers.append(("dyno.error.truncated", str(len(letter.value or b"")).encode()))
+            self._produce(self.settings.topics.dead_letter, letter.key, None, headers)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -565,7 +590,7 @@ class Worker:
         owner: dict[str, PartitionStore] = {}
         seen = []
         for ps in stores:
-            for name, item in ps.store.scan(lambda n, i: i.count >= c.min_rows):
+            for name, item in ps.store.scan(lambda n, i: i.count >= c.min_rows, True):
                 owner[name] = ps
                 seen.append(
                     {"item": name, "hash": item.hash, "count": item.count, "changes": item.changes}

@@ -589,3 +589,18 @@ def test_a_batch_of_flatten_commands_costs_no_more_than_one_by_one(tmp_path: Pat
         f"{n_items} flatten commands: {timings['one']:.2f}s one by one, "
         f"{timings['batched']:.2f}s in batches of 1,000"
     )
+
+
+def test_offline_compaction_folds_deleted_items_too(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    og = old_flakes()
+    with DynoStore(path) as store:
+        for i in range(20):
+            store.put_attrs("gone", {"i": i}, ts=og())
+        store.del_item("gone", ts=og())
+        assert store.get_item("gone").value is None and store.get_item("gone").count == 21
+    summary = compact_offline(path, CompactionSettings(min_rows=2), Console(file=io.StringIO()))
+    assert summary.flattened == 1
+    with DynoStore(path) as store:
+        item = store.get_item("gone")
+        assert item.count == 1 and item.changes == 21 and item.value is None

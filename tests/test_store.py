@@ -926,3 +926,31 @@ def test_refuses_a_leveldb_that_is_not_a_dyno_store(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(DynoError):
         DynoStore(path)
+
+
+# -- arithmetic that cannot be stored must not crash a batch -----------------------------------
+
+
+def test_counter_beyond_64_bits_is_refused_and_skipped(store: DynoStore) -> None:
+    big = 2**63
+    store.put_item("n", {"x": big}, ts=F(0))
+    errors: list[tuple[int, str]] = []
+    done = store.apply(
+        [
+            make_op("incAttrBy", "n", {"field": "x", "by": big}, F(1)),
+            make_op("incAttrBy", "n", {"field": "x", "by": 0.5}, F(2)),
+            make_op("putAttrs", "ok", {"a": 1}, F(3)),
+        ],
+        on_error=lambda i, e, err: errors.append((i, type(err).__name__)),
+    )
+    assert errors == [(0, "InvalidChangeError")]
+    assert done == ["n", "ok"]
+    assert store.get_item("n").value == {"x": big + 0.5}
+
+
+def test_huge_integer_plus_float_is_an_invalid_change(store: DynoStore) -> None:
+    store.put_item("n", {"x": 10**400}, ts=F(0))
+    with pytest.raises(InvalidChangeError) as info:
+        store.inc_attr_by("n", "x", 0.5, ts=F(1))
+    assert info.value.field.startswith("change")
+    assert store.get_item("n").value == {"x": 10**400}
