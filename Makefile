@@ -54,8 +54,9 @@ bench-store: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 
 bench: $(STAMP) jars
-	$(BIN)/python bench/bench_store.py
-	$(BIN)/python bench/bench_worker.py
+	$(BIN)/python bench/bench_store.py --json bench/results/store.json
+	$(BIN)/python bench/bench_worker.py --json bench/results/worker.json
+	$(BIN)/python bench/bench_compaction.py --json bench/results/compaction.json
 
 schemas: $(STAMP)
 	$(BIN)/dyno-stream schemas export
