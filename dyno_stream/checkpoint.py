@@ -34,7 +34,7 @@ from typing import Any
 
 from dyno_stream import ops
 from dyno_stream.errors import DynoError
-from dyno_stream.events import Snapshot, Source
+from dyno_stream.events import Snapshot
 from dyno_stream.keys import META_PREFIX
 from dyno_stream.store import DynoStore, Item
 
@@ -120,18 +120,6 @@ class DeadLetter:
             d["message"],
             d["field"],
         )
-
-
-def snapshot_of(item: Item, source: Source | None) -> Snapshot:
-    return Snapshot(
-        item=item.name,
-        value=item.value,
-        timestamp=item.timestamp,
-        changes=item.changes,
-        hash=item.hash,
-        count=item.count,
-        source=source,
-    )
 
 
 def snapshot_bytes(item: Item, topic: str, partition: int, offset: int) -> bytes:

@@ -93,6 +93,12 @@ def choose(
     return chosen, seen
 
 
+def summaries(store: DynoStore, min_rows: int = 0) -> Iterator[dict[str, Any]]:
+    """A store's items in the shape ``choose`` reads (a snapshot's), deleted ones included."""
+    for name, item in store.scan(lambda n, i: i.count >= min_rows, include_empty=True):
+        yield {"item": name, "hash": item.hash, "count": item.count, "changes": item.changes}
+
+
 @dataclass
 class Summary:
     mode: str
@@ -282,11 +288,7 @@ def compact_offline(
     cutoff = flake_floor(time.time() - policy.lateness_s)
     rep = Reporter(console)
     with DynoStore(path) as store:
-        snaps = [
-            {"item": n, "hash": i.hash, "count": i.count, "changes": i.changes}
-            for n, i in store.scan(lambda n, i: True, include_empty=True)
-        ]
-        chosen, summary.examined = choose(snaps, policy)
+        chosen, summary.examined = choose(summaries(store), policy)
         summary.chosen = len(chosen)
         summary.rows_before = sum(c.count for c in chosen)
         if dry_run:

@@ -209,7 +209,6 @@ OP_MODELS: dict[str, type[OpModel]] = {
     for m in (PutItem, DelItem, PutAttrs, DelAttrs, IncAttrBy, DecAttrBy, Append, AddToSet)
 }
 
-_op_adapter: TypeAdapter[OpModel] = TypeAdapter(Op)
 _event_adapter: TypeAdapter[EventModel] = TypeAdapter(Event)
 
 
@@ -305,13 +304,6 @@ def parse_event(raw: bytes | str) -> EventModel:
     """Validate one raw event (JSON bytes straight from Kafka)."""
     try:
         return _event_adapter.validate_json(raw)
-    except pydantic.ValidationError as exc:
-        raise _convert(exc) from None
-
-
-def parse_op(data: dict[str, Any]) -> OpModel:
-    try:
-        return _op_adapter.validate_python(data)
     except pydantic.ValidationError as exc:
         raise _convert(exc) from None
 

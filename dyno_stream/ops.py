@@ -95,10 +95,6 @@ def _float_kind(value: Any) -> int:
     return _NO_FLOAT
 
 
-def all_finite(value: Any) -> bool:
-    return _float_kind(value) != _NON_FINITE
-
-
 def loads(text: str | bytes) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8")

@@ -38,7 +38,7 @@ from dyno_stream.checkpoint import (
     PartitionStore,
     snapshot_bytes,
 )
-from dyno_stream.compaction import choose
+from dyno_stream.compaction import choose, summaries
 from dyno_stream.config import Settings, consumer_config, producer_config
 from dyno_stream.errors import (
     DynoError,
@@ -590,11 +590,9 @@ class Worker:
         owner: dict[str, PartitionStore] = {}
         seen = []
         for ps in stores:
-            for name, item in ps.store.scan(lambda n, i: i.count >= c.min_rows, True):
-                owner[name] = ps
-                seen.append(
-                    {"item": name, "hash": item.hash, "count": item.count, "changes": item.changes}
-                )
+            for summary in summaries(ps.store, c.min_rows):
+                owner[summary["item"]] = ps
+                seen.append(summary)
         chosen, _ = choose(seen, c)  # the policy of a pass: prefix, longest first, the cap
         changed: dict[str, list[str]] = {}
         for cand in chosen:
