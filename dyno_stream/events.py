@@ -7,9 +7,10 @@ Schema (``dyno-stream schemas export``). The field names and op names are level-
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
@@ -27,10 +28,21 @@ from dyno_stream.flake import FLAKE_RE
 from dyno_stream.keys import MAX_NAME_BYTES, check_name
 
 MD5_PATTERN = r"^[0-9a-f]{32}$"
+_T = TypeVar("_T")
 
 
 def _name(v: str) -> str:
     return check_name(v)
+
+
+def check_event_name(name: str) -> None:
+    """The part of ``check_name`` that pydantic's constraints cannot say, made cheap.
+
+    ``EventName`` already holds the name to 1..1,024 characters; an ASCII name is then
+    valid, and only others need their UTF-8 size and encodability checked.
+    """
+    if not name.isascii():
+        check_name(name)
 
 
 ItemName = Annotated[
@@ -38,6 +50,16 @@ ItemName = Annotated[
     pydantic.AfterValidator(_name),
     Field(
         min_length=1,
+        description=f"Item name: any non-empty UTF-8 string of at most {MAX_NAME_BYTES} bytes.",
+    ),
+]
+#: ``ItemName`` without the Python validator, for op events: the event's validation stays in
+#: pydantic-core and ``check_event_name`` finishes it (``parse_event``, ``make_op``, the store).
+EventName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_NAME_BYTES,
         description=f"Item name: any non-empty UTF-8 string of at most {MAX_NAME_BYTES} bytes.",
     ),
 ]
@@ -80,44 +102,55 @@ class FieldValue(TypedDict):
     value: Scalar
 
 
+class _cached(functools.cached_property[_T]):
+    """``functools.cached_property`` without its lock (Python 3.11 takes one on every first
+    read, which doubled the cost of validating an event). Models are not shared between
+    threads while they are being built, and the value is a pure function of the model."""
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        if instance is None:
+            return self
+        value = self.func(instance)
+        instance.__dict__[self.attrname] = value  # later reads find it here first
+        return value
+
+
 class _Op(_Model):
     """Common part of every op event.
 
-    ``change_json`` is the change as stored in LevelDB and fed to the history hash. It is
-    computed once, by the validator, and kept in the instance's ``__dict__`` beside the
-    fields (not a field: it is not part of the wire form). A property or private attribute
-    would cost microseconds per read on the store's hot path.
+    ``change_json`` is the change as stored in LevelDB and fed to the history hash: computed
+    on first use and kept in the instance's ``__dict__`` (a ``cached_property``, so later
+    reads are plain attribute reads). It is not a field: it is not part of the wire form.
+    ``parse_event`` and ``make_op`` compute it at once, so a change that cannot be stored
+    (a non-finite number, text that is not UTF-8) is refused there, naming its field; the
+    store computes it for models built any other way.
+
+    There is deliberately no pydantic validator on these models: a Python validator costs
+    more than all of pydantic's own work on an event (see bench/bench_compare.py), and
+    the worker validates every event it consumes.
     """
 
-    if TYPE_CHECKING:  # set by _check_change; declared for type checkers only
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(_cached,))
 
-        @property
-        def change_json(self) -> str: ...
-
-    item: ItemName
+    item: EventName
     ts: FlakeId
     #: Where this op's change can hold a float: "*" anywhere, a key of the change, or "".
     _float_field: ClassVar[str] = "*"
 
-    @pydantic.model_validator(mode="after")
-    def _check_change(self) -> _Op:
-        # A change that cannot be stored (a non-finite number, text that is not UTF-8) is
-        # refused here, naming its field, never in the store.
+    @_cached
+    def change_json(self) -> str:
         change = self.change_value
-        # Only shapes that can hold a float need the walk that checks them (a third of the
-        # cost of validating an event); the others go straight to the encoder.
+        # Only shapes that can hold a float need the walk that checks them; the others go
+        # straight to the encoder.
         floats = self._float_field
         may_float = floats == "*" or (floats and type(change[floats]) is float)
         try:
-            self.__dict__["change_json"] = (
-                ops.dumps(change) if may_float else ops.dumps_floatless(change)
-            )
+            return ops.dumps(change) if may_float else ops.dumps_floatless(change)
         except UnicodeError:
             raise InvalidChangeError("change", "is not valid UTF-8 text (lone surrogate)") from None
         except ValueError:
-            _check_finite(self.change_value, "change")  # raises, naming the field
+            _check_finite(change, "change")  # raises, naming the field
             raise
-        return self
 
     @property
     def change_value(self) -> Any:
@@ -125,7 +158,7 @@ class _Op(_Model):
         return getattr(self, "change")  # noqa: B009 - each subclass declares its own type
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; with ``update``, validated again so ``change_json`` follows the change."""
+        """A copy; with ``update``, validated again (and ``change_json`` not carried over)."""
         if update:
             return self.model_validate({**self.model_dump(), **update})
         return super().model_copy(deep=deep)
@@ -283,9 +316,12 @@ def make_op(op: str, item: str, change: Any, ts: str) -> OpModel:
     if not isinstance(ts, str) or not FLAKE_RE.fullmatch(ts):
         raise InvalidFlakeError("ts", f"{ts!r} is not a flake id")
     try:
-        return model(item=item, ts=ts, change=change)
+        event = model(item=item, ts=ts, change=change)
     except pydantic.ValidationError as exc:
         raise _convert(exc) from None
+    check_event_name(event.item)
+    event.change_json  # noqa: B018 - computed now, so a change that cannot be stored is refused
+    return event
 
 
 def _check_finite(value: Any, field: str) -> None:
@@ -303,9 +339,13 @@ def _check_finite(value: Any, field: str) -> None:
 def parse_event(raw: bytes | str) -> EventModel:
     """Validate one raw event (JSON bytes straight from Kafka)."""
     try:
-        return _event_adapter.validate_json(raw)
+        event = _event_adapter.validate_json(raw)
     except pydantic.ValidationError as exc:
         raise _convert(exc) from None
+    check_event_name(event.item)
+    if not isinstance(event, Flatten):
+        event.change_json  # noqa: B018 - computed now: refused here if it cannot be stored
+    return event
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -39,7 +39,7 @@ from dyno_stream.errors import (
     StoreClosedError,
     UnknownHashError,
 )
-from dyno_stream.events import EventModel, Flatten, OpModel, make_op
+from dyno_stream.events import EventModel, Flatten, OpModel, check_event_name, make_op
 from dyno_stream.flake import is_flake, new_flake
 from dyno_stream.keys import (
     INTERNAL,
@@ -131,6 +131,7 @@ class _Batch:
         if st is None:
             st = self._cache.get(name)
             if st is None:
+                check_event_name(name)  # a model built without parse_event or make_op
                 raw = self._db.get(state_key(name))
                 st = ItemState() if raw is None else ItemState.decode(raw)
             self.states[name] = st
