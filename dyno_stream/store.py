@@ -5,13 +5,21 @@ Layout (see ``keys``)::
     <name>/<flake>/<op>        one row per op, value = the change as compact JSON
     <name>/<flake>/history     a flattened prefix: ``<hash>:<changes>:<value json>``
     \\x00state\\x00<name>      the item's materialized current state (value, hash, counts)
+    \\x00meta\\x00dirty\\x00<n>  journal: names whose state row may be behind their rows
     \\x00meta\\x00...          format version and the worker's bookkeeping
 
-Every write (``apply``, ``flatten``) is one LevelDB write batch: the rows, the items' new
-materialized states and any extra internal rows (the worker's consumed offsets) land together
-or not at all. The materialized state is what makes ``get_item`` cost the same for an item with
-one row or ten thousand; it always equals the replay of the rows (a property test holds it to
-that).
+Every write (``apply``, ``flatten``) is one LevelDB write batch: the rows and any extra
+internal rows (the worker's consumed offsets) land together or not at all. The materialized
+state is what makes ``get_item`` cost the same for an item with one row or ten thousand; it
+always reads as the replay of the rows (a property test holds it to that).
+
+States are written behind the rows: a batch updates them in memory, and they reach LevelDB
+every ``flush_interval_s``, when evicted from the cache, before a scan, and on close.
+Encoding and writing each touched item's state in every batch cost as much as writing its
+ops. A batch that dirties a state for the first time records the item's name in the dirty
+journal, in the same write batch as its rows; a flush writes the states and deletes the
+journal. Opening a store after a crash replays the journal's items from their rows, so
+whatever state rows were lost, every item reads exactly as its rows say.
 
 Ops normally arrive in flake order, and are then applied to the state directly. An op that
 sorts before the item's last row (out-of-order delivery) is placed by replaying the item's rows
@@ -20,13 +28,16 @@ with it, so the result never depends on arrival order.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import orjson
 import plyvel
 
 from dyno_stream import ops
@@ -57,6 +68,7 @@ from dyno_stream.ops import HISTORY, ItemState, md5
 FORMAT_VERSION = b"1"
 _VERSION_KEY = META_PREFIX + b"format"
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
+_JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +291,8 @@ class _Batch:
         st.count -= upto  # upto+1 rows become one
         return True
 
-    def commit(self, db: Any, extra: Rows, sync: bool) -> None:
+    def commit(self, db: Any, extra: Rows, sync: bool, journal: Rows) -> None:
+        """Write the rows, the journal of newly dirty states and ``extra``, atomically."""
         with db.write_batch(sync=sync, transaction=True) as wb:
             put, delete = wb.put, wb.delete
             for key, value in self.rows.items():
@@ -287,10 +300,7 @@ class _Batch:
                     delete(key)
                 else:
                     put(key, value)
-            for name, st in self.states.items():
-                if st.count:
-                    put(STATE_PREFIX + name.encode(), st.encode())
-            for key, value in extra.items():
+            for key, value in (*journal.items(), *extra.items()):
                 if value is None:
                     delete(key)
                 else:
@@ -313,11 +323,19 @@ class DynoStore:
         flakes: Callable[[], str] = new_flake,
         lru_cache_size: int | None = None,
         state_cache_size: int = 100_000,
+        flush_interval_s: float = 2.0,
     ) -> None:
         self.path = Path(path)
         # decoded states of recently written items: a batch then skips the read and decode
         self._cache: dict[str, ItemState] = {}
         self._cache_size = state_cache_size
+        # items whose cached state is newer than their state row (all of them are cached and
+        # named in the dirty journal); see the module docstring
+        self._dirty: set[str] = set()
+        self._journal: list[bytes] = []  # journal keys written since the last flush
+        self._journal_seq = 0
+        self._flush_interval = flush_interval_s
+        self._flushed_at = time.monotonic()
         self.sync = sync
         self._flakes = flakes
         self._lock = threading.RLock()
@@ -331,14 +349,18 @@ class DynoStore:
             raise DynoError(f"cannot open store at {self.path}: {exc}") from exc
         if self._db.get(_VERSION_KEY) is None:
             self._adopt_rows()
+        self._recover_states()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
-                self._db.close()
-                self._db = None
+                try:
+                    self.flush()
+                finally:
+                    self._db.close()
+                    self._db = None
 
     @property
     def closed(self) -> bool:
@@ -395,6 +417,61 @@ class DynoStore:
                 wb.put(state_key(name), st.encode())
             wb.put(_VERSION_KEY, FORMAT_VERSION)
 
+    def _recover_states(self) -> None:
+        """Rebuild the states a crash left behind their rows (those the journal names)."""
+        db = self._db
+        names: set[str] = set()
+        keys = []
+        for key, value in db.iterator(prefix=_JOURNAL_PREFIX):
+            keys.append(key)
+            names.update(orjson.loads(value))
+        if not keys:
+            return
+        batch = _Batch(db, {})
+        with db.write_batch(sync=True) as wb:
+            for name in names:
+                rows = batch.item_rows(name)
+                if rows:
+                    st = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
+                    wb.put(state_key(name), st.encode())
+                else:
+                    wb.delete(state_key(name))
+            for key in keys:
+                wb.delete(key)
+
+    def flush(self) -> None:
+        """Write every state that is ahead of its row, and clear the dirty journal."""
+        with self._lock:
+            db = self._open_db()
+            if not self._dirty and not self._journal:
+                return
+            cache = self._cache
+            with db.write_batch(sync=self.sync) as wb:
+                for name in self._dirty:
+                    st = cache[name]
+                    if st.count:
+                        wb.put(STATE_PREFIX + name.encode(), st.encode())
+                for key in self._journal:
+                    wb.delete(key)
+            self._dirty.clear()
+            self._journal.clear()
+            self._flushed_at = time.monotonic()
+
+    def _evict(self) -> None:
+        """Keep the cache to its size, writing the state of any dirty item it lets go."""
+        cache, dirty = self._cache, self._dirty
+        excess = len(cache) - self._cache_size
+        if excess <= 0:
+            return
+        victims = list(itertools.islice(cache, excess))  # least recently written first
+        with self._open_db().write_batch(sync=self.sync) as wb:
+            for name in victims:
+                st = cache.pop(name)
+                if name in dirty:
+                    dirty.discard(name)
+                    if st.count:
+                        wb.put(STATE_PREFIX + name.encode(), st.encode())
+
     # -- writing -----------------------------------------------------------------------------
 
     def apply(
@@ -449,24 +526,47 @@ class DynoStore:
         with self._lock:
             db = self._open_db()
             batch = _Batch(db, self._cache)
+            dirty = self._dirty
             try:
                 result = run(batch)
                 rows = extra(result) if callable(extra) else (extra or {})
                 for key in rows:
                     if not key.startswith(INTERNAL):
                         raise DynoError(f"extra row {key!r} is not internal (must start \\x00)")
-                batch.commit(db, rows, self.sync)
+                fresh = [name for name in batch.states if name not in dirty]
+                journal: dict[bytes, bytes | None] = {}
+                if fresh:
+                    self._journal_seq += 1
+                    key = _JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big")
+                    journal[key] = orjson.dumps(fresh)
+                batch.commit(db, rows, self.sync, journal)
             except BaseException:
-                for name in batch.states:
-                    self._cache.pop(name, None)
+                self._forget(batch)
                 raise
+            self._journal.extend(journal)
+            dirty.update(fresh)
             cache = self._cache
             for name, st in batch.states.items():
                 cache.pop(name, None)
                 cache[name] = st  # most recently used last
-            while len(cache) > self._cache_size:
-                del cache[next(iter(cache))]
+            if len(cache) > self._cache_size:
+                self._evict()
+            if time.monotonic() - self._flushed_at > self._flush_interval:
+                self.flush()
             return result
+
+    def _forget(self, batch: _Batch) -> None:
+        """A batch failed after changing cached states in place: put them right again.
+
+        A clean state is dropped (LevelDB holds it); a dirty one exists only here, so it is
+        rebuilt from the item's rows, which the failed batch did not touch.
+        """
+        for name in batch.states:
+            if name in self._dirty:
+                rows = _Batch(self._db, {}).item_rows(name)
+                self._cache[name] = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
+            else:
+                self._cache.pop(name, None)
 
     def _one(self, op: str, name: str, change: Any, ts: str | None) -> str:
         flake = self._flakes() if ts is None else ts
@@ -541,7 +641,10 @@ class DynoStore:
     # -- reading -----------------------------------------------------------------------------
 
     def _state(self, name: str) -> ItemState | None:
-        raw = self._open_db().get(state_key(name))
+        with self._lock:
+            if name in self._dirty:  # an independent copy of the state ahead of its row
+                return ItemState.decode(self._cache[name].encode())
+            raw = self._open_db().get(state_key(name))
         return None if raw is None else ItemState.decode(raw)
 
     def get_item(self, name: str) -> Item:
@@ -589,6 +692,7 @@ class DynoStore:
         include_empty: bool = False,
     ) -> Iterator[tuple[str, Item]]:
         # a snapshot keeps a long iteration consistent while the worker goes on writing
+        self.flush()
         try:
             with self._open_db().snapshot() as snap:
                 rows = snap.iterator(start=start, stop=stop, include_stop=include_stop)
@@ -641,4 +745,5 @@ class DynoStore:
         """Let LevelDB drop deleted rows from disk now (after flattening many items)."""
         # An explicit range: plyvel's compact_range() without one compacted nothing here.
         # Every key is below 0xff (UTF-8 never holds that byte; internal keys start 0x00).
+        self.flush()  # states first, so their rows land before, not after, the compaction
         self._open_db().compact_range(start=b"\x00", stop=b"\xff")

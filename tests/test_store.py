@@ -954,3 +954,61 @@ def test_huge_integer_plus_float_is_an_invalid_change(store: DynoStore) -> None:
         store.inc_attr_by("n", "x", 0.5, ts=F(1))
     assert info.value.field.startswith("change")
     assert store.get_item("n").value == {"x": 10**400}
+
+
+# -- states written behind the rows ------------------------------------------------------------
+
+
+def _crash(store: DynoStore) -> None:
+    """Close LevelDB under the store without its flush: what a killed process leaves."""
+    store._db.close()
+    store._db = None
+
+
+def test_states_written_behind_survive_a_crash(tmp_path: Path) -> None:
+    gen = FlakeGenerator(node=9, pid=9)
+    store = DynoStore(tmp_path / "s", flush_interval_s=3600)
+    store.put_item("a", {"n": 1}, ts=gen())
+    store.inc_attr_by("a", "n", 5, ts=gen())
+    store.put_item("b", {"x": "y"}, ts=gen())
+    expected = {n: store.get_item(n) for n in ("a", "b")}
+    db: Any = store._db
+    # the states live in memory only, and the journal names the items they belong to
+    assert db.get(b"\x00state\x00a") is None
+    assert list(db.iterator(prefix=b"\x00meta\x00dirty\x00")) != []
+    _crash(store)
+    with DynoStore(tmp_path / "s") as again:
+        assert {n: again.get_item(n) for n in ("a", "b")} == expected
+        assert expected["a"].value == {"n": 6} and expected["a"].changes == 2
+        db = again._db
+        assert list(db.iterator(prefix=b"\x00meta\x00dirty\x00")) == []
+        assert db.get(b"\x00state\x00a") is not None
+
+
+def test_a_failed_batch_keeps_a_state_not_yet_written(tmp_path: Path) -> None:
+    gen = FlakeGenerator(node=9, pid=9)
+    with DynoStore(tmp_path / "s", flush_interval_s=3600) as store:
+        t1 = gen()
+        store.put_item("a", {"n": 1}, ts=t1)
+        before = store.get_item("a")
+        # the first op changes the cached state in place, then the conflict fails the batch
+        bad = [make_op("putAttrs", "a", {"m": 2}, gen()), make_op("putItem", "a", {"z": 0}, t1)]
+        with pytest.raises(ConflictError):
+            store.apply(bad)
+        assert store.get_item("a") == before
+        store.put_attrs("a", {"k": 3}, ts=gen())
+        assert store.get_item("a").value == {"n": 1, "k": 3}
+        assert store.get_item("a").changes == 2
+
+
+def test_evicted_states_are_written(tmp_path: Path) -> None:
+    gen = FlakeGenerator(node=9, pid=9)
+    store = DynoStore(tmp_path / "s", state_cache_size=3, flush_interval_s=3600)
+    for i in range(10):
+        store.put_item(f"i{i}", {"i": i}, ts=gen())
+    assert len(store._cache) == 3
+    assert store._db.get(b"\x00state\x00i0") is not None  # evicted, so written
+    _crash(store)
+    with DynoStore(tmp_path / "s") as again:
+        assert [again.get_item(f"i{i}").value for i in range(10)] == [{"i": i} for i in range(10)]
+        assert [n for n, _ in again.scan(lambda n, i: True)] == [f"i{i}" for i in range(10)]

@@ -253,12 +253,22 @@ Op = tuple[str, str, str, Json]  # name, flake, op, change
 class Harness:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.store = DynoStore(path)
+        self.store = self.open()
         self.ref = {name: RefItem(name) for name in NAMES}
+
+    def open(self) -> DynoStore:
+        # a cache smaller than the item set, so states are written behind by eviction too
+        return DynoStore(self.path, state_cache_size=2)
 
     def reopen(self) -> None:
         self.store.close()
-        self.store = DynoStore(self.path)
+        self.store = self.open()
+
+    def crash(self) -> None:
+        """Lose every state written behind (the process dies): LevelDB keeps only batches."""
+        self.store._db.close()
+        self.store._db = None
+        self.store = self.open()
 
     def check_items(self) -> None:
         for name in NAMES:
@@ -327,7 +337,8 @@ class Harness:
 
     def between_batches(self, data: st.DataObject) -> None:
         action = data.draw(
-            st.sampled_from(["none", "none", "flatten", "flatten_before", "reopen"]), label="act"
+            st.sampled_from(["none", "none", "flatten", "flatten_before", "reopen", "crash"]),
+            label="act",
         )
         name = data.draw(st.sampled_from(NAMES), label="item")
         if action == "flatten":
@@ -344,6 +355,8 @@ class Harness:
             assert self.store.flatten_before(name, flake) is want_b
         elif action == "reopen":
             self.reopen()
+        elif action == "crash":
+            self.crash()
         self.check_items()
 
     def final_checks(self) -> None:
