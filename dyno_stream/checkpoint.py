@@ -7,21 +7,25 @@ space, the bookkeeping that must move in step with them:
 - ``offset``: the next offset to consume. It is written in the same LevelDB batch as the ops,
   so after a crash the store's own offset is the truth: an op is either applied and counted,
   or neither, and it is never applied twice.
-- ``pending/snapshots``: the items a batch changed and the offsets that changed them, until
-  their snapshots are acknowledged by Kafka.
+- ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
+  them, until their snapshots are acknowledged by Kafka (one row per batch).
 - ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
 
 The commit order of one batch (see ``Worker._process``)::
 
     1. validate the raw events                   (nothing written yet)
     2. store.apply: ops + offset + pending rows  (one atomic LevelDB batch per partition)
-    3. produce snapshots and dead letters; wait for every acknowledgement
-    4. clear the pending rows                    (small LevelDB batch)
-    5. commit the offsets to Kafka               (only for lag tools; the store is the truth)
+    3. produce snapshots and dead letters        (not waiting: the next batch starts now)
+    4. once every message of the batch is acknowledged (in batch order):
+       a. its pending rows are deleted           (with the partition's next write batch)
+       b. its offsets are committed to Kafka     (only for lag tools; the store is the truth)
 
-A crash before 2 replays the batch; between 2 and 4 the worker publishes the pending
+A crash before 2 replays the batch; between 2 and 4a the worker publishes the pending
 snapshots and dead letters again when it next opens the partition (duplicates are possible,
 loss is not, and a snapshot is always read from the store, so a duplicate is never stale).
+Step 3 does not wait: waiting for the broker's acknowledgements after every batch left the
+worker idle for a round trip per batch. At most a few batches are in flight; a revoke, a
+shutdown or an idle moment waits for all of them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dyno_stream import ops
 from dyno_stream.errors import DynoError
@@ -40,7 +43,8 @@ from dyno_stream.store import DynoStore, Item
 
 OFFSET_KEY = META_PREFIX + b"offset"
 PARTITION_KEY = META_PREFIX + b"partition"
-PENDING_SNAPSHOTS_KEY = META_PREFIX + b"pending\x00snapshots"
+#: Pending snapshot rows: this prefix, then ``\x00`` and the batch's next offset (20 digits).
+PENDING_SNAPSHOTS_PREFIX = META_PREFIX + b"pending\x00snapshots"
 PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
 #: After a restore from snapshots: per item, the ops offset its snapshot already includes.
 RESTORED_PREFIX = META_PREFIX + b"restored\x00"
@@ -145,8 +149,8 @@ class PartitionStore:
     partition: int
     store: DynoStore
     next_offset: int | None = None
-    #: pending rows written by the last batch, cleared once acknowledged
-    dirty: dict[bytes, None] = field(default_factory=dict)
+    #: pending rows whose messages are acknowledged: deleted with the next write batch
+    to_clear: list[bytes] = field(default_factory=list)
     #: after a restore: ops at or below these offsets are already in the item's snapshot
     restored: dict[str, int] = field(default_factory=dict)
 
@@ -198,31 +202,46 @@ class PartitionStore:
     def label(self) -> str:
         return f"{self.topic}/{self.partition}"
 
-    def pending_snapshots(self) -> dict[str, int]:
-        raw = self.store.get_meta(PENDING_SNAPSHOTS_KEY)
-        return {} if raw is None else dict(json.loads(raw))
+    def pending_snapshots(self) -> tuple[dict[str, int], list[bytes]]:
+        """Every item a crashed run left unpublished (with its newest offset), and the rows."""
+        items: dict[str, int] = {}
+        keys = []
+        for key, raw in self.store.iter_meta(PENDING_SNAPSHOTS_PREFIX):  # in batch order
+            keys.append(key)
+            items.update(json.loads(raw))
+        return items, keys
 
     def pending_dead_letters(self) -> list[tuple[bytes, DeadLetter]]:
         return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
 
     def batch_rows(
         self, next_offset: int, touched: dict[str, int], dead: list[DeadLetter]
-    ) -> dict[bytes, bytes | None]:
-        """Internal rows for step 2: the new offset and what is pending publication."""
-        rows: dict[bytes, bytes | None] = {OFFSET_KEY: str(next_offset).encode()}
-        if touched:
-            rows[PENDING_SNAPSHOTS_KEY] = json.dumps(list(touched.items())).encode()
-        for d in dead:
-            rows[PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()] = d.encode()
-        self.dirty = dict.fromkeys(k for k in rows if k != OFFSET_KEY)
-        return rows
+    ) -> tuple[dict[bytes, bytes | None], list[bytes]]:
+        """Internal rows for step 2, and the keys of the pending rows among them.
 
-    def clear_pending(self, keys: Any = None) -> None:
-        """Step 4: the batch's snapshots and dead letters are acknowledged."""
-        keys = self.dirty if keys is None else keys
+        The rows: the new offset, what is pending publication, and the deletion of pending
+        rows whose messages have been acknowledged since the last batch (step 4a).
+        """
+        rows: dict[bytes, bytes | None] = dict.fromkeys(self.to_clear)
+        self.to_clear = []
+        rows[OFFSET_KEY] = str(next_offset).encode()
+        pending = []
+        if touched:
+            key = PENDING_SNAPSHOTS_PREFIX + f"\x00{next_offset:020d}".encode()
+            rows[key] = ops.dumps_internal(list(touched.items()))
+            pending.append(key)
+        for d in dead:
+            key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()
+            rows[key] = d.encode()
+            pending.append(key)
+        return rows, pending
+
+    def clear_pending(self, keys: list[bytes] | None = None) -> None:
+        """Step 4a on its own write: for ``keys``, or the acknowledged rows not yet deleted."""
+        if keys is None:
+            keys, self.to_clear = self.to_clear, []
         if keys:
             self.store.apply([], extra=dict.fromkeys(keys))
-        self.dirty = {}
 
     def close(self) -> None:
         self.store.close()

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -32,7 +32,6 @@ from confluent_kafka import (
 from croniter import croniter
 
 from dyno_stream.checkpoint import (
-    PENDING_SNAPSHOTS_KEY,
     DeadLetter,
     KafkaHeaders,
     PartitionStore,
@@ -47,7 +46,7 @@ from dyno_stream.errors import (
     OversizedEventError,
     PublishError,
 )
-from dyno_stream.events import EventModel, Flatten, Snapshot, parse_event
+from dyno_stream.events import EventModel, Snapshot, parse_event
 from dyno_stream.flake import flake_floor
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.store import Item
@@ -58,18 +57,39 @@ log = logging.getLogger("dyno_stream.worker")
 
 _LAG_EVERY_S = 5.0
 _OPEN_RETRY_S = 30.0
+#: Batches whose messages may be on their way to Kafka while the next one is processed.
+_MAX_IN_FLIGHT = 3
 
 
 @dataclass
 class _PartitionBatch:
     """The events of one batch that belong to one partition, in offset order."""
 
+    ps: PartitionStore
     events: list[EventModel] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     last_offset: int = -1
     touched: dict[str, int] = field(default_factory=dict)
+    pending: list[bytes] = field(default_factory=list)  # its pending rows (checkpoint step 2)
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """One batch's snapshots and dead letters on their way to Kafka (checkpoint step 3), and
+    what becomes true once every one of them is acknowledged (step 4)."""
+
+    outstanding: int = 0
+    snapshots: int = 0
+    errors: list[str] = field(default_factory=list)
+    clear: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
+    commit: list[TopicPartition] = field(default_factory=list)
+
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        self.outstanding -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err}")
 
 
 class Worker:
@@ -82,8 +102,7 @@ class Worker:
         self._parts: dict[tuple[str, int], PartitionStore] = {}
         self._stop = threading.Event()
         self._handle_signals = handle_signals
-        self._delivery_errors: list[str] = []
-        self._acked_snapshots = 0
+        self._in_flight: deque[_InFlight] = deque()
         self._last_lag = 0.0
         self._next_compaction: float | None = None
         self._consumer: Consumer | None = None
@@ -150,6 +169,8 @@ class Worker:
                 self.health.beat()
                 if messages:
                     self._process(messages)
+                else:
+                    self._settle()
                 self._punctuate()
         finally:
             self.health.state = "stopping"
@@ -175,6 +196,10 @@ class Worker:
 
     def _shutdown(self) -> None:
         try:
+            try:
+                self._settle()
+            except DynoError as exc:  # the pending rows stay: published again on restart
+                log.error("%s", exc)
             if self._consumer is not None:
                 self._consumer.close()  # revokes, so every partition store is closed
         finally:
@@ -208,8 +233,12 @@ class Worker:
         self._partitions_changed()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches finish before consume() is called again, so nothing is in flight here:
-        # commit what the stores hold, then let the partitions go.
+        # Batches finish before consume() is called again; their messages may still be on
+        # their way: wait for them, then commit what the stores hold and let the partitions go.
+        try:
+            self._settle()
+        except DynoError as exc:  # the pending rows stay: the next owner publishes them
+            log.error("%s", exc)
         offsets = [
             TopicPartition(tp.topic, tp.partition, ps.next_offset)
             for tp in partitions
@@ -311,16 +340,18 @@ class Worker:
 
     def _republish_pending(self, ps: PartitionStore) -> None:
         """Publish what a crashed run left unacknowledged (checkpoint step 3 again)."""
-        snapshots = ps.pending_snapshots()
+        snapshots, keys = ps.pending_snapshots()
         dead = ps.pending_dead_letters()
         if not snapshots and not dead:
             return
+        batch = _InFlight()
         for item in ps.store.current(snapshots):
-            self._produce_snapshot(ps, item, snapshots[item.name])
+            self._produce_snapshot(ps, item, snapshots[item.name], batch)
         for _, letter in dead:
-            self._produce_dead_letter(letter)
-        self._flush()
-        ps.clear_pending([PENDING_SNAPSHOTS_KEY, *(k for k, _ in dead)])
+            self._produce_dead_letter(letter, batch)
+        self._in_flight.append(batch)
+        self._retire(wait=True)
+        ps.clear_pending([*keys, *(k for k, _ in dead)])
         self.metrics.pending_republished.inc(len(snapshots) + len(dead))
         log.info(
             "republished %d snapshots and %d dead letters left pending in %s",
@@ -369,6 +400,7 @@ class Worker:
     def _process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         batches: dict[tuple[str, int], _PartitionBatch] = {}
+        parts = self._parts
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -380,12 +412,15 @@ class Worker:
                 continue
             topic, partition, offset = _where(msg)
             tp = (topic, partition)
-            ps = self._parts.get(tp)
-            if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
-                continue  # not ours any more, or already applied
             pb = batches.get(tp)
             if pb is None:
-                pb = batches[tp] = _PartitionBatch()
+                ps = parts.get(tp)
+                if ps is None:
+                    continue  # not ours any more
+                pb = batches[tp] = _PartitionBatch(ps)
+            ps = pb.ps
+            if ps.next_offset is not None and offset < ps.next_offset:
+                continue  # already applied
             pb.last_offset = offset
             try:
                 event = self._validate(msg)
@@ -398,29 +433,25 @@ class Worker:
             pb.offsets.append(offset)
             pb.messages.append(msg)
         self.metrics.events_consumed.inc(len(messages))
+        batches = {tp: pb for tp, pb in batches.items() if pb.last_offset >= 0}
 
         # checkpoint step 2: one atomic LevelDB batch per partition
         applied: Counter[str] = Counter()
-        for tp, pb in batches.items():
-            self._apply(self._parts[tp], pb, applied)
+        for pb in batches.values():
+            self._apply(pb, applied)
 
-        # step 3: publish and wait for the acknowledgements
+        # step 3: publish, without waiting (step 4 runs as the acknowledgements come in)
+        batch = _InFlight()
         for tp, pb in batches.items():
-            ps = self._parts[tp]
+            ps = pb.ps
             for item in ps.store.current(pb.touched):
-                self._produce_snapshot(ps, item, pb.touched[item.name])
+                self._produce_snapshot(ps, item, pb.touched[item.name], batch)
             for letter in pb.dead:
-                self._produce_dead_letter(letter)
-        self._flush()
-
-        # steps 4 and 5
-        commit = []
-        for tp, pb in batches.items():
-            ps = self._parts[tp]
-            ps.clear_pending()
-            commit.append(TopicPartition(tp[0], tp[1], pb.last_offset + 1))
-        if commit and self._consumer is not None:
-            self._consumer.commit(offsets=commit, asynchronous=True)
+                self._produce_dead_letter(letter, batch)
+            batch.clear[tp] = pb.pending
+            batch.commit.append(TopicPartition(tp[0], tp[1], pb.last_offset + 1))
+        self._in_flight.append(batch)
+        self._retire()
 
         for op, n in applied.items():
             self.metrics.ops_applied.labels(op).inc(n)
@@ -438,7 +469,8 @@ class Worker:
         self.metrics.batch_size.observe(len(messages))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _apply(self, ps: PartitionStore, pb: _PartitionBatch, applied: Counter[str]) -> None:
+    def _apply(self, pb: _PartitionBatch, applied: Counter[str]) -> None:
+        ps = pb.ps
         failed: set[int] = set()
 
         def on_error(i: int, _event: EventModel, exc: DynoError) -> None:
@@ -446,13 +478,15 @@ class Worker:
             pb.dead.append(self._dead_letter(pb.messages[i], exc))
 
         def extra(touched: list[str]) -> dict[bytes, bytes | None]:
-            last: dict[str, int] = {}
-            for i, (event, offset) in enumerate(zip(pb.events, pb.offsets, strict=True)):
-                if i not in failed:
-                    last[event.item] = offset
+            events, offsets = pb.events, pb.offsets
+            if failed:
+                events = [e for i, e in enumerate(events) if i not in failed]
+                offsets = [o for i, o in enumerate(offsets) if i not in failed]
+            last = {event.item: offset for event, offset in zip(events, offsets, strict=True)}
             pb.touched = {name: last[name] for name in touched}
             pb.dead.sort(key=lambda d: d.offset)
-            return ps.batch_rows(pb.last_offset + 1, pb.touched, pb.dead)
+            rows, pb.pending = ps.batch_rows(pb.last_offset + 1, pb.touched, pb.dead)
+            return rows
 
         try:
             ps.store.apply(pb.events, extra=extra, on_error=on_error)
@@ -461,9 +495,9 @@ class Worker:
         ps.next_offset = pb.last_offset + 1
         if ps.restored and ps.next_offset > max(ps.restored.values()):
             ps.restore_done()
-        for i, event in enumerate(pb.events):
-            if i not in failed:
-                applied[event.op if not isinstance(event, Flatten) else "flatten"] += 1
+        applied.update(event.op for event in pb.events)  # a flatten's op is "flatten"
+        for i in failed:
+            applied[pb.events[i].op] -= 1
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -472,22 +506,27 @@ class Worker:
         topic: str,
         key: bytes | None,
         value: bytes | None,
+        batch: _InFlight,
         headers: KafkaHeaders | None = None,
     ) -> None:
         assert self._producer is not None
         while True:
             try:
                 self._producer.produce(
-                    topic, value, key, headers=headers, on_delivery=self._on_delivery
+                    topic, value, key, headers=headers, on_delivery=batch.delivered
                 )
+                batch.outstanding += 1
                 return
             except BufferError:  # local queue full: let deliveries drain, then go on
                 self._producer.poll(0.1)
 
-    def _produce_snapshot(self, ps: PartitionStore, item: Item, offset: int) -> None:
+    def _produce_snapshot(
+        self, ps: PartitionStore, item: Item, offset: int, batch: _InFlight
+    ) -> None:
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
         try:
-            self._produce(self.settings.topics.snapshots, item.name.encode(), value)
+            self._produce(self.settings.topics.snapshots, item.name.encode(), value, batch)
+            batch.snapshots += 1
         except KafkaException as exc:
             # The item outgrew what Kafka takes in one message. Publishing it is impossible,
             # crashing would only loop: say so loudly, and leave a dead letter naming it.
@@ -502,40 +541,62 @@ class Worker:
                     [],
                     "snapshot-too-large",
                     f"snapshot of {len(value)} bytes not published: {exc}",
-                )
+                ),
+                batch,
             )
             self.metrics.dead_lettered.labels("snapshot-too-large").inc()
 
-    def _produce_dead_letter(self, letter: DeadLetter) -> None:
-        headers = letter.kafka_headers()
+    def _produce_dead_letter(self, letter: DeadLetter, batch: _InFlight) -> None:
+        topic, headers = self.settings.topics.dead_letter, letter.kafka_headers()
         try:
-            self._produce(self.settings.topics.dead_letter, letter.key, letter.value, headers)
+            self._produce(topic, letter.key, letter.value, batch, headers)
         except KafkaException:  # too large with the original bytes: keep the reason at least
             headers.append(("dyno.error.truncated", str(len(letter.value or b"")).encode()))
-            self._produce(self.settings.topics.dead_letter, letter.key, None, headers)
+            self._produce(topic, letter.key, None, batch, headers)
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
-        elif msg.topic() == self.settings.topics.snapshots:
-            self._acked_snapshots += 1
+    def _retire(self, wait: bool = False) -> None:
+        """Checkpoint step 4 for every batch, oldest first, whose messages are all acknowledged.
 
-    def _flush(self) -> None:
+        With ``wait``, wait for all of them; otherwise only for the oldest ones beyond
+        ``_MAX_IN_FLIGHT``. A delivery that failed raises ``PublishError``: that batch's
+        pending rows stay, and its messages are published again on restart.
+        """
         assert self._producer is not None
-        deadline = time.monotonic() + self.settings.worker.publish_timeout_s
-        remaining = self._producer.flush(self.settings.worker.publish_timeout_s)
-        while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(1.0)
-        if self._acked_snapshots:
-            self.metrics.snapshots_published.inc(self._acked_snapshots)
-            self._acked_snapshots = 0
-        if remaining or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors, []
-            raise PublishError(
-                f"{remaining} messages unacknowledged, {len(errors)} failed "
-                f"({'; '.join(errors[:3])}); the batch stays pending and is published again "
-                "on restart"
-            )
+        self._producer.poll(0)  # run the delivery callbacks that are due
+        timeout = self.settings.worker.publish_timeout_s
+        while self._in_flight:
+            head = self._in_flight[0]
+            if head.outstanding and not head.errors:
+                if not wait and len(self._in_flight) <= _MAX_IN_FLIGHT:
+                    return  # still on its way, and the pipeline has room
+                deadline = time.monotonic() + timeout
+                while head.outstanding and not head.errors and time.monotonic() < deadline:
+                    self._producer.poll(0.1)
+            if head.outstanding or head.errors:
+                self._in_flight.popleft()
+                raise PublishError(
+                    f"{head.outstanding} messages unacknowledged after {timeout:.0f}s, "
+                    f"{len(head.errors)} failed ({'; '.join(head.errors[:3])}); the batch "
+                    "stays pending and is published again on restart"
+                )
+            self._in_flight.popleft()
+            for tp, keys in head.clear.items():
+                ps = self._parts.get(tp)
+                if ps is not None:
+                    ps.to_clear.extend(keys)  # deleted with the partition's next write
+            if head.commit and self._consumer is not None:
+                self._consumer.commit(offsets=head.commit, asynchronous=True)
+            if head.snapshots:
+                self.metrics.snapshots_published.inc(head.snapshots)
+
+    def _settle(self) -> None:
+        """Wait for every message in flight, then delete the acknowledged pending rows."""
+        if self._producer is None:
+            return
+        self._retire(wait=True)
+        for ps in self._parts.values():
+            if ps.to_clear:
+                ps.clear_pending()
 
     # -- scheduled work ----------------------------------------------------------------------
 
@@ -600,10 +661,12 @@ class Worker:
             if ps.store.flatten_before(cand.name, cutoff):
                 changed.setdefault(ps.label, []).append(cand.name)
                 folded += 1
+        batch = _InFlight()
         for ps in stores:
             for item in ps.store.current(changed.get(ps.label, [])):
-                self._produce_snapshot(ps, item, (ps.next_offset or 1) - 1)
-        self._flush()
+                self._produce_snapshot(ps, item, (ps.next_offset or 1) - 1, batch)
+        self._in_flight.append(batch)
+        self._retire(wait=True)
         self.metrics.compacted.inc(folded)
         log.info(
             "scheduled compaction: %d items flattened in %.2fs", folded, time.monotonic() - started

@@ -32,7 +32,7 @@ from dyno_stream.checkpoint import (
     H_REASON,
     H_TOPIC,
     PENDING_DEAD_PREFIX,
-    PENDING_SNAPSHOTS_KEY,
+    PENDING_SNAPSHOTS_PREFIX,
     DeadLetter,
     PartitionStore,
 )
@@ -533,7 +533,7 @@ def test_poison_events_go_to_the_dead_letter_topic(
         for name, (value, changes, count) in expected_items.items():
             item = store.get_item(name)
             assert (item.value, item.changes, item.count) == (value, changes, count), name
-        assert store.get_meta(PENDING_SNAPSHOTS_KEY) is None
+        assert list(store.iter_meta(PENDING_SNAPSHOTS_PREFIX)) == []
         assert list(store.iter_meta(PENDING_DEAD_PREFIX)) == []
 
 
@@ -610,9 +610,9 @@ def test_restart_applies_nothing_twice(
             assert item.value == model[name], name
             assert item.changes == changes[name], name
             assert item.count == changes[name], name
-        assert store.get_meta(PENDING_SNAPSHOTS_KEY) is None
+        assert list(store.iter_meta(PENDING_SNAPSHOTS_PREFIX)) == []
         ps_offset = PartitionStore(s.topics.ops, 0, store)
-        assert ps_offset.pending_snapshots() == {}
+        assert ps_offset.pending_snapshots() == ({}, [])
     last = last_snapshots(snaps.messages)
     for name in changes:
         assert last[name]["value"] == model[name] and last[name]["changes"] == changes[name]
@@ -648,12 +648,15 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
         s.topics.ops, 0, 3, b"crashed", bad, [("h", b"1")], "invalid", "ts: Field required", "ts"
     )
 
-    # ... applied in one batch (step 2), then it died before publishing (step 3)
+    # ... applied in two batches (step 2), then it died before their messages were
+    # acknowledged (batches are pipelined, so both are pending)
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:
         assert ps.next_offset is None
-        ps.store.apply(events, extra=ps.batch_rows(4, {"crashed": 2}, [letter]))
-        assert ps.pending_snapshots() == {"crashed": 2}
+        ps.store.apply(events[:2], extra=ps.batch_rows(2, {"crashed": 1}, [])[0])
+        ps.store.apply(events[2:], extra=ps.batch_rows(4, {"crashed": 2}, [letter])[0])
+        pending, keys = ps.pending_snapshots()
+        assert pending == {"crashed": 2} and len(keys) == 2
         assert len(ps.pending_dead_letters()) == 1
         stored = ps.store.get_item("crashed")
     finally:
@@ -695,8 +698,8 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
 
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:
-        assert ps.pending_snapshots() == {}, "the pending-snapshots row was not cleared"
-        assert ps.store.get_meta(PENDING_SNAPSHOTS_KEY) is None
+        assert ps.pending_snapshots() == ({}, []), "the pending-snapshots rows were not cleared"
+        assert list(ps.store.iter_meta(PENDING_SNAPSHOTS_PREFIX)) == []
         assert ps.pending_dead_letters() == []
         assert ps.next_offset == 4
         assert ps.store.get_item("crashed") == stored
