@@ -78,10 +78,13 @@ class DynoClient:
         ts = None if isinstance(event, Flatten) else event.ts
 
         def done(err: KafkaError | None, msg: Message) -> None:
-            if self._auth.failure is not None:
-                future.set_exception(KafkaAuthError(self._auth.describe(self._auth.failure)))
-            elif err is not None:
-                future.set_exception(PublishError(f"{event.op} on {event.item!r}: {err}"))
+            if err is not None:
+                refused = self._auth.failure
+                future.set_exception(
+                    KafkaAuthError(self._auth.describe(refused))
+                    if refused is not None
+                    else PublishError(f"{event.op} on {event.item!r}: {err}")
+                )
             else:
                 future.set_result(
                     Delivery(
