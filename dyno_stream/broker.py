@@ -17,6 +17,12 @@ The pieces:
   and stops it again. Every call is idempotent, so scripts can call ``start`` blindly.
 * :func:`bootstrap_reachable` tells whether a Kafka cluster answers at an address.
 
+Security (optional): besides the open PLAINTEXT listener (which the controller link and
+admin work keep using, on loopback), a :class:`LocalBroker` can open a SASL_PLAINTEXT
+listener with SCRAM logins (:class:`ScramUser`) and a TLS listener from PEM files
+(:class:`BrokerTls`; SASL_SSL when there are SCRAM users, else SSL), so clients can be tested
+against the same authentication and encryption a production cluster asks of them.
+
 Environment overrides (read when a :class:`LocalBroker` is made / the cache is resolved):
 ``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT`` and ``DYNO_KAFKA_CACHE``.
 """
@@ -38,13 +44,19 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Literal
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
 
 from dyno_stream.errors import BrokerError
 
@@ -53,7 +65,9 @@ __all__ = [
     "DEFAULT_PORT",
     "KAFKA_VERSION",
     "BrokerStatus",
+    "BrokerTls",
     "LocalBroker",
+    "ScramUser",
     "bootstrap_reachable",
     "default_cache_root",
     "ensure_jars",
@@ -301,13 +315,18 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def bootstrap_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
+def bootstrap_reachable(
+    bootstrap: str, timeout: float = 5.0, client_config: Mapping[str, Any] | None = None
+) -> bool:
     """Whether a Kafka cluster answers a metadata request at ``bootstrap`` within ``timeout`` s.
 
     A plain TCP probe comes first: it answers "no" in microseconds while nothing listens and
     keeps librdkafka from logging connection-refused noise. Only then an ``AdminClient`` asks
     for cluster metadata, which proves a Kafka broker (not just any server) is there and has
     registered itself (a broker that is still fencing lists no brokers).
+
+    ``client_config`` adds librdkafka settings (security protocol, SASL login, TLS) for a
+    listener that demands them; the answer is then also whether that login is accepted.
     """
     deadline = time.monotonic() + timeout
     hosts = _split_bootstrap(bootstrap)
@@ -322,6 +341,7 @@ def bootstrap_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
             # Silence librdkafka: a probe that fails is an answer, not something to log.
             "log_level": 0,
             "socket.connection.setup.timeout.ms": max(1000, int(remaining * 1000)),
+            **(client_config or {}),
         }
     )
     try:
@@ -421,6 +441,48 @@ class BrokerStatus:
     home: Path
 
 
+ScramMechanismName = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+#: Mechanisms the SASL listeners offer; a login is checked against its own mechanism's
+#: credential, so offering both costs nothing and lets clients pick.
+_SCRAM_MECHANISMS: Final[tuple[ScramMechanismName, ...]] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+#: PBKDF2 rounds for stored SCRAM credentials (Kafka accepts 4096..16384).
+_SCRAM_ITERATIONS: Final = 8192
+_SCRAM_LOGIN: Final = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+@dataclass(frozen=True)
+class ScramUser:
+    """A login the broker's SASL listeners accept (the password never shows in a repr)."""
+
+    name: str
+    password: str = field(repr=False)
+    mechanism: ScramMechanismName = "SCRAM-SHA-512"
+
+    def client_config(self) -> dict[str, str]:
+        """The librdkafka settings that log in as this user (without the security protocol)."""
+        return {
+            "sasl.mechanism": self.mechanism,
+            "sasl.username": self.name,
+            "sasl.password": self.password,
+        }
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """PEM files for the broker's TLS listener.
+
+    ``certificate`` holds the broker's certificate, then any intermediates (a chain, leaf
+    first); its subject alternative names must include ``127.0.0.1``, the address clients
+    dial, since librdkafka verifies the host name by default. ``private_key`` is its key,
+    unencrypted PKCS#8 (``-----BEGIN PRIVATE KEY-----``, what ``openssl pkcs8 -topk8 -nocrypt``
+    writes), the only unencrypted form Kafka's PEM key store reads.
+    """
+
+    certificate: Path
+    private_key: Path
+
+
 @dataclass
 class LocalBroker:
     """A single-node KRaft Kafka broker living in ``home``, reached at ``127.0.0.1:port``.
@@ -431,9 +493,16 @@ class LocalBroker:
     and ``broker.pid``. Deleting ``home`` while the broker is stopped resets it completely.
 
     The broker listens on loopback only (it is a development fixture, not a service) and its
-    controller on ``port + 1``. All state lives in ``home`` (the object itself keeps only its
-    settings and the handle of a JVM it started, to reap it), so a new instance with the same
-    ``home`` (another process, a CLI) sees and controls the same broker.
+    controller on ``port + 1``. Optional secured listeners, beside the open PLAINTEXT one that
+    the controller link and admin work keep using: ``sasl_port`` (SASL_PLAINTEXT with SCRAM,
+    needs ``scram_users``) and ``ssl_port`` (TLS from the PEM files in ``tls``; SASL_SSL when
+    there are ``scram_users``, plain SSL otherwise). Each start stores the SCRAM users' current
+    passwords in the cluster (an upsert through the PLAINTEXT listener, so passwords never
+    appear on a command line or in a file) and waits until the users can log in.
+
+    All state lives in ``home`` (the object itself keeps only its settings and the handle of
+    a JVM it started, to reap it), so a new instance with the same ``home`` (another process,
+    a CLI) sees and controls the same broker.
     """
 
     home: Path = field(default_factory=_default_home)
@@ -441,6 +510,13 @@ class LocalBroker:
     heap: str = DEFAULT_HEAP
     #: Root of the jar cache (see :func:`ensure_jars`); None means :func:`default_cache_root`.
     cache_dir: Path | None = None
+    #: Logins for the SASL listeners (SCRAM credentials stored in the cluster on each start).
+    scram_users: tuple[ScramUser, ...] = ()
+    #: Port of a SASL_PLAINTEXT listener (SCRAM); None: no such listener.
+    sasl_port: int | None = None
+    #: Port of a TLS listener (SASL_SSL with ``scram_users``, else SSL); needs ``tls``.
+    ssl_port: int | None = None
+    tls: BrokerTls | None = None
     _proc: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -454,6 +530,19 @@ class LocalBroker:
             raise BrokerError(
                 f"broker port must be in 1..65534 (port+1 is the controller's), not {self.port}"
             )
+        self.scram_users = tuple(self.scram_users)
+        if self.sasl_port is not None and not self.scram_users:
+            raise BrokerError("a SASL listener (sasl_port) needs at least one SCRAM user")
+        if self.ssl_port is not None and self.tls is None:
+            raise BrokerError("a TLS listener (ssl_port) needs the broker's PEM files (tls)")
+        ports = [p for p, _ in self._ports()]
+        if len(set(ports)) != len(ports):
+            raise BrokerError(f"the broker's listener ports must differ, not {ports}")
+        for user in self.scram_users:
+            if not user.name:
+                raise BrokerError("a SCRAM user needs a name")
+            if not user.password:
+                raise BrokerError(f"SCRAM user {user.name!r} has an empty password")
 
     # -- paths and addresses ------------------------------------------------------------------
 
@@ -464,8 +553,46 @@ class LocalBroker:
 
     @property
     def bootstrap(self) -> str:
-        """The ``bootstrap.servers`` value clients use."""
+        """The ``bootstrap.servers`` value clients use (the open PLAINTEXT listener)."""
         return f"{_HOST}:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """``bootstrap.servers`` of the SASL_PLAINTEXT listener, if there is one."""
+        return None if self.sasl_port is None else f"{_HOST}:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str | None:
+        """``bootstrap.servers`` of the TLS listener, if there is one."""
+        return None if self.ssl_port is None else f"{_HOST}:{self.ssl_port}"
+
+    @property
+    def ssl_protocol(self) -> Literal["SASL_SSL", "SSL"]:
+        """The security protocol of the TLS listener: SASL_SSL when there are SCRAM users."""
+        return "SASL_SSL" if self.scram_users else "SSL"
+
+    def _ports(self) -> list[tuple[int, str]]:
+        """Every port the broker listens on, with the role named in error messages."""
+        ports = [(self.port, "client"), (self.controller_port, "controller")]
+        if self.sasl_port is not None:
+            ports.append((self.sasl_port, "SASL"))
+        if self.ssl_port is not None:
+            ports.append((self.ssl_port, "TLS"))
+        return ports
+
+    def _listeners(self) -> list[tuple[str, int]]:
+        """The client listeners (name = security protocol) and their ports."""
+        listeners = [("PLAINTEXT", self.port)]
+        if self.sasl_port is not None:
+            listeners.append(("SASL_PLAINTEXT", self.sasl_port))
+        if self.ssl_port is not None:
+            listeners.append((self.ssl_protocol, self.ssl_port))
+        return listeners
+
+    @property
+    def keystore_file(self) -> Path:
+        """The TLS listener's key store: the private key, then the certificate chain (PEM)."""
+        return self.config_dir / "keystore.pem"
 
     @property
     def config_dir(self) -> Path:
@@ -541,18 +668,22 @@ class LocalBroker:
         Idempotent: if this home's broker already runs, only waits for it to answer. A fresh
         start fetches the jars (once), writes the config, formats storage (first time only),
         launches the JVM in its own session so it outlives the caller, and polls it with an
-        AdminClient until it lists itself.
+        AdminClient until it lists itself. Either way the SCRAM users' passwords are then
+        stored and each secured listener is polled until it accepts a login.
 
         Raises :class:`BrokerError` if the port or the controller port is taken by anything
-        else, if the JVM exits during start-up (with the tail of its logs), or if it does not
-        answer within ``timeout`` seconds (it is then stopped, so no half-started broker stays).
+        else, if the JVM exits during start-up (with the tail of its logs), if it does not
+        answer within ``timeout`` seconds (it is then stopped, so no half-started broker
+        stays), or if this home's broker already runs with other listeners than asked for.
         """
         self.home.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.home / ".lock"):
             pid = self._running_pid()
             if pid is not None:
+                self._check_running_config(pid)
                 deadline = time.monotonic() + timeout
                 if self._wait_ready(pid, deadline):
+                    self._secure(deadline)
                     return self.bootstrap
                 raise BrokerError(
                     f"the broker in {self.home} runs (pid {pid}) but did not answer at "
@@ -567,8 +698,15 @@ class LocalBroker:
             # The clock starts here: a first-time jar download must not eat the start budget.
             deadline = time.monotonic() + timeout
             pid = self._launch(java, libs)
-            if self._wait_ready(pid, deadline):
-                return self.bootstrap
+            try:
+                if self._wait_ready(pid, deadline):
+                    self._secure(deadline)
+                    return self.bootstrap
+            except BrokerError:
+                if self._exited(pid) is None:  # up but not secured: no half-started broker
+                    self._terminate(pid, 10.0)
+                    self.pid_file.unlink(missing_ok=True)
+                raise
             self._terminate(pid, 10.0)
             self.pid_file.unlink(missing_ok=True)
             raise BrokerError(
@@ -577,8 +715,82 @@ class LocalBroker:
                 f"{self._logs_tail() or '(empty)'}"
             )
 
+    def _check_running_config(self, pid: int) -> None:
+        """Refuse to hand out a running broker whose listeners differ from the ones asked for.
+
+        Without this, asking for a SASL listener from a home whose broker was started without
+        one would "succeed" and leave clients failing to connect for no visible reason.
+        """
+        try:
+            running = self.server_properties.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        if running != self._server_properties():
+            raise BrokerError(
+                f"the broker in {self.home} already runs (pid {pid}) with other settings "
+                f"(listeners, ports) than asked for; stop it first (dyno-stream broker stop)"
+            )
+
+    def _secure(self, deadline: float) -> None:
+        """Store the SCRAM users' passwords, then wait until each secured listener logs in."""
+        if self.scram_users:
+            self._store_scram_users(deadline)
+        probes: list[tuple[str, str, dict[str, Any]]] = []
+        if self.sasl_bootstrap is not None:
+            for user in self.scram_users:
+                conf = {"security.protocol": "SASL_PLAINTEXT", **user.client_config()}
+                probes.append(("SASL_PLAINTEXT", self.sasl_bootstrap, conf))
+        if self.ssl_bootstrap is not None:
+            # Only "is it up and does the login work": the clients under test verify the
+            # certificate themselves, against a CA this broker is not told about.
+            tls: dict[str, Any] = {
+                "security.protocol": self.ssl_protocol,
+                "enable.ssl.certificate.verification": False,
+            }
+            for user in self.scram_users[:1]:
+                tls.update(user.client_config())
+            probes.append((self.ssl_protocol, self.ssl_bootstrap, tls))
+        for listener, bootstrap, conf in probes:
+            while not bootstrap_reachable(
+                bootstrap, max(0.1, min(2.0, deadline - time.monotonic())), conf
+            ):
+                if time.monotonic() >= deadline:
+                    who = f" as {conf['sasl.username']!r}" if "sasl.username" in conf else ""
+                    raise BrokerError(
+                        f"the broker's {listener} listener at {bootstrap} did not accept a "
+                        f"connection{who} in time; its logs end with:\n"
+                        f"{self._logs_tail() or '(empty)'}"
+                    )
+                time.sleep(0.2)
+
+    def _store_scram_users(self, deadline: float) -> None:
+        """Upsert every SCRAM user's credential through the open PLAINTEXT listener.
+
+        Done on every start rather than with ``kafka-storage format --add-scram``: that works
+        only on a fresh home and would put the passwords on a command line, where any local
+        user can read them. The upsert also makes a changed password take effect at once.
+        """
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        upserts: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(
+                user.name,
+                ScramCredentialInfo(
+                    ScramMechanism[user.mechanism.replace("-", "_")], _SCRAM_ITERATIONS
+                ),
+                user.password.encode("utf-8"),
+            )
+            for user in self.scram_users
+        ]
+        remaining = max(1.0, deadline - time.monotonic())
+        futures = admin.alter_user_scram_credentials(upserts, request_timeout=remaining)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=remaining)
+            except KafkaException as exc:
+                raise BrokerError(f"storing the SCRAM login of {name!r} failed: {exc}") from exc
+
     def _check_ports_free(self) -> None:
-        for port, role in ((self.port, "client"), (self.controller_port, "controller")):
+        for port, role in self._ports():
             if _port_free(port):
                 continue
             who = (
@@ -620,12 +832,20 @@ class LocalBroker:
             "node.id": str(_NODE_ID),
             # Static voters: storage must then be formatted without --standalone.
             "controller.quorum.voters": f"{_NODE_ID}@{_HOST}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{_HOST}:{self.port},"
-            f"CONTROLLER://{_HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{_HOST}:{self.port}",
+            "listeners": ",".join(
+                [
+                    *(f"{name}://{_HOST}:{port}" for name, port in self._listeners()),
+                    f"CONTROLLER://{_HOST}:{self.controller_port}",
+                ]
+            ),
+            "advertised.listeners": ",".join(
+                f"{name}://{_HOST}:{port}" for name, port in self._listeners()
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["CONTROLLER:PLAINTEXT", *(f"{name}:{name}" for name, _ in self._listeners())]
+            ),
             "log.dirs": str(self.data_dir),
             # One node: every internal topic must make do with one replica.
             "num.partitions": "1",
@@ -650,12 +870,60 @@ class LocalBroker:
             # our small heap. 16 MB compacts test-sized topics just as well.
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
+        props.update(self._security_properties())
         header = "# Written by dyno_stream.broker on every start; edits here are overwritten.\n"
         return header + "".join(f"{key}={value}\n" for key, value in props.items())
+
+    def _security_properties(self) -> dict[str, str]:
+        """Settings of the SASL and TLS listeners (none without them).
+
+        Kafka wants a JAAS login module per SASL listener and mechanism even where, as here,
+        it only checks logins against the SCRAM credentials in the cluster metadata.
+        """
+        props: dict[str, str] = {}
+        sasl_listeners = [name for name, _ in self._listeners() if name.startswith("SASL_")]
+        if sasl_listeners:
+            props["sasl.enabled.mechanisms"] = ",".join(_SCRAM_MECHANISMS)
+            for name in sasl_listeners:
+                for mechanism in _SCRAM_MECHANISMS:
+                    key = f"listener.name.{name.lower()}.{mechanism.lower()}.sasl.jaas.config"
+                    props[key] = _SCRAM_LOGIN
+        if self.ssl_port is not None:
+            prefix = f"listener.name.{self.ssl_protocol.lower()}."
+            props[prefix + "ssl.keystore.type"] = "PEM"
+            props[prefix + "ssl.keystore.location"] = str(self.keystore_file)
+        return props
+
+    def _write_keystore(self) -> None:
+        """Join the TLS key and certificate chain into the one PEM file Kafka reads.
+
+        Checked here, because Kafka's own complaint about a key in the wrong form is a stack
+        trace deep in its log. Written owner-only: it holds a private key.
+        """
+        if self.tls is None:
+            self.keystore_file.unlink(missing_ok=True)
+            return
+        try:
+            key = self.tls.private_key.read_text(encoding="ascii")
+            chain = self.tls.certificate.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BrokerError(f"cannot read the broker's TLS files: {exc}") from exc
+        if "-----BEGIN PRIVATE KEY-----" not in key:
+            raise BrokerError(
+                f"{self.tls.private_key} is not an unencrypted PKCS#8 PEM key "
+                "('-----BEGIN PRIVATE KEY-----'); convert it with "
+                "'openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8'"
+            )
+        if "-----BEGIN CERTIFICATE-----" not in chain:
+            raise BrokerError(f"{self.tls.certificate} holds no PEM certificate")
+        fd = os.open(self.keystore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key.strip() + "\n" + chain.strip() + "\n")
 
     def _write_config(self) -> None:
         for directory in (self.config_dir, self.data_dir, self.logs_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        self._write_keystore()
         self.server_properties.write_text(self._server_properties(), encoding="utf-8")
         (self.config_dir / "log4j2.properties").write_text(
             _resource_text("log4j2.properties"), encoding="utf-8"

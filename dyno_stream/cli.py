@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -121,7 +122,15 @@ def worker() -> None:
 
     s = settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
-    raise typer.Exit(Worker(s).run())
+    try:
+        code = Worker(s).run()
+    except DynoError as exc:
+        # a log line, so collectors reading the worker's (JSON) logs see why it stopped
+        logging.getLogger("dyno_stream.worker").error(
+            "worker stopped: %s", exc, extra={"reason": exc.reason}
+        )
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @app.command()

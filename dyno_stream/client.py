@@ -22,10 +22,11 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream import ops
 from dyno_stream.config import Settings, load_settings, producer_config
-from dyno_stream.errors import DynoError, PublishError
+from dyno_stream.errors import DynoError, KafkaAuthError, PublishError
 from dyno_stream.events import EventModel, Flatten, make_op
 from dyno_stream.flake import new_flake
 from dyno_stream.keys import check_name
+from dyno_stream.security import AuthWatch
 
 
 @dataclass(frozen=True)
@@ -46,24 +47,44 @@ class DynoClient:
     def __init__(self, settings: Settings | None = None, **producer_overrides: Any) -> None:
         self.settings = settings or load_settings()
         self.topic = self.settings.topics.ops
-        self._producer = Producer({**producer_config(self.settings), **producer_overrides})
+        # A refused login or TLS handshake fails sends at once (see dyno_stream.security)
+        # instead of after message.timeout.ms with "Message timed out".
+        self._auth = AuthWatch(self.settings.kafka)
+        self._producer = Producer(
+            {**producer_config(self.settings), **self._auth.config(), **producer_overrides}
+        )
         self._closed = threading.Event()
         # deliveries resolve futures from librdkafka's callbacks, which run inside poll()
         self._poller = threading.Thread(target=self._poll, name="dyno-client", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
+        purged = False
         while not self._closed.is_set():
             self._producer.poll(0.05)
+            if self._auth.failure is not None and not purged:
+                # nothing will get through: fail what waits now (their callbacks say why)
+                self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+                purged = True
 
     def send(self, event: EventModel) -> Future[Delivery]:
-        """Send one validated event (op or flatten command)."""
+        """Send one validated event (op or flatten command).
+
+        Raises :class:`~dyno_stream.errors.KafkaAuthError` once Kafka has refused this
+        client's login; events sent before that fail their futures with it.
+        """
+        self._auth.check()
         future: Future[Delivery] = Future()
         ts = None if isinstance(event, Flatten) else event.ts
 
         def done(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                future.set_exception(PublishError(f"{event.op} on {event.item!r}: {err}"))
+                refused = self._auth.failure
+                future.set_exception(
+                    KafkaAuthError(self._auth.describe(refused))
+                    if refused is not None
+                    else PublishError(f"{event.op} on {event.item!r}: {err}")
+                )
             else:
                 future.set_result(
                     Delivery(
@@ -133,6 +154,7 @@ class DynoClient:
         """Wait until every op sent so far is acknowledged (or raise ``PublishError``)."""
         remaining = self._producer.flush(timeout)
         if remaining:
+            self._auth.check()  # the reason nothing gets through, if Kafka refused us
             raise PublishError(f"{remaining} ops not acknowledged within {timeout}s")
 
     def close(self, timeout: float = 30.0) -> None:

@@ -85,6 +85,12 @@ class BrokerError(DynoError):
     reason = "broker"
 
 
+class KafkaAuthError(BrokerError):
+    """Kafka refused our SASL login or our TLS handshake: a setting to fix, not to retry."""
+
+    reason = "auth"
+
+
 class PublishError(DynoError):
     """Snapshots or dead letters were not acknowledged by Kafka; the batch stays pending."""
 

@@ -17,6 +17,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
 from dyno_stream.errors import BrokerError
+from dyno_stream.security import AuthWatch, list_topics_checked
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,15 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create whichever of the three topics are missing; return the names created."""
-    admin = AdminClient(settings.kafka.librdkafka())
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
-        ) from exc
+    """Create whichever of the three topics are missing; return the names created.
+
+    A refused login or TLS handshake raises :class:`~dyno_stream.errors.KafkaAuthError` at
+    once instead of a "cannot reach" after the whole timeout.
+    """
+    watch = AuthWatch(settings.kafka)
+    admin = AdminClient({**settings.kafka.librdkafka(), **watch.config()})
+    metadata = list_topics_checked(admin, watch, timeout, settings.kafka.bootstrap_servers)
+    existing = set(metadata.topics)
     wanted = [spec for spec in topic_specs(settings) if spec.topic not in existing]
     if not wanted:
         return []

@@ -49,6 +49,7 @@ from dyno_stream.errors import (
 from dyno_stream.events import EventModel, Snapshot, parse_event
 from dyno_stream.flake import flake_floor
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
+from dyno_stream.security import AuthWatch
 from dyno_stream.store import Item
 from dyno_stream.topics import ensure_topics
 from dyno_stream.views import read_snapshots
@@ -108,6 +109,7 @@ class Worker:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.http: HttpEndpoint | None = None
+        self._auth = AuthWatch(settings.kafka)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,8 +153,9 @@ class Worker:
             log.info(
                 "http endpoint at %s (/metrics /healthz /items/<name> /rows)", self.http.address
             )
-        self._producer = Producer(producer_config(s))
-        self._consumer = Consumer(consumer_config(s))
+        # A refused login or TLS handshake stops the worker (see dyno_stream.security).
+        self._producer = Producer({**producer_config(s), **self._auth.config()})
+        self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
         self._consumer.subscribe(
             [s.topics.ops],
             on_assign=self._on_assign,
@@ -166,6 +169,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 messages = self._next_batch()
+                self._auth.check()
                 self.health.beat()
                 if messages:
                     self._process(messages)

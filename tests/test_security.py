@@ -1,0 +1,446 @@
+"""SASL (SCRAM) and TLS to a real broker, secrets kept out of every output, HTTP on loopback.
+
+This module starts its own broker (not the session one): the project's ``LocalBroker`` with a
+SASL_PLAINTEXT listener and a SASL_SSL listener whose certificate a throwaway CA made here
+signed (``certs.py``), both taking the SCRAM users below. Workers and clients are configured
+the way a deployment would be (``DYNO_KAFKA__*`` variables for subprocesses), and each test
+checks both halves of the promise: the right login works, a wrong one is refused loudly and
+at once, and the password shows up nowhere a user or a log collector could read it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from certs import TlsFiles, make_tls_files
+from conftest import RunningWorker, _free_port_pair, free_port
+from helpers import REPO, cli_env, run_cli
+
+from dyno_stream.broker import BrokerTls, LocalBroker, ScramUser
+from dyno_stream.client import DynoClient
+from dyno_stream.config import Settings, WorkerSettings, load_settings
+from dyno_stream.errors import BrokerError, KafkaAuthError
+from dyno_stream.topics import ensure_topics
+
+# Unique per run, so finding one in an output cannot be a coincidence.
+PASSWORD = f"pw512-{uuid.uuid4().hex}"
+PASSWORD_256 = f"pw256-{uuid.uuid4().hex}"
+WRONG = f"wrong-{uuid.uuid4().hex}"
+USER = ScramUser("dyno", PASSWORD, "SCRAM-SHA-512")
+USER_256 = ScramUser("dyno256", PASSWORD_256, "SCRAM-SHA-256")
+SECRETS = (PASSWORD, PASSWORD_256, WRONG)
+#: A refused login must stop a worker within this (librdkafka reports it in well under 1 s).
+REFUSED_WITHIN_S = 20.0
+WAIT_S = 60.0
+
+
+class SecureBroker:
+    """The module's broker and the TLS files its clients trust."""
+
+    def __init__(self, broker: LocalBroker, tls: TlsFiles) -> None:
+        self.broker, self.tls = broker, tls
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    root = tmp_path_factory.mktemp("secure-broker")
+    tls = make_tls_files(root / "tls")
+    broker = LocalBroker(
+        home=root / "home",
+        port=_free_port_pair(),
+        scram_users=(USER, USER_256),
+        sasl_port=free_port(),
+        ssl_port=free_port(),
+        tls=BrokerTls(tls.certificate, tls.private_key),
+    )
+    broker.start(timeout=120)
+    try:
+        yield SecureBroker(broker, tls)
+    finally:
+        gc.collect()  # drop idle clients first: no reconnect noise while it stops
+        broker.stop()
+
+
+@pytest.fixture
+def secure_settings(secure: SecureBroker, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a client of the secure broker: unique topics and group, HTTP off.
+
+    ``protocol`` picks the listener (SASL_PLAINTEXT or SASL_SSL); ``user`` and ``password``
+    the login; ``ca`` the CA file a TLS client trusts (None: the system's, which does not
+    know our throwaway CA). Other keywords override ``worker`` fields.
+    """
+    tag = uuid.uuid4().hex[:8]
+
+    def make(
+        protocol: str = "SASL_PLAINTEXT",
+        user: ScramUser = USER,
+        password: str | None = None,
+        ca: Path | None = None,
+        **worker: Any,
+    ) -> Settings:
+        b = secure.broker
+        bootstrap = b.ssl_bootstrap if protocol == "SASL_SSL" else b.sasl_bootstrap
+        base = load_settings()
+        return base.model_copy(
+            update={
+                "kafka": base.kafka.model_validate(
+                    {
+                        "bootstrap_servers": bootstrap,
+                        "security_protocol": protocol,
+                        "sasl_mechanism": user.mechanism,
+                        "sasl_username": user.name,
+                        "sasl_password": password if password is not None else user.password,
+                        "ssl_ca_location": None if ca is None else str(ca),
+                    }
+                ),
+                "topics": base.topics.model_copy(
+                    update={
+                        "ops": f"s-{tag}.ops",
+                        "snapshots": f"s-{tag}.snapshots",
+                        "dead_letter": f"s-{tag}.dead-letter",
+                        "partitions": 1,
+                    }
+                ),
+                "worker": base.worker.model_copy(
+                    update={
+                        "group_id": f"g-{tag}",
+                        "data_dir": tmp_path / "data",
+                        "http_port": 0,
+                        "batch_timeout_s": 0.02,
+                        **worker,
+                    }
+                ),
+            }
+        )
+
+    return make
+
+
+def kafka_env(s: Settings, **extra: str) -> dict[str, str]:
+    """A deployment's environment for ``s``: the Kafka login as DYNO_KAFKA__* variables."""
+    k = s.kafka
+    env = cli_env(s)
+    env.update(
+        {
+            "DYNO_KAFKA__SECURITY_PROTOCOL": k.security_protocol,
+            "DYNO_KAFKA__SASL_MECHANISM": k.sasl_mechanism or "",
+            "DYNO_KAFKA__SASL_USERNAME": k.sasl_username or "",
+            "DYNO_KAFKA__SASL_PASSWORD": k.sasl_password.get_secret_value()
+            if k.sasl_password
+            else "",
+        }
+    )
+    if k.ssl_ca_location:
+        env["DYNO_KAFKA__SSL_CA_LOCATION"] = k.ssl_ca_location
+    env.update(extra)
+    return env
+
+
+def assert_no_secret(where: str, text: str | bytes) -> None:
+    body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    for secret in SECRETS:
+        assert secret not in body, f"a password appears in {where}"
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.1)
+
+
+def connect_refused(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def outward_address() -> str | None:
+    """This host's address on its default route (no packet is sent), or None if it has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
+        except OSError:
+            return None
+        addr: str = s.getsockname()[0]
+    return None if addr.startswith("127.") else addr
+
+
+class WorkerProcess:
+    """``dyno-stream worker`` as a deployment runs it, its output kept in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dyno_stream", "worker"],
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"worker still running after {timeout:.0f}s:\n{self.text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(30)
+
+
+# -- the right login -----------------------------------------------------------------------------
+
+
+def test_worker_with_the_right_login_applies_ops_and_no_output_shows_the_password(
+    secure: SecureBroker, secure_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    s = secure_settings()
+    port = free_port()
+    # The endpoint's host is left to the shipped defaults: that is what is being checked.
+    env = kafka_env(s, DYNO_WORKER__HTTP_PORT=str(port))
+    env.pop("DYNO_WORKER__HTTP_HOST")
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        with DynoClient(s) as client:
+            wait_for("the worker created its topics", lambda: _has_topic(s))
+            client.put_item("chilts", {"nick": "chilts", "email": "me@example.com"})
+            client.del_attrs("chilts", ["email"])
+            client.put_attrs("chilts", {"name": "Andy Chilton"})
+            client.flush()
+        base = f"http://127.0.0.1:{port}"
+
+        def applied() -> bool:
+            try:
+                code, body = http_get(f"{base}/items/chilts")
+            except OSError:
+                return False
+            return code == 200 and json.loads(body)["changes"] == 3
+
+        wait_for("the worker applied the three ops", applied)
+        _, item = http_get(f"{base}/items/chilts")
+        assert json.loads(item)["value"] == {"nick": "chilts", "name": "Andy Chilton"}
+
+        code, metrics = http_get(f"{base}/metrics")
+        assert code == 200 and b'dyno_ops_applied_total{op="putItem"} 1.0' in metrics
+        assert_no_secret("/metrics", metrics)
+        code, health = http_get(f"{base}/healthz")
+        assert code == 200 and json.loads(health)["status"] == "ok"
+        assert_no_secret("/healthz", health)
+
+        # Bound to loopback by default: 127.0.0.2 is loopback too, yet refused, so the
+        # socket is bound to 127.0.0.1 itself and not to every address.
+        assert connect_refused("127.0.0.2", port)
+        outward = outward_address()
+        if outward is not None:
+            assert connect_refused(outward, port)
+    finally:
+        code = worker.stop()
+    log = worker.text()
+    assert code == 0, log[-3000:]
+    assert f"http endpoint at http://127.0.0.1:{port}" in log
+    # The start line shows the Kafka settings, with the password masked.
+    assert "'sasl.username': 'dyno'" in log and "'sasl.password': '***'" in log
+    assert_no_secret("the worker's log", log)
+
+
+def _has_topic(s: Settings) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(s.kafka.librdkafka())
+    return s.topics.snapshots in admin.list_topics(timeout=10).topics
+
+
+def test_tls_and_scram_sha_256_with_a_verified_broker_certificate(
+    secure: SecureBroker,
+    secure_settings: Callable[..., Settings],
+    start_worker_secure: Callable[[Settings], RunningWorker],
+) -> None:
+    s = secure_settings("SASL_SSL", USER_256, ca=secure.tls.ca)
+    worker = start_worker_secure(s)
+    with DynoClient(s) as client:
+        delivery = client.inc_attr_by("counter", "n", 5).result(WAIT_S)
+    assert delivery.topic == s.topics.ops
+
+    def applied() -> bool:
+        item = worker.worker.read_item("counter")
+        return item is not None and item["value"] == {"n": 5}
+
+    wait_for("the worker applied the op over TLS", applied)
+    worker.stop()
+
+
+@pytest.fixture
+def start_worker_secure() -> Iterator[Callable[[Settings], RunningWorker]]:
+    """Like conftest's ``start_worker`` (topics first, stopped after), for the secure broker."""
+    running: list[RunningWorker] = []
+
+    def start(settings: Settings) -> RunningWorker:
+        ensure_topics(settings)
+        w = RunningWorker(settings)
+        running.append(w)
+        return w
+
+    yield start
+    for w in running:
+        if w.thread.is_alive():
+            w.stop()
+
+
+# -- a wrong login -------------------------------------------------------------------------------
+
+
+def test_worker_with_a_wrong_password_exits_non_zero_naming_authentication(
+    secure_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    s = secure_settings(password=WRONG)
+    started = time.monotonic()
+    worker = WorkerProcess(kafka_env(s), tmp_path / "worker.log")
+    code = worker.wait(REFUSED_WITHIN_S + 10)
+    took = time.monotonic() - started
+    log = worker.text()
+    assert code == 1, log[-3000:]
+    assert took < REFUSED_WITHIN_S, f"took {took:.1f}s to give up"
+    assert "ERROR" in log and "worker stopped: Kafka at" in log
+    assert "refused the login (authentication failed)" in log
+    assert "sasl_username ('dyno')" in log
+    assert_no_secret("the refused worker's log", log)
+
+
+def test_worker_that_skips_topic_creation_also_stops_on_a_wrong_password(
+    secure_settings: Callable[..., Settings],
+) -> None:
+    """The check in the worker's loop, not only the one when it creates topics."""
+    s = secure_settings(password=WRONG)
+    s = s.model_copy(update={"topics": s.topics.model_copy(update={"create_missing": False})})
+    worker = RunningWorker(s)
+    worker.thread.join(REFUSED_WITHIN_S)
+    assert not worker.thread.is_alive(), "the worker kept running with a refused login"
+    assert isinstance(worker.error, KafkaAuthError), worker.error
+    assert "authentication failed" in str(worker.error)
+    assert_no_secret("the error", str(worker.error))
+
+
+def test_tls_client_that_does_not_trust_the_broker_certificate_is_stopped(
+    secure: SecureBroker, secure_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    other_ca = make_tls_files(tmp_path / "other", ca_name="some other CA").ca
+    s = secure_settings("SASL_SSL", ca=other_ca)
+    started = time.monotonic()
+    with pytest.raises(KafkaAuthError, match="certificate verify failed") as info:
+        ensure_topics(s)
+    assert time.monotonic() - started < REFUSED_WITHIN_S
+    assert "kafka.ssl_ca_location" in str(info.value)
+
+
+def test_client_and_cli_with_a_wrong_password_fail_fast_without_showing_it(
+    secure_settings: Callable[..., Settings],
+) -> None:
+    good = secure_settings()
+    ensure_topics(good)
+    bad = secure_settings(password=WRONG)
+    bad = bad.model_copy(update={"topics": good.topics})
+    started = time.monotonic()
+    with DynoClient(bad) as client:
+        future = client.put_item("x", {"a": 1})
+        with pytest.raises(KafkaAuthError, match="authentication failed"):
+            future.result(REFUSED_WITHIN_S)
+        with pytest.raises(KafkaAuthError):
+            client.put_item("y", {"a": 1})
+    assert time.monotonic() - started < REFUSED_WITHIN_S
+
+    proc = run_cli(kafka_env(bad), "op", "x", "putItem", '{"a":1}', timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "refused the login (authentication failed)" in proc.stderr
+    assert_no_secret("the CLI's output", proc.stdout + proc.stderr)
+
+
+def test_cli_error_for_a_bad_config_does_not_show_the_password(tmp_path: Path) -> None:
+    # in the environment, beside a bad value and a misspelt key that holds a secret too
+    env = cli_env(
+        DYNO_KAFKA__SASL_PASSWORD=PASSWORD,
+        DYNO_KAFKA__SASL_PASWORD=PASSWORD_256,
+        DYNO_KAFKA__SECURITY_PROTOCOL="SASL_PLAIN",
+    )
+    proc = run_cli(env, "topics", timeout=60)
+    assert proc.returncode == 1
+    assert "invalid configuration" in proc.stderr and "security_protocol" in proc.stderr
+    assert "sasl_pasword" in proc.stderr
+    assert_no_secret("the CLI's error output", proc.stdout + proc.stderr)
+
+    # in a TOML file, with a password of the wrong type and another bad value
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        f'[kafka]\nsasl_password = "{PASSWORD}"\nssl_key_password = ["{PASSWORD_256}"]\n'
+        "[worker]\nbatch_size = 0\n"
+    )
+    proc = run_cli(cli_env(DYNO_CONFIG=str(config)), "worker", timeout=60)
+    assert proc.returncode == 1
+    assert "kafka.ssl_key_password" in proc.stderr and "worker.batch_size" in proc.stderr
+    assert_no_secret("the CLI's error output", proc.stdout + proc.stderr)
+
+
+# -- settings and the broker ---------------------------------------------------------------------
+
+
+def test_http_endpoint_defaults_to_loopback() -> None:
+    assert WorkerSettings().http_host == "127.0.0.1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNO_")}
+    code = "from dyno_stream.config import load_settings; print(load_settings().worker.http_host)"
+    shipped = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert shipped.stdout.strip() == "127.0.0.1", shipped.stderr  # config/dyno-stream.toml
+
+
+def test_secured_broker_keeps_passwords_out_of_its_files_and_reprs(
+    secure: SecureBroker,
+) -> None:
+    b = secure.broker
+    props = b.server_properties.read_text()
+    assert f"SASL_PLAINTEXT://127.0.0.1:{b.sasl_port}" in props
+    assert f"SASL_SSL://127.0.0.1:{b.ssl_port}" in props
+    assert_no_secret("repr(LocalBroker)", repr(b))
+    for path in b.home.rglob("*"):
+        if path.is_file() and path.suffix in {".properties", ".pem", ".id", ".out", ".log"}:
+            assert_no_secret(str(path), path.read_bytes())
+    assert b.keystore_file.stat().st_mode & 0o077 == 0, "the key store is readable by others"
+    # Start is idempotent for the same settings, and refuses different ones.
+    assert b.start(timeout=60) == b.bootstrap
+    other = LocalBroker(home=b.home, port=b.port, cache_dir=b.cache_dir)
+    with pytest.raises(BrokerError, match="other settings"):
+        other.start(timeout=10)
