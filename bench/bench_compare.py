@@ -624,12 +624,13 @@ def print_report(res: dict[str, Any]) -> None:
         for point in mem["curve"]:
             mt.add_row(f"{point['items']:,}", f"{point['rss_bytes'] / 2**20:,.0f} MiB")
         mt.add_row("idle, 2 s after", f"{mem['rss_idle_after_bytes'] / 2**20:,.0f} MiB")
-        mt.caption = (
-            f"{mem['bytes_per_item_first_quarter']:.0f} B/item over the first quarter, "
-            f"{mem['bytes_per_item_last_half']:.0f} B/item over the last half; the state caches "
-            f"hold {mem['state_cache_items']:,} items"
-        )
         out.print(mt)
+        out.print(
+            f"RSS grew {mem['bytes_per_item_first_quarter']:.0f} B/item over the first quarter, "
+            f"{mem['bytes_per_item_last_half']:.0f} B/item over the last half; the workers' "
+            f"state caches hold {mem['state_cache_items']:,} items "
+            f"({mem['items_per_s_while_written']:,.0f} items/s, written while it ran)"
+        )
 
     gt = Table(title="goals")
     gt.add_column("goal")
