@@ -180,7 +180,7 @@ def limit_consume(s: Settings, topic: str, n: int) -> dict[str, float]:
             for msg in batch:
                 if msg.error():
                     continue
-                size += len(msg.value()) + len(msg.key())
+                size += len(msg.value() or b"") + len(msg.key() or b"")
                 got += 1
         t1 = time.monotonic()
     finally:

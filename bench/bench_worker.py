@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ def make_payloads(n: int, items: int, seed: int = 1) -> list[tuple[bytes, bytes]
 def produce_all(
     s: Settings,
     topic: str,
-    payloads: list[tuple[bytes, bytes]],
+    payloads: Iterable[tuple[bytes, bytes]],
     conf: dict[str, Any] | None = None,
 ) -> float:
     """Produce every payload and wait for the acknowledgements; return the seconds it took.
