@@ -70,23 +70,25 @@ def plot(res: dict[str, Any], png: Path) -> None:
     if lat:
         ax = axes[0][i]
         i += 1
-        names = list(lat)
-        xs = range(len(names))
-        p50 = [lat[k]["p50_ms"] for k in names]
-        p99 = [lat[k]["p99_ms"] for k in names]
-        ax.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
-        ax.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
-        ax.set_xticks(list(xs), ["dyno-stream" if k == "dyno" else "quixstreams" for k in names])
-        for x, a, b in zip(xs, p50, p99, strict=True):
-            ax.text(x - 0.2, a, f"{a:.0f}", ha="center", va="bottom", fontsize=8)
-            ax.text(x + 0.2, b, f"{b:.0f}", ha="center", va="bottom", fontsize=8)
-        if max(p99) > 20 * min(p50):  # one contender queues: keep the other one visible
-            ax.set_yscale("log")
-        ax.set_ylabel(
-            "produce to snapshot, ms" + (" (log scale)" if max(p99) > 20 * min(p50) else "")
+        who = ["dyno", "quix"] if any("quix" in at for at in lat.values()) else ["dyno"]
+        series = [(r, p) for r in run["rates"] if str(r) in lat for p in ("p50", "p99")]
+        width = 0.8 / len(series)
+        top = 0.0
+        for j, (rate, pct) in enumerate(series):
+            xs = [k - 0.4 + width * (j + 0.5) for k in range(len(who))]
+            ys = [lat[str(rate)].get(w, {}).get(f"{pct}_ms", 0.0) for w in who]
+            ax.bar(xs, ys, width=width, label=f"{pct} at {rate:,} ops/s")
+            for x, y in zip(xs, ys, strict=True):
+                ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+            top = max(top, *ys)
+        ax.set_xticks(
+            range(len(who)), ["dyno-stream" if w == "dyno" else "quixstreams" for w in who]
         )
-        ax.set_title(f"latency at {run['rate']:,} ops/s")
-        ax.legend()
+        ax.set_yscale("log")
+        ax.set_ylabel("produce to snapshot, ms (log scale)")
+        ax.set_ylim(top=top * 3)
+        ax.set_title("latency")
+        ax.legend(fontsize=7, loc="upper left")
     if mem:
         ax = axes[0][i]
         ax.plot(

@@ -34,8 +34,8 @@ def test_compare_harness_dyno_side_writes_sane_figures(
             "--skip-quix",
             "--ops",
             str(OPS),
-            "--rate",
-            "1000",
+            "--rates",
+            "1000,500",
             "--latency-seconds",
             "1",
             "--memory-items",
@@ -66,7 +66,8 @@ def test_compare_harness_dyno_side_writes_sane_figures(
         assert fig["ops_per_s"] > 0 and 0 < fig["snapshots"] <= OPS
     assert res["dyno"]["scaling"] == two["ops_per_s"] / one["ops_per_s"]
 
-    lat = res["latency"]["dyno"]
+    assert list(res["latency"]) == ["1000"]  # --quick: the first rate only
+    lat = res["latency"]["1000"]["dyno"]
     assert lat["measured"] == lat["ops"] == 1000
     assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
 
