@@ -19,10 +19,11 @@ contender reads the same ops, written before it starts, from the first offset un
   default), so "committed" (the group's committed offsets reach the end: state flushed to
   RocksDB and its changelog, offsets committed) is reported too; the headline figure is
   the earlier, more favourable one. Measured with and without the pydantic validation.
-- **limits**: a confluent-kafka consume-only loop (``consume(1000)``, touching key and
-  value; the worker's consumer settings), a produce-only loop (the worker's producer
-  settings: idempotent, acks=all, linger.ms=2), plyvel ``write_batch`` puts of the ops'
-  rows (1,000 per batch), and pydantic validation alone (``parse_event``).
+- **limits**, each the best of three runs (all three kept): a confluent-kafka consume-only
+  loop (``consume(1000)``, touching key and value; the worker's consumer settings), a
+  produce-only loop (the worker's producer settings: idempotent, acks=all, linger.ms=2),
+  plyvel ``write_batch`` puts of the ops' rows (1,000 per batch), and pydantic validation
+  alone (``parse_event``).
 
 Time runs from the first op consumed to done. Then produce-to-snapshot latency at a steady
 5,000 and 2,500 ops/s for both (bench_worker.py's method; quixstreams cannot keep up with
@@ -168,6 +169,18 @@ class Phases:
 # -- the limits ------------------------------------------------------------------------------
 
 
+def best_of(run: Callable[[], dict[str, float]], times: int = 3) -> dict[str, Any]:
+    """The fastest of a few runs, with every run's ops/s: a limit is what the part can do.
+
+    The consume-only loop is bimodal on this machine: the same 200,000 messages take 0.2 s
+    or 1.2 s, the slow runs waiting on fetches at the start (the process uses 0.4 s of CPU
+    either way).
+    """
+    runs = [run() for _ in range(times)]
+    best = max(runs, key=lambda r: r["ops_per_s"])
+    return {**best, "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs]}
+
+
 def limit_consume(s: Settings, topic: str, n: int) -> dict[str, float]:
     """confluent-kafka alone: consume(1000) batches with the worker's consumer settings."""
     consumer = Consumer({**consumer_config(s), "group.id": f"consume-only-{uuid.uuid4().hex}"})
@@ -205,7 +218,7 @@ def limit_plyvel(tmp: Path, payloads: list[tuple[bytes, bytes]]) -> dict[str, fl
     for _key, value in payloads:
         ev = orjson.loads(value)
         rows.append((f"{ev['item']}/{ev['ts']}/{ev['op']}".encode(), orjson.dumps(ev["change"])))
-    db = plyvel.DB(str(tmp / "plyvel-limit"), create_if_missing=True)
+    db = plyvel.DB(tempfile.mkdtemp(prefix="plyvel-limit-", dir=tmp), create_if_missing=True)
     try:
         t0 = time.perf_counter()
         for i in range(0, len(rows), 1000):
@@ -743,13 +756,12 @@ def main() -> None:
             produce_all(shared, shared.topics.ops, payloads)
 
         with phase("limits"):
+            to_produce = bench_settings(bootstrap, tmp / "produce", args.partitions, 0)
             res["limits"] = {
-                "consume_only": limit_consume(shared, shared.topics.ops, n),
-                "produce_only": limit_produce(
-                    bench_settings(bootstrap, tmp / "produce", args.partitions, 0), payloads
-                ),
-                "plyvel": limit_plyvel(tmp, payloads),
-                "pydantic": limit_pydantic(payloads),
+                "consume_only": best_of(lambda: limit_consume(shared, shared.topics.ops, n)),
+                "produce_only": best_of(lambda: limit_produce(to_produce, payloads)),
+                "plyvel": best_of(lambda: limit_plyvel(tmp, payloads)),
+                "pydantic": best_of(lambda: limit_pydantic(payloads)),
             }
         with phase("dyno-stream, 1 worker"):
             one = dyno_throughput(bootstrap, tmp, payloads, args.partitions, 1)
