@@ -25,12 +25,15 @@ contender reads the same ops, written before it starts, from the first offset un
   plyvel ``write_batch`` puts of the ops' rows (1,000 per batch), and pydantic validation
   alone (``parse_event``).
 
-Time runs from the first op consumed to done. Then produce-to-snapshot latency at a steady
-5,000 and 2,500 ops/s for both (bench_worker.py's method; quixstreams cannot keep up with
-5,000 ops/s here once the benchmark's producer and reader share the cores, so 5,000 shows
-its queue and 2,500 its latency), and the worker's RSS while it takes
-1,000,000 distinct items (``/proc/<pid>/status`` VmRSS). Other agents share this machine:
-the load average and the busiest processes are recorded beside the figures.
+Time runs from the first op consumed to done. Each throughput contender runs three times,
+in turn with the others, and its median run counts (the load on this machine varies).
+
+Then produce-to-snapshot latency at a steady 5,000 and 2,500 ops/s for both (bench_worker.py's
+method; quixstreams cannot keep up with 5,000 ops/s here once the benchmark's producer and
+snapshot reader share the cores, so 5,000 shows its queue and 2,500 its latency), and the
+worker's RSS while it takes 1,000,000 distinct items (``/proc/<pid>/status`` VmRSS). Other
+agents share this machine: the load average and the busiest processes are recorded beside
+the figures.
 
 Run: ``make bench-compare`` (builds .venv-bench with quixstreams, starts the broker if
 needed), or ``python bench/bench_compare.py [--quick] [--skip-quix] [--ops N]``.
@@ -181,6 +184,13 @@ def best_of(run: Callable[[], dict[str, float]], times: int = 3) -> dict[str, An
     return {**best, "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs]}
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median ops/s (the lower middle of an even count), with every run's."""
+    ordered = sorted(runs, key=lambda r: r["ops_per_s"])
+    middle = ordered[(len(ordered) - 1) // 2]
+    return {**middle, "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs]}
+
+
 def limit_consume(s: Settings, topic: str, n: int) -> dict[str, float]:
     """confluent-kafka alone: consume(1000) batches with the worker's consumer settings."""
     consumer = Consumer({**consumer_config(s), "group.id": f"consume-only-{uuid.uuid4().hex}"})
@@ -306,7 +316,8 @@ def dyno_throughput(
 ) -> dict[str, Any]:
     """``count`` workers, paused while the ops are written, timed once resumed."""
     n = len(payloads)
-    with workers(bootstrap, tmp, f"dyno{count}", partitions, count) as (s, urls, procs):
+    name = f"dyno{count}-{uuid.uuid4().hex[:6]}"
+    with workers(bootstrap, tmp, name, partitions, count) as (s, urls, procs):
         for proc in procs:
             os.kill(proc.pid, signal.SIGSTOP)
         try:
@@ -475,7 +486,7 @@ def quix_throughput(
     validate: bool,
 ) -> dict[str, Any]:
     """The quix app on the pre-written ops topic; done when its output holds n snapshots."""
-    name = "quix" if validate else "quix-plain"
+    name = f"quix-{uuid.uuid4().hex[:6]}" + ("" if validate else "-plain")
     base = bench_settings(bootstrap, tmp / f"{name}-unused", partitions, 0)
     s = base.model_copy(
         update={"topics": base.topics.model_copy(update={"ops": ops_topic})}
@@ -605,6 +616,7 @@ def print_report(res: dict[str, Any]) -> None:
         table.add_column(col, justify="right")
     for rate in rates:
         table.add_column(f"p50 / p99 at {rate:,} ops/s", justify="right")
+    table.add_column("every run, ops/s", justify="right")
 
     def row(label: str, fig: dict[str, Any] | None, who: str = "") -> None:
         if fig is None:
@@ -619,6 +631,7 @@ def print_report(res: dict[str, Any]) -> None:
         for rate in rates:
             at = lat[str(rate)].get(who)
             cells.append(f"{at['p50_ms']:,.1f} / {at['p99_ms']:,.1f} ms" if at else "")
+        cells.append(" ".join(f"{r / 1000:,.1f}k" for r in fig.get("runs_ops_per_s", [])))
         table.add_row(*cells)
 
     row("dyno-stream worker, 1 process", res["dyno"]["one"], "dyno")
@@ -698,6 +711,9 @@ def main() -> None:
     ap.add_argument(
         "--memory-items", type=int, help="distinct items (1,000,000; 100,000; 0: no memory run)"
     )
+    ap.add_argument(
+        "--repeat", type=int, help="runs of each throughput contender, median kept (3; 1)"
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, one quix variant")
     ap.add_argument("--skip-quix", action="store_true")
     ap.add_argument("--quix-python", help="Python with quixstreams (default: .venv-bench's)")
@@ -710,6 +726,7 @@ def main() -> None:
         return given if given is not None else quick if args.quick else full
 
     n = pick(args.ops, 20_000, 200_000)
+    repeat = pick(args.repeat, 1, 3)
     lat_seconds = pick(args.latency_seconds, 5.0, 20.0)
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     rates = rates[:1] if args.quick else rates
@@ -734,6 +751,7 @@ def main() -> None:
             "items": args.items,
             "partitions": args.partitions,
             "rates": rates,
+            "repeat": repeat,
             "quick": args.quick,
             "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "versions": {
@@ -763,17 +781,25 @@ def main() -> None:
                 "plyvel": best_of(lambda: limit_plyvel(tmp, payloads)),
                 "pydantic": best_of(lambda: limit_pydantic(payloads)),
             }
-        with phase("dyno-stream, 1 worker"):
-            one = dyno_throughput(bootstrap, tmp, payloads, args.partitions, 1)
-        with phase("dyno-stream, 2 workers"):
-            two = dyno_throughput(bootstrap, tmp, payloads, args.partitions, 2)
+        # The contenders' runs alternate, so a change in what else runs on the machine falls
+        # on all of them alike; each figure is the median run.
+        runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": [], "quix": []}
+        for rep in range(repeat):
+            with phase(f"dyno-stream, 1 worker, run {rep + 1}"):
+                runs["one"].append(dyno_throughput(bootstrap, tmp, payloads, args.partitions, 1))
+            with phase(f"dyno-stream, 2 workers, run {rep + 1}"):
+                runs["two"].append(dyno_throughput(bootstrap, tmp, payloads, args.partitions, 2))
+            if quix_python:
+                with phase(f"quixstreams, validated, run {rep + 1}"):
+                    runs["quix"].append(
+                        quix_throughput(
+                            quix_python, bootstrap, tmp, shared.topics.ops, n, args.partitions, True
+                        )
+                    )
+        one, two = median_run(runs["one"]), median_run(runs["two"])
         res["dyno"] = {"one": one, "two": two, "scaling": two["ops_per_s"] / one["ops_per_s"]}
         if quix_python:
-            res["quix"] = {}
-            with phase("quixstreams, validated"):
-                res["quix"]["validated"] = quix_throughput(
-                    quix_python, bootstrap, tmp, shared.topics.ops, n, args.partitions, True
-                )
+            res["quix"] = {"validated": median_run(runs["quix"])}
             if not args.quick:
                 with phase("quixstreams, JSON only"):
                     res["quix"]["plain"] = quix_throughput(

@@ -82,5 +82,6 @@ def test_compare_harness_dyno_side_writes_sane_figures(
     assert [p["name"] for p in res["run"]["phases"]][:3] == [
         "writing the shared ops topic",
         "limits",
-        "dyno-stream, 1 worker",
+        "dyno-stream, 1 worker, run 1",
     ]
+    assert one["runs_ops_per_s"] == [round(one["ops_per_s"])]  # --quick: one run each
