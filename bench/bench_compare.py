@@ -93,7 +93,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 
-out = Console(width=None if sys.stdout.isatty() else 140)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 # -- the machine and what else runs on it --------------------------------------------------
@@ -615,8 +615,8 @@ def print_report(res: dict[str, Any]) -> None:
     for col in ("ops/s", "x quixstreams", "x consume-only"):
         table.add_column(col, justify="right")
     for rate in rates:
-        table.add_column(f"p50 / p99 at {rate:,} ops/s", justify="right")
-    table.add_column("every run, ops/s", justify="right")
+        table.add_column(f"p50/p99 at {rate:,}/s", justify="right")
+    table.add_column("runs, ops/s", justify="right")
 
     def row(label: str, fig: dict[str, Any] | None, who: str = "") -> None:
         if fig is None:
@@ -630,24 +630,24 @@ def print_report(res: dict[str, Any]) -> None:
         ]
         for rate in rates:
             at = lat[str(rate)].get(who)
-            cells.append(f"{at['p50_ms']:,.1f} / {at['p99_ms']:,.1f} ms" if at else "")
+            cells.append(f"{at['p50_ms']:,.0f} / {at['p99_ms']:,.0f} ms" if at else "")
         cells.append(" ".join(f"{r / 1000:,.1f}k" for r in fig.get("runs_ops_per_s", [])))
         table.add_row(*cells)
 
-    row("dyno-stream worker, 1 process", res["dyno"]["one"], "dyno")
-    row("dyno-stream workers, 2 processes", res["dyno"]["two"])
+    row("dyno-stream, 1 worker", res["dyno"]["one"], "dyno")
+    row("dyno-stream, 2 workers", res["dyno"]["two"])
     if res.get("quix"):
-        row("quixstreams app, pydantic-validated", res["quix"].get("validated"), "quix")
-        row("quixstreams app, JSON only", res["quix"].get("plain"))
+        row("quixstreams, validated", res["quix"].get("validated"), "quix")
+        row("quixstreams, JSON only", res["quix"].get("plain"))
         v = res["quix"]["validated"]
         if v.get("ops_per_s_to_commit"):
             to_commit = f"{v['ops_per_s_to_commit']:,.0f}"
-            table.add_row("  (to its committed checkpoint)", to_commit)
+            table.add_row("  validated, to its commit", to_commit)
     lim = res["limits"]
-    row("limit: consume only (confluent-kafka)", lim["consume_only"])
-    row("limit: produce only (worker's producer)", lim["produce_only"])
+    row("limit: consume only", lim["consume_only"])
+    row("limit: produce only", lim["produce_only"])
     row("limit: plyvel write_batch", lim["plyvel"])
-    row("limit: pydantic parse_event", lim["pydantic"])
+    row("limit: pydantic alone", lim["pydantic"])
     out.print(table)
 
     mem = res.get("memory")
@@ -720,7 +720,13 @@ def main() -> None:
     ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path, default=RESULTS / "compare.json")
     ap.add_argument("--png", default=str(RESULTS / "compare.png"), help="'' for none")
+    ap.add_argument("--report", type=Path, help="only print (and draw) this earlier JSON")
     args = ap.parse_args()
+    if args.report:
+        print_report(json.loads(args.report.read_text()))
+        if args.png:
+            plot(args.report, Path(args.png), find_quix_python(args.quix_python))
+        return
 
     def pick(given: Any, quick: Any, full: Any) -> Any:
         return given if given is not None else quick if args.quick else full
@@ -755,7 +761,7 @@ def main() -> None:
             "quick": args.quick,
             "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "versions": {
-                "confluent_kafka": confluent_kafka.version()[0],
+                "confluent_kafka": confluent_kafka.version(),  # a str, unlike libversion()
                 "librdkafka": confluent_kafka.libversion()[0],
                 "pydantic": pydantic.VERSION,
                 "plyvel": plyvel.__version__,

@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: (p50, p99) colours of each latency rate
+COLOURS = [("tab:blue", "lightsteelblue"), ("tab:green", "palegreen"), ("tab:red", "mistyrose")]
 
 
 def bars(res: dict[str, Any]) -> list[tuple[str, float, str]]:
@@ -56,7 +58,11 @@ def plot(res: dict[str, Any], png: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ops/s (log scale)")
     run = res["run"]
-    ax.set_title(f"{run['ops']:,} ops, {run['items']:,} items, {run['partitions']} partitions")
+    runs = f", median of {run['repeat']} runs" if run.get("repeat", 1) > 1 else ""
+    ax.set_title(
+        f"{run['ops']:,} ops, {run['items']:,} items, {run['partitions']} partitions{runs}",
+        fontsize=10,
+    )
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     ax.set_xlim(right=max(values) * 8)
@@ -77,7 +83,8 @@ def plot(res: dict[str, Any], png: Path) -> None:
         for j, (rate, pct) in enumerate(series):
             xs = [k - 0.4 + width * (j + 0.5) for k in range(len(who))]
             ys = [lat[str(rate)].get(w, {}).get(f"{pct}_ms", 0.0) for w in who]
-            ax.bar(xs, ys, width=width, label=f"{pct} at {rate:,} ops/s")
+            colour = COLOURS[(j // 2) % len(COLOURS)][j % 2]
+            ax.bar(xs, ys, width=width, color=colour, label=f"{pct} at {rate:,} ops/s")
             for x, y in zip(xs, ys, strict=True):
                 ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
             top = max(top, *ys)

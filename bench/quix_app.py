@@ -90,7 +90,7 @@ def main() -> None:
             json.dumps(
                 {
                     "quixstreams": quixstreams.__version__,
-                    "confluent_kafka": confluent_kafka.version()[0],
+                    "confluent_kafka": confluent_kafka.version(),  # a str, unlike libversion()
                     "librdkafka": confluent_kafka.libversion()[0],
                     "pydantic": pydantic.VERSION,
                 }
