@@ -7,14 +7,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# quixstreams and matplotlib, for bench-compare only: quixstreams pins older confluent-kafka
+# and pydantic than .venv has, so they get a virtualenv of their own (see pyproject.toml)
+BENCH_VENV  ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test lint bench bench-store schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test lint bench bench-store bench-compare schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
 
 # Debian's kcat is the "plain Kafka client" of the interop test; Debian's docker-compose
 # validates docker-compose.yml (no Docker engine runs on our machines).
@@ -53,13 +63,18 @@ broker-stop: $(STAMP)
 bench-store: $(STAMP)
 	$(BIN)/python bench/bench_store.py
 
-bench: $(STAMP) jars
+bench: $(STAMP) $(BENCH_STAMP) jars
 	$(BIN)/python bench/bench_store.py --json bench/results/store.json
 	$(BIN)/python bench/bench_worker.py --json bench/results/worker.json
 	$(BIN)/python bench/bench_compaction.py --json bench/results/compaction.json
+	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python
+
+# dyno-stream beside quixstreams and the machine's limits (bench/results/compare.json, .png)
+bench-compare: $(STAMP) $(BENCH_STAMP) jars
+	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python $(ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/dyno-stream schemas export
 
 clean:
-	rm -rf $(VENV) .dyno .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .dyno .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,21 @@ from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.broker import LocalBroker
-from dyno_stream.config import Settings, load_settings
+from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.demo import start_worker
 from dyno_stream.flake import FlakeGenerator
 from dyno_stream.topics import ensure_topics
-from dyno_stream.worker import producer_config
 
 HTTP_PORT = 9484
 
+#: Starts the system under test on these settings (its output is ``s.topics.snapshots``),
+#: waits until it is ready, and returns the function that stops it.
+Launch = Callable[[Settings, Path], Callable[[], None]]
 
-def bench_settings(bootstrap: str, data_dir: Path, partitions: int) -> Settings:
+
+def bench_settings(
+    bootstrap: str, data_dir: Path, partitions: int, http_port: int = HTTP_PORT
+) -> Settings:
     base = load_settings()
     tag = uuid.uuid4().hex[:6]
     return base.model_copy(
@@ -58,7 +64,7 @@ def bench_settings(bootstrap: str, data_dir: Path, partitions: int) -> Settings:
                 update={
                     "group_id": f"bench-{tag}",
                     "data_dir": data_dir,
-                    "http_port": HTTP_PORT,
+                    "http_port": http_port,
                     "log_level": "WARNING",
                 }
             ),
@@ -123,43 +129,93 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def make_payloads(n: int, items: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    """``n`` ops of the workload as (Kafka key, value): the same ops for the same seed."""
+    rnd, gen = random.Random(seed), FlakeGenerator(node=7, pid=7)
+    out = []
+    for _ in range(n):
+        name, value = op_event(rnd, gen, items)
+        out.append((name.encode(), value))
+    return out
+
+
+def produce_all(
+    s: Settings,
+    topic: str,
+    payloads: Iterable[tuple[bytes, bytes]],
+    conf: dict[str, Any] | None = None,
+) -> float:
+    """Produce every payload and wait for the acknowledgements; return the seconds it took.
+
+    The producer is the worker's (``producer_config``) with ``conf`` on top; by default with
+    large batches (``linger.ms`` 20), as the workload is written up front, as fast as the
+    broker takes it, before the system under test starts.
+    """
+    extra = {"linger.ms": 20, "batch.size": 1_000_000} if conf is None else conf
+    producer = Producer({**producer_config(s), **extra})
+    t0 = time.perf_counter()
+    for key, value in payloads:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    left = producer.flush(120)
+    if left:
+        raise SystemExit(f"{left} ops not acknowledged by the broker")
+    return time.perf_counter() - t0
+
+
+def time_until_applied(
+    urls: list[str], procs: list[subprocess.Popen[bytes]], n: int, timeout: float = 600
+) -> tuple[float, float, dict[str, float]]:
+    """Watch workers' /metrics until ``n`` ops are applied and their snapshots acknowledged.
+
+    Returns the moment the first event was consumed, the moment all were done, and the
+    workers' metrics summed. The worker counts an op as applied only after the batch's
+    snapshots are acknowledged, so "applied" is the end of the whole pipeline.
+    """
+    t0 = None
+    deadline = time.monotonic() + timeout
+    while True:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker exited with {proc.returncode}")
+        m = _summed([metrics(u) for u in urls])
+        if t0 is None and m.get("dyno_events_consumed_total", 0) > 0:
+            t0 = time.monotonic()
+        if m.get("dyno_ops_applied_total", 0) >= n:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"workers applied {m.get('dyno_ops_applied_total', 0):.0f} of {n}")
+        time.sleep(0.02)
+    t1 = time.monotonic()
+    assert t0 is not None
+    return t0, t1, _summed([metrics(u) for u in urls])
+
+
+def _summed(ms: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in ms:
+        for k, v in m.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
 def bench_throughput(
     bootstrap: str, tmp: Path, n: int, items: int, partitions: int
 ) -> dict[str, float]:
     s = bench_settings(bootstrap, tmp / "tp-data", partitions)
     ensure_topics(s)
-    producer = Producer({**producer_config(s), "linger.ms": 20, "batch.size": 1_000_000})
-    rnd, gen = random.Random(1), FlakeGenerator(node=7, pid=7)
-    for _ in range(n):
-        name, value = op_event(rnd, gen, items)
-        while True:
-            try:
-                producer.produce(s.topics.ops, value, name.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(120)
-    url = f"http://127.0.0.1:{HTTP_PORT}"
+    produce_all(s, s.topics.ops, make_payloads(n, items))
+    url = f"http://127.0.0.1:{s.worker.http_port}"
     proc = start_worker(s, tmp / "tp-worker.log")
     try:
         wait_metrics(url, proc)
-        t0 = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            m = metrics(url)
-            consumed = m.get("dyno_events_consumed_total", 0)
-            if t0 is None and consumed > 0:
-                t0 = time.monotonic()
-            if consumed >= n and m.get("dyno_batch_seconds_count", 0) > 0:
-                applied = m.get("dyno_ops_applied_total", 0)
-                if applied >= n:
-                    break
-            time.sleep(0.02)
-        t1 = time.monotonic()
-        m = metrics(url)
+        t0, t1, m = time_until_applied([url], [proc], n)
     finally:
         stop(proc)
-    assert t0 is not None
     return {
         "ops": n,
         "seconds": t1 - t0,
@@ -169,13 +225,35 @@ def bench_throughput(
     }
 
 
-def bench_latency(
-    bootstrap: str, tmp: Path, rate: int, seconds: float, items: int, partitions: int
-) -> dict[str, float]:
-    s = bench_settings(bootstrap, tmp / "lat-data", partitions)
-    ensure_topics(s)
-    url = f"http://127.0.0.1:{HTTP_PORT}"
+def launch_worker(s: Settings, tmp: Path) -> Callable[[], None]:
+    """A ``Launch`` of one ``dyno-stream worker`` process."""
     proc = start_worker(s, tmp / "lat-worker.log")
+    try:
+        wait_metrics(f"http://127.0.0.1:{s.worker.http_port}", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return lambda: stop(proc)
+
+
+def bench_latency(
+    bootstrap: str,
+    tmp: Path,
+    rate: int,
+    seconds: float,
+    items: int,
+    partitions: int,
+    launch: Launch = launch_worker,
+    http_port: int = HTTP_PORT,
+) -> dict[str, float]:
+    """Produce-to-snapshot latency of what ``launch`` starts (a dyno worker by default).
+
+    Whatever runs must publish, for each op, a snapshot holding ``item`` and ``changes`` (the
+    number of ops the item has seen) on ``s.topics.snapshots``.
+    """
+    s = bench_settings(bootstrap, tmp / "lat-data", partitions, http_port)
+    ensure_topics(s)
+    stop_it = launch(s, tmp)
     consumer = Consumer(
         {
             **s.kafka.librdkafka(),
@@ -185,19 +263,25 @@ def bench_latency(
         }
     )
     try:
-        wait_metrics(url, proc)
         consumer.subscribe([s.topics.snapshots])
         producer = Producer(producer_config(s))  # as DynoClient sends: linger.ms=2
         rnd, gen = random.Random(2), FlakeGenerator(node=8, pid=8)
-        # warm up: the first op pays for metadata look-ups and the group join
-        name, value = op_event(rnd, gen, items)
-        producer.produce(s.topics.ops, value, name.encode())
-        producer.flush(30)
-        deadline = time.monotonic() + 30
+        # warm up: the first op pays for metadata look-ups and the group join. Until this
+        # consumer has joined, it reads from "latest" and misses snapshots: send again until
+        # one is seen. The warm-up item is not one of the workload's, whose counts it would
+        # shift.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
+            ev = {"item": "warm-up", "op": "putAttrs", "ts": gen(), "change": {"warm": 1}}
+            producer.produce(s.topics.ops, json.dumps(ev).encode(), b"warm-up")
+            producer.flush(30)
+            msg = consumer.poll(1.0)
             if msg is not None and not msg.error():
                 break
+        else:
+            raise SystemExit("no snapshot of the warm-up op in 60 s")
+        while consumer.poll(0.2) is not None:  # the other warm-up snapshots
+            pass
         sent: dict[str, list[float]] = {}  # item -> send times, in op order
         total = int(rate * seconds)
         latencies: list[float] = []
@@ -220,7 +304,7 @@ def bench_latency(
     finally:
         gc.enable()
         consumer.close()
-        stop(proc)
+        stop_it()
     latencies.sort()
 
     def pct(p: float) -> float:

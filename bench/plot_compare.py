@@ -1,0 +1,126 @@
+"""Draw bench/results/compare.png from compare.json (written by bench_compare.py).
+
+A script of its own so that the figure can be drawn again without running the benchmark, and
+by whichever Python has matplotlib (the benchmark's .venv-bench; dyno-stream does not need it).
+
+Run: ``python bench/plot_compare.py [bench/results/compare.json] [bench/results/compare.png]``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: (p50, p99) colours of each latency rate
+COLOURS = [("tab:blue", "lightsteelblue"), ("tab:green", "palegreen"), ("tab:red", "mistyrose")]
+
+
+def bars(res: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(label, ops/s, colour) of every throughput figure, contenders first."""
+    found = [
+        ("dyno-stream, 1 worker", res["dyno"]["one"]["ops_per_s"], "tab:blue"),
+        ("dyno-stream, 2 workers", res["dyno"]["two"]["ops_per_s"], "tab:blue"),
+    ]
+    quix = res.get("quix") or {}
+    if "validated" in quix:
+        found.append(("quixstreams, validated", quix["validated"]["ops_per_s"], "tab:orange"))
+    if "plain" in quix:
+        found.append(("quixstreams, JSON only", quix["plain"]["ops_per_s"], "tab:orange"))
+    names = {
+        "consume_only": "limit: consume only",
+        "produce_only": "limit: produce only",
+        "plyvel": "limit: plyvel write_batch",
+        "pydantic": "limit: pydantic parse_event",
+    }
+    for key, label in names.items():
+        found.append((label, res["limits"][key]["ops_per_s"], "tab:gray"))
+    return found
+
+
+def plot(res: dict[str, Any], png: Path) -> None:
+    lat = res.get("latency") or {}
+    mem = res.get("memory")
+    panels = 1 + bool(lat) + bool(mem)
+    fig, axes = plt.subplots(1, panels, figsize=(6 + 4.5 * (panels - 1), 4.8), squeeze=False)
+    ax = axes[0][0]
+    data = bars(res)
+    labels = [d[0] for d in data][::-1]
+    values = [d[1] for d in data][::-1]
+    ax.barh(labels, values, color=[d[2] for d in data][::-1])
+    ax.set_xscale("log")
+    ax.set_xlabel("ops/s (log scale)")
+    run = res["run"]
+    runs = f", median of {run['repeat']} runs" if run.get("repeat", 1) > 1 else ""
+    ax.set_title(
+        f"{run['ops']:,} ops, {run['items']:,} items, {run['partitions']} partitions{runs}",
+        fontsize=10,
+    )
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+    ax.set_xlim(right=max(values) * 8)
+    ax.axvline(100_000, color="tab:blue", linestyle="--", linewidth=0.8, label="goal: 100,000")
+    quix = (res.get("quix") or {}).get("validated")
+    if quix:
+        goal = 3 * quix["ops_per_s"]
+        ax.axvline(goal, color="tab:orange", linestyle="--", linewidth=0.8, label="goal: 3x quix")
+    ax.legend(loc="lower right", fontsize=8)
+    i = 1
+    if lat:
+        ax = axes[0][i]
+        i += 1
+        who = ["dyno", "quix"] if any("quix" in at for at in lat.values()) else ["dyno"]
+        series = [(r, p) for r in run["rates"] if str(r) in lat for p in ("p50", "p99")]
+        width = 0.8 / len(series)
+        top = 0.0
+        for j, (rate, pct) in enumerate(series):
+            xs = [k - 0.4 + width * (j + 0.5) for k in range(len(who))]
+            ys = [lat[str(rate)].get(w, {}).get(f"{pct}_ms", 0.0) for w in who]
+            colour = COLOURS[(j // 2) % len(COLOURS)][j % 2]
+            ax.bar(xs, ys, width=width, color=colour, label=f"{pct} at {rate:,} ops/s")
+            for x, y in zip(xs, ys, strict=True):
+                ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+            top = max(top, *ys)
+        ax.set_xticks(
+            range(len(who)), ["dyno-stream" if w == "dyno" else "quixstreams" for w in who]
+        )
+        ax.set_yscale("log")
+        ax.set_ylabel("produce to snapshot, ms (log scale)")
+        ax.set_ylim(top=top * 3)
+        ax.set_title("latency")
+        ax.legend(fontsize=7, loc="upper left")
+    if mem:
+        ax = axes[0][i]
+        ax.plot(
+            [c["items"] for c in mem["curve"]],
+            [c["rss_bytes"] / 2**20 for c in mem["curve"]],
+            marker="o",
+            markersize=3,
+        )
+        ax.axvline(mem["state_cache_items"], color="gray", linestyle=":", label="state caches full")
+        ax.set_xlabel("distinct items applied")
+        ax.set_ylabel("worker RSS, MiB")
+        ax.set_ylim(bottom=0)
+        ax.set_title("dyno-stream worker memory")
+        ax.legend()
+    load = f"load average {run['load_start'][0]} -> {run['load_end'][0]}"
+    fig.suptitle(f"dyno-stream vs quixstreams, {run['started']}, {load}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main() -> None:
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "compare.json"
+    png = Path(sys.argv[2]) if len(sys.argv) > 2 else src.with_suffix(".png")
+    plot(json.loads(src.read_text()), png)
+
+
+if __name__ == "__main__":
+    main()

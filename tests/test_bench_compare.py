@@ -1,0 +1,87 @@
+"""bench/bench_compare.py runs end to end (dyno-stream's side, tiny sizes) on the real broker.
+
+Not a speed test: the figures of a run this small mean nothing, and none is compared with a
+target. It holds that the harness still works against the worker as it changes (its
+/metrics, its CLI, its settings), that it counts every op where it should, and that what it
+writes is complete: the JSON the README's figures come from. quixstreams is not needed
+(``--skip-quix``); its side runs only in ``make bench-compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO, cli_env
+
+OPS = 3_000
+ITEMS = 4_000
+
+
+def test_compare_harness_dyno_side_writes_sane_figures(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "compare.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/bench_compare.py",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--quick",
+            "--skip-quix",
+            "--ops",
+            str(OPS),
+            "--rates",
+            "1000,500",
+            "--latency-seconds",
+            "1",
+            "--memory-items",
+            str(ITEMS),
+            "--json",
+            str(out),
+            "--png",
+            "",
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    res = json.loads(out.read_text())
+
+    assert res["run"]["ops"] == OPS and "quix" not in res
+    for name, fig in res["limits"].items():
+        assert fig["ops"] == OPS and fig["ops_per_s"] > 0, name
+    one, two = res["dyno"]["one"], res["dyno"]["two"]
+    assert one["applied_per_worker"] == [OPS]
+    # two workers in one group split the partitions: both applied some, none twice
+    assert sum(two["applied_per_worker"]) == OPS and min(two["applied_per_worker"]) > 0
+    for fig in (one, two):
+        assert fig["ops_per_s"] > 0 and 0 < fig["snapshots"] <= OPS
+    assert res["dyno"]["scaling"] == two["ops_per_s"] / one["ops_per_s"]
+
+    assert list(res["latency"]) == ["1000"]  # --quick: the first rate only
+    lat = res["latency"]["1000"]["dyno"]
+    assert lat["measured"] == lat["ops"] == 1000
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+
+    mem = res["memory"]
+    assert [c["items"] for c in mem["curve"]] == [ITEMS * k // 20 for k in range(21)]
+    assert all(c["rss_bytes"] > 10 * 2**20 for c in mem["curve"])
+    assert mem["bounded"] is None  # too few items to fill the state caches: not judged
+
+    goals = {g["goal"]: g for g in res["goals"]}
+    assert goals[">= 100,000 ops/s, one worker"]["met"] == (one["ops_per_s"] >= 100_000)
+    assert "dyno-stream, 1 worker" in done.stdout
+    assert [p["name"] for p in res["run"]["phases"]][:3] == [
+        "writing the shared ops topic",
+        "limits",
+        "dyno-stream, 1 worker, run 1",
+    ]
+    assert one["runs_ops_per_s"] == [round(one["ops_per_s"])]  # --quick: one run each
