@@ -45,9 +45,12 @@ from dyno_stream.errors import (
     KeyMismatchError,
     OversizedEventError,
     PublishError,
+    StoreWriteError,
+    ValidationError,
 )
 from dyno_stream.events import EventModel, Snapshot, parse_event
 from dyno_stream.flake import flake_floor
+from dyno_stream.limits import Limits
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.security import AuthWatch
 from dyno_stream.store import Item
@@ -98,6 +101,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
+        self._limits = Limits.from_settings(settings.worker)
         self.metrics = WorkerMetrics()
         self.health = Health()
         self._parts: dict[tuple[str, int], PartitionStore] = {}
@@ -176,6 +180,13 @@ class Worker:
                 else:
                     self._settle()
                 self._punctuate()
+        except StoreWriteError as exc:  # a full disk is not one event's fault: stop, loudly
+            log.error(
+                "%s; stopping without committing the batch. Restart the worker once the disk "
+                "is fixed: it resumes from the offset the store holds, nothing lost",
+                exc,
+            )
+            raise
         finally:
             self.health.state = "stopping"
             self._shutdown()
@@ -282,6 +293,7 @@ class Worker:
                     topic,
                     partition,
                     self.settings.worker.sync_writes,
+                    self.settings.worker.max_attrs,
                 )
             except DynoError as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
@@ -373,7 +385,11 @@ class Worker:
         limit = self.settings.worker.max_event_bytes
         if len(raw) > limit:
             raise OversizedEventError("event", f"{len(raw)} bytes; the limit is {limit}")
-        event = parse_event(raw)
+        try:
+            event = parse_event(raw)
+        except ValidationError as exc:  # beyond a limit? then that is the reason (limits.py)
+            raise self._limits.explain(exc, raw) from None
+        self._limits.check(event)
         key = msg.key()
         if key != event.item.encode():
             raise KeyMismatchError(
