@@ -560,7 +560,10 @@ class DynoStore:
                 try:
                     batch.commit(db, rows, self.sync, journal)
                 except plyvel.Error as exc:  # disk full, I/O error: nothing of it was written
-                    raise StoreWriteError(f"LevelDB write to {self.path} failed: {exc}") from exc
+                    cause = exc.args[0] if exc.args else exc
+                    if isinstance(cause, bytes):  # plyvel gives LevelDB's message as bytes
+                        cause = cause.decode("utf-8", "replace")
+                    raise StoreWriteError(f"LevelDB write to {self.path} failed: {cause}") from exc
             except BaseException:
                 self._forget(batch)
                 raise
