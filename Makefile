@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: debs jars demo test lint bench bench-store schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test lint bench bench-store faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ bench: $(STAMP) jars
 	$(BIN)/python bench/bench_store.py --json bench/results/store.json
 	$(BIN)/python bench/bench_worker.py --json bench/results/worker.json
 	$(BIN)/python bench/bench_compaction.py --json bench/results/compaction.json
+
+# The fault suite at full size (CI runs it reduced, within `make test`): 200,000 ops with 20
+# SIGKILLs, 3 broker restarts, failing disks, 50,000 poison events (random seed, printed).
+# The figures land in bench/results/faults.json (the README's reliability section).
+faults: $(STAMP) jars
+	rm -f bench/results/faults.json
+	DYNO_FAULTS_FULL=1 DYNO_FAULTS_REPORT=bench/results/faults.json \
+	  $(BIN)/pytest -m faults -v -s --timeout 1800
+	cat bench/results/faults.json
 
 schemas: $(STAMP)
 	$(BIN)/dyno-stream schemas export
