@@ -8,6 +8,7 @@ events never stop it: each goes to the dead-letter topic with its reason and is 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -175,10 +176,13 @@ class Worker:
                 messages = self._next_batch()
                 self._auth.check()
                 self.health.beat()
-                if messages:
-                    self._process(messages)
-                else:
-                    self._settle()
+                try:
+                    if messages:
+                        self._process(messages)
+                    else:
+                        self._settle()
+                except PublishError as exc:  # Kafka did not take a batch's messages in time
+                    self._publish_pending_until_acknowledged(exc)
                 self._punctuate()
         except StoreWriteError as exc:  # a full disk is not one event's fault: stop, loudly
             log.error(
@@ -375,6 +379,32 @@ class Worker:
             len(dead),
             ps.label,
         )
+
+    def _publish_pending_until_acknowledged(self, exc: PublishError) -> None:
+        """Publish what the stores hold pending again and again until Kafka takes it.
+
+        A batch whose snapshots Kafka did not acknowledge in time (a broker restarting,
+        hanging, out of reach) is already in the stores, with its snapshots and dead letters
+        pending. Exiting would need a restart by hand or by a supervisor; waiting here instead,
+        with no new batch started meanwhile, rides the outage out. A stop request ends the
+        wait: what is pending is published on the next start.
+        """
+        delay = 0.5
+        while self._in_flight:  # the batches after the one that failed: let them settle
+            # one Kafka refuses stays pending in its store like the first: published below
+            with contextlib.suppress(PublishError):
+                self._retire(wait=True)
+        while not self._stop.is_set():
+            log.warning("%s; publishing again in %.1fs", exc, delay)
+            self._stop.wait(delay)
+            try:
+                for ps in list(self._parts.values()):
+                    self._republish_pending(ps)
+            except PublishError as again:
+                exc, delay = again, min(delay * 2, 30.0)
+                continue
+            log.info("the pending snapshots and dead letters are published; going on")
+            return
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -579,7 +609,8 @@ class Worker:
 
         With ``wait``, wait for all of them; otherwise only for the oldest ones beyond
         ``_MAX_IN_FLIGHT``. A delivery that failed raises ``PublishError``: that batch's
-        pending rows stay, and its messages are published again on restart.
+        pending rows stay, and its messages are published again (``run`` waits the broker
+        out, see ``_publish_pending_until_acknowledged``; or the next start does).
         """
         assert self._producer is not None
         self._producer.poll(0)  # run the delivery callbacks that are due
@@ -597,7 +628,7 @@ class Worker:
                 raise PublishError(
                     f"{head.outstanding} messages unacknowledged after {timeout:.0f}s, "
                     f"{len(head.errors)} failed ({'; '.join(head.errors[:3])}); the batch "
-                    "stays pending and is published again on restart"
+                    "stays pending and is published again"
                 )
             self._in_flight.popleft()
             for tp, keys in head.clear.items():
