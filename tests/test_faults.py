@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from helpers import (
+    FAULTS_FULL,
     Produced,
     Reference,
     WorkerProcess,
@@ -249,15 +250,24 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    """A broker of this test's own (not the session's), on free ports, stopped at the end."""
-    broker = LocalBroker(home=tmp_path / "broker", port=free_port_pair())
-    broker.start(timeout=180)
+@pytest.fixture(scope="module")
+def _module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    broker = LocalBroker(home=tmp_path_factory.mktemp("own-broker"), port=free_port_pair())
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def own_broker(_module_broker: LocalBroker) -> LocalBroker:
+    """A broker of these tests' own (not the session's: they stop and hang it), on free
+    ports; running at the start of each test (started again if a test left it down)."""
+    pid = _module_broker.status().pid
+    if pid is not None:
+        os.kill(pid, signal.SIGCONT)  # in case a failed test left it stopped
+    _module_broker.start(timeout=180)
+    return _module_broker
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -351,6 +361,80 @@ def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
         assert not [n for n in snapshots if n.startswith("never-")]
         assert dead_letters(s) == 0, "ops were dead-lettered"
         check_stores(w.data_dir, s, ref, produced, tmp_path / "reference-stores")
+    finally:
+        w.cleanup()
+
+
+def test_broker_hanging_past_the_publish_timeout_the_worker_waits_it_out(
+    make_settings: Callable[..., Settings], own_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The broker stops answering (SIGSTOP: a long GC pause, a network partition) while the
+    worker is publishing, for longer than the worker's publish timeout (3 s here, 60 s by
+    default): the batch's snapshots fail, and the worker must publish them again once the
+    broker answers, not exit."""
+    # 5 s: past the publish timeout; 8 s: past the consumer's session timeout (6 s) too, so
+    # the group also loses the worker and takes it back
+    hangs = [5.0] if not FAULTS_FULL else [5.0, 8.0, 5.0, 8.0, 5.0]
+    n_ops = faults_size(4_000, 20_000)
+    base = make_settings(partitions=2)
+    s = base.model_copy(
+        update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": own_broker.bootstrap})}
+    )
+    ensure_topics(s)
+    # one op per batch: with ops arriving steadily the worker is nearly always publishing,
+    # so each hang catches a batch between produce and acknowledgement
+    w = WorkerProcess(
+        s,
+        "w",
+        tmp_path,
+        env={"DYNO_WORKER__PUBLISH_TIMEOUT_S": "3", "DYNO_WORKER__BATCH_SIZE": "1"},
+    )
+    broker_pid = own_broker.status().pid
+    assert broker_pid is not None
+    try:
+        wait_assigned(w, 2)
+        pid = w.proc.pid
+        with DynoClient(s, **{"message.timeout.ms": 300_000}) as client:
+            producer = PacedProducer(client, n_ops, 200, 400, random.Random(SEED + 5))
+            for h, hang_s in enumerate(hangs):
+                wait_until(
+                    lambda h=h: producer.count >= (h + 1) * n_ops // (len(hangs) + 1),  # type: ignore[misc]
+                    120,
+                    lambda: f"only {producer.count} ops produced",
+                )
+                os.kill(broker_pid, signal.SIGSTOP)
+                try:
+                    time.sleep(hang_s)
+                finally:
+                    os.kill(broker_pid, signal.SIGCONT)
+                assert w.alive(), f"the worker died while the broker hung{w.tail(3000)}"
+            produced = producer.join(600)
+            client.flush(120)
+        ref = produced.reference()
+        with MaterializedView(s) as view:
+            wait_caught_up(view, ref, 180, w.tail())
+        assert w.alive() and w.proc.pid == pid, f"the worker was restarted{w.tail(3000)}"
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.wait_exit(60) == 0, w.tail()
+        waited = w.text().count("publishing again")
+        history = published(read_topic(s, s.topics.snapshots), produced.models)
+        record_figures(
+            "broker_hang",
+            broker_hangs=len(hangs),
+            hangs_s=hangs,
+            publish_timeout_s=3,
+            publish_failures_waited_out=waited,
+            ops_produced=n_ops,
+            ops_lost=history.ops_lost,
+            ops_applied_twice=history.ops_applied_twice,
+        )
+        history.check()
+        check_against_reference(
+            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
+        )
+        check_stores(w.data_dir, s, ref, produced, tmp_path / "reference-stores")
+        # the hangs really caught batches in flight (else this test proves nothing)
+        assert waited >= 1, "no publish failed: no hang caught a batch in flight"
     finally:
         w.cleanup()
 
