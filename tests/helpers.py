@@ -454,6 +454,7 @@ def record_figures(test: str, **figures: Any) -> None:
         for key in (
             "kills_survived",
             "broker_restarts",
+            "broker_hangs",
             "leveldb_faults_survived",
             "poison_inputs",
             "ops_produced",

@@ -1,4 +1,5 @@
-"""The fault suite: a worker killed at random points, the broker restarted, a failing disk.
+"""The fault suite: a worker killed at random points, the broker restarted or hanging, a
+failing disk.
 
 Real parts throughout: worker processes (``python -m dyno_stream worker``), the real Kafka
 broker, LevelDB on disk. Each test streams ops and then holds the outcome to the ops that were
