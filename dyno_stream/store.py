@@ -28,6 +28,7 @@ with it, so the result never depends on arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 import threading
@@ -464,7 +465,7 @@ class DynoStore:
             if not self._dirty and not self._journal:
                 return
             cache = self._cache
-            with db.write_batch(sync=self.sync) as wb:
+            with self._writing(), db.write_batch(sync=self.sync) as wb:
                 for name in self._dirty:
                     st = cache[name]
                     if st.count:
@@ -482,13 +483,28 @@ class DynoStore:
         if excess <= 0:
             return
         victims = list(itertools.islice(cache, excess))  # least recently written first
-        with self._open_db().write_batch(sync=self.sync) as wb:
+        with self._writing(), self._open_db().write_batch(sync=self.sync) as wb:
             for name in victims:
-                st = cache.pop(name)
                 if name in dirty:
-                    dirty.discard(name)
+                    st = cache[name]
                     if st.count:
                         wb.put(STATE_PREFIX + name.encode(), st.encode())
+        # only once written: a refused write must leave them dirty (and in the journal)
+        for name in victims:
+            del cache[name]
+            dirty.discard(name)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """LevelDB refusing a write (disk full, I/O error) raises ``StoreWriteError``, which
+        names the store; nothing of that write batch is stored."""
+        try:
+            yield
+        except plyvel.Error as exc:
+            cause = exc.args[0] if exc.args else exc
+            if isinstance(cause, bytes):  # plyvel gives LevelDB's message as bytes
+                cause = cause.decode("utf-8", "replace")
+            raise StoreWriteError(f"LevelDB write to {self.path} failed: {cause}") from exc
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -557,13 +573,8 @@ class DynoStore:
                     self._journal_seq += 1
                     key = _JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big")
                     journal[key] = orjson.dumps(fresh)
-                try:
+                with self._writing():
                     batch.commit(db, rows, self.sync, journal)
-                except plyvel.Error as exc:  # disk full, I/O error: nothing of it was written
-                    cause = exc.args[0] if exc.args else exc
-                    if isinstance(cause, bytes):  # plyvel gives LevelDB's message as bytes
-                        cause = cause.decode("utf-8", "replace")
-                    raise StoreWriteError(f"LevelDB write to {self.path} failed: {cause}") from exc
             except BaseException:
                 self._forget(batch)
                 raise
