@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test lint bench bench-store bench-compare schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test lint bench bench-store bench-compare faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,15 @@ bench: $(STAMP) $(BENCH_STAMP) jars
 # dyno-stream beside quixstreams and the machine's limits (bench/results/compare.json, .png)
 bench-compare: $(STAMP) $(BENCH_STAMP) jars
 	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python $(ARGS)
+
+# The fault suite at full size (CI runs it reduced, within `make test`): 200,000 ops with 20
+# SIGKILLs, 3 broker restarts, failing disks, 50,000 poison events (random seed, printed).
+# The figures land in bench/results/faults.json (the README's reliability section).
+faults: $(STAMP) jars
+	rm -f bench/results/faults.json
+	DYNO_FAULTS_FULL=1 DYNO_FAULTS_REPORT=bench/results/faults.json \
+	  $(BIN)/pytest -m faults -v -s --timeout 1800
+	cat bench/results/faults.json
 
 schemas: $(STAMP)
 	$(BIN)/dyno-stream schemas export

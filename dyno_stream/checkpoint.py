@@ -155,10 +155,12 @@ class PartitionStore:
     restored: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, data_dir: Path, topic: str, partition: int, sync: bool) -> PartitionStore:
+    def open(
+        cls, data_dir: Path, topic: str, partition: int, sync: bool, max_attrs: int | None = None
+    ) -> PartitionStore:
         path = data_dir / topic / f"{partition:04d}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = DynoStore(path, sync=sync)
+        store = DynoStore(path, sync=sync, max_attrs=max_attrs)
         ident = f"{topic}/{partition}".encode()
         held = store.get_meta(PARTITION_KEY)
         if held is not None and held != ident:

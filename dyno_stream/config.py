@@ -26,9 +26,14 @@ from pydantic_settings import (
 )
 
 from dyno_stream.errors import ConfigError
+from dyno_stream.keys import MAX_NAME_BYTES
 
 #: The largest snapshot or dead letter (the topics are created to take it).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+#: Nesting the JSON parser takes before it refuses an event; ``max_depth`` stays below it so
+#: the worker's own reason (``too-deep``) is the one given.
+MAX_PARSE_DEPTH = 128
 
 DEFAULT_CONFIG_FILE = Path("config/dyno-stream.toml")
 
@@ -103,8 +108,16 @@ class WorkerSettings(_Section):
     #: How long the loop waits for an event before doing its scheduled work; a batch never
     #: waits to fill up: it takes what has arrived, up to batch_size.
     batch_timeout_s: float = Field(default=0.1, gt=0)
-    #: Larger events go to the dead-letter topic with reason ``oversized``.
+    #: Limits on one event (see ``limits``); an event beyond one is a dead letter with the
+    #: reason in brackets. Larger events (``oversized``) ...
     max_event_bytes: int = Field(default=1_048_576, ge=64)
+    #: ... item names longer in UTF-8 bytes (``name-too-long``; the store takes 1,024 at most)
+    max_name_bytes: int = Field(default=MAX_NAME_BYTES, ge=1, le=MAX_NAME_BYTES)
+    #: ... changes nested deeper, objects and arrays counted, the change itself as 1
+    #: (``too-deep``)
+    max_depth: int = Field(default=32, ge=1, le=MAX_PARSE_DEPTH)
+    #: ... ops that would leave their item with more attributes (``too-many-attrs``)
+    max_attrs: int = Field(default=10_000, ge=1)
     #: fsync every LevelDB write batch (survives power loss; slower).
     sync_writes: bool = False
     #: How long to wait for snapshot acknowledgements before giving up the batch.

@@ -43,10 +43,38 @@ class NotJsonError(ValidationError):
     reason = "not-json"
 
 
-class OversizedEventError(ValidationError):
-    """An event larger than the configured limit."""
+class LimitError(ValidationError):
+    """An event beyond a configured limit (``[worker]`` settings; see ``limits``).
+
+    Limits keep one hostile or buggy producer from making a worker slow, huge or crash: each
+    broken limit has its own reason, so a dead-letter reader can tell a limit from a typo.
+    """
+
+    reason = "limit"
+
+
+class OversizedEventError(LimitError):
+    """An event larger than ``max_event_bytes``."""
 
     reason = "oversized"
+
+
+class NameTooLongError(InvalidNameError, LimitError):
+    """An item name longer (in UTF-8 bytes) than ``max_name_bytes``."""
+
+    reason = "name-too-long"
+
+
+class TooDeepError(InvalidChangeError, LimitError):
+    """A change nested deeper (objects and arrays) than ``max_depth``."""
+
+    reason = "too-deep"
+
+
+class TooManyAttrsError(InvalidChangeError, LimitError):
+    """An op that would leave its item with more than ``max_attrs`` attributes."""
+
+    reason = "too-many-attrs"
 
 
 class KeyMismatchError(ValidationError):
@@ -95,6 +123,16 @@ class PublishError(DynoError):
     """Snapshots or dead letters were not acknowledged by Kafka; the batch stays pending."""
 
     reason = "publish"
+
+
+class StoreWriteError(DynoError):
+    """LevelDB refused a write (disk full, I/O error): nothing of that batch was stored.
+
+    Not an error of one event: the worker stops (exit status 1) without committing the batch,
+    and a restart once the disk is fixed resumes from the store's own offset.
+    """
+
+    reason = "store-write"
 
 
 class ConfigError(DynoError):

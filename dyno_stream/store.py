@@ -28,7 +28,9 @@ with it, so the result never depends on arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,6 +50,8 @@ from dyno_stream.errors import (
     InvalidFlakeError,
     LateOpError,
     StoreClosedError,
+    StoreWriteError,
+    TooManyAttrsError,
     UnknownHashError,
 )
 from dyno_stream.events import EventModel, Flatten, OpModel, check_event_name, make_op
@@ -63,6 +67,7 @@ from dyno_stream.keys import (
     split_key,
     state_key,
 )
+from dyno_stream.limits import check_attrs
 from dyno_stream.ops import HISTORY, ItemState, md5
 
 FORMAT_VERSION = b"1"
@@ -130,9 +135,10 @@ class _Batch:
     Nothing touches LevelDB until ``commit``, so an error anywhere leaves the store as it was.
     """
 
-    def __init__(self, db: Any, cache: dict[str, ItemState]) -> None:
+    def __init__(self, db: Any, cache: dict[str, ItemState], max_attrs: int = sys.maxsize) -> None:
         self._db = db
         self._cache = cache
+        self._max_attrs = max_attrs
         self.states: dict[str, ItemState] = {}  # every item this batch touched
         # per item: its escaped key prefix (``name/``) and the keys this batch wrote for it
         self.pending: dict[str, tuple[str, list[bytes]]] = {}
@@ -187,6 +193,9 @@ class _Batch:
         key = f"{prefix}{flake}/{op}".encode()
         last = st.timestamp
         if last is None or flake > last:
+            # limits: no op adds more attributes than its change has keys
+            if len(st.value) + len(model.change) > self._max_attrs:
+                check_attrs(st.value, op, model.change, self._max_attrs)
             try:
                 st.value = ops.apply_op(st.value, op, model.change)
             except DynoError:
@@ -212,7 +221,14 @@ class _Batch:
             )
         rows.append((key, flake, op, text))
         rows.sort()
-        self.states[name] = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
+        new = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
+        if len(new.value) > self._max_attrs and len(new.value) > len(st.value):
+            raise TooManyAttrsError(
+                "change",
+                f"{op} would give the item {len(new.value)} attributes; the limit "
+                f"is {self._max_attrs}",
+            )
+        self.states[name] = new
         self.put(name, key, text.encode())
         return True
 
@@ -324,8 +340,11 @@ class DynoStore:
         lru_cache_size: int | None = None,
         state_cache_size: int = 100_000,
         flush_interval_s: float = 2.0,
+        max_attrs: int | None = None,
     ) -> None:
         self.path = Path(path)
+        #: ops that would leave an item with more attributes raise ``TooManyAttrsError``
+        self.max_attrs = sys.maxsize if max_attrs is None else max_attrs
         # decoded states of recently written items: a batch then skips the read and decode
         self._cache: dict[str, ItemState] = {}
         self._cache_size = state_cache_size
@@ -446,7 +465,7 @@ class DynoStore:
             if not self._dirty and not self._journal:
                 return
             cache = self._cache
-            with db.write_batch(sync=self.sync) as wb:
+            with self._writing(), db.write_batch(sync=self.sync) as wb:
                 for name in self._dirty:
                     st = cache[name]
                     if st.count:
@@ -464,13 +483,28 @@ class DynoStore:
         if excess <= 0:
             return
         victims = list(itertools.islice(cache, excess))  # least recently written first
-        with self._open_db().write_batch(sync=self.sync) as wb:
+        with self._writing(), self._open_db().write_batch(sync=self.sync) as wb:
             for name in victims:
-                st = cache.pop(name)
                 if name in dirty:
-                    dirty.discard(name)
+                    st = cache[name]
                     if st.count:
                         wb.put(STATE_PREFIX + name.encode(), st.encode())
+        # only once written: a refused write must leave them dirty (and in the journal)
+        for name in victims:
+            del cache[name]
+            dirty.discard(name)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """LevelDB refusing a write (disk full, I/O error) raises ``StoreWriteError``, which
+        names the store; nothing of that write batch is stored."""
+        try:
+            yield
+        except plyvel.Error as exc:
+            cause = exc.args[0] if exc.args else exc
+            if isinstance(cause, bytes):  # plyvel gives LevelDB's message as bytes
+                cause = cause.decode("utf-8", "replace")
+            raise StoreWriteError(f"LevelDB write to {self.path} failed: {cause}") from exc
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -525,7 +559,7 @@ class DynoStore:
         """
         with self._lock:
             db = self._open_db()
-            batch = _Batch(db, self._cache)
+            batch = _Batch(db, self._cache, self.max_attrs)
             dirty = self._dirty
             try:
                 result = run(batch)
@@ -539,7 +573,8 @@ class DynoStore:
                     self._journal_seq += 1
                     key = _JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big")
                     journal[key] = orjson.dumps(fresh)
-                batch.commit(db, rows, self.sync, journal)
+                with self._writing():
+                    batch.commit(db, rows, self.sync, journal)
             except BaseException:
                 self._forget(batch)
                 raise

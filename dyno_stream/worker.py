@@ -8,6 +8,7 @@ events never stop it: each goes to the dead-letter topic with its reason and is 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -45,9 +46,12 @@ from dyno_stream.errors import (
     KeyMismatchError,
     OversizedEventError,
     PublishError,
+    StoreWriteError,
+    ValidationError,
 )
 from dyno_stream.events import EventModel, Snapshot, parse_event
 from dyno_stream.flake import flake_floor
+from dyno_stream.limits import Limits
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.security import AuthWatch
 from dyno_stream.store import Item
@@ -98,6 +102,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
+        self._limits = Limits.from_settings(settings.worker)
         self.metrics = WorkerMetrics()
         self.health = Health()
         self._parts: dict[tuple[str, int], PartitionStore] = {}
@@ -171,11 +176,21 @@ class Worker:
                 messages = self._next_batch()
                 self._auth.check()
                 self.health.beat()
-                if messages:
-                    self._process(messages)
-                else:
-                    self._settle()
+                try:
+                    if messages:
+                        self._process(messages)
+                    else:
+                        self._settle()
+                except PublishError as exc:  # Kafka did not take a batch's messages in time
+                    self._publish_pending_until_acknowledged(exc)
                 self._punctuate()
+        except StoreWriteError as exc:  # a full disk is not one event's fault: stop, loudly
+            log.error(
+                "%s; stopping without committing the batch. Restart the worker once the disk "
+                "is fixed: it resumes from the offset the store holds, nothing lost",
+                exc,
+            )
+            raise
         finally:
             self.health.state = "stopping"
             self._shutdown()
@@ -282,6 +297,7 @@ class Worker:
                     topic,
                     partition,
                     self.settings.worker.sync_writes,
+                    self.settings.worker.max_attrs,
                 )
             except DynoError as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
@@ -364,6 +380,32 @@ class Worker:
             ps.label,
         )
 
+    def _publish_pending_until_acknowledged(self, exc: PublishError) -> None:
+        """Publish what the stores hold pending again and again until Kafka takes it.
+
+        A batch whose snapshots Kafka did not acknowledge in time (a broker restarting,
+        hanging, out of reach) is already in the stores, with its snapshots and dead letters
+        pending. Exiting would need a restart by hand or by a supervisor; waiting here instead,
+        with no new batch started meanwhile, rides the outage out. A stop request ends the
+        wait: what is pending is published on the next start.
+        """
+        delay = 0.5
+        while self._in_flight:  # the batches after the one that failed: let them settle
+            # one Kafka refuses stays pending in its store like the first: published below
+            with contextlib.suppress(PublishError):
+                self._retire(wait=True)
+        while not self._stop.is_set():
+            log.warning("%s; publishing again in %.1fs", exc, delay)
+            self._stop.wait(delay)
+            try:
+                for ps in list(self._parts.values()):
+                    self._republish_pending(ps)
+            except PublishError as again:
+                exc, delay = again, min(delay * 2, 30.0)
+                continue
+            log.info("the pending snapshots and dead letters are published; going on")
+            return
+
     # -- one batch ---------------------------------------------------------------------------
 
     def _validate(self, msg: Message) -> EventModel:
@@ -373,7 +415,11 @@ class Worker:
         limit = self.settings.worker.max_event_bytes
         if len(raw) > limit:
             raise OversizedEventError("event", f"{len(raw)} bytes; the limit is {limit}")
-        event = parse_event(raw)
+        try:
+            event = parse_event(raw)
+        except ValidationError as exc:  # beyond a limit? then that is the reason (limits.py)
+            raise self._limits.explain(exc, raw) from None
+        self._limits.check(event)
         key = msg.key()
         if key != event.item.encode():
             raise KeyMismatchError(
@@ -563,7 +609,8 @@ class Worker:
 
         With ``wait``, wait for all of them; otherwise only for the oldest ones beyond
         ``_MAX_IN_FLIGHT``. A delivery that failed raises ``PublishError``: that batch's
-        pending rows stay, and its messages are published again on restart.
+        pending rows stay, and its messages are published again (``run`` waits the broker
+        out, see ``_publish_pending_until_acknowledged``; or the next start does).
         """
         assert self._producer is not None
         self._producer.poll(0)  # run the delivery callbacks that are due
@@ -581,7 +628,7 @@ class Worker:
                 raise PublishError(
                     f"{head.outstanding} messages unacknowledged after {timeout:.0f}s, "
                     f"{len(head.errors)} failed ({'; '.join(head.errors[:3])}); the batch "
-                    "stays pending and is published again on restart"
+                    "stays pending and is published again"
                 )
             self._in_flight.popleft()
             for tp, keys in head.clear.items():

@@ -18,25 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port_pair
 
 from dyno_stream.broker import LocalBroker, bootstrap_reachable
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.topics import ensure_topics
 from dyno_stream.worker import Worker
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two free neighbouring ports")
 
 
 def free_port() -> int:
@@ -55,7 +42,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"DYNO_TEST_BOOTSTRAP={existing} does not answer")
         yield existing
         return
-    broker = LocalBroker(home=tmp_path_factory.mktemp("broker"), port=_free_port_pair())
+    broker = LocalBroker(home=tmp_path_factory.mktemp("broker"), port=free_port_pair())
     bootstrap = broker.start(timeout=120)
     try:
         yield bootstrap

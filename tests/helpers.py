@@ -1,16 +1,56 @@
-"""Helpers the test modules share: running the ``dyno-stream`` command line as a user would."""
+"""Helpers the test modules share.
+
+Running the ``dyno-stream`` command line as a user would; a plain-Python reference model of
+the ops and the ops the tests produce; waiting on and reading the snapshot topic; and worker
+processes (``python -m dyno_stream worker``) that a test can kill and start again.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import re
+import socket
 import subprocess
 import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
+from confluent_kafka import TopicPartition
+
+from dyno_stream.client import Delivery, DynoClient
 from dyno_stream.config import Settings
 from dyno_stream.demo import settings_env
+from dyno_stream.events import OpModel, make_op
+from dyno_stream.flake import new_flake
+from dyno_stream.keys import split_key
+from dyno_stream.ops import HISTORY, chain_hash
+from dyno_stream.store import DynoStore, Item
+from dyno_stream.views import MaterializedView, snapshot_reader
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port_pair() -> int:
+    """A free port whose next port is free too (a broker's client and controller ports)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free neighbouring ports")
 
 
 def cli_env(s: Settings | None = None, **extra: str) -> dict[str, str]:
@@ -36,3 +76,460 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+SET_VALUES: list[Any] = ["red", "green", "blue", 7, True]
+#: A killed consumer leaves the group only when its session times out: 6 s (the broker's
+#: minimum) instead of librdkafka's 45 s default keeps the test short.
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference model and the ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _text_of(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+
+class Reference:
+    """level-dyno's semantics of the ops these tests produce, in plain Python."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+        self.changes: Counter[str] = Counter()
+
+    def apply(self, m: OpModel) -> None:
+        v = self.values.setdefault(m.item, {})
+        self.changes[m.item] += 1
+        change = m.change_value
+        if m.op == "putAttrs":
+            v.update(change)
+        elif m.op == "delAttrs":
+            for f in change:
+                v.pop(f, None)
+        elif m.op == "incAttrBy":
+            v[change["field"]] = v.get(change["field"], 0) + change["by"]
+        elif m.op == "append":
+            v[change["field"]] = v.get(change["field"], "") + change["str"]
+        elif m.op == "addToSet":
+            members = dict(v.get(change["field"], {}))
+            members[_text_of(change["value"])] = True
+            v[change["field"]] = members
+        else:  # pragma: no cover - the generator makes no other op
+            raise AssertionError(m.op)
+
+    def value(self, name: str) -> dict[str, Any] | None:
+        return self.values[name] or None  # an item with no attributes reads as absent
+
+
+def random_op(rnd: random.Random, i: int, n_items: int, prefix: str = "item") -> OpModel:
+    name = f"{prefix}-{rnd.randrange(n_items):04d}"
+    r = rnd.random()
+    change: Any
+    if r < 0.28:
+        op, change = "putAttrs", {"a": i, "b": f"v{rnd.randrange(100)}"}
+    elif r < 0.56:
+        op, change = "incAttrBy", {"field": "n", "by": rnd.randrange(-5, 11)}
+    elif r < 0.76:
+        op, change = "append", {"field": "s", "str": rnd.choice("xyz")}
+    elif r < 0.96:
+        op, change = "addToSet", {"field": "tags", "value": rnd.choice(SET_VALUES)}
+    else:
+        op, change = "delAttrs", rnd.sample(["a", "b", "s"], rnd.randrange(1, 3))
+    return make_op(op, name, change, new_flake())
+
+
+class Produced:
+    """Every op sent, in production (= flake) order, and where Kafka put it."""
+
+    def __init__(self) -> None:
+        self.models: list[OpModel] = []
+        self.futures: list[Future[Delivery]] = []
+
+    def send(self, client: DynoClient, models: Iterable[OpModel]) -> None:
+        for m in models:
+            self.models.append(m)
+            self.futures.append(client.send(m))
+
+    def reference(self) -> Reference:
+        ref = Reference()
+        for m in self.models:
+            ref.apply(m)
+        return ref
+
+    def partitions(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.futures:
+            d = f.result(60)
+            assert out.setdefault(d.item, d.partition) == d.partition, f"{d.item} on 2 partitions"
+        return out
+
+    def replay(self, path: Path) -> dict[str, Item]:
+        """The same ops applied in order to a local DynoStore: the reference hashes."""
+        with DynoStore(path) as store:
+            for i in range(0, len(self.models), 1000):
+                store.apply(self.models[i : i + 1000])
+            return {name: store.get_item(name) for name in {m.item for m in self.models}}
+
+
+# ---------------------------------------------------------------------------------------------
+# waiting and reading
+# ---------------------------------------------------------------------------------------------
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f}s: {what()}")
+        time.sleep(0.1)
+
+
+def wait_caught_up(view: MaterializedView, ref: Reference, timeout: float, why: str = "") -> None:
+    """Until every item's snapshot in the view has all its ops; fail at once on too many."""
+
+    def behind() -> list[tuple[str, int | None, int]]:
+        out = []
+        for name, want in ref.changes.items():
+            snap = view.get(name)
+            got = None if snap is None else snap["changes"]
+            if got is not None and got > want:
+                pytest.fail(
+                    f"{name}: a snapshot with {got} changes but only {want} ops were produced "
+                    f"for it (an op applied twice): {snap}"
+                )
+            if got != want:
+                out.append((name, got, want))
+        return out
+
+    lagging = behind()
+    deadline = time.monotonic() + timeout
+    while lagging:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{len(lagging)} of {len(ref.changes)} items not caught up within "
+                f"{timeout:.0f}s (item, snapshot changes, ops produced): {lagging[:5]} {why}"
+            )
+        time.sleep(0.2)
+        lagging = behind()
+
+
+def high_watermark(settings: Settings, topic: str, partition: int = 0) -> tuple[int, int]:
+    consumer = snapshot_reader(settings)
+    try:
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return lo, hi
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message read back from a topic."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 120.0) -> list[Record]:
+    """Every message of every partition of ``topic``, up to the ends it has now; in offset
+    order within each partition (partitions interleaved as they arrive)."""
+    consumer = snapshot_reader(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            _, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if hi > 0:
+                ends[p] = hi
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while ends:
+            assert time.monotonic() < deadline, f"reading {topic} to its end took too long"
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error():
+                    continue
+                p, off = msg.partition() or 0, msg.offset() or 0
+                raw = msg.headers() or []
+                out.append(Record(p, off, msg.key(), msg.value(), {k: v or b"" for k, v in raw}))
+                if off + 1 >= ends.get(p, 0):
+                    ends.pop(p, None)
+        return out
+    finally:
+        consumer.close()
+
+
+def last_snapshots_by_offset(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each item's last snapshot in topic order: what log compaction keeps."""
+    last: dict[str, dict[str, Any]] = {}
+    for rec in read_topic(settings, settings.topics.snapshots):
+        snap = json.loads(rec.value or b"null")
+        last[snap["item"]] = snap
+    return last
+
+
+def store_items(path: Path) -> dict[str, Item]:
+    with DynoStore(path) as store:
+        return dict(store.scan(lambda _n, _i: True))
+
+
+def history_rows(path: Path) -> dict[str, int]:
+    """Per item, the number of ``history`` rows in the store."""
+    out: Counter[str] = Counter()
+    with DynoStore(path) as store:
+        for key, _value in store.rows():
+            name, _flake, op = split_key(key.encode())
+            if op == HISTORY:
+                out[name] += 1
+    return dict(out)
+
+
+def counter_total(counter: Any) -> float:
+    total: float = sum(
+        s.value for c in counter.collect() for s in c.samples if s.name.endswith("_total")
+    )
+    return total
+
+
+def check_against_reference(
+    got: dict[str, Any], ref: Reference, replay: dict[str, Item], where: str
+) -> None:
+    """``got``: name -> snapshot dict or Item, for every item of the reference."""
+    wrong: list[Any] = []
+    for name, changes in ref.changes.items():
+        g = got.get(name)
+        if g is None:
+            wrong.append((name, "missing"))
+            continue
+        value, n, h = (
+            (g["value"], g["changes"], g["hash"])
+            if isinstance(g, dict)
+            else (g.value, g.changes, g.hash)
+        )
+        want = (ref.value(name), changes, replay[name].hash)
+        assert replay[name].value == want[0] and replay[name].changes == changes, name
+        if (value, n, h) != want:
+            wrong.append((name, (value, n, h), want))
+    assert not wrong, f"{len(wrong)} items in {where} differ from the reference: {wrong[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# worker processes
+# ---------------------------------------------------------------------------------------------
+
+_ASSIGNED = re.compile(r"assigned (\S+)/(\d+) from offset")
+_RELEASED = re.compile(r"released (\S+)/(\d+) at offset")
+_RESTORED = re.compile(r"restored (\S+)/(\d+): (\d+) items from snapshots")
+
+
+class WorkerProcess:
+    """``python -m dyno_stream worker`` with its own data dir, logging to a file.
+
+    ``data_dir`` (default ``tmp_path/data-<name>``) may be another run's, to start a killed
+    worker again on its own disk; ``env`` adds or overrides environment variables.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        tmp_path: Path,
+        *,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.ops_topic = settings.topics.ops
+        self.data_dir = data_dir or tmp_path / f"data-{name}"
+        self.log = tmp_path / f"{name}.log"
+        full_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DYNO_")},
+            **settings_env(settings),
+            "DYNO_WORKER__DATA_DIR": str(self.data_dir),
+            "DYNO_WORKER__HTTP_PORT": "0",
+            "DYNO_WORKER__BATCH_TIMEOUT_S": "0.02",
+            "DYNO_KAFKA__EXTRA": json.dumps(FAST_GROUP),
+            "DYNO_KAFKA__CLIENT_ID": f"dyno-test-{name}",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dyno_stream", "worker"],
+                env=full_env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def partitions(self) -> set[int]:
+        """The partitions it holds now, from its 'assigned' and 'released' log lines."""
+        held: set[int] = set()
+        for line in self.text().splitlines():
+            if (m := _ASSIGNED.search(line)) and m.group(1) == self.ops_topic:
+                held.add(int(m.group(2)))
+            elif (m := _RELEASED.search(line)) and m.group(1) == self.ops_topic:
+                held.discard(int(m.group(2)))
+        return held
+
+    def restored(self) -> dict[int, int]:
+        """Partition -> items restored from snapshots, by its last 'restored' line."""
+        out = {}
+        for m in _RESTORED.finditer(self.text()):
+            if m.group(1) == self.ops_topic:
+                out[int(m.group(2))] = int(m.group(3))
+        return out
+
+    def store(self, partition: int) -> Path:
+        return self.data_dir / self.ops_topic / f"{partition:04d}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 1500) -> str:
+        return f"\n--- {self.name} log (exit {self.proc.poll()}) ---\n{self.text()[-n:]}"
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit status after SIGTERM (sent once: a second one makes it exit at once)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            pytest.fail(f"worker {self.name} did not stop within {timeout:.0f}s of SIGTERM")
+
+    def cleanup(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def assignment(workers: list[WorkerProcess]) -> str:
+    return ", ".join(f"{w.name}={sorted(w.partitions())}/alive={w.alive()}" for w in workers)
+
+
+def only_items(ref: Reference, names: set[str]) -> Reference:
+    out = Reference()
+    out.values = {n: ref.values[n] for n in names}
+    out.changes = Counter({n: ref.changes[n] for n in names})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the fault suite: sizes, figures, and the published history held to the ops
+# ---------------------------------------------------------------------------------------------
+
+#: ``DYNO_FAULTS_FULL=1`` (``make faults``) runs the fault suite at the issue's full size; CI
+#: runs a reduced form of each test.
+FAULTS_FULL = os.environ.get("DYNO_FAULTS_FULL", "") not in ("", "0")
+
+
+def faults_size(ci: int, full: int) -> int:
+    return full if FAULTS_FULL else ci
+
+
+def record_figures(test: str, **figures: Any) -> None:
+    """Print a fault test's figures, and keep them in ``$DYNO_FAULTS_REPORT`` (JSON) when set,
+    with the totals the README's reliability section quotes."""
+    print(f"\n{test}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+    path = os.environ.get("DYNO_FAULTS_REPORT")
+    if not path:
+        return
+    report_path = Path(path)
+    report: dict[str, Any] = (
+        json.loads(report_path.read_text()) if report_path.is_file() else {"tests": {}}
+    )
+    report["tests"][test] = figures
+    report["full_size"] = FAULTS_FULL
+    totals: Counter[str] = Counter()
+    for figs in report["tests"].values():
+        for key in (
+            "kills_survived",
+            "broker_restarts",
+            "broker_hangs",
+            "leveldb_faults_survived",
+            "poison_inputs",
+            "ops_produced",
+            "ops_lost",
+            "ops_applied_twice",
+        ):
+            totals[key] += int(figs.get(key, 0))
+    report["totals"] = dict(totals)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def prefix_hashes(models: Iterable[OpModel]) -> dict[str, list[str]]:
+    """Per item, the chain hash after each of its first k ops (index k; index 0 is "").
+
+    A published snapshot with ``changes == k`` must carry exactly the hash after the item's
+    first k ops: an op applied twice, skipped or out of order would change it.
+    """
+    out: dict[str, list[str]] = {}
+    for m in models:
+        chain = out.setdefault(m.item, [""])
+        chain.append(chain_hash(chain[-1], m.item, m.ts, m.op, m.change_json))
+    return out
+
+
+@dataclass
+class PublishedHistory:
+    """Every snapshot ever published, held to the ops that were produced (see ``published``)."""
+
+    #: over every item, the ops missing from its last snapshot
+    ops_lost: int
+    #: over every item, the ops its snapshots hold beyond those produced
+    ops_applied_twice: int
+    #: snapshots whose hash is not the chain hash of their item's first ``changes`` ops
+    wrong: list[Any]
+    #: snapshots with fewer changes than an earlier one of the same item (a lost write)
+    backwards: list[Any]
+    last: dict[str, dict[str, Any]]
+    snapshots: int
+
+    def check(self) -> None:
+        assert not self.wrong, (
+            f"{len(self.wrong)} snapshots are not a prefix of the ops produced: {self.wrong[:3]}"
+        )
+        assert not self.backwards, f"snapshots went back in changes: {self.backwards[:3]}"
+        assert self.ops_applied_twice == 0, f"{self.ops_applied_twice} ops applied twice"
+        assert self.ops_lost == 0, f"{self.ops_lost} ops missing from the last snapshots"
+
+
+def published(records: list[Record], models: list[OpModel]) -> PublishedHistory:
+    """Hold every snapshot in ``records`` (the snapshot topic, in offset order) to ``models``.
+
+    A snapshot with ``changes == k`` must carry the chain hash of its item's first k ops: an
+    op applied twice, skipped or out of order changes it.
+    """
+    chains = prefix_hashes(models)
+    last: dict[str, dict[str, Any]] = {}
+    wrong: list[Any] = []
+    backwards: list[Any] = []
+    twice: dict[str, int] = {}
+    for rec in records:
+        snap = json.loads(rec.value or b"null")
+        name, changes = snap["item"], snap["changes"]
+        chain = chains.get(name, [""])
+        if changes >= len(chain):
+            twice[name] = max(twice.get(name, 0), changes - (len(chain) - 1))
+            wrong.append((name, changes, "more changes than ops produced"))
+        elif snap["hash"] != (chain[changes] or None):
+            wrong.append((name, changes, snap["hash"], chain[changes]))
+        prev = last.get(name)
+        if prev is not None and prev["changes"] > changes:
+            backwards.append((name, prev["changes"], changes))
+        last[name] = snap
+    lost = sum(
+        max(0, len(chain) - 1 - last.get(name, {"changes": 0})["changes"])
+        for name, chain in chains.items()
+    )
+    return PublishedHistory(lost, sum(twice.values()), wrong, backwards, last, len(records))

@@ -11,343 +11,43 @@ replay of the same ops.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from helpers import (
+    Produced,
+    WorkerProcess,
+    assignment,
+    check_against_reference,
+    counter_total,
+    high_watermark,
+    history_rows,
+    last_snapshots_by_offset,
+    only_items,
+    random_op,
+    store_items,
+    wait_caught_up,
+    wait_until,
+)
 
 from dyno_stream.checkpoint import snapshot_bytes
-from dyno_stream.client import Delivery, DynoClient
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.demo import settings_env
-from dyno_stream.events import OpModel, make_op
+from dyno_stream.events import make_op
 from dyno_stream.flake import new_flake
-from dyno_stream.keys import split_key
-from dyno_stream.ops import HISTORY
 from dyno_stream.store import DynoStore, Item
 from dyno_stream.topics import ensure_topics
-from dyno_stream.views import MaterializedView, snapshot_reader
+from dyno_stream.views import MaterializedView
 from dyno_stream.worker import producer_config
-
-SET_VALUES: list[Any] = ["red", "green", "blue", 7, True]
-#: A killed consumer leaves the group only when its session times out: 6 s (the broker's
-#: minimum) instead of librdkafka's 45 s default keeps the test short.
-FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-
-
-# ---------------------------------------------------------------------------------------------
-# the reference model and the ops
-# ---------------------------------------------------------------------------------------------
-
-
-def _text_of(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-
-
-class Reference:
-    """level-dyno's semantics of the ops these tests produce, in plain Python."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, dict[str, Any]] = {}
-        self.changes: Counter[str] = Counter()
-
-    def apply(self, m: OpModel) -> None:
-        v = self.values.setdefault(m.item, {})
-        self.changes[m.item] += 1
-        change = m.change_value
-        if m.op == "putAttrs":
-            v.update(change)
-        elif m.op == "delAttrs":
-            for f in change:
-                v.pop(f, None)
-        elif m.op == "incAttrBy":
-            v[change["field"]] = v.get(change["field"], 0) + change["by"]
-        elif m.op == "append":
-            v[change["field"]] = v.get(change["field"], "") + change["str"]
-        elif m.op == "addToSet":
-            members = dict(v.get(change["field"], {}))
-            members[_text_of(change["value"])] = True
-            v[change["field"]] = members
-        else:  # pragma: no cover - the generator makes no other op
-            raise AssertionError(m.op)
-
-    def value(self, name: str) -> dict[str, Any] | None:
-        return self.values[name] or None  # an item with no attributes reads as absent
-
-
-def random_op(rnd: random.Random, i: int, n_items: int, prefix: str = "item") -> OpModel:
-    name = f"{prefix}-{rnd.randrange(n_items):04d}"
-    r = rnd.random()
-    change: Any
-    if r < 0.28:
-        op, change = "putAttrs", {"a": i, "b": f"v{rnd.randrange(100)}"}
-    elif r < 0.56:
-        op, change = "incAttrBy", {"field": "n", "by": rnd.randrange(-5, 11)}
-    elif r < 0.76:
-        op, change = "append", {"field": "s", "str": rnd.choice("xyz")}
-    elif r < 0.96:
-        op, change = "addToSet", {"field": "tags", "value": rnd.choice(SET_VALUES)}
-    else:
-        op, change = "delAttrs", rnd.sample(["a", "b", "s"], rnd.randrange(1, 3))
-    return make_op(op, name, change, new_flake())
-
-
-class Produced:
-    """Every op sent, in production (= flake) order, and where Kafka put it."""
-
-    def __init__(self) -> None:
-        self.models: list[OpModel] = []
-        self.futures: list[Future[Delivery]] = []
-
-    def send(self, client: DynoClient, models: Iterable[OpModel]) -> None:
-        for m in models:
-            self.models.append(m)
-            self.futures.append(client.send(m))
-
-    def reference(self) -> Reference:
-        ref = Reference()
-        for m in self.models:
-            ref.apply(m)
-        return ref
-
-    def partitions(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for f in self.futures:
-            d = f.result(60)
-            assert out.setdefault(d.item, d.partition) == d.partition, f"{d.item} on 2 partitions"
-        return out
-
-    def replay(self, path: Path) -> dict[str, Item]:
-        """The same ops applied in order to a local DynoStore: the reference hashes."""
-        with DynoStore(path) as store:
-            for i in range(0, len(self.models), 1000):
-                store.apply(self.models[i : i + 1000])
-            return {name: store.get_item(name) for name in {m.item for m in self.models}}
-
-
-# ---------------------------------------------------------------------------------------------
-# waiting and reading
-# ---------------------------------------------------------------------------------------------
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f}s: {what()}")
-        time.sleep(0.1)
-
-
-def wait_caught_up(view: MaterializedView, ref: Reference, timeout: float, why: str = "") -> None:
-    """Until every item's snapshot in the view has all its ops; fail at once on too many."""
-
-    def behind() -> list[tuple[str, int | None, int]]:
-        out = []
-        for name, want in ref.changes.items():
-            snap = view.get(name)
-            got = None if snap is None else snap["changes"]
-            if got is not None and got > want:
-                pytest.fail(
-                    f"{name}: a snapshot with {got} changes but only {want} ops were produced "
-                    f"for it (an op applied twice): {snap}"
-                )
-            if got != want:
-                out.append((name, got, want))
-        return out
-
-    lagging = behind()
-    deadline = time.monotonic() + timeout
-    while lagging:
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"{len(lagging)} of {len(ref.changes)} items not caught up within "
-                f"{timeout:.0f}s (item, snapshot changes, ops produced): {lagging[:5]} {why}"
-            )
-        time.sleep(0.2)
-        lagging = behind()
-
-
-def high_watermark(settings: Settings, topic: str, partition: int = 0) -> tuple[int, int]:
-    consumer = snapshot_reader(settings)
-    try:
-        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        return lo, hi
-    finally:
-        consumer.close()
-
-
-def last_snapshots_by_offset(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each item's last snapshot in topic order: what log compaction keeps."""
-    topic = settings.topics.snapshots
-    consumer = snapshot_reader(settings)
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics[topic]
-        ends = {}
-        for p in meta.partitions:
-            _, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > 0:
-                ends[p] = hi
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        last: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 60
-        while ends:
-            assert time.monotonic() < deadline, f"reading {topic} to its end took over 60s"
-            for msg in consumer.consume(10_000, 0.5):
-                if msg.error():
-                    continue
-                snap = json.loads(msg.value() or b"null")
-                last[snap["item"]] = snap
-                p, off = msg.partition(), msg.offset()
-                if off is not None and off + 1 >= ends.get(p or 0, 0):
-                    ends.pop(p or 0, None)
-        return last
-    finally:
-        consumer.close()
-
-
-def store_items(path: Path) -> dict[str, Item]:
-    with DynoStore(path) as store:
-        return dict(store.scan(lambda _n, _i: True))
-
-
-def history_rows(path: Path) -> dict[str, int]:
-    """Per item, the number of ``history`` rows in the store."""
-    out: Counter[str] = Counter()
-    with DynoStore(path) as store:
-        for key, _value in store.rows():
-            name, _flake, op = split_key(key.encode())
-            if op == HISTORY:
-                out[name] += 1
-    return dict(out)
-
-
-def counter_total(counter: Any) -> float:
-    total: float = sum(
-        s.value for c in counter.collect() for s in c.samples if s.name.endswith("_total")
-    )
-    return total
-
-
-def check_against_reference(
-    got: dict[str, Any], ref: Reference, replay: dict[str, Item], where: str
-) -> None:
-    """``got``: name -> snapshot dict or Item, for every item of the reference."""
-    wrong: list[Any] = []
-    for name, changes in ref.changes.items():
-        g = got.get(name)
-        if g is None:
-            wrong.append((name, "missing"))
-            continue
-        value, n, h = (
-            (g["value"], g["changes"], g["hash"])
-            if isinstance(g, dict)
-            else (g.value, g.changes, g.hash)
-        )
-        want = (ref.value(name), changes, replay[name].hash)
-        assert replay[name].value == want[0] and replay[name].changes == changes, name
-        if (value, n, h) != want:
-            wrong.append((name, (value, n, h), want))
-    assert not wrong, f"{len(wrong)} items in {where} differ from the reference: {wrong[:3]}"
-
-
-# ---------------------------------------------------------------------------------------------
-# worker processes
-# ---------------------------------------------------------------------------------------------
-
-_ASSIGNED = re.compile(r"assigned (\S+)/(\d+) from offset")
-_RELEASED = re.compile(r"released (\S+)/(\d+) at offset")
-_RESTORED = re.compile(r"restored (\S+)/(\d+): (\d+) items from snapshots")
-
-
-class WorkerProcess:
-    """``python -m dyno_stream worker`` with its own data dir, logging to a file."""
-
-    def __init__(self, settings: Settings, name: str, tmp_path: Path) -> None:
-        self.name = name
-        self.ops_topic = settings.topics.ops
-        self.data_dir = tmp_path / f"data-{name}"
-        self.log = tmp_path / f"{name}.log"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("DYNO_")},
-            **settings_env(settings),
-            "DYNO_WORKER__DATA_DIR": str(self.data_dir),
-            "DYNO_WORKER__HTTP_PORT": "0",
-            "DYNO_WORKER__BATCH_TIMEOUT_S": "0.02",
-            "DYNO_KAFKA__EXTRA": json.dumps(FAST_GROUP),
-            "DYNO_KAFKA__CLIENT_ID": f"dyno-test-{name}",
-            "PYTHONUNBUFFERED": "1",
-        }
-        with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dyno_stream", "worker"],
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def partitions(self) -> set[int]:
-        """The partitions it holds now, from its 'assigned' and 'released' log lines."""
-        held: set[int] = set()
-        for line in self.text().splitlines():
-            if (m := _ASSIGNED.search(line)) and m.group(1) == self.ops_topic:
-                held.add(int(m.group(2)))
-            elif (m := _RELEASED.search(line)) and m.group(1) == self.ops_topic:
-                held.discard(int(m.group(2)))
-        return held
-
-    def restored(self) -> dict[int, int]:
-        """Partition -> items restored from snapshots, by its last 'restored' line."""
-        out = {}
-        for m in _RESTORED.finditer(self.text()):
-            if m.group(1) == self.ops_topic:
-                out[int(m.group(2))] = int(m.group(3))
-        return out
-
-    def store(self, partition: int) -> Path:
-        return self.data_dir / self.ops_topic / f"{partition:04d}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 1500) -> str:
-        return f"\n--- {self.name} log (exit {self.proc.poll()}) ---\n{self.text()[-n:]}"
-
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        """The exit status after SIGTERM (sent once: a second one makes it exit at once)."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            pytest.fail(f"worker {self.name} did not stop within {timeout:.0f}s of SIGTERM")
-
-    def cleanup(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def assignment(workers: list[WorkerProcess]) -> str:
-    return ", ".join(f"{w.name}={sorted(w.partitions())}/alive={w.alive()}" for w in workers)
-
 
 # ---------------------------------------------------------------------------------------------
 # three worker processes, one killed and its disk wiped
@@ -461,7 +161,7 @@ def test_three_worker_processes_one_killed_and_wiped_others_restore(
             mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
             assert set(items) == mine, f"partition {p} in {owner[p].name}'s store"
             check_against_reference(
-                items, _only(ref, mine), replay, f"{owner[p].name}'s store of partition {p}"
+                items, only_items(ref, mine), replay, f"{owner[p].name}'s store of partition {p}"
             )
 
         # restore really happened: each of the victim's partitions was restored from
@@ -487,13 +187,6 @@ def test_three_worker_processes_one_killed_and_wiped_others_restore(
         view.close()
         for w in workers:
             w.cleanup()
-
-
-def _only(ref: Reference, names: set[str]) -> Reference:
-    out = Reference()
-    out.values = {n: ref.values[n] for n in names}
-    out.changes = Counter({n: ref.changes[n] for n in names})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,7 +269,7 @@ def test_fresh_worker_restores_the_same_items_and_applies_new_ops_on_top(
         items = store_items(path)
         mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
         assert set(items) == mine
-        check_against_reference(items, _only(ref, mine), replay, f"store 2, partition {p}")
+        check_against_reference(items, only_items(ref, mine), replay, f"store 2, partition {p}")
         hist = history_rows(path)
         assert set(hist) == {n for n in first if part_of[n] == p}
         for n, item in items.items():
@@ -651,7 +344,7 @@ def test_store_behind_the_ops_topic_retention_is_set_aside_and_restored(
     assert counter_total(w1b.worker.metrics.ops_applied) == 300
     items = store_items(store_dir / "0000")
     check_against_reference(
-        items, _only(ref, {n for n in ref.changes if ref.value(n)}), replay, "the new store"
+        items, only_items(ref, {n for n in ref.changes if ref.value(n)}), replay, "the new store"
     )
     # the set-aside store is left as it was: the first 500 ops, as worker 1 applied them
     first = Produced()
@@ -659,7 +352,7 @@ def test_store_behind_the_ops_topic_retention_is_set_aside_and_restored(
     ref_first = first.reference()
     check_against_reference(
         store_items(stale[0]),
-        _only(ref_first, {n for n in ref_first.changes if ref_first.value(n)}),
+        only_items(ref_first, {n for n in ref_first.changes if ref_first.value(n)}),
         first.replay(tmp_path / "reference-first"),
         "the set-aside store",
     )
@@ -776,7 +469,7 @@ def test_restore_after_a_crash_that_published_part_of_a_batch(
     assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
     check_against_reference(
         store_items(s2.worker.data_dir / s2.topics.ops / "0000"),
-        _only(ref, {n for n in ref.changes if ref.value(n)}),
+        only_items(ref, {n for n in ref.changes if ref.value(n)}),
         replay,
         "the restored store",
     )

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 from certs import TlsFiles, make_tls_files
-from conftest import RunningWorker, _free_port_pair, free_port
-from helpers import REPO, cli_env, run_cli
+from conftest import RunningWorker, free_port
+from helpers import REPO, cli_env, free_port_pair, run_cli
 
 from dyno_stream.broker import BrokerTls, LocalBroker, ScramUser
 from dyno_stream.client import DynoClient
@@ -61,7 +61,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     tls = make_tls_files(root / "tls")
     broker = LocalBroker(
         home=root / "home",
-        port=_free_port_pair(),
+        port=free_port_pair(),
         scram_users=(USER, USER_256),
         sasl_port=free_port(),
         ssl_port=free_port(),

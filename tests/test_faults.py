@@ -1,0 +1,612 @@
+"""The fault suite: a worker killed at random points, the broker restarted or hanging, a
+failing disk.
+
+Real parts throughout: worker processes (``python -m dyno_stream worker``), the real Kafka
+broker, LevelDB on disk. Each test streams ops and then holds the outcome to the ops that were
+produced: every item's last snapshot equal to a plain-Python reference model (value and
+``changes`` exact, hash as a ``DynoStore`` replay), every snapshot ever published a true prefix
+of its item's history (``helpers.published``: an op applied twice or skipped changes the hash),
+the stores equal to the model, nothing dead-lettered.
+
+CI runs each test at a reduced size; ``make faults`` (``DYNO_FAULTS_FULL=1``) runs the issue's
+full size and writes the figures to ``bench/results/faults.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from helpers import (
+    FAULTS_FULL,
+    Produced,
+    Reference,
+    WorkerProcess,
+    check_against_reference,
+    faults_size,
+    free_port_pair,
+    only_items,
+    published,
+    random_op,
+    read_topic,
+    record_figures,
+    store_items,
+    wait_caught_up,
+    wait_until,
+)
+
+from dyno_stream.broker import LocalBroker
+from dyno_stream.checkpoint import PartitionStore
+from dyno_stream.client import DynoClient
+from dyno_stream.config import Settings
+from dyno_stream.errors import PublishError
+from dyno_stream.topics import ensure_topics
+from dyno_stream.views import MaterializedView
+
+pytestmark = pytest.mark.faults
+
+SEED = int(os.environ.get("DYNO_FAULTS_SEED", "20240607"))
+FAULT_INJECTOR = Path(__file__).resolve().parent / "faultinject"
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+class PacedProducer:
+    """Sends ``n`` random ops over ``n_items`` items from a thread, at about ``rate`` ops/s,
+    so that faults land while ops are still arriving."""
+
+    def __init__(
+        self, client: DynoClient, n: int, n_items: int, rate: float, rnd: random.Random
+    ) -> None:
+        self.produced = Produced()
+        self.error: BaseException | None = None
+        self._args = (client, n, n_items, rate, rnd)
+        self.thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        client, n, n_items, rate, rnd = self._args
+        started = time.monotonic()
+        try:
+            for i in range(0, n, 100):
+                self.produced.send(
+                    client, (random_op(rnd, j, n_items) for j in range(i, min(n, i + 100)))
+                )
+                ahead = started + (i + 100) / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def count(self) -> int:
+        return len(self.produced.models)
+
+    def join(self, timeout: float) -> Produced:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"producing took over {timeout:.0f}s"
+        assert self.error is None, f"the producer failed: {self.error!r}"
+        return self.produced
+
+
+def holds_all(w: WorkerProcess, partitions: int) -> bool:
+    return w.partitions() == set(range(partitions))
+
+
+def wait_assigned(w: WorkerProcess, partitions: int, timeout: float = 90) -> None:
+    wait_until(
+        lambda: holds_all(w, partitions) or not w.alive(),
+        timeout,
+        lambda: f"{w.name} holds {sorted(w.partitions())} of {partitions} partitions{w.tail()}",
+    )
+    assert w.alive(), f"{w.name} died while joining the group{w.tail()}"
+
+
+def check_stores(
+    data_dir: Path, s: Settings, ref: Reference, produced: Produced, tmp: Path
+) -> None:
+    """The worker's stores (after it stopped) hold every item exactly as the reference says,
+    with one row per op (``count == changes``: no op stored twice)."""
+    replay = produced.replay(tmp)
+    part_of = produced.partitions()
+    seen = 0
+    for p in range(s.topics.partitions):
+        path = data_dir / s.topics.ops / f"{p:04d}"
+        items = store_items(path)
+        mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
+        assert set(items) == mine, f"partition {p}: items {len(items)}, expected {len(mine)}"
+        check_against_reference(items, only_items(ref, mine), replay, f"store {p}")
+        doubled = [(n, i.count, i.changes) for n, i in items.items() if i.count != i.changes]
+        assert not doubled, f"items with rows beyond their ops: {doubled[:3]}"
+        seen += len(items)
+    assert seen == sum(1 for n in ref.changes if ref.value(n) is not None)
+
+
+def dead_letters(s: Settings) -> int:
+    return len(read_topic(s, s.topics.dead_letter))
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL at random points
+# ---------------------------------------------------------------------------------------------
+
+KILL_ITEMS = 1_000
+KILL_PARTITIONS = 4
+#: Seconds from one kill to the next worker holding the partitions: start-up, then the
+#: killed member's session timing out (6 s) before the group rebalances.
+CYCLE_S = 9.0
+
+
+def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    n_ops = faults_size(20_000, 200_000)
+    kills = faults_size(5, 20)
+    rnd = random.Random(SEED)
+    started = time.monotonic()
+    s = make_settings(partitions=KILL_PARTITIONS)
+    ensure_topics(s)
+    data_dir = tmp_path / "data"
+    runs: list[WorkerProcess] = []
+
+    def start_worker() -> WorkerProcess:
+        w = WorkerProcess(s, f"run{len(runs)}", tmp_path, data_dir=data_dir)
+        runs.append(w)
+        return w
+
+    w = start_worker()
+    kill_log: list[dict[str, Any]] = []
+    try:
+        wait_assigned(w, KILL_PARTITIONS)
+        with DynoClient(s) as client:
+            # spread the ops over the kills, so each restart finds a backlog to work through
+            producer = PacedProducer(
+                client, n_ops, KILL_ITEMS, n_ops / (kills * CYCLE_S), random.Random(SEED + 1)
+            )
+            for k in range(kills):
+                mode = rnd.random()
+                born = time.monotonic()
+                if mode < 0.2:  # during start-up, joining the group or opening the stores
+                    time.sleep(rnd.uniform(0.2, 4.0))
+                    phase = "starting"
+                else:  # while it works through the backlog, or once it is idle again
+                    wait_assigned(w, KILL_PARTITIONS)
+                    time.sleep(rnd.uniform(0, 0.5) if mode < 0.7 else rnd.uniform(0.5, 3.0))
+                    phase = "working"
+                assert w.alive(), f"{w.name} died before it was killed{w.tail()}"
+                held = sorted(w.partitions())
+                w.proc.kill()  # SIGKILL: no revoke, no flush, no goodbye to the group
+                assert w.proc.wait(10) == -signal.SIGKILL
+                kill_log.append(
+                    {
+                        "kill": k,
+                        "phase": phase,
+                        "after_s": round(time.monotonic() - born, 2),
+                        "held": held,
+                        "produced": producer.count,
+                    }
+                )
+                w = start_worker()
+            produced = producer.join(600)
+            client.flush(120)
+        assert len(produced.models) == n_ops
+        ref = produced.reference()
+        produced_at = time.monotonic() - started
+
+        with MaterializedView(s) as view:
+            wait_assigned(w, KILL_PARTITIONS)
+            wait_caught_up(view, ref, 300, w.tail())
+        caught_up_at = time.monotonic() - started
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.wait_exit(60) == 0, w.tail()
+        for run in runs[:-1]:
+            assert run.proc.returncode == -signal.SIGKILL, run.tail()
+
+        history = published(read_topic(s, s.topics.snapshots, timeout=300), produced.models)
+        during = sum(1 for k in kill_log if k["produced"] < n_ops)
+        record_figures(
+            "sigkill",
+            kills_survived=kills,
+            kills_while_producing=during,
+            kills_while_starting=sum(1 for k in kill_log if k["phase"] == "starting"),
+            ops_produced=n_ops,
+            items=len(ref.changes),
+            snapshots_published=history.snapshots,
+            ops_lost=history.ops_lost,
+            ops_applied_twice=history.ops_applied_twice,
+            seed=SEED,
+            produced_s=round(produced_at, 1),
+            caught_up_s=round(caught_up_at, 1),
+        )
+        history.check()
+        check_against_reference(
+            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
+        )
+        assert dead_letters(s) == 0, "ops were dead-lettered"
+        check_stores(data_dir, s, ref, produced, tmp_path / "reference-stores")
+        # the kills really landed among the ops: most while they were still being produced
+        assert during >= kills // 2, kill_log
+    finally:
+        for run in runs:
+            run.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# the broker stopped and started again mid-stream
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    broker = LocalBroker(home=tmp_path_factory.mktemp("own-broker"), port=free_port_pair())
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def own_broker(_module_broker: LocalBroker) -> LocalBroker:
+    """A broker of these tests' own (not the session's: they stop and hang it), on free
+    ports; running at the start of each test (started again if a test left it down)."""
+    pid = _module_broker.status().pid
+    if pid is not None:
+        os.kill(pid, signal.SIGCONT)  # in case a failed test left it stopped
+    _module_broker.start(timeout=180)
+    return _module_broker
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
+    make_settings: Callable[..., Settings], own_broker: LocalBroker, tmp_path: Path
+) -> None:
+    restarts = faults_size(1, 3)
+    n_ops = faults_size(6_000, 30_000)
+    n_items = 300
+    down_s = 5.0
+    base = make_settings(partitions=2)
+    s = base.model_copy(
+        update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": own_broker.bootstrap})}
+    )
+    ensure_topics(s)
+    http_port = free_port_pair()
+    w = WorkerProcess(s, "w", tmp_path, env={"DYNO_WORKER__HTTP_PORT": str(http_port)})
+    failed_elsewhere: list[Any] = []
+    try:
+        wait_assigned(w, 2)
+        pid = w.proc.pid
+        # a client that waits out an outage (its default is the publish timeout, 60 s)...
+        with DynoClient(s) as client:
+            producer = PacedProducer(
+                client, n_ops, n_items, n_ops / (restarts * 30.0), random.Random(SEED + 2)
+            )
+            outages = []
+            for r in range(restarts):
+                wait_until(
+                    lambda r=r: producer.count >= (r + 1) * n_ops // (restarts + 1),  # type: ignore[misc]
+                    120,
+                    lambda: f"only {producer.count} ops produced",
+                )
+                went_down = time.monotonic()
+                assert own_broker.stop(), "the broker was not running"
+                # ... and one that gives up after 3 s: its ops fail, and it says so
+                with DynoClient(s, **{"message.timeout.ms": 3000}) as impatient:
+                    futures = [impatient.put_attrs(f"never-{r}-{i}", {"i": i}) for i in range(20)]
+                    wait_futures(futures, timeout=60)
+                    for f in futures:
+                        exc = f.exception(0)
+                        if not isinstance(exc, PublishError):
+                            failed_elsewhere.append((r, exc))
+                time.sleep(max(0.0, down_s - (time.monotonic() - went_down)))
+                own_broker.start(timeout=180)
+                outages.append(round(time.monotonic() - went_down, 1))
+                assert w.alive(), f"the worker died with the broker down{w.tail()}"
+            produced = producer.join(600)
+            client.flush(120)
+        assert not failed_elsewhere, (
+            f"ops sent with the broker down, not failed: {failed_elsewhere}"
+        )
+        assert len(produced.models) == n_ops
+        part_of = produced.partitions()  # every op of the patient client was acknowledged
+        assert len(part_of) == n_items
+        ref = produced.reference()
+
+        with MaterializedView(s) as view:
+            wait_caught_up(view, ref, 180, w.tail())
+            snapshots = dict(view)
+        assert w.alive() and w.proc.pid == pid, "the worker was restarted"
+        status, body = _get(f"http://127.0.0.1:{http_port}/healthz")
+        assert status == 200, body
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.wait_exit(60) == 0, w.tail()
+        assert w.text().count("worker starting") == 1
+
+        history = published(read_topic(s, s.topics.snapshots), produced.models)
+        record_figures(
+            "broker_restart",
+            broker_restarts=restarts,
+            outages_s=outages,
+            ops_produced=n_ops,
+            ops_failed_and_reported=restarts * 20,
+            snapshots_published=history.snapshots,
+            ops_lost=history.ops_lost,
+            ops_applied_twice=history.ops_applied_twice,
+        )
+        history.check()
+        check_against_reference(
+            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
+        )
+        # the impatient client's ops never reached the worker
+        assert not [n for n in snapshots if n.startswith("never-")]
+        assert dead_letters(s) == 0, "ops were dead-lettered"
+        check_stores(w.data_dir, s, ref, produced, tmp_path / "reference-stores")
+    finally:
+        w.cleanup()
+
+
+def test_broker_hanging_past_the_publish_timeout_the_worker_waits_it_out(
+    make_settings: Callable[..., Settings], own_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The broker stops answering (SIGSTOP: a long GC pause, a network partition) while the
+    worker is publishing, for longer than the worker's publish timeout (3 s here, 60 s by
+    default): the batch's snapshots fail, and the worker must publish them again once the
+    broker answers, not exit."""
+    # 5 s: past the publish timeout; 8 s: past the consumer's session timeout (6 s) too, so
+    # the group also loses the worker and takes it back
+    hangs = [5.0] if not FAULTS_FULL else [5.0, 8.0, 5.0, 8.0, 5.0]
+    n_ops = faults_size(4_000, 20_000)
+    base = make_settings(partitions=2)
+    s = base.model_copy(
+        update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": own_broker.bootstrap})}
+    )
+    ensure_topics(s)
+    # one op per batch: with ops arriving steadily the worker is nearly always publishing,
+    # so each hang catches a batch between produce and acknowledgement
+    w = WorkerProcess(
+        s,
+        "w",
+        tmp_path,
+        env={"DYNO_WORKER__PUBLISH_TIMEOUT_S": "3", "DYNO_WORKER__BATCH_SIZE": "1"},
+    )
+    broker_pid = own_broker.status().pid
+    assert broker_pid is not None
+    try:
+        wait_assigned(w, 2)
+        pid = w.proc.pid
+        with DynoClient(s, **{"message.timeout.ms": 300_000}) as client:
+            producer = PacedProducer(client, n_ops, 200, 400, random.Random(SEED + 5))
+            for h, hang_s in enumerate(hangs):
+                wait_until(
+                    lambda h=h: producer.count >= (h + 1) * n_ops // (len(hangs) + 1),  # type: ignore[misc]
+                    120,
+                    lambda: f"only {producer.count} ops produced",
+                )
+                os.kill(broker_pid, signal.SIGSTOP)
+                try:
+                    time.sleep(hang_s)
+                finally:
+                    os.kill(broker_pid, signal.SIGCONT)
+                assert w.alive(), f"the worker died while the broker hung{w.tail(3000)}"
+            produced = producer.join(600)
+            client.flush(120)
+        ref = produced.reference()
+        with MaterializedView(s) as view:
+            wait_caught_up(view, ref, 180, w.tail())
+        assert w.alive() and w.proc.pid == pid, f"the worker was restarted{w.tail(3000)}"
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.wait_exit(60) == 0, w.tail()
+        waited = w.text().count("publishing again")
+        history = published(read_topic(s, s.topics.snapshots), produced.models)
+        record_figures(
+            "broker_hang",
+            broker_hangs=len(hangs),
+            hangs_s=hangs,
+            publish_timeout_s=3,
+            publish_failures_waited_out=waited,
+            ops_produced=n_ops,
+            ops_lost=history.ops_lost,
+            ops_applied_twice=history.ops_applied_twice,
+        )
+        history.check()
+        check_against_reference(
+            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
+        )
+        check_stores(w.data_dir, s, ref, produced, tmp_path / "reference-stores")
+        # the hangs really caught batches in flight (else this test proves nothing)
+        assert waited >= 1, "no publish failed: no hang caught a batch in flight"
+    finally:
+        w.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# LevelDB refuses a write: an injected fault, and a real full disk
+# ---------------------------------------------------------------------------------------------
+
+
+def committed_offsets(s: Settings) -> dict[int, int]:
+    consumer = Consumer({**s.kafka.librdkafka(), "group.id": s.worker.group_id})
+    try:
+        tps = [TopicPartition(s.topics.ops, p) for p in range(s.topics.partitions)]
+        return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=30)}
+    finally:
+        consumer.close()
+
+
+def store_offsets(data_dir: Path, s: Settings) -> dict[int, int | None]:
+    out = {}
+    for p in range(s.topics.partitions):
+        ps = PartitionStore.open(data_dir, s.topics.ops, p, sync=False)
+        out[p] = ps.next_offset
+        ps.close()
+    return out
+
+
+def run_write_fault(
+    s: Settings,
+    tmp_path: Path,
+    data_dir: Path,
+    produced: Produced,
+    faulty_env: dict[str, str],
+    clear_fault: Callable[[], None],
+    name: str,
+) -> dict[str, Any]:
+    """A worker whose store refuses writes part-way through a backlog; then a restart.
+
+    The faulty worker must exit with status 1, saying which store failed and why, with no
+    Kafka offset committed past what its store holds; once the fault is cleared, a new worker
+    on the same disk must end with every op applied exactly once.
+    """
+    ops_end = {p: 0 for p in range(s.topics.partitions)}
+    for f in produced.futures:
+        d = f.result(60)
+        ops_end[d.partition] = max(ops_end[d.partition], d.offset + 1)
+    ref = produced.reference()
+
+    faulty = WorkerProcess(s, f"{name}-faulty", tmp_path, data_dir=data_dir, env=faulty_env)
+    try:
+        code = faulty.proc.wait(180)
+    except subprocess.TimeoutExpired:
+        faulty.cleanup()
+        pytest.fail(f"the worker went on with a failing store{faulty.tail(3000)}")
+    log = faulty.text()
+    assert code == 1, f"exit status {code}, expected 1{faulty.tail(3000)}"
+    assert f"LevelDB write to {data_dir}" in log, faulty.tail(3000)
+    assert "stopping without committing the batch" in log, faulty.tail(3000)
+    assert "Traceback" not in log, faulty.tail(3000)
+    print(f"\n{name}: the worker's last words:\n" + "\n".join(log.splitlines()[-4:]))
+
+    clear_fault()  # before reading the stores: LevelDB writes when it opens one
+    stored = store_offsets(data_dir, s)
+    committed = committed_offsets(s)
+    for p in range(s.topics.partitions):
+        # Kafka's committed offset is never past the store's own: nothing of the failed batch
+        # counts as consumed anywhere
+        assert committed[p] < 0 or committed[p] <= (stored[p] or 0), (p, committed, stored)
+    behind = sum(ops_end[p] - (stored[p] or 0) for p in ops_end)
+    assert behind > 0, f"the fault came after the last op: stored {stored}, ends {ops_end}"
+
+    worker = WorkerProcess(s, f"{name}-after", tmp_path, data_dir=data_dir)
+    try:
+        with MaterializedView(s) as view:
+            wait_caught_up(view, ref, 180, worker.tail())
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.wait_exit(60) == 0, worker.tail()
+    finally:
+        worker.cleanup()
+    history = published(read_topic(s, s.topics.snapshots), produced.models)
+    history.check()
+    check_against_reference(
+        history.last, ref, produced.replay(tmp_path / f"{name}-reference"), "the last snapshots"
+    )
+    assert dead_letters(s) == 0, "ops were dead-lettered"
+    check_stores(data_dir, s, ref, produced, tmp_path / f"{name}-reference-stores")
+    return {
+        "ops_produced": len(produced.models),
+        "ops_behind_at_fault": behind,
+        "leveldb_faults_survived": 1,
+        "ops_lost": history.ops_lost,
+        "ops_applied_twice": history.ops_applied_twice,
+    }
+
+
+def produce_backlog(s: Settings, n: int, n_items: int, seed: int, pad: int = 0) -> Produced:
+    """``n`` ops, all acknowledged before any worker runs (a backlog to fail in the middle of);
+    ``pad`` bytes of text in each putAttrs make the rows larger."""
+    produced = Produced()
+    rnd = random.Random(seed)
+    filler = "x" * pad
+    with DynoClient(s) as client:
+        models = []
+        for i in range(n):
+            m = random_op(rnd, i, n_items)
+            if pad and m.op == "putAttrs":
+                m = m.model_copy(update={"change": {**m.change_value, "pad": filler}})
+            models.append(m)
+        produced.send(client, models)
+        client.flush(120)
+    return produced
+
+
+def test_leveldb_write_failure_stops_the_worker_and_a_restart_recovers(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """An injected fault: the store's 8th write batch and every later one fail."""
+    s = make_settings(partitions=2)
+    ensure_topics(s)
+    produced = produce_backlog(s, faults_size(10_000, 50_000), 500, SEED + 3)
+    figures = run_write_fault(
+        s,
+        tmp_path,
+        tmp_path / "data",
+        produced,
+        {
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(FAULT_INJECTOR), os.environ.get("PYTHONPATH")])
+            ),
+            "DYNO_FAULT_LEVELDB_WRITES": "8",
+            # small batches, so the fault lands in the middle of the backlog
+            "DYNO_WORKER__BATCH_SIZE": "500",
+        },
+        lambda: None,  # the next worker runs without the injector
+        "injected",
+    )
+    record_figures("leveldb_write_fault", **figures)
+
+
+def _can_mount() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs at ``tmp_path/disk`` (needs root), unmounted at the end."""
+    if not _can_mount():
+        pytest.skip("mounting a tmpfs needs root; the injected write fault covers the rest")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_full_disk_stops_the_worker_and_a_restart_after_growing_it_recovers(
+    make_settings: Callable[..., Settings], tmp_path: Path, small_disk: Path
+) -> None:
+    """A real full disk: the stores live on a 1 MB tmpfs, grown to 256 MB once the worker
+    has stopped on it."""
+    s = make_settings(partitions=2)
+    ensure_topics(s)
+    produced = produce_backlog(s, faults_size(8_000, 40_000), 500, SEED + 4, pad=400)
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=256m", "tmpfs", str(small_disk)], check=True)
+
+    data_dir = small_disk / "data"
+    figures = run_write_fault(
+        s, tmp_path, data_dir, produced, {"DYNO_WORKER__BATCH_SIZE": "500"}, grow, "tmpfs"
+    )
+    record_figures("disk_full", **figures)
