@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import sys
 import threading
 import time
@@ -74,6 +75,8 @@ FORMAT_VERSION = b"1"
 _VERSION_KEY = META_PREFIX + b"format"
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
 _JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
+
+log = logging.getLogger("dyno_stream.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,10 +587,16 @@ class DynoStore:
             for name, st in batch.states.items():
                 cache.pop(name, None)
                 cache[name] = st  # most recently used last
-            if len(cache) > self._cache_size:
-                self._evict()
-            if time.monotonic() - self._flushed_at > self._flush_interval:
-                self.flush()
+            try:
+                if len(cache) > self._cache_size:
+                    self._evict()
+                if time.monotonic() - self._flushed_at > self._flush_interval:
+                    self.flush()
+            except StoreWriteError as exc:
+                # The batch itself is stored; the states stay dirty (and journaled), so the
+                # next write or close() writes them. Failing here would tell a caller that a
+                # stored op was not, and a retry would store it twice.
+                log.warning("%s; states stay in memory and are written later", exc)
             return result
 
     def _forget(self, batch: _Batch) -> None:

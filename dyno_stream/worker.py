@@ -109,6 +109,8 @@ class Worker:
         self._stop = threading.Event()
         self._handle_signals = handle_signals
         self._in_flight: deque[_InFlight] = deque()
+        #: a publish that failed inside a rebalance callback, handled by the main loop
+        self._assign_publish_error: PublishError | None = None
         self._last_lag = 0.0
         self._next_compaction: float | None = None
         self._consumer: Consumer | None = None
@@ -173,17 +175,20 @@ class Worker:
         self.health.state = "running"
         try:
             while not self._stop.is_set():
-                messages = self._next_batch()
-                self._auth.check()
-                self.health.beat()
                 try:
+                    messages = self._next_batch()
+                    self._auth.check()
+                    self.health.beat()
+                    if self._assign_publish_error is not None:  # see _on_assign
+                        exc, self._assign_publish_error = self._assign_publish_error, None
+                        raise exc
                     if messages:
                         self._process(messages)
                     else:
                         self._settle()
+                    self._punctuate()
                 except PublishError as exc:  # Kafka did not take a batch's messages in time
                     self._publish_pending_until_acknowledged(exc)
-                self._punctuate()
         except StoreWriteError as exc:  # a full disk is not one event's fault: stop, loudly
             log.error(
                 "%s; stopping without committing the batch. Restart the worker once the disk "
@@ -237,7 +242,13 @@ class Worker:
             ps = self._open_partition(tp.topic, tp.partition)
             try:
                 ps = self._restore_if_needed(consumer, ps)
-                self._republish_pending(ps)
+                try:
+                    self._republish_pending(ps)
+                except PublishError as exc:
+                    # Keep the partition: its pending rows stay in its store, and the main
+                    # loop publishes them again until Kafka takes them. Raising here would
+                    # come out of poll() and end the worker.
+                    self._assign_publish_error = exc
             except BaseException:
                 ps.close()  # release its LevelDB lock for the next owner
                 raise
@@ -656,6 +667,8 @@ class Worker:
         if self._compaction_due():
             try:
                 self._compact_partitions()
+            except PublishError:
+                raise  # in-flight batches failed too: the main loop publishes them again
             except DynoError as exc:  # scheduled work must not stop the worker
                 log.error("scheduled compaction failed: %s", exc)
         now = time.monotonic()
