@@ -288,10 +288,10 @@ def _has_topic(s: Settings) -> bool:
 def test_tls_and_scram_sha_256_with_a_verified_broker_certificate(
     secure: SecureBroker,
     secure_settings: Callable[..., Settings],
-    start_worker_secure: Callable[[Settings], RunningWorker],
+    start_worker: Callable[[Settings], RunningWorker],
 ) -> None:
     s = secure_settings("SASL_SSL", USER_256, ca=secure.tls.ca)
-    worker = start_worker_secure(s)
+    worker = start_worker(s)
     with DynoClient(s) as client:
         delivery = client.inc_attr_by("counter", "n", 5).result(WAIT_S)
     assert delivery.topic == s.topics.ops
@@ -302,23 +302,6 @@ def test_tls_and_scram_sha_256_with_a_verified_broker_certificate(
 
     wait_for("the worker applied the op over TLS", applied)
     worker.stop()
-
-
-@pytest.fixture
-def start_worker_secure() -> Iterator[Callable[[Settings], RunningWorker]]:
-    """Like conftest's ``start_worker`` (topics first, stopped after), for the secure broker."""
-    running: list[RunningWorker] = []
-
-    def start(settings: Settings) -> RunningWorker:
-        ensure_topics(settings)
-        w = RunningWorker(settings)
-        running.append(w)
-        return w
-
-    yield start
-    for w in running:
-        if w.thread.is_alive():
-            w.stop()
 
 
 # -- a wrong login -------------------------------------------------------------------------------
