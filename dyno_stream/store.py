@@ -369,9 +369,15 @@ class DynoStore:
             self._db: Any = plyvel.DB(str(self.path), **kwargs)
         except (OSError, plyvel.Error) as exc:
             raise DynoError(f"cannot open store at {self.path}: {exc}") from exc
-        if self._db.get(_VERSION_KEY) is None:
-            self._adopt_rows()
-        self._recover_states()
+        try:
+            with self._writing():  # a full disk at open says so, naming the store
+                if self._db.get(_VERSION_KEY) is None:
+                    self._adopt_rows()
+                self._recover_states()
+        except BaseException:
+            self._db.close()  # release LevelDB's lock, so the open can be tried again
+            self._db = None
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -1012,3 +1012,18 @@ def test_evicted_states_are_written(tmp_path: Path) -> None:
     with DynoStore(tmp_path / "s") as again:
         assert [again.get_item(f"i{i}").value for i in range(10)] == [{"i": i} for i in range(10)]
         assert [n for n, _ in again.scan(lambda n, i: True)] == [f"i{i}" for i in range(10)]
+
+
+def test_a_foreign_database_is_refused_and_left_unlocked(tmp_path: Path) -> None:
+    path = tmp_path / "foreign"
+    db = plyvel.DB(str(path), create_if_missing=True)
+    db.put(b"not-an-item-row", b"x")
+    db.close()
+    with pytest.raises(DynoError, match="is not a dyno store") as first:
+        DynoStore(path)
+    # the refused store is still referenced (by the traceback), yet it released LevelDB's
+    # lock: a second open gets the same answer, not "lock held"
+    with pytest.raises(DynoError, match="is not a dyno store"):
+        DynoStore(path)
+    assert first.traceback is not None
+    assert plyvel.DB(str(path)).get(b"not-an-item-row") == b"x"  # and nothing was written
