@@ -209,6 +209,11 @@ def check_attrs(value: dict[str, Any], op: str, change: Any, max_attrs: int) -> 
         after = before + (change["field"] not in value)
     else:  # delAttrs, delItem: never more
         return
+    check_attr_count(op, before, after, max_attrs)
+
+
+def check_attr_count(op: str, before: int, after: int, max_attrs: int) -> None:
+    """The rule itself: more than ``max_attrs`` attributes, and more than before, is refused."""
     if after > max_attrs and after > before:
         raise TooManyAttrsError(
             "change", f"{op} would give the item {after} attributes; the limit is {max_attrs}"

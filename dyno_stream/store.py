@@ -52,7 +52,6 @@ from dyno_stream.errors import (
     LateOpError,
     StoreClosedError,
     StoreWriteError,
-    TooManyAttrsError,
     UnknownHashError,
 )
 from dyno_stream.events import EventModel, Flatten, OpModel, check_event_name, make_op
@@ -68,7 +67,7 @@ from dyno_stream.keys import (
     split_key,
     state_key,
 )
-from dyno_stream.limits import check_attrs
+from dyno_stream.limits import check_attr_count, check_attrs
 from dyno_stream.ops import HISTORY, ItemState, md5
 
 FORMAT_VERSION = b"1"
@@ -126,6 +125,13 @@ class HistoryChangeset:
 
 
 _Row = tuple[bytes, str, str, str]  # key, flake, op, stored text
+
+
+def _replay(name: str, rows: list[_Row]) -> ItemState:
+    """The state an item's rows (``_Batch.item_rows``) replay to."""
+    return ops.replay(name, ((flake, op, text) for _, flake, op, text in rows))
+
+
 _T = TypeVar("_T")
 Rows = Mapping[bytes, bytes | None]
 Extra = Rows | Callable[[_T], Rows]
@@ -224,13 +230,8 @@ class _Batch:
             )
         rows.append((key, flake, op, text))
         rows.sort()
-        new = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
-        if len(new.value) > self._max_attrs and len(new.value) > len(st.value):
-            raise TooManyAttrsError(
-                "change",
-                f"{op} would give the item {len(new.value)} attributes; the limit "
-                f"is {self._max_attrs}",
-            )
+        new = _replay(name, rows)
+        check_attr_count(op, len(st.value), len(new.value), self._max_attrs)
         self.states[name] = new
         self.put(name, key, text.encode())
         return True
@@ -460,8 +461,7 @@ class DynoStore:
             for name in names:
                 rows = batch.item_rows(name)
                 if rows:
-                    st = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
-                    wb.put(state_key(name), st.encode())
+                    wb.put(state_key(name), _replay(name, rows).encode())
                 else:
                     wb.delete(state_key(name))
             for key in keys:
@@ -473,14 +473,7 @@ class DynoStore:
             db = self._open_db()
             if not self._dirty and not self._journal:
                 return
-            cache = self._cache
-            with self._writing(), db.write_batch(sync=self.sync) as wb:
-                for name in self._dirty:
-                    st = cache[name]
-                    if st.count:
-                        wb.put(STATE_PREFIX + name.encode(), st.encode())
-                for key in self._journal:
-                    wb.delete(key)
+            self._write_states(db, self._dirty, self._journal)
             self._dirty.clear()
             self._journal.clear()
             self._flushed_at = time.monotonic()
@@ -492,16 +485,21 @@ class DynoStore:
         if excess <= 0:
             return
         victims = list(itertools.islice(cache, excess))  # least recently written first
-        with self._writing(), self._open_db().write_batch(sync=self.sync) as wb:
-            for name in victims:
-                if name in dirty:
-                    st = cache[name]
-                    if st.count:
-                        wb.put(STATE_PREFIX + name.encode(), st.encode())
+        self._write_states(self._open_db(), [name for name in victims if name in dirty])
         # only once written: a refused write must leave them dirty (and in the journal)
         for name in victims:
             del cache[name]
             dirty.discard(name)
+
+    def _write_states(self, db: Any, names: Iterable[str], delete: Iterable[bytes] = ()) -> None:
+        """Write the cached states of ``names`` (and delete ``delete``) in one write batch."""
+        with self._writing(), db.write_batch(sync=self.sync) as wb:
+            for name in names:
+                st = self._cache[name]
+                if st.count:
+                    wb.put(state_key(name), st.encode())
+            for key in delete:
+                wb.delete(key)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -613,8 +611,7 @@ class DynoStore:
         """
         for name in batch.states:
             if name in self._dirty:
-                rows = _Batch(self._db, {}).item_rows(name)
-                self._cache[name] = ops.replay(name, ((f, o, t) for _, f, o, t in rows))
+                self._cache[name] = _replay(name, _Batch(self._db, {}).item_rows(name))
             else:
                 self._cache.pop(name, None)
 

@@ -423,7 +423,7 @@ class Worker:
         raw = msg.value()
         if raw is None:
             raise InvalidChangeError("event", "empty message (a tombstone is not an op)")
-        limit = self.settings.worker.max_event_bytes
+        limit = self._limits.max_event_bytes
         if len(raw) > limit:
             raise OversizedEventError("event", f"{len(raw)} bytes; the limit is {limit}")
         try:
@@ -473,15 +473,12 @@ class Worker:
                 continue
             topic, partition, offset = _where(msg)
             tp = (topic, partition)
+            ps = parts.get(tp)
+            if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
+                continue  # not ours any more, or already applied
             pb = batches.get(tp)
             if pb is None:
-                ps = parts.get(tp)
-                if ps is None:
-                    continue  # not ours any more
                 pb = batches[tp] = _PartitionBatch(ps)
-            ps = pb.ps
-            if ps.next_offset is not None and offset < ps.next_offset:
-                continue  # already applied
             pb.last_offset = offset
             try:
                 event = self._validate(msg)
@@ -494,7 +491,6 @@ class Worker:
             pb.offsets.append(offset)
             pb.messages.append(msg)
         self.metrics.events_consumed.inc(len(messages))
-        batches = {tp: pb for tp, pb in batches.items() if pb.last_offset >= 0}
 
         # checkpoint step 2: one atomic LevelDB batch per partition
         applied: Counter[str] = Counter()
