@@ -427,8 +427,13 @@ def _process_args(pid: int) -> list[str] | None:
 
 
 def _new_cluster_id() -> str:
-    """A KRaft cluster id as ``kafka-storage random-uuid`` makes: 16 random bytes, base64url."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A KRaft cluster id as ``kafka-storage random-uuid`` makes: 16 random bytes, base64url,
+    never starting with ``-`` (Kafka's ``Uuid.randomUuid`` draws again too: the storage tool
+    would read such an id as an option, and formatting failed once in 64 starts)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(frozen=True)
@@ -953,10 +958,8 @@ class LocalBroker:
             *self._java_base(java, libs, "-Xmx256m"),
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            self._cluster_id(),
-            "-c",
-            str(self.server_properties),
+            f"--cluster-id={self._cluster_id()}",  # one argument, even for an id kept from before
+            f"--config={self.server_properties}",
             "--ignore-formatted",
         ]
         try:

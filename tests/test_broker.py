@@ -27,6 +27,8 @@ from confluent_kafka.cimpl import NewTopic
 from dyno_stream.broker import (
     KAFKA_VERSION,
     LocalBroker,
+    _find_java,
+    _new_cluster_id,
     bootstrap_reachable,
     default_cache_root,
     ensure_jars,
@@ -239,3 +241,22 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DYNO_BROKER_PORT", "nope")
     with pytest.raises(BrokerError, match="DYNO_BROKER_PORT"):
         LocalBroker()
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """The storage tool reads ``-abc...`` as an option: one start in 64 failed that way."""
+    ids = [_new_cluster_id() for _ in range(5_000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.kafka
+def test_storage_formats_with_a_kept_id_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """A home whose ``cluster.id`` an older version drew with a leading dash still formats."""
+    b = LocalBroker(home=tmp_path / "broker", port=free_port_pair())
+    b.home.mkdir(parents=True)
+    (b.home / "cluster.id").write_text("-" + _new_cluster_id()[1:] + "\n", encoding="utf-8")
+    b._write_config()
+    b._format_storage(_find_java(), ensure_jars(b.cache_dir))
+    meta = (b.data_dir / "meta.properties").read_text(encoding="utf-8")
+    assert "cluster.id=-" in meta
