@@ -18,7 +18,8 @@ The commit order of one batch (see ``Worker._process``)::
     3. produce snapshots and dead letters        (not waiting: the next batch starts now)
     4. once every message of the batch is acknowledged (in batch order):
        a. its pending rows are deleted           (with the partition's next write batch)
-       b. its offsets are committed to Kafka     (only for lag tools; the store is the truth)
+       b. its offsets are committed to Kafka     (at most every commit_interval_s; only lag
+                                                  tools read them: the store is the truth)
 
 A crash before 2 replays the batch; between 2 and 4a the worker publishes the pending
 snapshots and dead letters again when it next opens the partition (duplicates are possible,

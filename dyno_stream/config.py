@@ -104,7 +104,7 @@ class TopicSettings(_Section):
 class WorkerSettings(_Section):
     group_id: str = "dyno-workers"
     data_dir: Path = Path(".dyno/data")
-    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
     #: How long the loop waits for an event before doing its scheduled work; a batch never
     #: waits to fill up: it takes what has arrived, up to batch_size.
     batch_timeout_s: float = Field(default=0.1, gt=0)
@@ -122,6 +122,10 @@ class WorkerSettings(_Section):
     sync_writes: bool = False
     #: How long to wait for snapshot acknowledgements before giving up the batch.
     publish_timeout_s: float = Field(default=60.0, gt=0)
+    #: How often acknowledged offsets are committed to Kafka (Kafka Streams'
+    #: commit.interval.ms). Only lag tools read them: the store holds the offsets that count,
+    #: and a commit per batch cost the broker as much work as the batch's snapshots.
+    commit_interval_s: float = Field(default=1.0, ge=0)
     #: HTTP endpoint for /metrics, /healthz and item reads; port 0 turns it off.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9464, ge=0, le=65535)

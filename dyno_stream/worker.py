@@ -112,6 +112,9 @@ class Worker:
         #: a publish that failed inside a rebalance callback, handled by the main loop
         self._assign_publish_error: PublishError | None = None
         self._last_lag = 0.0
+        #: acknowledged offsets not yet committed to Kafka (``_commit_acknowledged``)
+        self._to_commit: dict[tuple[str, int], TopicPartition] = {}
+        self._committed_at = time.monotonic()
         self._next_compaction: float | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -287,6 +290,7 @@ class Worker:
 
     def _release(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self._to_commit.pop((tp.topic, tp.partition), None)
             ps = self._parts.pop((tp.topic, tp.partition), None)
             if ps is not None:
                 ps.close()
@@ -626,7 +630,7 @@ class Worker:
             head = self._in_flight[0]
             if head.outstanding and not head.errors:
                 if not wait and len(self._in_flight) <= _MAX_IN_FLIGHT:
-                    return  # still on its way, and the pipeline has room
+                    break  # still on its way, and the pipeline has room
                 deadline = time.monotonic() + timeout
                 while head.outstanding and not head.errors and time.monotonic() < deadline:
                     self._producer.poll(0.1)
@@ -642,10 +646,22 @@ class Worker:
                 ps = self._parts.get(tp)
                 if ps is not None:
                     ps.to_clear.extend(keys)  # deleted with the partition's next write
-            if head.commit and self._consumer is not None:
-                self._consumer.commit(offsets=head.commit, asynchronous=True)
+            for offset in head.commit:
+                self._to_commit[(offset.topic, offset.partition)] = offset
             if head.snapshots:
                 self.metrics.snapshots_published.inc(head.snapshots)
+        self._commit_acknowledged()
+
+    def _commit_acknowledged(self) -> None:
+        """Step 4b, at most every ``commit_interval_s``: one asynchronous commit of the newest
+        acknowledged offset of each partition. A revoke commits what the stores hold."""
+        now = time.monotonic()
+        if not self._to_commit or now - self._committed_at < self.settings.worker.commit_interval_s:
+            return
+        if self._consumer is not None:
+            self._consumer.commit(offsets=list(self._to_commit.values()), asynchronous=True)
+        self._to_commit.clear()
+        self._committed_at = now
 
     def _settle(self) -> None:
         """Wait for every message in flight, then delete the acknowledged pending rows."""

@@ -564,7 +564,7 @@ def test_summary_reports_bytes_only_when_measured() -> None:
 
 
 def test_a_batch_of_flatten_commands_costs_no_more_than_one_by_one(tmp_path: Path) -> None:
-    """A worker applies an online pass's commands in batches of up to batch_size (1,000); a
+    """A worker applies an online pass's commands in batches of up to batch_size (here 1,000); a
     batch must not cost much more than the same commands one by one (each fold must not scan
     every row the batch has pending for other items)."""
     import shutil

@@ -705,3 +705,45 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
         assert ps.store.get_item("crashed") == stored
     finally:
         ps.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka offset commits (lag tools only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _committed(s: Settings) -> int:
+    c = Consumer({**s.kafka.librdkafka(), "group.id": s.worker.group_id})
+    try:  # never subscribes: only reads the group's committed offset
+        (tp,) = c.committed([TopicPartition(s.topics.ops, 0)], timeout=30)
+        return int(tp.offset)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
+def test_offsets_are_committed_at_most_every_commit_interval(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tail: Callable[[Settings, str], Tail],
+    interval: float,
+) -> None:
+    """Acknowledged offsets reach Kafka within the interval (0: after every batch), never
+    before the snapshots; with a long interval only the revoke at shutdown commits them."""
+    s = make_settings(commit_interval_s=interval)
+    w = start_worker(s)
+    snaps = tail(s, s.topics.snapshots)
+    with DynoClient(s) as client:
+        for k in range(3):
+            client.put_attrs("c", {"k": k}).result(30)
+            snaps.wait(lambda ms, k=k: len(ms) > k, f"snapshot {k}")
+            if interval == 0:  # committed once its snapshot is out, without a shutdown
+                deadline = time.monotonic() + WAIT_S
+                while _committed(s) != k + 1:
+                    assert time.monotonic() < deadline, f"offset {k + 1} not committed"
+                    time.sleep(0.1)
+    if interval:
+        time.sleep(0.5)  # several idle turns of the loop: none may commit
+        assert _committed(s) < 0, "committed before the interval was up"
+    w.stop()
+    assert _committed(s) == 3  # the revoke on shutdown commits what the store holds
