@@ -139,18 +139,7 @@ class _Op(_Model):
 
     @_cached
     def change_json(self) -> str:
-        change = self.change_value
-        # Only shapes that can hold a float need the walk that checks them; the others go
-        # straight to the encoder.
-        floats = self._float_field
-        may_float = floats == "*" or (floats and type(change[floats]) is float)
-        try:
-            return ops.dumps(change) if may_float else ops.dumps_floatless(change)
-        except UnicodeError:
-            raise InvalidChangeError("change", "is not valid UTF-8 text (lone surrogate)") from None
-        except ValueError:
-            _check_finite(change, "change")  # raises, naming the field
-            raise
+        return _change_text(self)
 
     @property
     def change_value(self) -> Any:
@@ -307,6 +296,22 @@ def _convert(exc: pydantic.ValidationError) -> ValidationError:
     return cls(field, msg)
 
 
+def _change_text(event: _Op) -> str:
+    """``change_json``'s text: the change as compact JSON, refused when it cannot be stored."""
+    change = event.change_value
+    # Only shapes that can hold a float need the walk that checks them; the others go
+    # straight to the encoder.
+    floats = event._float_field
+    may_float = floats == "*" or (floats and type(change[floats]) is float)
+    try:
+        return ops.dumps(change) if may_float else ops.dumps_floatless(change)
+    except UnicodeError:
+        raise InvalidChangeError("change", "is not valid UTF-8 text (lone surrogate)") from None
+    except ValueError:
+        _check_finite(change, "change")  # raises, naming the field
+        raise
+
+
 def make_op(op: str, item: str, change: Any, ts: str) -> OpModel:
     """Build and validate an op model from Python values; raise our ``ValidationError``."""
     model = OP_MODELS.get(op)
@@ -346,8 +351,10 @@ def parse_event(raw: bytes | str) -> EventModel:
     except pydantic.ValidationError as exc:
         raise _convert(exc) from None
     check_event_name(event.item)
-    if not isinstance(event, Flatten):
-        event.change_json  # noqa: B018 - computed now: refused here if it cannot be stored
+    if isinstance(event, _Op):  # not a flatten command
+        # computed now, so a change that cannot be stored is refused here; stored where the
+        # cached property finds it, without the cost of calling it (a quarter of this call)
+        event.__dict__["change_json"] = _change_text(event)
     return event
 
 
