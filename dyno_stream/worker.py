@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import operator
 import os
 import signal
 import threading
@@ -66,6 +67,9 @@ _OPEN_RETRY_S = 30.0
 _MAX_IN_FLIGHT = 3
 #: Container objects allocated (net) between two young-generation collections.
 _GC_THRESHOLD = 200_000
+# per-event look-ups that run in C (a batch calls them thousands of times)
+_item_of = operator.attrgetter("item")
+_op_of = operator.attrgetter("op")
 
 
 @dataclass
@@ -388,8 +392,14 @@ class Worker:
         if not snapshots and not dead:
             return
         batch = _InFlight()
+        # A snapshot is read from the store as it is now, so it names the last offset the
+        # store applied: a later batch whose own pending row was cleared may have changed
+        # the item since, and naming the pending row's offset would claim less than the value
+        # holds (a restore would then replay those ops again, as late dead letters).
+        applied = None if ps.next_offset is None else ps.next_offset - 1
         for item in ps.store.current(snapshots):
-            self._produce_snapshot(ps, item, snapshots[item.name], batch)
+            offset = snapshots[item.name] if applied is None else max(applied, snapshots[item.name])
+            self._produce_snapshot(ps, item, offset, batch)
         for _, letter in dead:
             self._produce_dead_letter(letter, batch)
         self._in_flight.append(batch)
@@ -551,7 +561,7 @@ class Worker:
             if failed:
                 events = [e for i, e in enumerate(events) if i not in failed]
                 offsets = [o for i, o in enumerate(offsets) if i not in failed]
-            last = {event.item: offset for event, offset in zip(events, offsets, strict=True)}
+            last = dict(zip(map(_item_of, events), offsets, strict=True))  # the last op wins
             pb.touched = {name: last[name] for name in touched}
             pb.dead.sort(key=lambda d: d.offset)
             rows, pb.pending = ps.batch_rows(pb.last_offset + 1, pb.touched, pb.dead)
@@ -564,7 +574,7 @@ class Worker:
         ps.next_offset = pb.last_offset + 1
         if ps.restored and ps.next_offset > max(ps.restored.values()):
             ps.restore_done()
-        applied.update(event.op for event in pb.events)  # a flatten's op is "flatten"
+        applied.update(map(_op_of, pb.events))  # a flatten's op is "flatten"
         for i in failed:
             applied[pb.events[i].op] -= 1
 

@@ -681,7 +681,9 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
             "changes": 3,
             "hash": stored.hash,
             "count": 3,
-            "source": {"topic": s.topics.ops, "partition": 0, "offset": 2},
+            # the store's last applied offset (3, the poison event): the value holds
+            # everything up to there
+            "source": {"topic": s.topics.ops, "partition": 0, "offset": 3},
         }
     ]
     assert len(dlq.messages) == 1
@@ -705,6 +707,41 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
         assert ps.store.get_item("crashed") == stored
     finally:
         ps.close()
+
+
+def test_a_republished_snapshot_names_the_offset_its_value_is_current_to(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tail: Callable[[Settings, str], Tail],
+) -> None:
+    """Batch 1 failed to publish, batch 2 (same item) was acknowledged and its pending row
+    cleared: the republished snapshot holds both ops, so it must not name batch 1's offset
+    (a restore from it would replay the second op again)."""
+    s = make_settings()
+    ensure_topics(s)
+    events = [
+        make_op("putItem", "x", {"a": 1}, new_flake()),
+        make_op("putAttrs", "x", {"b": 2}, new_flake()),
+    ]
+    with DynoClient(s) as client:
+        assert [client.send(e).result(30).offset for e in events] == [0, 1]
+    ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
+    try:
+        ps.store.apply(events[:1], extra=ps.batch_rows(1, {"x": 0}, [])[0])
+        rows, acknowledged = ps.batch_rows(2, {"x": 1}, [])
+        ps.store.apply(events[1:], extra=rows)
+        ps.clear_pending(acknowledged)
+        assert ps.pending_snapshots()[0] == {"x": 0}  # only batch 1 is left pending
+    finally:
+        ps.close()
+
+    worker = start_worker(s)
+    snaps = tail(s, s.topics.snapshots)
+    snaps.wait(lambda ms: len(ms) >= 1, "the republished snapshot")
+    worker.stop()
+    (snap,) = snapshots(snaps.messages)
+    assert snap["value"] == {"a": 1, "b": 2}
+    assert snap["source"]["offset"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
