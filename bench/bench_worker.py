@@ -173,8 +173,8 @@ def time_until_applied(
     """Watch workers' /metrics until ``n`` ops are applied and their snapshots acknowledged.
 
     Returns the moment the first event was consumed, the moment all were done, and the
-    workers' metrics summed. The worker counts an op as applied only after the batch's
-    snapshots are acknowledged, so "applied" is the end of the whole pipeline.
+    workers' metrics summed. Done is every op applied and no batch in flight: every
+    snapshot acknowledged by Kafka, the end of the whole pipeline.
     """
     t0 = None
     deadline = time.monotonic() + timeout
@@ -185,7 +185,7 @@ def time_until_applied(
         m = _summed([metrics(u) for u in urls])
         if t0 is None and m.get("dyno_events_consumed_total", 0) > 0:
             t0 = time.monotonic()
-        if m.get("dyno_ops_applied_total", 0) >= n:
+        if m.get("dyno_ops_applied_total", 0) >= n and m.get("dyno_batches_in_flight") == 0:
             break
         if time.monotonic() > deadline:
             raise SystemExit(f"workers applied {m.get('dyno_ops_applied_total', 0):.0f} of {n}")

@@ -47,6 +47,11 @@ class WorkerMetrics:
         self.snapshots_published = Counter(
             "dyno_snapshots_published", "Item snapshots acknowledged by Kafka", registry=r
         )
+        self.batches_in_flight = Gauge(
+            "dyno_batches_in_flight",
+            "Batches applied whose snapshots and dead letters Kafka has not all acknowledged",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "dyno_batch_seconds",
             "Time to process one batch, consume to commit",

@@ -654,6 +654,7 @@ class Worker:
                     self._producer.poll(0.1)
             if head.outstanding or head.errors:
                 self._in_flight.popleft()
+                self.metrics.batches_in_flight.set(len(self._in_flight))
                 raise PublishError(
                     f"{head.outstanding} messages unacknowledged after {timeout:.0f}s, "
                     f"{len(head.errors)} failed ({'; '.join(head.errors[:3])}); the batch "
@@ -668,6 +669,7 @@ class Worker:
                 self._to_commit[(offset.topic, offset.partition)] = offset
             if head.snapshots:
                 self.metrics.snapshots_published.inc(head.snapshots)
+        self.metrics.batches_in_flight.set(len(self._in_flight))
         self._commit_acknowledged()
 
     def _commit_acknowledged(self) -> None:
