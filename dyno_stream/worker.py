@@ -482,42 +482,15 @@ class Worker:
 
     def _process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
+        # Each partition's events are validated and applied before the next partition's are
+        # looked at: a partition's share of a batch stays in the CPU's caches between the two
+        # steps, where validating the whole batch first had the store read it back from memory.
         batches: dict[tuple[str, int], _PartitionBatch] = {}
-        parts = self._parts
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise KafkaException(err)
-                log.warning("consumer error: %s", err)
-                continue
-            topic, partition, offset = _where(msg)
-            tp = (topic, partition)
-            ps = parts.get(tp)
-            if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
-                continue  # not ours any more, or already applied
-            pb = batches.get(tp)
-            if pb is None:
-                pb = batches[tp] = _PartitionBatch(ps)
-            pb.last_offset = offset
-            try:
-                event = self._validate(msg)
-            except DynoError as exc:
-                pb.dead.append(self._dead_letter(msg, exc))
-                continue
-            if ps.restored and offset <= ps.restored.get(event.item, -1):
-                continue  # already in the item's snapshot we restored from
-            pb.events.append(event)
-            pb.offsets.append(offset)
-            pb.messages.append(msg)
-        self.metrics.events_consumed.inc(len(messages))
-
-        # checkpoint step 2: one atomic LevelDB batch per partition
         applied: Counter[str] = Counter()
-        for pb in batches.values():
-            self._apply(pb, applied)
+        for tp, (ps, msgs) in self._by_partition(messages).items():
+            pb = batches[tp] = self._validated(ps, msgs)  # checkpoint step 1
+            self._apply(pb, applied)  # step 2: one atomic LevelDB batch per partition
+        self.metrics.events_consumed.inc(len(messages))
 
         # step 3: publish, without waiting (step 4 runs as the acknowledgements come in)
         batch = _InFlight()
@@ -547,6 +520,56 @@ class Worker:
                 )
         self.metrics.batch_size.observe(len(messages))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _by_partition(
+        self, messages: list[Message]
+    ) -> dict[tuple[str, int], tuple[PartitionStore, list[Message]]]:
+        """The batch's messages by partition, without those this worker must not apply: not
+        its partition any more, or already in its store."""
+        out: dict[tuple[str, int], tuple[PartitionStore, list[Message]]] = {}
+        parts = self._parts
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error: %s", err)
+                continue
+            topic, partition, offset = _where(msg)
+            tp = (topic, partition)
+            ps = parts.get(tp)
+            if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
+                continue  # not ours any more, or already applied
+            group = out.get(tp)
+            if group is None:
+                group = out[tp] = (ps, [])
+            group[1].append(msg)
+        return out
+
+    def _validated(self, ps: PartitionStore, messages: list[Message]) -> _PartitionBatch:
+        """One partition's messages as events to apply, and dead letters for the others."""
+        pb = _PartitionBatch(ps)
+        events, offsets, kept, dead = pb.events, pb.offsets, pb.messages, pb.dead
+        restored = ps.restored
+        for msg in messages:
+            offset = msg.offset()
+            assert offset is not None  # always set on a consumed message
+            try:
+                event = self._validate(msg)
+            except DynoError as exc:
+                dead.append(self._dead_letter(msg, exc))
+                continue
+            if restored and offset <= restored.get(event.item, -1):
+                continue  # already in the item's snapshot we restored from
+            events.append(event)
+            offsets.append(offset)
+            kept.append(msg)
+        last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
+        assert last is not None
+        pb.last_offset = last
+        return pb
 
     def _apply(self, pb: _PartitionBatch, applied: Counter[str]) -> None:
         ps = pb.ps
