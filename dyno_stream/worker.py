@@ -482,27 +482,25 @@ class Worker:
 
     def _process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
-        # Each partition's events are validated and applied before the next partition's are
-        # looked at: a partition's share of a batch stays in the CPU's caches between the two
-        # steps, where validating the whole batch first had the store read it back from memory.
+        # Each partition's events are validated, applied and published before the next
+        # partition's are looked at: a partition's share of a batch stays in the CPU's caches
+        # from one step to the next, where validating the whole batch first had the store
+        # read it back from memory.
         batches: dict[tuple[str, int], _PartitionBatch] = {}
         applied: Counter[str] = Counter()
+        batch = _InFlight()
+        self._in_flight.append(batch)  # what it holds so far is retired even if a step fails
         for tp, (ps, msgs) in self._by_partition(messages).items():
             pb = batches[tp] = self._validated(ps, msgs)  # checkpoint step 1
             self._apply(pb, applied)  # step 2: one atomic LevelDB batch per partition
-        self.metrics.events_consumed.inc(len(messages))
-
-        # step 3: publish, without waiting (step 4 runs as the acknowledgements come in)
-        batch = _InFlight()
-        for tp, pb in batches.items():
-            ps = pb.ps
+            # step 3: publish, without waiting (step 4 runs as the acknowledgements come in)
             for item in ps.store.current(pb.touched):
                 self._produce_snapshot(ps, item, pb.touched[item.name], batch)
             for letter in pb.dead:
                 self._produce_dead_letter(letter, batch)
             batch.clear[tp] = pb.pending
             batch.commit.append(TopicPartition(tp[0], tp[1], pb.last_offset + 1))
-        self._in_flight.append(batch)
+        self.metrics.events_consumed.inc(len(messages))
         self._retire()
 
         for op, n in applied.items():
