@@ -2,7 +2,8 @@
 
 - apply of 1,000-op batches (pre-validated models, as the worker hands them over);
 - get_item on an item with 10,000 unflattened rows vs an item with 1 row;
-- flatten of a 10,000-row item.
+- flatten of a 10,000-row item;
+- beside apply, the floor: the least any Python apply must do per op (``bench_floor``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import plyvel
 from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.events import OpModel, make_op
 from dyno_stream.flake import FlakeGenerator
+from dyno_stream.ops import md5
 from dyno_stream.store import DynoStore
 
 
@@ -49,6 +53,38 @@ def bench_apply(path: Path, total: int, batch: int, items: int) -> float:
         for i in range(0, total, batch):
             store.apply(events[i : i + batch])
         return total / (time.perf_counter() - t0)
+
+
+def bench_floor(path: Path, total: int, batch: int, items: int) -> float:
+    """The least any Python apply must do per op, with nothing of the store around it.
+
+    Per op: the row key, the chained MD5 and the row into a plyvel write batch, one LevelDB
+    write per batch; the value is kept only for putAttrs, and there are no counts, no late or
+    duplicate checks, no state cache or journal. What this loop reaches bounds ``apply``.
+    """
+    gen = FlakeGenerator(node=4, pid=4)
+    events = make_ops(total, items, gen)
+    for e in events:
+        e.change_json  # noqa: B018 - computed when validated, in the worker too
+    db = plyvel.DB(str(path), create_if_missing=True)
+    chains: dict[str, list[Any]] = {}
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, total, batch):
+            wb = db.write_batch()
+            for m in events[i : i + batch]:
+                name, flake, op, text = m.item, m.ts, m.op, m.change_json
+                st = chains.get(name)
+                if st is None:
+                    st = chains[name] = [{}, ""]
+                if op == "putAttrs":
+                    st[0].update(m.change_value)
+                st[1] = md5(f"{st[1]}\n{name}\n{flake}\n{op}\n{text}\n".encode()).hexdigest()
+                wb.put(f"{name}/{flake}/{op}".encode(), text.encode())
+            wb.write()
+        return total / (time.perf_counter() - t0)
+    finally:
+        db.close()
 
 
 def bench_get(path: Path, rows: int, reps: int) -> tuple[float, float]:
@@ -98,6 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ops_s = bench_apply(Path(tmp) / "apply", args.ops, 1000, args.items)
+        floor = bench_floor(Path(tmp) / "floor", args.ops, 1000, args.items)
         small, big = bench_get(Path(tmp) / "get", 10_000, 2_000)
         flat = bench_flatten(Path(tmp) / "flatten", 10_000, 5)
     table = Table(title="dyno store")
@@ -107,6 +144,7 @@ def main() -> None:
     table.add_row(
         f"apply, 1,000-op batches, {args.items:,} items", f"{ops_s:,.0f} ops/s", ">= 300,000 ops/s"
     )
+    table.add_row("  floor: key, MD5, row put; nothing else", f"{floor:,.0f} ops/s", "")
     table.add_row("get_item, 1 row", f"{small * 1e6:.1f} us", "")
     table.add_row("get_item, 10,000 rows", f"{big * 1e6:.1f} us", f"<= 2x ({big / small:.2f}x)")
     table.add_row("flatten, 10,000 rows (median of 5)", f"{flat * 1e3:.1f} ms", "< 50 ms")
@@ -116,6 +154,7 @@ def main() -> None:
             json.dumps(
                 {
                     "apply_ops_per_s": ops_s,
+                    "floor_ops_per_s": floor,
                     "get_1_row_s": small,
                     "get_10k_rows_s": big,
                     "flatten_10k_s": flat,
