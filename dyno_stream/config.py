@@ -104,7 +104,7 @@ class TopicSettings(_Section):
 class WorkerSettings(_Section):
     group_id: str = "dyno-workers"
     data_dir: Path = Path(".dyno/data")
-    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_size: int = Field(default=10_000, ge=1, le=100_000)
     #: How long the loop waits for an event before doing its scheduled work; a batch never
     #: waits to fill up: it takes what has arrived, up to batch_size.
     batch_timeout_s: float = Field(default=0.1, gt=0)
