@@ -194,13 +194,17 @@ class Worker:
                     messages = self._next_batch()
                     self._auth.check()
                     self.health.beat()
-                    if self._assign_publish_error is not None:  # see _on_assign
-                        exc, self._assign_publish_error = self._assign_publish_error, None
-                        raise exc
+                    # The batch is processed even when an assignment's republish failed in
+                    # that same call (raised below): the consumer has moved past these
+                    # messages, and dropping them would let the next batch move the store's
+                    # offset past them too.
                     if messages:
                         self._process(messages)
                     else:
                         self._settle()
+                    if self._assign_publish_error is not None:  # see _on_assign
+                        exc, self._assign_publish_error = self._assign_publish_error, None
+                        raise exc
                     self._punctuate()
                 except PublishError as exc:  # Kafka did not take a batch's messages in time
                     self._publish_pending_until_acknowledged(exc)
@@ -687,7 +691,9 @@ class Worker:
                 if ps is not None:
                     ps.to_clear.extend(keys)  # deleted with the partition's next write
             for offset in head.commit:
-                self._to_commit[(offset.topic, offset.partition)] = offset
+                tp = (offset.topic, offset.partition)
+                if tp in self._parts:  # a released partition's offsets are its new owner's
+                    self._to_commit[tp] = offset
             if head.snapshots:
                 self.metrics.snapshots_published.inc(head.snapshots)
         self.metrics.batches_in_flight.set(len(self._in_flight))

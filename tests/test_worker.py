@@ -8,6 +8,7 @@ what it published on the real snapshot and dead-letter topics, and what it wrote
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from dyno_stream.checkpoint import (
     H_FIELD,
@@ -41,7 +43,8 @@ from dyno_stream.config import Settings
 from dyno_stream.events import EventModel, make_op, parse_event
 from dyno_stream.flake import new_flake
 from dyno_stream.store import DynoStore
-from dyno_stream.topics import ensure_topics
+from dyno_stream.topics import ensure_topics, topic_specs
+from dyno_stream.worker import Worker
 
 WAIT_S = 60.0
 
@@ -742,6 +745,49 @@ def test_a_republished_snapshot_names_the_offset_its_value_is_current_to(
     (snap,) = snapshots(snaps.messages)
     assert snap["value"] == {"a": 1, "b": 2}
     assert snap["source"]["offset"] == 1
+
+
+def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
+    make_settings: Callable[..., Settings], tail: Callable[[Settings, str], Tail]
+) -> None:
+    """The republish of a crashed run's pending snapshot fails inside the assignment (the
+    snapshot topic is missing), and the same poll brings the ops after the store's offset.
+    Those ops must be applied, not dropped: the consumer has moved past them."""
+    s = make_settings(create_missing=False, publish_timeout_s=1.0, batch_timeout_s=5.0)
+    admin = AdminClient(s.kafka.librdkafka())
+    specs = {spec.topic: spec for spec in topic_specs(s)}
+    for future in admin.create_topics([specs[s.topics.ops], specs[s.topics.dead_letter]]).values():
+        future.result(30)
+    events = [make_op("incAttrBy", "x", {"field": "n", "by": 1}, new_flake()) for _ in range(20)]
+    patient = s.model_copy(update={"worker": s.worker.model_copy(update={"publish_timeout_s": 30})})
+    with DynoClient(patient) as client:
+        for e in events:
+            client.send(e).result(30)
+    ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
+    try:  # a crashed run applied the first op, and its snapshot is still pending
+        ps.store.apply(events[:1], extra=ps.batch_rows(1, {"x": 0}, [])[0])
+    finally:
+        ps.close()
+
+    worker = Worker(s, handle_signals=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(4)  # the assignment's republish times out after 1 s; the poll goes on
+        for future in admin.create_topics([specs[s.topics.snapshots]]).values():
+            future.result(30)
+        snaps = tail(s, s.topics.snapshots)
+        snaps.wait(
+            lambda ms: last_snapshots(ms).get("x", {}).get("changes") == len(events),
+            "a snapshot of x with every op",
+            describe=lambda ms: repr(last_snapshots(ms).get("x")),
+        )
+    finally:
+        worker.stop()
+        thread.join(60)
+    with DynoStore(store_path(s)) as store:
+        item = store.get_item("x")
+    assert item.value == {"n": len(events)} and item.changes == len(events)
 
 
 # ---------------------------------------------------------------------------------------------
