@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_worker import HTTP_PORT, bench_settings, metrics, start_worker, stop, wait_metrics
+from bench_worker import (
+    HTTP_PORT,
+    bench_settings,
+    delete_bench_topics,
+    metrics,
+    start_worker,
+    stop,
+    wait_metrics,
+)
 from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
@@ -223,6 +231,7 @@ def main() -> None:
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        delete_bench_topics()  # while the broker still runs
         if broker is not None and started:
             broker.stop()
     load_after = os.getloadavg()

@@ -70,6 +70,7 @@ from bench_worker import (
     Launch,
     bench_latency,
     bench_settings,
+    delete_bench_topics,
     make_payloads,
     metrics,
     produce_all,
@@ -840,6 +841,7 @@ def main() -> None:
                 res["memory"] = dyno_memory(bootstrap, tmp, mem_items, args.partitions)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        delete_bench_topics()  # while the broker still runs
         if broker is not None:
             broker.stop()
     res["run"]["load_end"] = load()

@@ -401,6 +401,7 @@ def main() -> None:
         lat = bench_latency(bootstrap, tmp, args.rate, args.seconds, args.items, args.partitions)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        delete_bench_topics()  # while the broker still runs
         if started:
             broker.stop()
     table = Table(
