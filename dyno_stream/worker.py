@@ -306,7 +306,6 @@ class Worker:
 
     def _release(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._to_commit.pop((tp.topic, tp.partition), None)
             ps = self._parts.pop((tp.topic, tp.partition), None)
             if ps is not None:
                 ps.close()
@@ -400,10 +399,9 @@ class Worker:
         # store applied: a later batch whose own pending row was cleared may have changed
         # the item since, and naming the pending row's offset would claim less than the value
         # holds (a restore would then replay those ops again, as late dead letters).
-        applied = None if ps.next_offset is None else ps.next_offset - 1
+        applied = (ps.next_offset or 0) - 1
         for item in ps.store.current(snapshots):
-            offset = snapshots[item.name] if applied is None else max(applied, snapshots[item.name])
-            self._produce_snapshot(ps, item, offset, batch)
+            self._produce_snapshot(ps, item, max(applied, snapshots[item.name]), batch)
         for _, letter in dead:
             self._produce_dead_letter(letter, batch)
         self._in_flight.append(batch)
@@ -691,9 +689,7 @@ class Worker:
                 if ps is not None:
                     ps.to_clear.extend(keys)  # deleted with the partition's next write
             for offset in head.commit:
-                tp = (offset.topic, offset.partition)
-                if tp in self._parts:  # a released partition's offsets are its new owner's
-                    self._to_commit[tp] = offset
+                self._to_commit[(offset.topic, offset.partition)] = offset
             if head.snapshots:
                 self.metrics.snapshots_published.inc(head.snapshots)
         self.metrics.batches_in_flight.set(len(self._in_flight))
@@ -701,12 +697,14 @@ class Worker:
 
     def _commit_acknowledged(self) -> None:
         """Step 4b, at most every ``commit_interval_s``: one asynchronous commit of the newest
-        acknowledged offset of each partition. A revoke commits what the stores hold."""
+        acknowledged offset of each partition this worker still holds (a released partition's
+        offsets are its new owner's to commit). A revoke commits what the stores hold."""
         now = time.monotonic()
         if not self._to_commit or now - self._committed_at < self.settings.worker.commit_interval_s:
             return
-        if self._consumer is not None:
-            self._consumer.commit(offsets=list(self._to_commit.values()), asynchronous=True)
+        held = [offset for tp, offset in self._to_commit.items() if tp in self._parts]
+        if held and self._consumer is not None:
+            self._consumer.commit(offsets=held, asynchronous=True)
         self._to_commit.clear()
         self._committed_at = now
 
