@@ -10,8 +10,6 @@ import contextlib
 import json
 import logging
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import wraps
@@ -25,6 +23,7 @@ from rich.text import Text
 from dyno_stream.client import Delivery
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.errors import DynoError, PublishError
+from dyno_stream.metrics import http_get
 
 app = typer.Typer(
     help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",
@@ -255,12 +254,8 @@ def _http_get(path: str, s: Settings) -> tuple[int, bytes] | None:
     """Ask a running worker (its store is locked while it runs); None when none answers."""
     if not s.worker.http_port:
         return None
-    url = f"http://{s.worker.http_host}:{s.worker.http_port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return http_get(f"http://{s.worker.http_host}:{s.worker.http_port}{path}")
     except OSError:
         return None
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from dyno_stream.checkpoint import H_MESSAGE, H_REASON
 from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.errors import DynoError
+from dyno_stream.metrics import http_get
 from dyno_stream.topics import delete_topics, ensure_topics
 
 DEMO_HTTP_PORT = 9474
@@ -99,14 +99,6 @@ class TopicReader:
         self.consumer.close()
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def wait_healthy(
     base_url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0
 ) -> None:
@@ -117,7 +109,7 @@ def wait_healthy(
                 f"the worker exited ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:]
             )
         try:
-            code, body = _get(base_url + "/healthz")
+            code, body = http_get(base_url + "/healthz", timeout=2)
             if code == 200 and json.loads(body)["partitions"]:
                 return
         except OSError:
@@ -228,7 +220,7 @@ def _show_snapshot(out: Console, raw: bytes) -> None:
 
 
 def _show_rows(out: Console, base_url: str) -> None:
-    _, body = _get(base_url + "/items/chilts")
+    _, body = http_get(base_url + "/items/chilts", timeout=2)
     out.print(
         Panel(
             json.dumps(json.loads(body), indent=2, ensure_ascii=False),
@@ -236,7 +228,7 @@ def _show_rows(out: Console, base_url: str) -> None:
             expand=False,
         )
     )
-    _, body = _get(base_url + "/rows")
+    _, body = http_get(base_url + "/rows", timeout=2)
     # plain lines, not a panel: a row is never cut at the terminal's edge
     out.print("LevelDB rows in the worker's store:", style="bold")
     for line in body.decode().splitlines():

@@ -21,7 +21,7 @@ import pytest
 from helpers import free_port_pair
 
 from dyno_stream.broker import LocalBroker, bootstrap_reachable
-from dyno_stream.config import Settings, load_settings
+from dyno_stream.config import KafkaSettings, Settings, load_settings
 from dyno_stream.topics import ensure_topics
 from dyno_stream.worker import Worker
 
@@ -51,42 +51,53 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture
-def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for this test: unique topics and group, data under tmp_path, no HTTP port.
+def scoped_settings(
+    kafka: KafkaSettings, data_dir: Path, tag: str, prefix: str = "t", **overrides: Any
+) -> Settings:
+    """One test's settings: ``kafka``, topics ``<prefix>-<tag>.*`` (one partition unless
+    overridden), group ``g-<tag>``, data in ``data_dir``, HTTP off, a short idle wait.
 
     Keyword arguments override fields of the ``topics`` and ``worker`` sections.
     """
+    base = load_settings()
+    topic_fields = set(type(base.topics).model_fields)
+    t = {k: v for k, v in overrides.items() if k in topic_fields}
+    w = {k: v for k, v in overrides.items() if k not in topic_fields}
+    return base.model_copy(
+        update={
+            "kafka": kafka,
+            "topics": base.topics.model_copy(
+                update={
+                    "ops": f"{prefix}-{tag}.ops",
+                    "snapshots": f"{prefix}-{tag}.snapshots",
+                    "dead_letter": f"{prefix}-{tag}.dead-letter",
+                    "partitions": 1,
+                    **t,
+                }
+            ),
+            "worker": base.worker.model_copy(
+                update={
+                    "group_id": f"g-{tag}",
+                    "data_dir": data_dir,
+                    "http_port": 0,
+                    "batch_timeout_s": 0.02,
+                    **w,
+                }
+            ),
+        }
+    )
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for this test on the session's broker (``scoped_settings``): unique topics
+    and group, data under tmp_path, no HTTP port. Every call in a test names the same topics.
+    """
     tag = uuid.uuid4().hex[:8]
+    kafka = load_settings().kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap})
 
     def make(partitions: int = 1, **overrides: Any) -> Settings:
-        base = load_settings()
-        topic_fields = set(type(base.topics).model_fields)
-        t = {k: v for k, v in overrides.items() if k in topic_fields}
-        w = {k: v for k, v in overrides.items() if k not in topic_fields}
-        return base.model_copy(
-            update={
-                "kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap}),
-                "topics": base.topics.model_copy(
-                    update={
-                        "ops": f"t-{tag}.ops",
-                        "snapshots": f"t-{tag}.snapshots",
-                        "dead_letter": f"t-{tag}.dead-letter",
-                        "partitions": partitions,
-                        **t,
-                    }
-                ),
-                "worker": base.worker.model_copy(
-                    update={
-                        "group_id": f"g-{tag}",
-                        "data_dir": tmp_path / "data",
-                        "http_port": 0,
-                        "batch_timeout_s": 0.02,
-                        **w,
-                    }
-                ),
-            }
-        )
+        return scoped_settings(kafka, tmp_path / "data", tag, partitions=partitions, **overrides)
 
     return make
 

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
@@ -52,6 +51,7 @@ from dyno_stream.checkpoint import PartitionStore
 from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
 from dyno_stream.errors import PublishError
+from dyno_stream.metrics import http_get
 from dyno_stream.topics import ensure_topics
 from dyno_stream.views import MaterializedView
 
@@ -271,14 +271,6 @@ def own_broker(_module_broker: LocalBroker) -> LocalBroker:
     return _module_broker
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
     make_settings: Callable[..., Settings], own_broker: LocalBroker, tmp_path: Path
 ) -> None:
@@ -337,7 +329,7 @@ def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
             wait_caught_up(view, ref, 180, w.tail())
             snapshots = dict(view)
         assert w.alive() and w.proc.pid == pid, "the worker was restarted"
-        status, body = _get(f"http://127.0.0.1:{http_port}/healthz")
+        status, body = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
         assert status == 200, body
         w.proc.send_signal(signal.SIGTERM)
         assert w.wait_exit(60) == 0, w.tail()

@@ -28,7 +28,6 @@ import re
 import signal
 import string
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +53,7 @@ from dyno_stream.checkpoint import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.events import OpModel
 from dyno_stream.flake import new_flake
+from dyno_stream.metrics import http_get
 from dyno_stream.store import DynoStore
 from dyno_stream.topics import ensure_topics
 from dyno_stream.views import MaterializedView
@@ -458,10 +458,11 @@ def test_poison_fuzz_every_malformed_event_dead_lettered_every_valid_op_applied(
 
         # the worker: alive, never restarted, healthy, its counters agree
         alive = w.alive()
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as r:
-            health = (r.status, json.loads(r.read()))
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-            metrics = r.read().decode()
+        code, body = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
+        health = (code, json.loads(body))
+        code, raw = http_get(f"http://127.0.0.1:{http_port}/metrics", timeout=10)
+        assert code == 200, raw
+        metrics = raw.decode()
         counted = {reason: _counter(metrics, reason) for reason in by_reason}
         pid = w.proc.pid
         w.proc.send_signal(signal.SIGTERM)

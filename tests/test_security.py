@@ -18,8 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,13 +25,14 @@ from typing import Any
 
 import pytest
 from certs import TlsFiles, make_tls_files
-from conftest import RunningWorker, free_port
+from conftest import RunningWorker, free_port, scoped_settings
 from helpers import REPO, cli_env, free_port_pair, run_cli
 
 from dyno_stream.broker import BrokerTls, LocalBroker, ScramUser
 from dyno_stream.client import DynoClient
-from dyno_stream.config import Settings, WorkerSettings, load_settings
+from dyno_stream.config import KafkaSettings, Settings, WorkerSettings
 from dyno_stream.errors import BrokerError, KafkaAuthError
+from dyno_stream.metrics import http_get
 from dyno_stream.topics import ensure_topics
 
 # Unique per run, so finding one in an output cannot be a coincidence.
@@ -94,38 +93,17 @@ def secure_settings(secure: SecureBroker, tmp_path: Path) -> Callable[..., Setti
     ) -> Settings:
         b = secure.broker
         bootstrap = b.ssl_bootstrap if protocol == "SASL_SSL" else b.sasl_bootstrap
-        base = load_settings()
-        return base.model_copy(
-            update={
-                "kafka": base.kafka.model_validate(
-                    {
-                        "bootstrap_servers": bootstrap,
-                        "security_protocol": protocol,
-                        "sasl_mechanism": user.mechanism,
-                        "sasl_username": user.name,
-                        "sasl_password": password if password is not None else user.password,
-                        "ssl_ca_location": None if ca is None else str(ca),
-                    }
-                ),
-                "topics": base.topics.model_copy(
-                    update={
-                        "ops": f"s-{tag}.ops",
-                        "snapshots": f"s-{tag}.snapshots",
-                        "dead_letter": f"s-{tag}.dead-letter",
-                        "partitions": 1,
-                    }
-                ),
-                "worker": base.worker.model_copy(
-                    update={
-                        "group_id": f"g-{tag}",
-                        "data_dir": tmp_path / "data",
-                        "http_port": 0,
-                        "batch_timeout_s": 0.02,
-                        **worker,
-                    }
-                ),
+        kafka = KafkaSettings.model_validate(
+            {
+                "bootstrap_servers": bootstrap,
+                "security_protocol": protocol,
+                "sasl_mechanism": user.mechanism,
+                "sasl_username": user.name,
+                "sasl_password": password if password is not None else user.password,
+                "ssl_ca_location": None if ca is None else str(ca),
             }
         )
+        return scoped_settings(kafka, tmp_path / "data", tag, prefix="s", **worker)
 
     return make
 
@@ -154,14 +132,6 @@ def assert_no_secret(where: str, text: str | bytes) -> None:
     body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     for secret in SECRETS:
         assert secret not in body, f"a password appears in {where}"
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
