@@ -815,26 +815,21 @@ def main() -> None:
         res["latency"] = {}
         for rate in rates:
             at = res["latency"][str(rate)] = {}
-            with phase(f"latency at {rate:,} ops/s, dyno-stream"):
-                at["dyno"] = bench_latency(
-                    bootstrap,
-                    subdir(tmp, f"lat-dyno-{rate}"),
-                    rate,
-                    lat_seconds,
-                    args.items,
-                    args.partitions,
-                    http_port=free_port(),
-                )
+            contenders: list[tuple[str, str, dict[str, Any]]] = [
+                ("dyno", "dyno-stream", {"http_port": free_port()})
+            ]
             if quix_python:
-                with phase(f"latency at {rate:,} ops/s, quixstreams"):
-                    at["quix"] = bench_latency(
+                contenders.append(("quix", "quixstreams", {"launch": quix_launch(quix_python)}))
+            for key, label, how in contenders:
+                with phase(f"latency at {rate:,} ops/s, {label}"):
+                    at[key] = bench_latency(
                         bootstrap,
-                        subdir(tmp, f"lat-quix-{rate}"),
+                        subdir(tmp, f"lat-{key}-{rate}"),
                         rate,
                         lat_seconds,
                         args.items,
                         args.partitions,
-                        launch=quix_launch(quix_python),
+                        **how,
                     )
         if mem_items:
             with phase(f"memory, {mem_items:,} distinct items"):
