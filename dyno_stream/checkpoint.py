@@ -7,6 +7,10 @@ space, the bookkeeping that must move in step with them:
 - ``offset``: the next offset to consume. It is written in the same LevelDB batch as the ops,
   so after a crash the store's own offset is the truth: an op is either applied and counted,
   or neither, and it is never applied twice.
+- ``consumed-time``: the Kafka timestamp (ms) of the newest message consumed, written with the
+  offset. Compaction folds only rows older than this minus the allowed lateness (see
+  ``compaction.fold_cutoff``): an op still waiting in Kafka behind a lagging worker is never
+  made late by a fold that the wall clock alone would allow.
 - ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
   them, until their snapshots are acknowledged by Kafka (one row per batch).
 - ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
@@ -43,6 +47,7 @@ from dyno_stream.keys import META_PREFIX
 from dyno_stream.store import DynoStore, Item
 
 OFFSET_KEY = META_PREFIX + b"offset"
+CONSUMED_TIME_KEY = META_PREFIX + b"consumed-time"
 PARTITION_KEY = META_PREFIX + b"partition"
 #: Pending snapshot rows: this prefix, then ``\x00`` and the batch's next offset (20 digits).
 PENDING_SNAPSHOTS_PREFIX = META_PREFIX + b"pending\x00snapshots"
@@ -127,6 +132,12 @@ class DeadLetter:
         )
 
 
+def read_consumed_ms(store: DynoStore) -> int | None:
+    """The Kafka timestamp (ms) of the newest message a partition store has consumed."""
+    raw = store.get_meta(CONSUMED_TIME_KEY)
+    return None if raw is None else int(raw)
+
+
 def snapshot_bytes(item: Item, topic: str, partition: int, offset: int) -> bytes:
     """The snapshot event's JSON (built directly: this runs once per item per batch)."""
     return ops.dumps_internal(
@@ -150,6 +161,8 @@ class PartitionStore:
     partition: int
     store: DynoStore
     next_offset: int | None = None
+    #: Kafka timestamp (ms) of the newest message consumed; None before the first batch
+    consumed_ms: int | None = None
     #: pending rows whose messages are acknowledged: deleted with the next write batch
     to_clear: list[bytes] = field(default_factory=list)
     #: after a restore: ops at or below these offsets are already in the item's snapshot
@@ -173,7 +186,14 @@ class PartitionStore:
         restored = {
             k[len(RESTORED_PREFIX) :].decode(): int(v) for k, v in store.iter_meta(RESTORED_PREFIX)
         }
-        return cls(topic, partition, store, None if raw is None else int(raw), restored=restored)
+        return cls(
+            topic,
+            partition,
+            store,
+            None if raw is None else int(raw),
+            consumed_ms=read_consumed_ms(store),
+            restored=restored,
+        )
 
     def restore_from(self, snapshots: list[Snapshot], low: int = 0) -> int:
         """Load snapshots (of this partition's items) as history rows; resume the ops topic
@@ -218,16 +238,23 @@ class PartitionStore:
         return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
 
     def batch_rows(
-        self, next_offset: int, touched: dict[str, int], dead: list[DeadLetter]
+        self,
+        next_offset: int,
+        touched: dict[str, int],
+        dead: list[DeadLetter],
+        consumed_ms: int | None = None,
     ) -> tuple[dict[bytes, bytes | None], list[bytes]]:
         """Internal rows for step 2, and the keys of the pending rows among them.
 
-        The rows: the new offset, what is pending publication, and the deletion of pending
-        rows whose messages have been acknowledged since the last batch (step 4a).
+        The rows: the new offset (and the newest consumed message's timestamp, when Kafka
+        gave one), what is pending publication, and the deletion of pending rows whose
+        messages have been acknowledged since the last batch (step 4a).
         """
         rows: dict[bytes, bytes | None] = dict.fromkeys(self.to_clear)
         self.to_clear = []
         rows[OFFSET_KEY] = str(next_offset).encode()
+        if consumed_ms is not None:
+            rows[CONSUMED_TIME_KEY] = str(consumed_ms).encode()
         pending = []
         if touched:
             key = PENDING_SNAPSHOTS_PREFIX + f"\x00{next_offset:020d}".encode()

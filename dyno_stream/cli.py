@@ -225,8 +225,18 @@ def compact(
     max_items: Annotated[int | None, typer.Option(help="At most N items this pass.")] = None,
     dry_run: Annotated[bool, typer.Option(help="List what would be flattened and why.")] = False,
 ) -> None:
-    """One compaction pass: flatten long histories (online through the workers, or --db)."""
-    from dyno_stream.compaction import compact_offline, compact_online, compaction_policy
+    """One compaction pass: flatten long histories (online through the workers, or --db).
+
+    Exits 0 when done, 1 on an error, 3 when some workers did not answer a flatten command
+    within the policy's wait_s (down or far behind: those items are folded later, or by the
+    next pass).
+    """
+    from dyno_stream.compaction import (
+        EXIT_UNCONFIRMED,
+        compact_offline,
+        compact_online,
+        compaction_policy,
+    )
     from dyno_stream.logs import setup_logging
 
     s = settings()
@@ -245,6 +255,8 @@ def compact(
         out.print(summary.table())
     else:
         out.print(summary.log_line())
+    if summary.unconfirmed:  # cron's mail and alerts see it; the next pass retries them
+        raise typer.Exit(EXIT_UNCONFIRMED)
 
 
 # -- reading -----------------------------------------------------------------------------------

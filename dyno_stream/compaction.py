@@ -22,7 +22,11 @@ disk space really comes back.
 
 Lateness: an op whose flake is older than its item's history row can no longer be placed;
 the worker sends it to the dead-letter topic with reason ``late``. With the default allowed
-lateness of one hour, any op that reaches Kafka within an hour of its flake is applied.
+lateness of one hour, any op that reaches Kafka within an hour of its flake is applied. Every
+pass keeps that promise by folding only rows older than the lateness before a time up to
+which every op of the partition is known to have been consumed (``fold_cutoff``), never
+before the wall clock alone: a worker behind its backlog has ops waiting in Kafka that
+reached it on time.
 """
 
 from __future__ import annotations
@@ -41,13 +45,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dyno_stream.checkpoint import (
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    OFFSET_KEY,
+    read_consumed_ms,
+)
 from dyno_stream.client import DynoClient
 from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.errors import ConfigError, DynoError
 from dyno_stream.events import Flatten
 from dyno_stream.flake import flake_floor
 from dyno_stream.store import DynoStore
-from dyno_stream.views import read_snapshots, snapshot_reader
+from dyno_stream.views import Snapshot, parse_snapshot, read_snapshots, snapshot_reader
 
 log = logging.getLogger("dyno_stream.compaction")
 
@@ -63,6 +74,19 @@ def compaction_policy(settings: Settings, overrides: dict[str, Any]) -> Compacti
             for e in exc.errors(include_url=False)
         ]
         raise ConfigError("invalid compaction policy: " + "; ".join(lines)) from None
+
+
+def fold_cutoff(consumed_through: float, now: float, lateness_s: float) -> str:
+    """The flake before which a pass may fold a partition's rows.
+
+    ``consumed_through`` is a time up to which every op that reached the partition has been
+    consumed: ``now`` for a partition consumed to its end, otherwise the Kafka timestamp of
+    the newest message consumed. An op still waiting in Kafka reached it later than that,
+    so if it was on time its flake is no older than that time minus the lateness, and no
+    row it must sort after is folded. (Message timestamps are CreateTime by default: this
+    holds as long as producers' clocks are right; LogAppendTime makes it exact.)
+    """
+    return flake_floor(min(consumed_through, now) - lateness_s)
 
 
 @dataclass(frozen=True)
@@ -184,24 +208,85 @@ class Reporter:
 # -- online ----------------------------------------------------------------------------------
 
 
-def _group_caught_up(settings: Settings, targets: dict[int, int], timeout: float) -> bool:
-    """Wait until the workers' group has committed past every command we sent."""
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": settings.worker.group_id,
-            "enable.auto.commit": False,
-        }
-    )
+#: ``dyno-stream compact`` exits with this when some commands were not confirmed in time.
+EXIT_UNCONFIRMED = 3
+
+
+@dataclass
+class _Command:
+    """A flatten command sent, and what the workers answered to it."""
+
+    candidate: Candidate
+    partition: int
+    offset: int
+    answer: Snapshot | None = None  # the item's snapshot that includes the command
+    refused: str | None = None  # or the reason its dead letter gives
+
+    @property
+    def answered(self) -> bool:
+        return self.answer is not None or self.refused is not None
+
+
+def _topic_ends(consumer: Consumer, topic: str) -> dict[int, int]:
+    """Where each partition of ``topic`` ends now (its high watermark)."""
+    meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise DynoError(f"topic {topic!r} not found; is a worker running?")
+    return {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+        for p in meta.partitions
+    }
+
+
+def _await_answers(
+    settings: Settings,
+    commands: dict[str, _Command],
+    since: dict[str, dict[int, int]],
+    timeout: float,
+) -> None:
+    """Read the snapshot and dead-letter topics from ``since`` until every command is answered
+    or ``timeout`` passes.
+
+    A worker answers each flatten command it processes with the item's snapshot (published
+    even when nothing was old enough to fold), whose source offset is at or past the
+    command's; a command it refuses (unknown hash) becomes a dead letter naming the
+    command's offset. Both are published before the worker's offsets are committed, so this
+    does not depend on ``commit_interval_s``.
+    """
+    by_source = {(c.partition, c.offset): c for c in commands.values()}
+    topics = settings.topics
+    consumer = snapshot_reader(settings)
     try:
+        consumer.assign(
+            [TopicPartition(t, p, o) for t, ends in since.items() for p, o in ends.items()]
+        )
+        waiting = sum(not c.answered for c in commands.values())
         deadline = time.monotonic() + timeout
-        tps = [TopicPartition(settings.topics.ops, p) for p in targets]
-        while time.monotonic() < deadline:
-            committed = consumer.committed(tps, timeout=10)
-            if all(tp.offset >= targets[tp.partition] for tp in committed):
-                return True
-            time.sleep(0.5)
-        return False
+        while waiting and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error():
+                    continue
+                if msg.topic() == topics.snapshots:
+                    snap = parse_snapshot(msg.value())
+                    cmd = commands.get(snap["item"]) if snap is not None else None
+                    if cmd is None or snap is None or snap["source"] is None:
+                        continue
+                    src = snap["source"]
+                    if src["partition"] == cmd.partition and src["offset"] >= cmd.offset:
+                        waiting -= not cmd.answered
+                        cmd.answer = snap
+                else:
+                    given = msg.headers() or []  # a consumed message's are a list of pairs
+                    pairs = given.items() if isinstance(given, dict) else given
+                    headers = {k: v for k, v in pairs if isinstance(v, bytes)}
+                    try:
+                        where = (int(headers[H_PARTITION]), int(headers[H_OFFSET]))
+                    except (KeyError, ValueError):
+                        continue
+                    cmd = by_source.get(where)
+                    if cmd is not None and not cmd.answered:
+                        cmd.refused = headers.get(H_REASON, b"").decode()
+                        waiting -= 1
     finally:
         consumer.close()
 
@@ -221,7 +306,10 @@ def compact_online(
     chosen, summary.examined = choose(latest.values(), policy)
     summary.chosen = len(chosen)
     summary.rows_before = sum(c.count for c in chosen)
-    cutoff = flake_floor(time.time() - policy.lateness_s)
+    # The command queues behind every op already in the partition, and an op appended after
+    # it reached Kafka after ``now``: the wall clock is the right basis here.
+    now = time.time()
+    cutoff = fold_cutoff(now, now, policy.lateness_s)
     if dry_run:
         summary.details = [
             f"{c.name}: {c.count} rows >= {policy.min_rows}; fold rows older than {cutoff} "
@@ -231,40 +319,42 @@ def compact_online(
         summary.rows_after = summary.rows_before
         summary.seconds = time.monotonic() - started
         return summary
-    # snapshots published from now on show the result: mark where the topic ends before
-    # the first command goes out (a fast worker answers before the last one is acknowledged)
+    # the answers are published from now on: mark where the topics end before the first
+    # command goes out (a fast worker answers before the last one is acknowledged)
     consumer = snapshot_reader(settings)
     try:
-        meta = consumer.list_topics(settings.topics.snapshots, timeout=30)
-        parts = meta.topics[settings.topics.snapshots].partitions
         since = {
-            p: consumer.get_watermark_offsets(
-                TopicPartition(settings.topics.snapshots, p), timeout=30
-            )[1]
-            for p in parts
+            t: _topic_ends(consumer, t)
+            for t in (settings.topics.snapshots, settings.topics.dead_letter)
         }
     finally:
         consumer.close()
-    targets: dict[int, int] = {}
+    commands: dict[str, _Command] = {}
     with DynoClient(settings) as client, rep.task("sending flatten commands", len(chosen)) as adv:
-        futures = [client.send(Flatten(item=c.name, hash=c.hash, before=cutoff)) for c in chosen]
-        for f in futures:
+        futures = [
+            (c, client.send(Flatten(item=c.name, hash=c.hash, before=cutoff))) for c in chosen
+        ]
+        for c, f in futures:
             d = f.result(settings.worker.publish_timeout_s + 5)
-            targets[d.partition] = max(targets.get(d.partition, 0), d.offset + 1)
+            commands[c.name] = _Command(c, d.partition, d.offset)
             adv(1)
-    if not _group_caught_up(settings, targets, policy.wait_s):
-        log.warning("the workers did not confirm every command within %ss", policy.wait_s)
-    with rep.task("reading new snapshots", None) as advance:
-        after = read_snapshots(settings, advance, since=since)
-    by_name = {c.name: c for c in chosen}
+    with rep.task("waiting for the workers' answers", len(commands)):
+        _await_answers(settings, commands, since, policy.wait_s)
     summary.rows_after = summary.rows_before
-    for name, c in by_name.items():
-        snap = after.get(name)
-        if snap is None:
-            summary.unconfirmed += 1  # nothing folded (no snapshot), or not yet processed
+    for cmd in commands.values():
+        if cmd.answer is None:
+            summary.unconfirmed += cmd.refused is None
             continue
-        summary.flattened += snap["count"] < c.count
-        summary.rows_after -= c.count - snap["count"]
+        count = cmd.answer["count"]
+        summary.flattened += count < cmd.candidate.count
+        summary.rows_after -= cmd.candidate.count - count
+    if summary.unconfirmed:
+        log.warning(
+            "%d of %d flatten commands were not answered within %ss (workers down or behind?)",
+            summary.unconfirmed,
+            len(commands),
+            policy.wait_s,
+        )
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -276,6 +366,20 @@ def _disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _offline_cutoff(store: DynoStore, lateness_s: float) -> str | None:
+    """The fold cut-off of an offline pass, None when it cannot be known.
+
+    A worker's partition store may have ops waiting in Kafka behind what it consumed, so
+    its cut-off comes from the newest message it consumed (``fold_cutoff``), never from the
+    wall clock alone. A plain ``DynoStore`` has no Kafka behind it: the wall clock is right.
+    """
+    now = time.time()
+    if store.get_meta(OFFSET_KEY) is None:
+        return fold_cutoff(now, now, lateness_s)
+    consumed = read_consumed_ms(store)
+    return None if consumed is None else fold_cutoff(consumed / 1000, now, lateness_s)
+
+
 def compact_offline(
     path: Path, policy: CompactionSettings, console: Console, *, dry_run: bool = False
 ) -> Summary:
@@ -285,9 +389,18 @@ def compact_offline(
         raise DynoError(f"{path}: no such store")
     summary = Summary("offline, dry run" if dry_run else "offline")
     summary.bytes_before = _disk_bytes(path)
-    cutoff = flake_floor(time.time() - policy.lateness_s)
     rep = Reporter(console)
     with DynoStore(path) as store:
+        cutoff = _offline_cutoff(store, policy.lateness_s)
+        if cutoff is None:
+            summary.details = [
+                f"{path}: a worker's partition store that records no consumed time (written "
+                "before dyno-stream recorded it): nothing folded. Let a worker process one "
+                "batch of this partition first."
+            ]
+            summary.bytes_after = summary.bytes_before
+            summary.seconds = time.monotonic() - started
+            return summary
         chosen, summary.examined = choose(summaries(store), policy)
         summary.chosen = len(chosen)
         summary.rows_before = sum(c.count for c in chosen)

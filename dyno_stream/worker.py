@@ -24,6 +24,7 @@ from typing import Any
 import plyvel
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -39,7 +40,7 @@ from dyno_stream.checkpoint import (
     PartitionStore,
     snapshot_bytes,
 )
-from dyno_stream.compaction import choose, summaries
+from dyno_stream.compaction import choose, fold_cutoff, summaries
 from dyno_stream.config import Settings, consumer_config, producer_config
 from dyno_stream.errors import (
     DynoError,
@@ -51,7 +52,6 @@ from dyno_stream.errors import (
     ValidationError,
 )
 from dyno_stream.events import EventModel, Snapshot, parse_event
-from dyno_stream.flake import flake_floor
 from dyno_stream.limits import Limits
 from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.security import AuthWatch
@@ -82,7 +82,12 @@ class _PartitionBatch:
     messages: list[Message] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     last_offset: int = -1
+    #: Kafka timestamp (ms) of the partition's last message in the batch, if it has one
+    consumed_ms: int | None = None
     touched: dict[str, int] = field(default_factory=dict)
+    #: items named by flatten commands: each gets a snapshot, folded or not, which is how an
+    #: online compaction pass learns that its command was processed
+    flattened: list[str] = field(default_factory=list)
     pending: list[bytes] = field(default_factory=list)  # its pending rows (checkpoint step 2)
 
 
@@ -563,12 +568,15 @@ class Worker:
                 continue
             if restored and offset <= restored.get(event.item, -1):
                 continue  # already in the item's snapshot we restored from
+            if event.op == "flatten":
+                pb.flattened.append(event.item)
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
         last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
         assert last is not None
         pb.last_offset = last
+        pb.consumed_ms = _consumed_ms(messages[-1])
         return pb
 
     def _apply(self, pb: _PartitionBatch, applied: Counter[str]) -> None:
@@ -586,8 +594,13 @@ class Worker:
                 offsets = [o for i, o in enumerate(offsets) if i not in failed]
             last = dict(zip(map(_item_of, events), offsets, strict=True))  # the last op wins
             pb.touched = {name: last[name] for name in touched}
+            for name in pb.flattened:
+                if name in last:  # not when its command failed (it is a dead letter then)
+                    pb.touched.setdefault(name, last[name])
             pb.dead.sort(key=lambda d: d.offset)
-            rows, pb.pending = ps.batch_rows(pb.last_offset + 1, pb.touched, pb.dead)
+            rows, pb.pending = ps.batch_rows(
+                pb.last_offset + 1, pb.touched, pb.dead, pb.consumed_ms
+            )
             return rows
 
         try:
@@ -595,6 +608,8 @@ class Worker:
         except plyvel.Error as exc:
             raise DynoError(f"LevelDB write to {ps.label} failed: {exc}") from exc
         ps.next_offset = pb.last_offset + 1
+        if pb.consumed_ms is not None:
+            ps.consumed_ms = pb.consumed_ms
         if ps.restored and ps.next_offset > max(ps.restored.values()):
             ps.restore_done()
         applied.update(map(_op_of, pb.events))  # a flatten's op is "flatten"
@@ -762,13 +777,19 @@ class Worker:
     def _compact_partitions(self) -> None:
         """Flatten long histories in this worker's own stores, between two batches.
 
-        The worker owns these stores, so it folds directly (rows older than the lateness
-        cut-off) and publishes the items' new snapshots (only ``count`` changes).
+        The worker owns these stores, so it folds directly and publishes the items' new
+        snapshots (only ``count`` changes). Each partition folds only rows older than its own
+        cut-off (``fold_cutoff``): a partition behind its backlog may still have on-time ops
+        waiting in Kafka, and those must find their rows unfolded.
         """
         c = self.settings.compaction
-        cutoff = flake_floor(time.time() - c.lateness_s)
         started, folded = time.monotonic(), 0
-        stores = list(self._parts.values())
+        cutoffs = {
+            ps.label: fold_cutoff(through, time.time(), c.lateness_s)
+            for ps in self._parts.values()
+            if (through := self._consumed_through(ps)) is not None
+        }
+        stores = [ps for ps in self._parts.values() if ps.label in cutoffs]
         owner: dict[str, PartitionStore] = {}
         seen = []
         for ps in stores:
@@ -779,7 +800,7 @@ class Worker:
         changed: dict[str, list[str]] = {}
         for cand in chosen:
             ps = owner[cand.name]
-            if ps.store.flatten_before(cand.name, cutoff):
+            if ps.store.flatten_before(cand.name, cutoffs[ps.label]):
                 changed.setdefault(ps.label, []).append(cand.name)
                 folded += 1
         batch = _InFlight()
@@ -792,6 +813,26 @@ class Worker:
         log.info(
             "scheduled compaction: %d items flattened in %.2fs", folded, time.monotonic() - started
         )
+
+    def _consumed_through(self, ps: PartitionStore) -> float | None:
+        """A time up to which every op of the partition has been consumed, None if unknown.
+
+        Now, when the store holds everything up to the partition's end (asked of the broker,
+        not the fetch's cached figure: an op appended since that fetch is still unconsumed);
+        otherwise the Kafka timestamp of the newest message consumed.
+        """
+        now = time.time()  # before asking: whatever is appended after the answer came later
+        assert self._consumer is not None
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(ps.topic, ps.partition), timeout=5, cached=False
+            )
+        except KafkaException as exc:
+            log.warning("end of %s unknown (%s): folding by its consumed time", ps.label, exc)
+            high = None
+        if high is not None and high >= 0 and (ps.next_offset or 0) >= high:
+            return now
+        return None if ps.consumed_ms is None else ps.consumed_ms / 1000
 
     # -- reads for the HTTP endpoint ------------------------------------------------------------
 
@@ -831,6 +872,15 @@ def _where(msg: Message) -> tuple[str, int, int]:
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None
     return topic, partition, offset
+
+
+def _consumed_ms(msg: Message) -> int | None:
+    """The message's Kafka timestamp in ms, capped at this machine's clock; None if it has
+    none. (A producer's clock far ahead must not make the partition look further along.)"""
+    kind, ms = msg.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or ms < 0:
+        return None
+    return min(ms, int(time.time() * 1000))
 
 
 def _as_bytes(v: str | bytes | None) -> bytes:
