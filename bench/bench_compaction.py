@@ -38,9 +38,9 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.broker import LocalBroker
 from dyno_stream.compaction import Summary, compact_offline, compact_online
 from dyno_stream.config import CompactionSettings
+from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.events import make_op
 from dyno_stream.flake import FlakeGenerator
 from dyno_stream.store import DynoStore

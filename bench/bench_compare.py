@@ -82,9 +82,9 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.broker import LocalBroker
 from dyno_stream.config import Settings, consumer_config
 from dyno_stream.demo import start_worker
+from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.events import parse_event
 from dyno_stream.flake import FlakeGenerator
 from dyno_stream.store import DynoStore

@@ -33,9 +33,9 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.broker import LocalBroker
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.demo import start_worker
+from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.flake import FlakeGenerator
 from dyno_stream.topics import ensure_topics
 

@@ -69,7 +69,7 @@ def settings() -> Settings:
 @friendly
 def broker_start() -> None:
     """Start the local broker (downloads the jars once); prints the bootstrap address."""
-    from dyno_stream.broker import LocalBroker
+    from dyno_stream.devtools.broker import LocalBroker
 
     b = LocalBroker()
     err.print(f"starting Kafka broker in {b.home} ...")
@@ -80,7 +80,7 @@ def broker_start() -> None:
 @friendly
 def broker_stop() -> None:
     """Stop the local broker."""
-    from dyno_stream.broker import LocalBroker
+    from dyno_stream.devtools.broker import LocalBroker
 
     out.print("stopped" if LocalBroker().stop() else "not running")
 
@@ -89,7 +89,7 @@ def broker_stop() -> None:
 @friendly
 def broker_status() -> None:
     """Is the local broker running?"""
-    from dyno_stream.broker import LocalBroker
+    from dyno_stream.devtools.broker import LocalBroker
 
     st = LocalBroker().status()
     out.print(
@@ -104,7 +104,7 @@ def broker_status() -> None:
 @friendly
 def broker_fetch() -> None:
     """Download the broker's jars into the cache (done by start too)."""
-    from dyno_stream.broker import ensure_jars
+    from dyno_stream.devtools.broker import ensure_jars
 
     out.print(str(ensure_jars()))
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from helpers import free_port_pair
 
-from dyno_stream.broker import LocalBroker, bootstrap_reachable
 from dyno_stream.config import KafkaSettings, Settings, load_settings
+from dyno_stream.devtools.broker import LocalBroker, bootstrap_reachable
 from dyno_stream.topics import ensure_topics
 from dyno_stream.worker import Worker
 

@@ -1,4 +1,4 @@
-"""Tests of the local Kafka broker (dyno_stream.broker).
+"""Tests of the local Kafka broker (dyno_stream.devtools.broker).
 
 The ``kafka``-marked tests run the real Apache Kafka broker with java (jars fetched once by
 Maven into the user cache) on free loopback ports in a temporary home, so they never touch a
@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 # it is defined, and typed, in cimpl.
 from confluent_kafka.cimpl import NewTopic
 
-from dyno_stream.broker import (
+from dyno_stream.devtools.broker.local import (
     KAFKA_VERSION,
     LocalBroker,
     _find_java,

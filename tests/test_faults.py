@@ -46,10 +46,10 @@ from helpers import (
     wait_until,
 )
 
-from dyno_stream.broker import LocalBroker
 from dyno_stream.checkpoint import PartitionStore
 from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
+from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.errors import PublishError
 from dyno_stream.metrics import http_get
 from dyno_stream.topics import ensure_topics

@@ -3,7 +3,7 @@
 Why this exists: our machines have Java and Maven and reach Maven Central, but have neither
 Docker nor the Apache download site. So instead of a container or a tarball we resolve the
 broker's own jars (``org.apache.kafka:kafka_2.13`` plus a log4j binding, listed in the packaged
-``kafka/pom.xml``) once into a cache, and start ``kafka.Kafka`` with ``java`` as a single-node
+``pom.xml`` beside it) once into a cache, and start ``kafka.Kafka`` with ``java`` as a single-node
 KRaft broker (broker and controller in one process). It is the same broker as in production,
 so tests exercise real Kafka semantics rather than a fake.
 
@@ -99,11 +99,11 @@ _JVM_OPTS: Final = (
 )
 
 
-_PACKAGE_DATA: Final = Path(__file__).resolve().parent / "kafka"
+_PACKAGE_DATA: Final = Path(__file__).resolve().parent
 
 
 def _resource_text(name: str) -> str:
-    """Text of a file shipped in ``dyno_stream/kafka`` (package data, so it works installed).
+    """Text of a file shipped beside this module (package data, so it works installed).
 
     Found next to this module rather than via ``importlib.resources``: pip installs (regular or
     editable) always put package data on disk, and this keeps working even where an editable
@@ -120,11 +120,11 @@ def _pom_kafka_version() -> str:
         "{http://maven.apache.org/POM/4.0.0}kafka.version"
     )
     if node is None or not (node.text or "").strip():
-        raise BrokerError("dyno_stream/kafka/pom.xml has no <kafka.version> property")
+        raise BrokerError("dyno_stream/devtools/broker/pom.xml has no <kafka.version> property")
     return (node.text or "").strip()
 
 
-#: The Apache Kafka version the local broker runs (from ``dyno_stream/kafka/pom.xml``).
+#: The Apache Kafka version the local broker runs (from ``dyno_stream/devtools/broker/pom.xml``).
 KAFKA_VERSION: Final = _pom_kafka_version()
 
 
@@ -876,7 +876,9 @@ class LocalBroker:
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
         props.update(self._security_properties())
-        header = "# Written by dyno_stream.broker on every start; edits here are overwritten.\n"
+        header = (
+            "# Written by dyno_stream.devtools.broker on every start; edits here are overwritten.\n"
+        )
         return header + "".join(f"{key}={value}\n" for key, value in props.items())
 
     def _security_properties(self) -> dict[str, str]:

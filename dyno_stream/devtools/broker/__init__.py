@@ -1,0 +1,35 @@
+"""The local Kafka broker: a real Apache Kafka broker run with ``java`` from Maven Central jars.
+
+It holds the launcher (:class:`LocalBroker`, a single-node KRaft broker in a home directory,
+with optional SCRAM and TLS listeners), the jar cache it runs from (:func:`ensure_jars`, fed
+by the ``pom.xml`` beside this file, which also pins :data:`KAFKA_VERSION`), the log4j config
+it starts with, and :func:`bootstrap_reachable` to ask whether a cluster answers. It is a
+development fixture for the demo, the tests, the benchmarks and ``dyno-stream broker``:
+nothing at runtime (worker, client, store) may import it.
+"""
+
+from dyno_stream.devtools.broker.local import (
+    DEFAULT_HEAP,
+    DEFAULT_PORT,
+    KAFKA_VERSION,
+    BrokerStatus,
+    BrokerTls,
+    LocalBroker,
+    ScramUser,
+    bootstrap_reachable,
+    default_cache_root,
+    ensure_jars,
+)
+
+__all__ = [
+    "DEFAULT_HEAP",
+    "DEFAULT_PORT",
+    "KAFKA_VERSION",
+    "BrokerStatus",
+    "BrokerTls",
+    "LocalBroker",
+    "ScramUser",
+    "bootstrap_reachable",
+    "default_cache_root",
+    "ensure_jars",
+]
