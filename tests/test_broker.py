@@ -24,15 +24,14 @@ from confluent_kafka.admin import AdminClient
 # it is defined, and typed, in cimpl.
 from confluent_kafka.cimpl import NewTopic
 
-from dyno_stream.devtools.broker.local import (
+from dyno_stream.devtools.broker import (
     KAFKA_VERSION,
     LocalBroker,
-    _find_java,
-    _new_cluster_id,
     bootstrap_reachable,
     default_cache_root,
     ensure_jars,
 )
+from dyno_stream.devtools.broker.jvm import find_java, new_cluster_id
 from dyno_stream.errors import BrokerError
 
 
@@ -245,7 +244,7 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cluster_ids_never_start_with_a_dash() -> None:
     """The storage tool reads ``-abc...`` as an option: one start in 64 failed that way."""
-    ids = [_new_cluster_id() for _ in range(5_000)]
+    ids = [new_cluster_id() for _ in range(5_000)]
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
 
@@ -255,8 +254,8 @@ def test_storage_formats_with_a_kept_id_that_starts_with_a_dash(tmp_path: Path) 
     """A home whose ``cluster.id`` an older version drew with a leading dash still formats."""
     b = LocalBroker(home=tmp_path / "broker", port=free_port_pair())
     b.home.mkdir(parents=True)
-    (b.home / "cluster.id").write_text("-" + _new_cluster_id()[1:] + "\n", encoding="utf-8")
+    (b.home / "cluster.id").write_text("-" + new_cluster_id()[1:] + "\n", encoding="utf-8")
     b._write_config()
-    b._format_storage(_find_java(), ensure_jars(b.cache_dir))
+    b._format_storage(find_java(), ensure_jars(b.cache_dir))
     meta = (b.data_dir / "meta.properties").read_text(encoding="utf-8")
     assert "cluster.id=-" in meta

@@ -8,18 +8,10 @@ development fixture for the demo, the tests, the benchmarks and ``dyno-stream br
 nothing at runtime (worker, client, store) may import it.
 """
 
-from dyno_stream.devtools.broker.local import (
-    DEFAULT_HEAP,
-    DEFAULT_PORT,
-    KAFKA_VERSION,
-    BrokerStatus,
-    BrokerTls,
-    LocalBroker,
-    ScramUser,
-    bootstrap_reachable,
-    default_cache_root,
-    ensure_jars,
-)
+from dyno_stream.devtools.broker.jars import KAFKA_VERSION, default_cache_root, ensure_jars
+from dyno_stream.devtools.broker.local import DEFAULT_HEAP, DEFAULT_PORT, BrokerStatus, LocalBroker
+from dyno_stream.devtools.broker.processes import bootstrap_reachable
+from dyno_stream.devtools.broker.security import BrokerTls, ScramUser
 
 __all__ = [
     "DEFAULT_HEAP",

@@ -1,0 +1,161 @@
+"""The broker's jars and resource files: the packaged pom, the Kafka version it pins, the cache.
+
+Our machines reach Maven Central but not the Apache download site, so the broker runs from
+its own jars (``org.apache.kafka:kafka_2.13`` plus a log4j binding, listed in the ``pom.xml``
+beside this module), which :func:`ensure_jars` resolves once with Maven into a cache. A
+marker written only after a complete download tells a finished cache from a half one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Final
+
+from dyno_stream.devtools.broker.processes import file_lock, tail
+from dyno_stream.errors import BrokerError
+
+#: How long a single ``mvn`` download may take before we give up (a cold cache is ~45 MB).
+MVN_TIMEOUT_S: Final = 900.0
+
+_RESOURCES: Final = Path(__file__).resolve().parent
+
+
+def resource_text(name: str) -> str:
+    """Text of a file shipped beside this module (package data, so it works installed).
+
+    Found next to this module rather than via ``importlib.resources``: pip installs (regular or
+    editable) always put package data on disk, and this keeps working even where an editable
+    install registered the package as a namespace package.
+    """
+    return (_RESOURCES / name).read_text(encoding="utf-8")
+
+
+def _pom_kafka_version() -> str:
+    """The Kafka version pinned in the packaged pom, so the version lives in one place only."""
+    root = ET.fromstring(resource_text("pom.xml"))
+    node = root.find(
+        "{http://maven.apache.org/POM/4.0.0}properties/"
+        "{http://maven.apache.org/POM/4.0.0}kafka.version"
+    )
+    if node is None or not (node.text or "").strip():
+        raise BrokerError("dyno_stream/devtools/broker/pom.xml has no <kafka.version> property")
+    return (node.text or "").strip()
+
+
+#: The Apache Kafka version the local broker runs (from ``dyno_stream/devtools/broker/pom.xml``).
+KAFKA_VERSION: Final = _pom_kafka_version()
+
+
+def default_cache_root() -> Path:
+    """Where downloaded broker jars are cached, unless ``ensure_jars`` is given a directory.
+
+    ``DYNO_KAFKA_CACHE`` if set, else ``$XDG_CACHE_HOME/dyno-stream`` (``~/.cache/dyno-stream``).
+    The root is shared by all versions: each lives in its own ``kafka-<version>`` subdirectory,
+    so bumping the pinned version never mixes jars of two Kafka releases on one classpath.
+    """
+    env = os.environ.get("DYNO_KAFKA_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "dyno-stream"
+
+
+def _marker_valid(marker: Path, fingerprint: str, libs: Path) -> bool:
+    """Whether a previous download of exactly this pom completed into ``libs``."""
+    try:
+        first_line = marker.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+    except FileNotFoundError:
+        return False
+    return first_line == fingerprint and (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+
+
+def ensure_jars(cache_dir: Path | None = None) -> Path:
+    """Make sure the broker's runtime jars are cached, downloading them once; return their dir.
+
+    The jars land in ``<cache root>/kafka-<version>/libs`` where the cache root is ``cache_dir``
+    or :func:`default_cache_root`. Maven does the resolving (it knows the transitive runtime
+    dependencies and checksums, and reuses ``~/.m2``), run on a copy of the packaged pom in a
+    temporary directory so nothing is written into the installed package.
+
+    Idempotent and crash safe: Maven writes into a staging directory that is renamed into place,
+    and a marker (holding a hash of the pom) is written only after that, so an interrupted
+    download is redone and a changed pom triggers a fresh download.
+
+    Raises :class:`BrokerError` if Maven is missing or fails (with the tail of its output).
+    """
+    root = (cache_dir if cache_dir is not None else default_cache_root()).expanduser()
+    version_dir = root / f"kafka-{KAFKA_VERSION}"
+    libs = version_dir / "libs"
+    marker = version_dir / "libs.complete"
+    pom_text = resource_text("pom.xml")
+    fingerprint = hashlib.sha256(pom_text.encode("utf-8")).hexdigest()
+    if _marker_valid(marker, fingerprint, libs):
+        return libs
+
+    with file_lock(version_dir / ".lock"):
+        if _marker_valid(marker, fingerprint, libs):  # another process finished meanwhile
+            return libs
+        marker.unlink(missing_ok=True)
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                "Maven ('mvn') is not on PATH; it is needed once to download the Kafka "
+                f"{KAFKA_VERSION} broker jars into {libs} (install Maven 3.8+ and Java 17+)"
+            )
+        staging = version_dir / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="dyno-kafka-pom-") as tmp:
+            pom = Path(tmp) / "pom.xml"
+            pom.write_text(pom_text, encoding="utf-8")
+            cmd = [
+                mvn,
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                # -U: after a network failure Maven would otherwise replay the failure it
+                # cached in ~/.m2 instead of trying again, defeating a retry.
+                "-U",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ]
+            try:
+                # Maven prints its [ERROR] lines on stdout, so both streams are kept, merged.
+                proc = subprocess.run(
+                    cmd,
+                    cwd=tmp,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    timeout=MVN_TIMEOUT_S,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise BrokerError(
+                    f"downloading the Kafka {KAFKA_VERSION} jars with Maven took longer than "
+                    f"{MVN_TIMEOUT_S:.0f}s; is Maven Central reachable?"
+                ) from exc
+        if proc.returncode != 0 or not any(staging.glob("*.jar")):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BrokerError(
+                f"could not download the Kafka {KAFKA_VERSION} broker jars: "
+                f"'{shlex.join(cmd)}' exited with {proc.returncode}; its output ends with:\n"
+                f"{tail(proc.stdout or '') or '(no output)'}"
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        staging.rename(libs)
+        jars = sorted(p.name for p in libs.glob("*.jar"))
+        marker.write_text(fingerprint + "\n" + "\n".join(jars) + "\n", encoding="utf-8")
+    return libs

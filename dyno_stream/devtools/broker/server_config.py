@@ -1,0 +1,78 @@
+"""The local broker's ``server.properties``: one node on loopback, tuned for tests.
+
+A pure rendering, kept apart from the launcher so what the broker is told stays readable in
+one place. The text is also what a start compares against the running broker's file, to
+refuse handing out a broker that runs with other listeners than asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from dyno_stream.devtools.broker.processes import LOOPBACK_HOST
+
+_NODE_ID: Final = 1
+_HEADER: Final = (
+    "# Written by dyno_stream.devtools.broker on every start; edits here are overwritten.\n"
+)
+
+
+def render_server_properties(
+    *,
+    listeners: Sequence[tuple[str, int]],
+    controller_port: int,
+    data_dir: Path,
+    security: Mapping[str, str],
+) -> str:
+    """server.properties for a single-node combined broker+controller on loopback.
+
+    ``listeners`` are the client listeners (name = security protocol, PLAINTEXT first, which
+    the broker also uses for itself), ``security`` the settings of the secured ones.
+    """
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(_NODE_ID),
+        # Static voters: storage must then be formatted without --standalone.
+        "controller.quorum.voters": f"{_NODE_ID}@{LOOPBACK_HOST}:{controller_port}",
+        "listeners": ",".join(
+            [
+                *(f"{name}://{LOOPBACK_HOST}:{port}" for name, port in listeners),
+                f"CONTROLLER://{LOOPBACK_HOST}:{controller_port}",
+            ]
+        ),
+        "advertised.listeners": ",".join(
+            f"{name}://{LOOPBACK_HOST}:{port}" for name, port in listeners
+        ),
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": ",".join(
+            ["CONTROLLER:PLAINTEXT", *(f"{name}:{name}" for name, _ in listeners)]
+        ),
+        "log.dirs": str(data_dir),
+        # One node: every internal topic must make do with one replica.
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # The worker creates its topics explicitly (partitions, compaction); a typo in a
+        # topic name must fail loudly instead of silently creating a new topic.
+        "auto.create.topics.enable": "false",
+        # Fast for tests: consumer groups rebalance at once instead of waiting 3 s, and
+        # the internal topics created on first use have 4 partitions instead of 50, which
+        # makes the first consumer group (and first transaction) markedly quicker.
+        "group.initial.rebalance.delay.ms": "0",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.num.partitions": "4",
+        # The log cleaner (compacted topics) reserves 128 MB of heap by default: a quarter of
+        # our small heap. 16 MB compacts test-sized topics just as well.
+        "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+    }
+    props.update(security)
+    return _HEADER + "".join(f"{key}={value}\n" for key, value in props.items())
