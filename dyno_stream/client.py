@@ -94,10 +94,10 @@ class DynoClient:
         clock, and :class:`~dyno_stream.errors.KafkaAuthError` once Kafka has refused this
         client's login; events sent before that fail their futures with it.
         """
-        ts = event.before if isinstance(event, Flatten) else event.ts
-        if ts is not None:
+        flake = event.before if isinstance(event, Flatten) else event.ts
+        if flake is not None:
             field = "before" if isinstance(event, Flatten) else "ts"
-            check_explicit_ts(field, ts, self.settings.worker.max_clock_skew_s, self._clock)
+            check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
         self._auth.check()
         future: Future[Delivery] = Future()
         ts = None if isinstance(event, Flatten) else event.ts
