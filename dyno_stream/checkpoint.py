@@ -36,6 +36,7 @@ shutdown or an idle moment waits for all of them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ class DeadLetter:
     reason: str
     message: str
     field: str | None = None
+    #: headers the error adds (``DynoError.headers``: a clock-skew letter's two times)
+    details: Headers = dataclasses.field(default_factory=list)  # (`field` is taken above)
 
     def kafka_headers(self) -> KafkaHeaders:
         extra: KafkaHeaders = [
@@ -92,7 +95,7 @@ class DeadLetter:
         ]
         if self.field is not None:
             extra.append((H_FIELD, self.field.encode("utf-8", "replace")))
-        return [*self.headers, *extra]
+        return [*self.headers, *extra, *self.details]
 
     def encode(self) -> bytes:
         def b64(v: bytes | None) -> str | None:
@@ -109,6 +112,7 @@ class DeadLetter:
                 "reason": self.reason,
                 "message": self.message,
                 "field": self.field,
+                "details": [[k, b64(v)] for k, v in self.details],
             }
         ).encode()
 
@@ -129,6 +133,8 @@ class DeadLetter:
             d["reason"],
             d["message"],
             d["field"],
+            # pending rows written before details existed have none
+            [(k, unb64(v) or b"") for k, v in d.get("details", [])],
         )
 
 

@@ -8,11 +8,19 @@ all of them.
 
 The producer uses Java's partitioner (``murmur2_random``): a Java or kcat producer configured
 the same way places an item on the same partition.
+
+Clock skew (see ``dyno_stream.clock``): an op whose ``ts`` is more than
+``worker.max_clock_skew_s`` ahead of this machine's clock is refused here with
+``ClockSkewError``, as the worker would dead-letter it; and each acknowledgement from a
+``LogAppendTime`` ops topic tells the broker's time, so a local clock more than a few seconds
+off the broker's is logged as a warning (``clock_watch.offset_s`` holds the last measure).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
@@ -21,6 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream import ops
+from dyno_stream.clock import BrokerClockWatch, check_explicit_ts
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.errors import DynoError, KafkaAuthError, PublishError
 from dyno_stream.events import EventModel, Flatten, make_op
@@ -44,9 +53,19 @@ class Delivery:
 class DynoClient:
     """A producer of op events. Thread-safe; use as a context manager or call ``close()``."""
 
-    def __init__(self, settings: Settings | None = None, **producer_overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        **producer_overrides: Any,
+    ) -> None:
+        """``clock`` (seconds since the epoch) is this machine's clock as the skew checks read
+        it; tests set it off to play a machine whose clock is wrong."""
         self.settings = settings or load_settings()
         self.topic = self.settings.topics.ops
+        self._clock = clock
+        self.clock_watch = BrokerClockWatch(self.topic)
         # A refused login or TLS handshake fails sends at once (see dyno_stream.security)
         # instead of after message.timeout.ms with "Message timed out".
         self._auth = AuthWatch(self.settings.kafka)
@@ -70,12 +89,19 @@ class DynoClient:
     def send(self, event: EventModel) -> Future[Delivery]:
         """Send one validated event (op or flatten command).
 
-        Raises :class:`~dyno_stream.errors.KafkaAuthError` once Kafka has refused this
+        Raises :class:`~dyno_stream.errors.ClockSkewError` for an op whose ``ts`` (a flatten
+        command's ``before``) is beyond ``worker.max_clock_skew_s`` ahead of this machine's
+        clock, and :class:`~dyno_stream.errors.KafkaAuthError` once Kafka has refused this
         client's login; events sent before that fail their futures with it.
         """
+        flake = event.before if isinstance(event, Flatten) else event.ts
+        if flake is not None:
+            field = "before" if isinstance(event, Flatten) else "ts"
+            check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
         self._auth.check()
         future: Future[Delivery] = Future()
         ts = None if isinstance(event, Flatten) else event.ts
+        watch, clock = self.clock_watch, self._clock
 
         def done(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
@@ -86,6 +112,7 @@ class DynoClient:
                     else PublishError(f"{event.op} on {event.item!r}: {err}")
                 )
             else:
+                watch.acknowledged(msg.timestamp(), sent_s, clock())
                 future.set_result(
                     Delivery(
                         event.item,
@@ -98,6 +125,7 @@ class DynoClient:
                 )
 
         value = event.model_dump_json().encode()
+        sent_s = clock()
         while True:
             try:
                 self._producer.produce(self.topic, value, event.item.encode(), on_delivery=done)

@@ -118,6 +118,10 @@ class WorkerSettings(_Section):
     max_depth: int = Field(default=32, ge=1, le=MAX_PARSE_DEPTH)
     #: ... ops that would leave their item with more attributes (``too-many-attrs``)
     max_attrs: int = Field(default=10_000, ge=1)
+    #: ... ops (a flatten command's ``before``) whose flake time is further ahead of the
+    #: Kafka message's timestamp than this (``clock-skew``; see ``dyno_stream.clock``); the
+    #: client refuses an explicit ``ts`` this far ahead of its own clock.
+    max_clock_skew_s: float = Field(default=60.0, gt=0)
     #: fsync every LevelDB write batch (survives power loss; slower).
     sync_writes: bool = False
     #: How long to wait for snapshot acknowledgements before giving up the batch.

@@ -7,12 +7,21 @@ each carries a short machine-readable code besides its message.
 
 from __future__ import annotations
 
+#: Dead-letter headers of a ``clock-skew`` event: the flake's time and the time it was
+#: compared with, in milliseconds since the epoch (decimal text).
+H_FLAKE_TIME = "dyno.error.flake_time"
+H_MESSAGE_TIME = "dyno.error.message_time"
+
 
 class DynoError(Exception):
     """Base of every dyno-stream error."""
 
     #: Short, stable code used as the dead-letter ``reason`` header.
     reason = "error"
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Dead-letter headers that say more than the reason and the message (none here)."""
+        return []
 
 
 class ValidationError(DynoError, ValueError):
@@ -81,6 +90,29 @@ class KeyMismatchError(ValidationError):
     """A Kafka key that is not the event's item name: the op may sit on the wrong partition."""
 
     reason = "key-mismatch"
+
+
+class ClockSkewError(ValidationError):
+    """An op or flatten command whose flake is too far ahead of its time.
+
+    The worker compares the flake's time with the Kafka message's own timestamp (see
+    ``dyno_stream.clock``), the client with its local clock. An op from a producer whose clock
+    runs a year fast would otherwise sort after every honest op for a year: the item would be
+    frozen at its value. Both times go into the dead letter's headers (``headers``).
+    """
+
+    reason = "clock-skew"
+
+    def __init__(self, field: str, message: str, flake_ms: int, message_ms: int) -> None:
+        self.flake_ms = flake_ms
+        self.message_ms = message_ms
+        super().__init__(field, message)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (H_FLAKE_TIME, str(self.flake_ms).encode()),
+            (H_MESSAGE_TIME, str(self.message_ms).encode()),
+        ]
 
 
 class LateOpError(DynoError):

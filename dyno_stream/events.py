@@ -133,7 +133,14 @@ class _Op(_Model):
     model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(_cached,))
 
     item: EventName
-    ts: FlakeId
+    ts: Annotated[
+        FlakeId,
+        Field(
+            description="The op's time. Flake id: 48-bit ms, 16-bit counter, 16-bit pid, "
+            "48-bit node, hex. More than worker.max_clock_skew_s (60 s) ahead of the Kafka "
+            "message's timestamp: dead-lettered as clock-skew."
+        ),
+    ]
     #: Where this op's change can hold a float: "*" anywhere, a key of the change, or "".
     _float_field: ClassVar[str] = "*"
 
@@ -211,7 +218,10 @@ class Flatten(_Model):
     hash: Annotated[str, Field(pattern=MD5_PATTERN, description="Chain hash (MD5 hex).")]
     before: Annotated[
         FlakeId | None,
-        Field(description="Fold only rows older than this flake (the lateness cut-off)."),
+        Field(
+            description="Fold only rows older than this flake (the lateness cut-off). More "
+            "than worker.max_clock_skew_s ahead of the message's timestamp: clock-skew."
+        ),
     ] = None
 
 

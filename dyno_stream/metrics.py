@@ -13,19 +13,29 @@ Each worker has its own registry, so two workers in one process (the tests) do n
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+#: Upper bounds of ``dyno_clock_skew_seconds``: behind (replays, late ops) and ahead, finest
+#: near the default bound of 60 s, where drifting producers show before they are refused.
+SKEW_BUCKETS_S = (
+    -3600.0, -60.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+    86400.0,
+)  # fmt: skip
 
 
 @dataclass
@@ -88,6 +98,50 @@ class WorkerMetrics:
             "Snapshots and dead letters published again after a restart",
             registry=r,
         )
+        self.clock_skew = SkewHistogram(r, SKEW_BUCKETS_S)
+
+
+class SkewHistogram(Collector):
+    """``dyno_clock_skew_seconds``: flake time minus Kafka message time, one value per op.
+
+    The worker measures every op (about 50,000 a second), and prometheus-client's
+    ``Histogram.observe`` costs about 1 us a call here: 5% of the worker. So a batch's skews
+    are handed over in one call (``observe_many``), sorted once and counted per bucket by
+    bisection: 0.03-0.07 us per value, measured (see the README's clock-skew section).
+    """
+
+    name = "dyno_clock_skew_seconds"
+
+    def __init__(self, registry: CollectorRegistry, buckets_s: tuple[float, ...]) -> None:
+        self._bounds_ms = [b * 1000 for b in buckets_s]
+        self._labels = [repr(float(b)) for b in buckets_s]  # "60.0", as Histogram writes it
+        self._cumulative = [0] * len(buckets_s)  # observations <= each bound
+        self._count = 0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, skews_ms: list[int]) -> None:
+        if not skews_ms:
+            return
+        ordered = sorted(skews_ms)
+        at_or_below = [bisect.bisect_right(ordered, bound) for bound in self._bounds_ms]
+        with self._lock:
+            self._cumulative = [a + b for a, b in zip(self._cumulative, at_or_below, strict=True)]
+            self._count += len(ordered)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            cumulative, count = list(self._cumulative), self._count
+        family = HistogramMetricFamily(
+            self.name,
+            "Flake time minus the Kafka message's timestamp of each op (positive: ahead)",
+            labels=[],
+        )
+        # As prometheus-client's Histogram writes one with negative buckets: _count but no
+        # _sum (a sum that can fall is no counter). The family alone would drop both.
+        family.add_metric([], [*zip(self._labels, cumulative, strict=True), ("+Inf", count)], None)
+        family.add_sample(f"{self.name}_count", {}, count)
+        yield family
 
 
 @dataclass

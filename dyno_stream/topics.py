@@ -2,6 +2,9 @@
 
 The snapshot topic is a changelog of materialized items, so it is created compacted
 (``cleanup.policy=compact``): Kafka then keeps at least the last snapshot of every item.
+The ops topic is created with ``message.timestamp.type=LogAppendTime``: each op's message
+carries the broker's time of append, which the worker's clock-skew bound is measured against
+(see ``dyno_stream.clock``), whatever the producer's clock says.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     t = settings.topics
     rf = t.replication_factor
     return [
-        NewTopic(t.ops, num_partitions=t.partitions, replication_factor=rf),
+        NewTopic(
+            t.ops,
+            num_partitions=t.partitions,
+            replication_factor=rf,
+            config={"message.timestamp.type": "LogAppendTime"},
+        ),
         NewTopic(
             t.snapshots,
             num_partitions=t.partitions,

@@ -3,7 +3,8 @@
 A seeded generator (``DYNO_FUZZ_SEED``; the seed is printed) makes events broken in one way
 each: broken JSON, wrong types, unknown ops, bad flakes, invalid UTF-8 (in the event and in the
 Kafka key), NaN and infinities, huge numbers and events, deep nesting, empty and long names,
-too many attributes, flake conflicts, unknown flatten hashes. Each carries the reason it should
+too many attributes, flake conflicts, unknown flatten hashes, flakes far in the future (a
+producer whose clock runs fast, beyond ``max_clock_skew_s``). Each carries the reason it should
 be refused with, in a header of its own (a dead letter keeps the original headers). They are
 produced interleaved with valid ops on 100 known items, through one worker process with small
 limits. Then:
@@ -52,7 +53,7 @@ from helpers import (
 from dyno_stream.checkpoint import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.events import OpModel
-from dyno_stream.flake import new_flake
+from dyno_stream.flake import format_flake, new_flake
 from dyno_stream.metrics import http_get
 from dyno_stream.store import DynoStore
 from dyno_stream.topics import ensure_topics
@@ -332,6 +333,27 @@ class Fuzzer:
         doc = self.event(item=m.item, ts=m.ts, change={"conflict": self.rnd.randrange(1000)})
         return self.keyed(doc, "conflict")
 
+    # -- clock skew --------------------------------------------------------------------------
+
+    def future_flake(self) -> str:
+        """A flake from an hour to a year ahead, or at the 48-bit end of time: far beyond the
+        default 60 s however long the run takes to reach the broker."""
+        if self.rnd.random() < 0.1:
+            ms = (1 << 48) - 1
+        else:
+            ms = int(time.time() * 1000) + self.rnd.randrange(3600_000, 366 * 86400_000)
+        return format_flake(ms, self.rnd.randrange(0x10000), 0xF00, self.rnd.randrange(1 << 48))
+
+    def k_far_future_op(self) -> Poison:
+        op = self.rnd.choice(["putAttrs", "putItem", "delItem"])
+        change: Any = {} if op == "delItem" else {"future": self.rnd.randrange(1000)}
+        return self.keyed(self.event(op=op, ts=self.future_flake(), change=change), "clock-skew")
+
+    def k_far_future_flatten(self) -> Poison:
+        h = "".join(self.rnd.choice("0123456789abcdef") for _ in range(32))
+        doc = {"item": self.known(), "op": "flatten", "hash": h, "before": self.future_flake()}
+        return self.keyed(doc, "clock-skew")
+
     def k_unknown_flatten_hash(self) -> Poison:
         h = "".join(self.rnd.choice("0123456789abcdef") for _ in range(32))
         return self.keyed({"item": self.known(), "op": "flatten", "hash": h}, "unknown-hash")
@@ -508,6 +530,7 @@ def test_poison_fuzz_every_malformed_event_dead_lettered_every_valid_op_applied(
             "too-many-attrs",
             "conflict",
             "unknown-hash",
+            "clock-skew",
         }
         history.check()
         with DynoStore(tmp_path / "reference") as store:
