@@ -38,14 +38,14 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.compaction import Summary, compact_offline, compact_online
 from dyno_stream.config import CompactionSettings
+from dyno_stream.core.events import make_op
+from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.events import make_op
-from dyno_stream.flake import FlakeGenerator
+from dyno_stream.jobs.compaction import Summary, compact_offline, compact_online
+from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import DynoStore
-from dyno_stream.topics import ensure_topics
-from dyno_stream.worker import producer_config
+from dyno_stream.stream.worker import producer_config
 
 HOUR_MS = 3_600_000
 
@@ -92,13 +92,13 @@ class Phases(logging.Handler):
         self.marks.append((time.monotonic(), record.getMessage()))
 
     def __enter__(self) -> Phases:
-        log = logging.getLogger("dyno_stream.compaction")
+        log = logging.getLogger("dyno_stream.jobs.compaction")
         log.setLevel(logging.INFO)
         log.addHandler(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger("dyno_stream.compaction").removeHandler(self)
+        logging.getLogger("dyno_stream.jobs.compaction").removeHandler(self)
 
     def at(self, prefix: str) -> float:
         return next(t for t, m in self.marks if m.startswith(prefix))

@@ -82,13 +82,13 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from dyno_stream.cli.demo import start_worker
 from dyno_stream.config import Settings, consumer_config
-from dyno_stream.demo import start_worker
+from dyno_stream.core.events import parse_event
+from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.events import parse_event
-from dyno_stream.flake import FlakeGenerator
+from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import DynoStore
-from dyno_stream.topics import ensure_topics
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

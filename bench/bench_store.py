@@ -21,9 +21,9 @@ import plyvel
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.events import OpModel, make_op
-from dyno_stream.flake import FlakeGenerator
-from dyno_stream.ops import md5
+from dyno_stream.core.events import OpModel, make_op
+from dyno_stream.core.flake import FlakeGenerator
+from dyno_stream.core.ops import md5
 from dyno_stream.store import DynoStore
 
 

@@ -33,11 +33,11 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
 
+from dyno_stream.cli.demo import start_worker
 from dyno_stream.config import Settings, load_settings, producer_config
-from dyno_stream.demo import start_worker
+from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.flake import FlakeGenerator
-from dyno_stream.topics import ensure_topics
+from dyno_stream.kafka.topics import ensure_topics
 
 HTTP_PORT = 9484
 

@@ -4,10 +4,10 @@ What a user would write to keep materialized items from the ops topic with quixs
 one ``Application`` in a consumer group, at-least-once, a stateful ``apply`` that keeps each
 item in the app's RocksDB state store (per partition, backed by a changelog topic), and the
 item's snapshot produced to an output topic for every message. The op semantics are
-dyno-stream's own (``dyno_stream.ops.apply_op``), so both contenders compute the same values.
+dyno-stream's own (``dyno_stream.core.ops.apply_op``), so both contenders compute the same values.
 
 - ``--validate`` (the default): the value is read as bytes and validated with the same
-  pydantic model as the worker (``dyno_stream.events.parse_event``), as dyno-stream does;
+  pydantic model as the worker (``dyno_stream.core.events.parse_event``), as dyno-stream does;
 - ``--no-validate``: quixstreams' own JSON deserializer (orjson), no validation at all.
 
 Each snapshot is ``{"item", "value", "timestamp", "changes"}`` keyed by the item name, so the
@@ -33,8 +33,8 @@ from typing import Any
 
 from quixstreams import Application, State
 
-from dyno_stream.events import Flatten, parse_event
-from dyno_stream.ops import apply_op
+from dyno_stream.core.events import Flatten, parse_event
+from dyno_stream.core.ops import apply_op
 
 
 def _empty() -> dict[str, Any]:

@@ -1,8 +1,17 @@
 """dyno-stream: level-dyno's timestamped item histories on LevelDB, fed from Kafka.
 
-The package keeps pure logic (``flake``, ``keys``, ``ops``) apart from I/O (``store`` for
-LevelDB, ``worker``/``client``/``broker`` for Kafka), so the op semantics can be tested
-without either.
+The package is in layers; each imports only the layers below it (an import-linter contract
+in pyproject.toml, checked by ``make lint``)::
+
+    cli        the ``dyno-stream`` command and the demo          (may use devtools)
+    jobs       compaction passes (online, offline)
+    stream     the worker runtime and its HTTP endpoint   |  views  MaterializedView
+    kafka      clients, topics, reading topics, security  |  store  DynoStore on LevelDB
+    config     settings (pydantic-settings)
+    core       flake ids, keys, op semantics, the wire contract, limits, errors (pure)
+
+``devtools`` (the local Kafka broker from Maven Central jars) serves the demo, the tests and
+the benchmarks; nothing at runtime imports it.
 """
 
 __version__ = "0.1.0"

@@ -25,8 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dyno_stream.errors import ConfigError
-from dyno_stream.keys import MAX_NAME_BYTES
+from dyno_stream.core.errors import ConfigError
+from dyno_stream.core.keys import MAX_NAME_BYTES
 
 #: The largest snapshot or dead letter (the topics are created to take it).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -119,7 +119,7 @@ class WorkerSettings(_Section):
     #: ... ops that would leave their item with more attributes (``too-many-attrs``)
     max_attrs: int = Field(default=10_000, ge=1)
     #: ... ops (a flatten command's ``before``) whose flake time is further ahead of the
-    #: Kafka message's timestamp than this (``clock-skew``; see ``dyno_stream.clock``); the
+    #: Kafka message's timestamp than this (``clock-skew``; see ``dyno_stream.kafka.clock``); the
     #: client refuses an explicit ``ts`` this far ahead of its own clock.
     max_clock_skew_s: float = Field(default=60.0, gt=0)
     #: fsync every LevelDB write batch (survives power loss; slower).

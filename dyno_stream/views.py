@@ -28,8 +28,8 @@ import pydantic
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from dyno_stream.config import Settings
-from dyno_stream.errors import DynoError
-from dyno_stream.events import Snapshot as SnapshotModel
+from dyno_stream.core.errors import DynoError
+from dyno_stream.core.events import Snapshot as SnapshotModel
 
 log = logging.getLogger("dyno_stream.views")
 

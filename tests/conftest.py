@@ -22,8 +22,8 @@ from helpers import free_port_pair
 
 from dyno_stream.config import KafkaSettings, Settings, load_settings
 from dyno_stream.devtools.broker import LocalBroker, bootstrap_reachable
-from dyno_stream.topics import ensure_topics
-from dyno_stream.worker import Worker
+from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.stream.worker import Worker
 
 
 def free_port() -> int:

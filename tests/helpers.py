@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from dyno_stream.client import Delivery, DynoClient
+from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings
-from dyno_stream.demo import settings_env
-from dyno_stream.events import OpModel, make_op
-from dyno_stream.flake import new_flake
-from dyno_stream.keys import split_key
-from dyno_stream.ops import HISTORY, chain_hash
+from dyno_stream.core.events import OpModel, make_op
+from dyno_stream.core.flake import new_flake
+from dyno_stream.core.keys import split_key
+from dyno_stream.core.ops import HISTORY, chain_hash
+from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.store import DynoStore, Item
 from dyno_stream.views import MaterializedView, snapshot_reader
 

@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 # it is defined, and typed, in cimpl.
 from confluent_kafka.cimpl import NewTopic
 
+from dyno_stream.core.errors import BrokerError
 from dyno_stream.devtools.broker import (
     KAFKA_VERSION,
     LocalBroker,
@@ -32,7 +33,6 @@ from dyno_stream.devtools.broker import (
     ensure_jars,
 )
 from dyno_stream.devtools.broker.jvm import find_java, new_cluster_id
-from dyno_stream.errors import BrokerError
 
 
 def _port_is_free(port: int) -> bool:

@@ -20,11 +20,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from helpers import cli_env, run_cli
 
-from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.events import PutItem, json_schemas, parse_event
-from dyno_stream.flake import new_flake
-from dyno_stream.topics import ensure_topics
+from dyno_stream.core.events import PutItem, json_schemas, parse_event
+from dyno_stream.core.flake import new_flake
+from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0

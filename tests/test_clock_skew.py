@@ -36,15 +36,15 @@ from helpers import (
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 
-from dyno_stream.checkpoint import H_FIELD, H_OFFSET, H_REASON, DeadLetter, PartitionStore
-from dyno_stream.client import DynoClient
-from dyno_stream.clock import describe_ms
 from dyno_stream.config import Settings, producer_config
-from dyno_stream.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
-from dyno_stream.flake import format_flake, new_flake
-from dyno_stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
-from dyno_stream.topics import ensure_topics
-from dyno_stream.worker import Worker
+from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
+from dyno_stream.core.flake import format_flake, new_flake
+from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.clock import describe_ms
+from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.store.partition import H_FIELD, H_OFFSET, H_REASON, DeadLetter, PartitionStore
+from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
+from dyno_stream.stream.worker import Worker
 
 WAIT_S = 60.0
 YEAR_S = 365 * 86400
@@ -183,7 +183,7 @@ def test_the_bound_is_the_message_timestamp_not_the_workers_clock(
     not, whatever the worker's own clock says (so a replay decides as the first run did). Half
     an hour: Kafka 4 refuses a CreateTime more than an hour ahead of the broker's clock
     (``log.message.timestamp.after.max.ms``)."""
-    caplog.set_level(logging.WARNING, logger="dyno_stream.worker")
+    caplog.set_level(logging.WARNING, logger="dyno_stream.stream.worker")
     s = make_settings()
     admin = AdminClient(s.kafka.librdkafka())
     spec = NewTopic(s.topics.ops, num_partitions=1, replication_factor=1)  # CreateTime
@@ -271,7 +271,7 @@ def test_the_client_warns_when_its_clock_is_off_the_brokers(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The ops topic uses LogAppendTime, so an acknowledgement tells the broker's time."""
-    caplog.set_level(logging.INFO, logger="dyno_stream.clock")
+    caplog.set_level(logging.INFO, logger="dyno_stream.kafka.clock")
     s = make_settings()
     ensure_topics(s)
     with DynoClient(s) as honest:
@@ -300,7 +300,7 @@ def test_the_client_warns_when_its_clock_is_off_the_brokers(
 def test_the_client_says_it_cannot_read_the_brokers_clock_from_a_create_time_topic(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dyno_stream.clock")
+    caplog.set_level(logging.INFO, logger="dyno_stream.kafka.clock")
     s = make_settings()
     admin = AdminClient(s.kafka.librdkafka())
     spec = NewTopic(s.topics.ops, num_partitions=1, replication_factor=1)  # CreateTime

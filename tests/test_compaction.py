@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from dyno_stream import ops
-from dyno_stream.compaction import Summary, compact_offline
 from dyno_stream.config import CompactionSettings
-from dyno_stream.errors import LateOpError, UnknownHashError
-from dyno_stream.events import Flatten, OpModel, make_op, parse_event
-from dyno_stream.flake import FlakeGenerator, flake_floor
+from dyno_stream.core import ops
+from dyno_stream.core.errors import LateOpError, UnknownHashError
+from dyno_stream.core.events import Flatten, OpModel, make_op, parse_event
+from dyno_stream.core.flake import FlakeGenerator, flake_floor
+from dyno_stream.jobs.compaction import Summary, compact_offline
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def test_offline_dry_run_lists_items_and_changes_nothing(tmp_path: Path) -> None
 
 
 def test_offline_refuses_a_missing_store(tmp_path: Path) -> None:
-    from dyno_stream.errors import DynoError
+    from dyno_stream.core.errors import DynoError
 
     with pytest.raises(DynoError, match="no such store"):
         compact_offline(tmp_path / "nothing-here", policy(), quiet())
@@ -543,7 +543,7 @@ def test_after_flatten_before_an_op_older_than_the_history_row_is_late(store: Dy
 
 
 def test_flatten_command_before_must_be_a_flake() -> None:
-    from dyno_stream.errors import ValidationError
+    from dyno_stream.core.errors import ValidationError
 
     cut = flake_floor(time.time() - 3600)
     ok = parse_event(f'{{"item":"x","op":"flatten","hash":"{"a" * 32}","before":"{cut}"}}')

@@ -29,12 +29,12 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from helpers import cli_env, run_cli
 from rich.console import Console
 
-from dyno_stream.checkpoint import H_OFFSET, H_REASON
-from dyno_stream.compaction import Summary, compact_online
 from dyno_stream.config import CompactionSettings, Settings
-from dyno_stream.flake import FlakeGenerator, flake_time
+from dyno_stream.core.flake import FlakeGenerator, flake_time
+from dyno_stream.jobs.compaction import Summary, compact_online
 from dyno_stream.store import DynoStore, HistoryChangeset, Item
-from dyno_stream.worker import producer_config
+from dyno_stream.store.partition import H_OFFSET, H_REASON
+from dyno_stream.stream.worker import producer_config
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR_MS = 3_600_000
@@ -781,7 +781,7 @@ def test_scheduled_compaction_max_items_takes_the_longest_histories_first(
 ) -> None:
     """``compaction.max_items``: "at most this many items per pass (the longest histories
     first)", as the online and offline passes do; the worker's own pass must do the same."""
-    from dyno_stream.topics import ensure_topics
+    from dyno_stream.kafka.topics import ensure_topics
 
     s = with_compaction(make_settings(), interval_s=3.0, min_rows=2, max_items=2)
     ensure_topics(s)

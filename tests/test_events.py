@@ -1,4 +1,4 @@
-"""The wire models (dyno_stream.events): building, parsing and refusing op events."""
+"""The wire models (dyno_stream.core.events): building, parsing and refusing op events."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from dyno_stream.errors import (
+from dyno_stream.core.errors import (
     DynoError,
     InvalidChangeError,
     InvalidFlakeError,
     InvalidNameError,
     ValidationError,
 )
-from dyno_stream.events import (
+from dyno_stream.core.events import (
     AddToSet,
     Append,
     DecAttrBy,

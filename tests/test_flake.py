@@ -1,4 +1,4 @@
-"""Flake ids (dyno_stream.flake): format, parsing, and a generator that never goes backwards."""
+"""Flake ids (core.flake): format, parsing, and a generator that never goes backwards."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dyno_stream.errors import DynoError, InvalidFlakeError, ValidationError
-from dyno_stream.flake import (
+from dyno_stream.core.errors import DynoError, InvalidFlakeError, ValidationError
+from dyno_stream.core.flake import (
     Flake,
     FlakeGenerator,
     flake_floor,

@@ -1,4 +1,4 @@
-"""Key encoding (dyno_stream.keys): level-dyno's `<name>/<flake>/<op>`, escaped names."""
+"""Key encoding (dyno_stream.core.keys): level-dyno's `<name>/<flake>/<op>`, escaped names."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dyno_stream.errors import InvalidNameError, ValidationError
-from dyno_stream.keys import (
+from dyno_stream.core.errors import InvalidNameError, ValidationError
+from dyno_stream.core.keys import (
     INTERNAL,
     MAX_NAME_BYTES,
     META_PREFIX,

@@ -1,4 +1,4 @@
-"""Limits on one event (``dyno_stream.limits``): pure checks, and the store's attribute limit.
+"""Limits on one event (``dyno_stream.core.limits``): pure checks, and the store's attribute limit.
 
 The worker-level behaviour (dead letters with these reasons, on a real broker) is in
 ``test_poison_fuzz.py``; here each check is held to its boundary, and the fast paths are held
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno_stream.config import MAX_PARSE_DEPTH, WorkerSettings, load_settings
-from dyno_stream.errors import (
+from dyno_stream.core.errors import (
     ConfigError,
     InvalidChangeError,
     InvalidNameError,
@@ -28,9 +28,9 @@ from dyno_stream.errors import (
     TooManyAttrsError,
     ValidationError,
 )
-from dyno_stream.events import Flatten, make_op, parse_event
-from dyno_stream.flake import format_flake
-from dyno_stream.limits import Limits, check_attrs, nesting_depth, raw_depth
+from dyno_stream.core.events import Flatten, make_op, parse_event
+from dyno_stream.core.flake import format_flake
+from dyno_stream.core.limits import Limits, check_attrs, nesting_depth, raw_depth
 from dyno_stream.store import DynoStore
 
 SEED_MS = 0x013D58C7276E

@@ -1,4 +1,4 @@
-"""Op semantics, JSON encoding and the history hash (dyno_stream.ops), checked against the spec."""
+"""Op semantics, JSON encoding and the history hash (core.ops), checked against the spec."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dyno_stream import ops
-from dyno_stream.errors import DynoError, InvalidChangeError
+from dyno_stream.core import ops
+from dyno_stream.core.errors import DynoError, InvalidChangeError
 
 SEED = "013d58c7276e-0000-188c-786ae2e1f629"
 F2 = "013d58c7276f-0000-188c-786ae2e1f629"

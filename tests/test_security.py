@@ -28,12 +28,12 @@ from certs import TlsFiles, make_tls_files
 from conftest import RunningWorker, free_port, scoped_settings
 from helpers import REPO, cli_env, free_port_pair, run_cli
 
-from dyno_stream.client import DynoClient
 from dyno_stream.config import KafkaSettings, Settings, WorkerSettings
+from dyno_stream.core.errors import BrokerError, KafkaAuthError
 from dyno_stream.devtools.broker import BrokerTls, LocalBroker, ScramUser
-from dyno_stream.errors import BrokerError, KafkaAuthError
-from dyno_stream.metrics import http_get
-from dyno_stream.topics import ensure_topics
+from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.stream.metrics import http_get
 
 # Unique per run, so finding one in an output cannot be a coincidence.
 PASSWORD = f"pw512-{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ from typing import Any
 import plyvel
 import pytest
 
-from dyno_stream.errors import (
+from dyno_stream.core.errors import (
     ConflictError,
     DynoError,
     InvalidChangeError,
@@ -22,8 +22,8 @@ from dyno_stream.errors import (
     UnknownHashError,
     ValidationError,
 )
-from dyno_stream.events import Flatten, make_op, parse_event
-from dyno_stream.flake import FlakeGenerator, format_flake
+from dyno_stream.core.events import Flatten, make_op, parse_event
+from dyno_stream.core.flake import FlakeGenerator, format_flake
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
 
 SEED = "013d58c7276e-0000-188c-786ae2e1f629"

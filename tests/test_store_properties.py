@@ -1,6 +1,6 @@
 """Property tests: the store against a plain reference replay written here from the spec.
 
-The reference below deliberately does not import ``dyno_stream.ops``: it is its own simple
+The reference below deliberately does not import ``dyno_stream.core.ops``: it is its own simple
 reading of the spec's op semantics and hash chain. Random op histories over a few item names
 are delivered shuffled, in random batches through ``apply``, with redeliveries, conflicting ops
 and flattens at random points; the store must read back exactly what the reference computes,
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dyno_stream.errors import ConflictError, DynoError, LateOpError, UnknownHashError
-from dyno_stream.events import EventModel, Flatten, make_op
+from dyno_stream.core.errors import ConflictError, DynoError, LateOpError, UnknownHashError
+from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
 
 NAMES = ["a", "a/b", "ü%\t", "chilts"]

@@ -26,7 +26,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from dyno_stream.checkpoint import (
+from dyno_stream.config import Settings
+from dyno_stream.core.events import EventModel, make_op, parse_event
+from dyno_stream.core.flake import new_flake
+from dyno_stream.kafka.client import Delivery, DynoClient
+from dyno_stream.kafka.topics import ensure_topics, topic_specs
+from dyno_stream.store import DynoStore
+from dyno_stream.store.partition import (
     H_FIELD,
     H_MESSAGE,
     H_OFFSET,
@@ -38,13 +44,7 @@ from dyno_stream.checkpoint import (
     DeadLetter,
     PartitionStore,
 )
-from dyno_stream.client import Delivery, DynoClient
-from dyno_stream.config import Settings
-from dyno_stream.events import EventModel, make_op, parse_event
-from dyno_stream.flake import new_flake
-from dyno_stream.store import DynoStore
-from dyno_stream.topics import ensure_topics, topic_specs
-from dyno_stream.worker import Worker
+from dyno_stream.stream.worker import Worker
 
 WAIT_S = 60.0
 

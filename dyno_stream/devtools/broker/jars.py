@@ -18,8 +18,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Final
 
+from dyno_stream.core.errors import BrokerError
 from dyno_stream.devtools.broker.processes import file_lock, tail
-from dyno_stream.errors import BrokerError
 
 #: How long a single ``mvn`` download may take before we give up (a cold cache is ~45 MB).
 MVN_TIMEOUT_S: Final = 900.0

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from dyno_stream.core.errors import BrokerError
 from dyno_stream.devtools.broker.processes import tail
-from dyno_stream.errors import BrokerError
 
 #: How long formatting storage (a short JVM run) may take.
 FORMAT_TIMEOUT_S: Final = 120.0

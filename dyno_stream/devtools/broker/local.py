@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from dyno_stream.core.errors import BrokerError
 from dyno_stream.devtools.broker.jars import ensure_jars, resource_text
 from dyno_stream.devtools.broker.jvm import KafkaJvm, find_java, kept_cluster_id
 from dyno_stream.devtools.broker.processes import (
@@ -43,7 +44,6 @@ from dyno_stream.devtools.broker.processes import (
 )
 from dyno_stream.devtools.broker.security import BrokerTls, ListenerSecurity, ScramUser
 from dyno_stream.devtools.broker.server_config import render_server_properties
-from dyno_stream.errors import BrokerError
 
 #: Port of the PLAINTEXT listener clients use; the KRaft controller listens on the next port.
 DEFAULT_PORT: Final = 19092

@@ -27,8 +27,8 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from dyno_stream.core.errors import BrokerError
 from dyno_stream.devtools.broker.processes import LOOPBACK_HOST, bootstrap_reachable
-from dyno_stream.errors import BrokerError
 
 ScramMechanismName = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
 

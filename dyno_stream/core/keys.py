@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from dyno_stream.errors import InvalidNameError
+from dyno_stream.core.errors import InvalidNameError
 
 MAX_NAME_BYTES = 1024
 

@@ -35,16 +35,8 @@ from confluent_kafka import (
 )
 from croniter import croniter
 
-from dyno_stream.checkpoint import (
-    DeadLetter,
-    KafkaHeaders,
-    PartitionStore,
-    snapshot_bytes,
-)
-from dyno_stream.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
-from dyno_stream.compaction import choose, fold_cutoff, summaries
 from dyno_stream.config import Settings, consumer_config, producer_config
-from dyno_stream.errors import (
+from dyno_stream.core.errors import (
     DynoError,
     InvalidChangeError,
     KeyMismatchError,
@@ -53,15 +45,23 @@ from dyno_stream.errors import (
     StoreWriteError,
     ValidationError,
 )
-from dyno_stream.events import EventModel, Flatten, Snapshot, parse_event
-from dyno_stream.limits import Limits
-from dyno_stream.metrics import Health, HttpEndpoint, WorkerMetrics
-from dyno_stream.security import AuthWatch
+from dyno_stream.core.events import EventModel, Flatten, Snapshot, parse_event
+from dyno_stream.core.limits import Limits
+from dyno_stream.jobs.compaction import choose, fold_cutoff, summaries
+from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
+from dyno_stream.kafka.security import AuthWatch
+from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import Item
-from dyno_stream.topics import ensure_topics
+from dyno_stream.store.partition import (
+    DeadLetter,
+    KafkaHeaders,
+    PartitionStore,
+    snapshot_bytes,
+)
+from dyno_stream.stream.metrics import Health, HttpEndpoint, WorkerMetrics
 from dyno_stream.views import read_snapshots
 
-log = logging.getLogger("dyno_stream.worker")
+log = logging.getLogger("dyno_stream.stream.worker")
 
 _LAG_EVERY_S = 5.0
 _OPEN_RETRY_S = 30.0
@@ -178,7 +178,7 @@ class Worker:
             log.info(
                 "http endpoint at %s (/metrics /healthz /items/<name> /rows)", self.http.address
             )
-        # A refused login or TLS handshake stops the worker (see dyno_stream.security).
+        # A refused login or TLS handshake stops the worker (see dyno_stream.kafka.security).
         self._producer = Producer({**producer_config(s), **self._auth.config()})
         self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
         self._consumer.subscribe(
@@ -578,7 +578,7 @@ class Worker:
             assert offset is not None  # always set on a consumed message
             try:
                 event = self._validate(msg)
-                # The clock-skew bound (dyno_stream.clock), inline: it runs for every op.
+                # The clock-skew bound (dyno_stream.kafka.clock), inline: it runs for every op.
                 # With the histogram it costs about 0.5 us an op (this method over 10,000
                 # events, paired runs); isinstance() on a pydantic model alone cost 0.15 us,
                 # hence type() and the ignore.

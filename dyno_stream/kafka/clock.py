@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME
 
-from dyno_stream.errors import ClockSkewError
+from dyno_stream.core.errors import ClockSkewError
 
 log = logging.getLogger(__name__)
 

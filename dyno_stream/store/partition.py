@@ -41,11 +41,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dyno_stream import ops
-from dyno_stream.errors import DynoError
-from dyno_stream.events import Snapshot
-from dyno_stream.keys import META_PREFIX
-from dyno_stream.store import DynoStore, Item
+from dyno_stream.core import ops
+from dyno_stream.core.errors import DynoError
+from dyno_stream.core.events import Snapshot
+from dyno_stream.core.keys import META_PREFIX
+from dyno_stream.store.dynostore import DynoStore, Item
 
 OFFSET_KEY = META_PREFIX + b"offset"
 CONSUMED_TIME_KEY = META_PREFIX + b"consumed-time"

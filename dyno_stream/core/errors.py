@@ -96,7 +96,7 @@ class ClockSkewError(ValidationError):
     """An op or flatten command whose flake is too far ahead of its time.
 
     The worker compares the flake's time with the Kafka message's own timestamp (see
-    ``dyno_stream.clock``), the client with its local clock. An op from a producer whose clock
+    ``dyno_stream.kafka.clock``), the client with its local clock. An op from a producer whose clock
     runs a year fast would otherwise sort after every honest op for a year: the item would be
     frozen at its value. Both times go into the dead letter's headers (``headers``).
     """

@@ -4,7 +4,7 @@ The snapshot topic is a changelog of materialized items, so it is created compac
 (``cleanup.policy=compact``): Kafka then keeps at least the last snapshot of every item.
 The ops topic is created with ``message.timestamp.type=LogAppendTime``: each op's message
 carries the broker's time of append, which the worker's clock-skew bound is measured against
-(see ``dyno_stream.clock``), whatever the producer's clock says.
+(see ``dyno_stream.kafka.clock``), whatever the producer's clock says.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
-from dyno_stream.errors import BrokerError
-from dyno_stream.security import AuthWatch, list_topics_checked
+from dyno_stream.core.errors import BrokerError
+from dyno_stream.kafka.security import AuthWatch, list_topics_checked
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create whichever of the three topics are missing; return the names created.
 
-    A refused login or TLS handshake raises :class:`~dyno_stream.errors.KafkaAuthError` at
+    A refused login or TLS handshake raises :class:`~dyno_stream.core.errors.KafkaAuthError` at
     once instead of a "cannot reach" after the whole timeout.
     """
     watch = AuthWatch(settings.kafka)

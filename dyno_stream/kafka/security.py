@@ -7,7 +7,7 @@ names neither cause. A wrong password does not heal by retrying, so a worker tha
 silently looks alive (a process, a loop that turns) while it does nothing.
 
 :class:`AuthWatch` is an ``error_cb`` that notices these errors as librdkafka reports them;
-callers check it and stop with a :class:`~dyno_stream.errors.KafkaAuthError` that says what
+callers check it and stop with a :class:`~dyno_stream.core.errors.KafkaAuthError` that says what
 failed and which settings to fix. Its messages name the user, never the password.
 """
 
@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from dyno_stream.config import KafkaSettings
-from dyno_stream.errors import BrokerError, KafkaAuthError
+from dyno_stream.core.errors import BrokerError, KafkaAuthError
 
 __all__ = ["AuthWatch", "list_topics_checked"]
 

@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import NamedTuple
 
-from dyno_stream.errors import InvalidFlakeError
+from dyno_stream.core.errors import InvalidFlakeError
 
 FLAKE_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 FLAKE_LEN = 35

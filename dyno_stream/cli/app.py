@@ -20,10 +20,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from dyno_stream.client import Delivery
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.errors import DynoError, PublishError
-from dyno_stream.metrics import http_get
+from dyno_stream.core.errors import DynoError, PublishError
+from dyno_stream.kafka.client import Delivery
+from dyno_stream.stream.metrics import http_get
 
 app = typer.Typer(
     help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",
@@ -116,8 +116,8 @@ def broker_fetch() -> None:
 @friendly
 def worker() -> None:
     """Run a stream worker until SIGTERM/SIGINT."""
-    from dyno_stream.logs import setup_logging
-    from dyno_stream.worker import Worker
+    from dyno_stream.cli.logs import setup_logging
+    from dyno_stream.stream.worker import Worker
 
     s = settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
@@ -125,7 +125,7 @@ def worker() -> None:
         code = Worker(s).run()
     except DynoError as exc:
         # a log line, so collectors reading the worker's (JSON) logs see why it stopped
-        logging.getLogger("dyno_stream.worker").error(
+        logging.getLogger("dyno_stream.stream.worker").error(
             "worker stopped: %s", exc, extra={"reason": exc.reason}
         )
         raise typer.Exit(1) from None
@@ -136,7 +136,7 @@ def worker() -> None:
 @friendly
 def topics() -> None:
     """Create the ops, snapshot and dead-letter topics if they are missing."""
-    from dyno_stream.topics import ensure_topics
+    from dyno_stream.kafka.topics import ensure_topics
 
     created = ensure_topics(settings())
     out.print("created: " + ", ".join(created) if created else "all topics exist")
@@ -162,10 +162,10 @@ def op(
     ts: Annotated[str | None, typer.Option(help="Flake id to use (default: a new one).")] = None,
 ) -> None:
     """Produce one op event to the ops topic and print where it landed."""
-    from dyno_stream.client import DynoClient
-    from dyno_stream.errors import InvalidChangeError
-    from dyno_stream.events import make_op
-    from dyno_stream.flake import new_flake
+    from dyno_stream.core.errors import InvalidChangeError
+    from dyno_stream.core.events import make_op
+    from dyno_stream.core.flake import new_flake
+    from dyno_stream.kafka.client import DynoClient
 
     try:
         value = json.loads(change)
@@ -197,7 +197,7 @@ def flatten(
     hash: Annotated[str, typer.Argument(help="The chain hash to flatten up to (MD5 hex).")],
 ) -> None:
     """Send a flatten command: workers fold the item's history up to that hash, in order."""
-    from dyno_stream.client import DynoClient
+    from dyno_stream.kafka.client import DynoClient
 
     s = settings()
     with DynoClient(s) as client:
@@ -231,13 +231,13 @@ def compact(
     within the policy's wait_s (down or far behind: those items are folded later, or by the
     next pass).
     """
-    from dyno_stream.compaction import (
+    from dyno_stream.cli.logs import setup_logging
+    from dyno_stream.jobs.compaction import (
         EXIT_UNCONFIRMED,
         compact_offline,
         compact_online,
         compaction_policy,
     )
-    from dyno_stream.logs import setup_logging
 
     s = settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
@@ -406,7 +406,7 @@ def schemas_export(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write.")] = Path("schemas"),
 ) -> None:
     """Write the JSON Schema files of the wire contract."""
-    from dyno_stream.events import json_schemas
+    from dyno_stream.core.events import json_schemas
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
@@ -423,7 +423,7 @@ def demo(
     keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
 ) -> None:
     """The seed's example end to end through Kafka (starts the broker and a worker)."""
-    from dyno_stream.demo import run_demo
+    from dyno_stream.cli.demo import run_demo
 
     run_demo(out, keep_broker=keep_broker)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dyno_stream.errors import InvalidChangeError
+from dyno_stream.core.errors import InvalidChangeError
 
 PUT_ITEM = "putItem"
 DEL_ITEM = "delItem"

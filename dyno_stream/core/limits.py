@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dyno_stream.errors import (
+from dyno_stream.core.errors import (
     InvalidNameError,
     NameTooLongError,
     NotJsonError,
@@ -37,12 +37,12 @@ from dyno_stream.errors import (
     TooManyAttrsError,
     ValidationError,
 )
-from dyno_stream.keys import MAX_NAME_BYTES
-from dyno_stream.ops import PUT_ATTRS, PUT_ITEM
+from dyno_stream.core.keys import MAX_NAME_BYTES
+from dyno_stream.core.ops import PUT_ATTRS, PUT_ITEM
 
 if TYPE_CHECKING:  # the store imports this module: keep its imports light
     from dyno_stream.config import WorkerSettings
-    from dyno_stream.events import EventModel
+    from dyno_stream.core.events import EventModel
 
 #: The ops whose change can nest (every other op's change has a fixed, flat shape).
 _NESTING = frozenset({PUT_ITEM, PUT_ATTRS})

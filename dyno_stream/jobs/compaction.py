@@ -45,22 +45,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dyno_stream.checkpoint import (
+from dyno_stream.config import CompactionSettings, Settings
+from dyno_stream.core.errors import ConfigError, DynoError
+from dyno_stream.core.events import Flatten
+from dyno_stream.core.flake import flake_floor
+from dyno_stream.kafka.client import DynoClient
+from dyno_stream.store import DynoStore
+from dyno_stream.store.partition import (
     H_OFFSET,
     H_PARTITION,
     H_REASON,
     OFFSET_KEY,
     read_consumed_ms,
 )
-from dyno_stream.client import DynoClient
-from dyno_stream.config import CompactionSettings, Settings
-from dyno_stream.errors import ConfigError, DynoError
-from dyno_stream.events import Flatten
-from dyno_stream.flake import flake_floor
-from dyno_stream.store import DynoStore
 from dyno_stream.views import Snapshot, parse_snapshot, read_snapshots, snapshot_reader
 
-log = logging.getLogger("dyno_stream.compaction")
+log = logging.getLogger("dyno_stream.jobs.compaction")
 
 
 def compaction_policy(settings: Settings, overrides: dict[str, Any]) -> CompactionSettings:

@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 import orjson
 import plyvel
 
-from dyno_stream import ops
-from dyno_stream.errors import (
+from dyno_stream.core import ops
+from dyno_stream.core.errors import (
     ConflictError,
     DynoError,
     InvalidChangeError,
@@ -54,9 +54,9 @@ from dyno_stream.errors import (
     StoreWriteError,
     UnknownHashError,
 )
-from dyno_stream.events import EventModel, Flatten, OpModel, check_event_name, make_op
-from dyno_stream.flake import is_flake, new_flake
-from dyno_stream.keys import (
+from dyno_stream.core.events import EventModel, Flatten, OpModel, check_event_name, make_op
+from dyno_stream.core.flake import is_flake, new_flake
+from dyno_stream.core.keys import (
     INTERNAL,
     META_PREFIX,
     STATE_PREFIX,
@@ -67,8 +67,8 @@ from dyno_stream.keys import (
     split_key,
     state_key,
 )
-from dyno_stream.limits import check_attr_count, check_attrs
-from dyno_stream.ops import HISTORY, ItemState, md5
+from dyno_stream.core.limits import check_attr_count, check_attrs
+from dyno_stream.core.ops import HISTORY, ItemState, md5
 
 FORMAT_VERSION = b"1"
 _VERSION_KEY = META_PREFIX + b"format"

@@ -16,16 +16,16 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 from typing_extensions import TypedDict
 
-from dyno_stream import ops
-from dyno_stream.errors import (
+from dyno_stream.core import ops
+from dyno_stream.core.errors import (
     InvalidChangeError,
     InvalidFlakeError,
     InvalidNameError,
     NotJsonError,
     ValidationError,
 )
-from dyno_stream.flake import FLAKE_RE
-from dyno_stream.keys import MAX_NAME_BYTES, check_name
+from dyno_stream.core.flake import FLAKE_RE
+from dyno_stream.core.keys import MAX_NAME_BYTES, check_name
 
 MD5_PATTERN = r"^[0-9a-f]{32}$"
 _T = TypeVar("_T")

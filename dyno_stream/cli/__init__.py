@@ -1,0 +1,7 @@
+"""The ``dyno-stream`` command (typer) and the seed demo: the top layer, the only one that
+may start the local broker from ``devtools``.
+"""
+
+from dyno_stream.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,4 @@
+"""Talking to Kafka: ``DynoClient`` for producing ops, topic administration, reading a topic
+from a chosen offset, the clock-skew watch, and login/TLS failure detection. Imports only
+``core`` and ``config``; never a store.
+"""

@@ -1,0 +1,205 @@
+"""Producing ops: the seed's methods, sent to the ops topic as validated events.
+
+Each method stamps a flake (unless given one), validates the op with the same pydantic models
+the worker uses (so a bad op fails here, at the caller, with the field named), and sends it
+keyed by the item name, so all of an item's ops share a partition and keep their order. Each
+returns a :class:`concurrent.futures.Future` of its :class:`Delivery`; ``flush()`` waits for
+all of them.
+
+The producer uses Java's partitioner (``murmur2_random``): a Java or kcat producer configured
+the same way places an item on the same partition.
+
+Clock skew (see ``dyno_stream.kafka.clock``): an op whose ``ts`` is more than
+``worker.max_clock_skew_s`` ahead of this machine's clock is refused here with
+``ClockSkewError``, as the worker would dead-letter it; and each acknowledgement from a
+``LogAppendTime`` ops topic tells the broker's time, so a local clock more than a few seconds
+off the broker's is logged as a warning (``clock_watch.offset_s`` holds the last measure).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from dyno_stream.config import Settings, load_settings, producer_config
+from dyno_stream.core import ops
+from dyno_stream.core.errors import DynoError, KafkaAuthError, PublishError
+from dyno_stream.core.events import EventModel, Flatten, make_op
+from dyno_stream.core.flake import new_flake
+from dyno_stream.core.keys import check_name
+from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
+from dyno_stream.kafka.security import AuthWatch
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where Kafka stored an op."""
+
+    item: str
+    op: str
+    ts: str | None
+    topic: str
+    partition: int
+    offset: int
+
+
+class DynoClient:
+    """A producer of op events. Thread-safe; use as a context manager or call ``close()``."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        **producer_overrides: Any,
+    ) -> None:
+        """``clock`` (seconds since the epoch) is this machine's clock as the skew checks read
+        it; tests set it off to play a machine whose clock is wrong."""
+        self.settings = settings or load_settings()
+        self.topic = self.settings.topics.ops
+        self._clock = clock
+        self.clock_watch = BrokerClockWatch(self.topic)
+        # A refused login or TLS handshake fails sends at once (see dyno_stream.kafka.security)
+        # instead of after message.timeout.ms with "Message timed out".
+        self._auth = AuthWatch(self.settings.kafka)
+        self._producer = Producer(
+            {**producer_config(self.settings), **self._auth.config(), **producer_overrides}
+        )
+        self._closed = threading.Event()
+        # deliveries resolve futures from librdkafka's callbacks, which run inside poll()
+        self._poller = threading.Thread(target=self._poll, name="dyno-client", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        purged = False
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+            if self._auth.failure is not None and not purged:
+                # nothing will get through: fail what waits now (their callbacks say why)
+                self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+                purged = True
+
+    def send(self, event: EventModel) -> Future[Delivery]:
+        """Send one validated event (op or flatten command).
+
+        Raises :class:`~dyno_stream.core.errors.ClockSkewError` for an op whose ``ts`` (a flatten
+        command's ``before``) is beyond ``worker.max_clock_skew_s`` ahead of this machine's
+        clock, and :class:`~dyno_stream.core.errors.KafkaAuthError` once Kafka has refused this
+        client's login; events sent before that fail their futures with it.
+        """
+        flake = event.before if isinstance(event, Flatten) else event.ts
+        if flake is not None:
+            field = "before" if isinstance(event, Flatten) else "ts"
+            check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
+        self._auth.check()
+        future: Future[Delivery] = Future()
+        ts = None if isinstance(event, Flatten) else event.ts
+        watch, clock = self.clock_watch, self._clock
+
+        def done(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                refused = self._auth.failure
+                future.set_exception(
+                    KafkaAuthError(self._auth.describe(refused))
+                    if refused is not None
+                    else PublishError(f"{event.op} on {event.item!r}: {err}")
+                )
+            else:
+                watch.acknowledged(msg.timestamp(), sent_s, clock())
+                future.set_result(
+                    Delivery(
+                        event.item,
+                        event.op,
+                        ts,
+                        msg.topic() or "",
+                        msg.partition() or 0,
+                        msg.offset() or 0,
+                    )
+                )
+
+        value = event.model_dump_json().encode()
+        sent_s = clock()
+        while True:
+            try:
+                self._producer.produce(self.topic, value, event.item.encode(), on_delivery=done)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        return future
+
+    def _op(self, op: str, name: str, change: Any, ts: str | None) -> Future[Delivery]:
+        return self.send(make_op(op, name, change, new_flake() if ts is None else ts))
+
+    def put_item(self, name: str, value: dict[str, Any], ts: str | None = None) -> Future[Delivery]:
+        return self._op(ops.PUT_ITEM, name, value, ts)
+
+    def del_item(self, name: str, ts: str | None = None) -> Future[Delivery]:
+        return self._op(ops.DEL_ITEM, name, {}, ts)
+
+    def put_attrs(
+        self, name: str, attrs: dict[str, Any], ts: str | None = None
+    ) -> Future[Delivery]:
+        return self._op(ops.PUT_ATTRS, name, attrs, ts)
+
+    def del_attrs(self, name: str, attrs: list[str], ts: str | None = None) -> Future[Delivery]:
+        return self._op(ops.DEL_ATTRS, name, attrs, ts)
+
+    def inc_attr_by(
+        self, name: str, field: str, by: float = 1, ts: str | None = None
+    ) -> Future[Delivery]:
+        return self._op(ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts)
+
+    def dec_attr_by(
+        self, name: str, field: str, by: float = 1, ts: str | None = None
+    ) -> Future[Delivery]:
+        return self._op(ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts)
+
+    def append(self, name: str, field: str, text: str, ts: str | None = None) -> Future[Delivery]:
+        return self._op(ops.APPEND, name, {"field": field, "str": text}, ts)
+
+    def add_to_set(
+        self, name: str, field: str, value: Any, ts: str | None = None
+    ) -> Future[Delivery]:
+        return self._op(ops.ADD_TO_SET, name, {"field": field, "value": value}, ts)
+
+    def flatten(self, name: str, hash: str) -> Future[Delivery]:
+        """Ask the workers to fold the item's history up to the row with this chain hash."""
+        check_name(name)
+        try:
+            command = Flatten(item=name, hash=hash)
+        except Exception as exc:
+            raise DynoError(f"hash: {hash!r} is not an MD5 hex digest") from exc
+        return self.send(command)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every op sent so far is acknowledged (or raise ``PublishError``)."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            self._auth.check()  # the reason nothing gets through, if Kafka refused us
+            raise PublishError(f"{remaining} ops not acknowledged within {timeout}s")
+
+    def close(self, timeout: float = 30.0) -> None:
+        if not self._closed.is_set():
+            try:
+                self.flush(timeout)
+            finally:
+                self._closed.set()
+                self._poller.join()
+
+    def __enter__(self) -> DynoClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
