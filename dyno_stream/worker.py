@@ -34,6 +34,7 @@ from confluent_kafka import (
 from croniter import croniter
 
 from dyno_stream.checkpoint import (
+    H_TRUNCATED,
     DeadLetter,
     KafkaHeaders,
     PartitionStore,
@@ -653,7 +654,7 @@ class Worker:
         try:
             self._produce(topic, letter.key, letter.value, batch, headers)
         except KafkaException:  # too large with the original bytes: keep the reason at least
-            headers.append(("dyno.error.truncated", str(len(letter.value or b"")).encode()))
+            headers.append((H_TRUNCATED, str(len(letter.value or b"")).encode()))
             self._produce(topic, letter.key, None, batch, headers)
 
     def _retire(self, wait: bool = False) -> None:

@@ -24,7 +24,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from dyno_stream.checkpoint import (
     H_FIELD,
@@ -33,13 +33,14 @@ from dyno_stream.checkpoint import (
     H_PARTITION,
     H_REASON,
     H_TOPIC,
+    H_TRUNCATED,
     PENDING_DEAD_PREFIX,
     PENDING_SNAPSHOTS_PREFIX,
     DeadLetter,
     PartitionStore,
 )
 from dyno_stream.client import Delivery, DynoClient
-from dyno_stream.config import Settings
+from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
 from dyno_stream.events import EventModel, make_op, parse_event
 from dyno_stream.flake import new_flake
 from dyno_stream.store import DynoStore
@@ -538,6 +539,40 @@ def test_poison_events_go_to_the_dead_letter_topic(
             assert (item.value, item.changes, item.count) == (value, changes, count), name
         assert list(store.iter_meta(PENDING_SNAPSHOTS_PREFIX)) == []
         assert list(store.iter_meta(PENDING_DEAD_PREFIX)) == []
+
+
+def test_dead_letter_too_large_for_kafka_drops_the_bytes_and_says_so(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tail: Callable[[Settings, str], Tail],
+) -> None:
+    """An event larger than Kafka takes in one dead letter (``MAX_MESSAGE_BYTES``, 8 MiB): the
+    dead letter keeps the key, the reason and the source, drops the value, and says how many
+    bytes it dropped in ``dyno.error.truncated``. The worker goes on."""
+    s = make_settings()
+    # an ops topic that takes the huge event (the worker's topics take at most 8 MiB)
+    huge_limit = 2 * MAX_MESSAGE_BYTES
+    admin = AdminClient(s.kafka.librdkafka())
+    spec = NewTopic(s.topics.ops, 1, 1, config={"max.message.bytes": str(huge_limit)})
+    for future in admin.create_topics([spec]).values():
+        future.result(30)
+    worker = start_worker(s)
+    snaps = tail(s, s.topics.snapshots)
+    dlq = tail(s, s.topics.dead_letter)
+    huge = _op_json("big", "putAttrs", new_flake(), {"pad": "x" * (MAX_MESSAGE_BYTES + 1000)})
+    producer = Producer({**s.kafka.librdkafka(), "message.max.bytes": huge_limit + 4096})
+    producer.produce(s.topics.ops, huge, b"big")
+    producer.produce(s.topics.ops, _op_json("after", "putItem", new_flake(), {"a": 1}), b"after")
+    assert producer.flush(60) == 0
+
+    (letter,) = dlq.wait(lambda ms: len(ms) >= 1, "the dead letter")
+    snaps.wait(lambda ms: "after" in last_snapshots(ms), "the op after the huge one applied")
+    h = headers_of(letter)
+    assert h[H_REASON] == b"oversized"
+    assert h[H_TRUNCATED] == str(len(huge)).encode()
+    assert letter.value() is None and letter.key() == b"big"
+    assert (h[H_TOPIC], h[H_PARTITION], h[H_OFFSET]) == (s.topics.ops.encode(), b"0", b"0")
+    assert worker.thread.is_alive(), f"worker thread died: {worker.error!r}"
 
 
 # ---------------------------------------------------------------------------------------------
