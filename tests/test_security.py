@@ -327,6 +327,7 @@ def test_tls_client_that_does_not_trust_the_broker_certificate_is_stopped(
     assert "kafka.ssl_ca_location" in str(info.value)
 
 
+@pytest.mark.kafka  # starts a broker of its own
 def test_worker_stops_when_the_broker_certificate_does_not_name_the_host_dialled(
     tmp_path: Path,
 ) -> None:
