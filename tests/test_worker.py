@@ -8,6 +8,7 @@ what it published on the real snapshot and dead-letter topics, and what it wrote
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+from helpers import wait_until
 
 from dyno_stream.checkpoint import (
     H_FIELD,
@@ -783,7 +785,9 @@ def test_a_republished_snapshot_names_the_offset_its_value_is_current_to(
 
 
 def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
-    make_settings: Callable[..., Settings], tail: Callable[[Settings, str], Tail]
+    make_settings: Callable[..., Settings],
+    tail: Callable[[Settings, str], Tail],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The republish of a crashed run's pending snapshot fails inside the assignment (the
     snapshot topic is missing), and the same poll brings the ops after the store's offset.
@@ -804,11 +808,30 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
     finally:
         ps.close()
 
+    caplog.set_level(logging.WARNING, logger="dyno_stream.worker")
     worker = Worker(s, handle_signals=False)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        time.sleep(4)  # the assignment's republish times out after 1 s; the poll goes on
+        # the assignment's republish times out after 1 s (no snapshot topic), and the worker
+        # says it will publish again ...
+        def republish_failed() -> bool:
+            return any("publishing again" in r.getMessage() for r in caplog.records)
+
+        wait_until(republish_failed, WAIT_S, lambda: f"no failed republish: {caplog.text}")
+        failure = next(
+            r.getMessage() for r in caplog.records if "publishing again" in r.getMessage()
+        )
+        # the crashed run's one pending snapshot, not a later batch's
+        assert failure.startswith("1 messages unacknowledged after 1s"), failure
+        assert thread.is_alive()
+        # ... while the ops that poll brought are applied all the same (the topic still missing)
+        wait_until(
+            lambda: (worker.read_item("x") or {}).get("changes") == len(events),
+            WAIT_S,
+            lambda: f"x in the store: {worker.read_item('x')}",
+        )
+        assert s.topics.snapshots not in admin.list_topics(timeout=30).topics
         for future in admin.create_topics([specs[s.topics.snapshots]]).values():
             future.result(30)
         snaps = tail(s, s.topics.snapshots)
