@@ -884,7 +884,14 @@ def test_offsets_are_committed_at_most_every_commit_interval(
                     assert time.monotonic() < deadline, f"offset {k + 1} not committed"
                     time.sleep(0.1)
     if interval:
-        time.sleep(0.5)  # several idle turns of the loop: none may commit
+        # the loop has turned 2 s after the last snapshot came out: a worker whose interval
+        # were a second or less would have committed by then (checked with 1.0 here)
+        acknowledged_at = time.monotonic()
+        wait_until(
+            lambda: w.worker.health.last_loop > acknowledged_at + 2.0,
+            WAIT_S,
+            lambda: "the worker's loop stopped turning",
+        )
         assert _committed(s) < 0, "committed before the interval was up"
     w.stop()
     assert _committed(s) == 3  # the revoke on shutdown commits what the store holds
