@@ -191,10 +191,19 @@ def _fake_mvn(bin_dir: Path, body: str) -> None:
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
 
-def test_ensure_jars_without_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_jars_without_maven_says_what_to_install_and_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    with pytest.raises(BrokerError, match="Maven"):
-        ensure_jars(tmp_path / "cache")
+    cache = tmp_path / "cache"
+    with pytest.raises(BrokerError) as info:
+        ensure_jars(cache)
+    message = str(info.value)
+    assert "Maven ('mvn') is not on PATH" in message
+    assert "install Maven 3.8+ and Java 17+" in message
+    version_dir = cache / f"kafka-{KAFKA_VERSION}"
+    assert str(version_dir / "libs") in message  # where the jars would go
+    assert not (version_dir / "libs").exists() and not (version_dir / "libs.complete").exists()
 
 
 def test_ensure_jars_redoes_a_failed_download(
