@@ -65,6 +65,7 @@ bench-store: $(STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP) jars
 	$(BIN)/python bench/bench_store.py --json bench/results/store.json
+	$(BIN)/python bench/bench_limits.py --json bench/results/limits.json
 	$(BIN)/python bench/bench_worker.py --json bench/results/worker.json
 	$(BIN)/python bench/bench_compaction.py --json bench/results/compaction.json
 	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python

@@ -2,8 +2,8 @@
 
 Made with ``cryptography`` at test time (no files checked in that could expire or leak): an
 EC P-256 CA, and a server certificate it signs for ``127.0.0.1`` and ``localhost``, the
-names clients dial. The key is written as unencrypted PKCS#8, the form Kafka's PEM key store
-reads.
+names clients dial (or for other names, to test a certificate that misses them). The key is
+written as unencrypted PKCS#8, the form Kafka's PEM key store reads.
 """
 
 from __future__ import annotations
@@ -32,8 +32,22 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_tls_files(directory: Path, ca_name: str = "dyno-stream test CA") -> TlsFiles:
-    """Write ``ca.pem``, ``broker.pem`` (certificate) and ``broker.key`` into ``directory``."""
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_tls_files(
+    directory: Path,
+    ca_name: str = "dyno-stream test CA",
+    names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> TlsFiles:
+    """Write ``ca.pem``, ``broker.pem`` (certificate) and ``broker.key`` into ``directory``.
+
+    The certificate names ``names`` (IP addresses as such, the rest as DNS names).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     valid = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=1))
@@ -79,9 +93,7 @@ def make_tls_files(directory: Path, ca_name: str = "dyno-stream test CA") -> Tls
         .not_valid_after(valid[1])
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
+            x509.SubjectAlternativeName([_general_name(n) for n in names]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -142,8 +142,17 @@ def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
             w.stop()
 
 
+#: Fixtures that start a broker or need one running: the session's, and test_security's own.
+BROKER_FIXTURES = frozenset({"kafka_bootstrap", "secure"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs the broker, so `-m "not kafka"` runs the rest alone."""
+    """Mark every test that needs the broker, so `-m "not kafka"` runs the rest alone.
+
+    ``fixturenames`` holds every fixture a test uses, directly or through another fixture.
+    A test that starts a broker of its own, without such a fixture, is marked where it is
+    written.
+    """
     for item in items:
-        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 # confluent_kafka.admin re-exports NewTopic without marking it public for type checkers (2.16);
 # it is defined, and typed, in cimpl.
 from confluent_kafka.cimpl import NewTopic
+from helpers import cli_env, run_cli
 
 from dyno_stream.core.errors import BrokerError
 from dyno_stream.devtools.broker import (
@@ -190,10 +192,19 @@ def _fake_mvn(bin_dir: Path, body: str) -> None:
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
 
-def test_ensure_jars_without_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_jars_without_maven_says_what_to_install_and_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    with pytest.raises(BrokerError, match="Maven"):
-        ensure_jars(tmp_path / "cache")
+    cache = tmp_path / "cache"
+    with pytest.raises(BrokerError) as info:
+        ensure_jars(cache)
+    message = str(info.value)
+    assert "Maven ('mvn') is not on PATH" in message
+    assert "install Maven 3.8+ and Java 17+" in message
+    version_dir = cache / f"kafka-{KAFKA_VERSION}"
+    assert str(version_dir / "libs") in message  # where the jars would go
+    assert not (version_dir / "libs").exists() and not (version_dir / "libs.complete").exists()
 
 
 def test_ensure_jars_redoes_a_failed_download(
@@ -259,3 +270,53 @@ def test_storage_formats_with_a_kept_id_that_starts_with_a_dash(tmp_path: Path) 
     b._format_storage(find_java(), ensure_jars(b.cache_dir))
     meta = (b.data_dir / "meta.properties").read_text(encoding="utf-8")
     assert "cluster.id=-" in meta
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI: dyno-stream broker start|stop|status
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_cli_broker_start_status_stop(tmp_path: Path) -> None:
+    """The README's ``dyno-stream broker start|stop|status``, as a user types them, in a home
+    and on ports of the test's own (``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT``)."""
+    home = (tmp_path / "home").resolve()
+    port = free_port_pair()
+    env = cli_env(DYNO_BROKER_HOME=str(home), DYNO_BROKER_PORT=str(port))
+    bootstrap = f"127.0.0.1:{port}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(env, "broker", *args, timeout=180)
+
+    try:
+        stopped = cli("status")
+        assert stopped.returncode == 3, stopped.stderr  # scripts can test for "not running"
+        assert stopped.stdout.split()[0] == "stopped" and f"home={home}" in stopped.stdout
+
+        started = cli("start")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip() == bootstrap
+        assert f"starting Kafka broker in {home}" in started.stderr
+        assert bootstrap_reachable(bootstrap, timeout=10)
+
+        running = cli("status")
+        assert running.returncode == 0, running.stderr
+        fields = dict(f.split("=", 1) for f in running.stdout.split()[1:])
+        assert running.stdout.split()[0] == "running"
+        assert fields["bootstrap"] == bootstrap and fields["home"] == str(home)
+        pid = int(fields["pid"])
+        assert pid == LocalBroker(home=home, port=port).status().pid
+
+        again = cli("start")  # idempotent: the same broker, not a second one
+        assert again.returncode == 0 and again.stdout.strip() == bootstrap, again.stderr
+        assert LocalBroker(home=home, port=port).status().pid == pid
+
+        stop = cli("stop")
+        assert stop.returncode == 0 and stop.stdout.strip() == "stopped", stop.stderr
+        assert not bootstrap_reachable(bootstrap, timeout=2)
+        assert cli("status").returncode == 3
+        twice = cli("stop")
+        assert twice.returncode == 0 and twice.stdout.strip() == "not running", twice.stderr
+    finally:
+        LocalBroker(home=home, port=port).stop(timeout=10)

@@ -58,8 +58,41 @@ def test_topics_step_waits_for_a_healthy_broker(compose: dict[str, Any]) -> None
     assert topics["command"] == ["topics"]
 
 
-def test_compactor_runs_compact_on_a_schedule(compose: dict[str, Any]) -> None:
+def test_compactor_runs_compact_every_hour_and_outlives_a_failed_pass(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The compactor's entrypoint, run as written, with stand-ins for ``sleep`` and
+    ``dyno-stream`` (no container here): one pass after each hour's sleep, for ever, and a
+    failed pass does not end the loop."""
     compactor = compose["services"]["compactor"]
-    script = " ".join(compactor["entrypoint"])
-    assert "dyno-stream compact" in script and "sleep" in script
     assert compactor["environment"]["DYNO_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # the fourth sleep ends the loop (kills the shell that runs it)
+    (bin_dir / "sleep").write_text(
+        f'#!/bin/sh\necho "sleep $*" >> {calls}\n'
+        f'[ "$(grep -c ^sleep {calls})" -ge 4 ] && kill -9 $PPID\nexit 0\n'
+    )
+    # the second pass fails
+    (bin_dir / "dyno-stream").write_text(
+        f'#!/bin/sh\necho "dyno-stream $*" >> {calls}\n'
+        f'[ "$(grep -c ^dyno-stream {calls})" -ne 2 ]\n'
+    )
+    for stand_in in bin_dir.iterdir():
+        stand_in.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run(
+        compactor["entrypoint"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == -9, (proc.returncode, proc.stdout, proc.stderr)
+    assert calls.read_text().splitlines() == [
+        "sleep 3600",
+        "dyno-stream compact",
+        "sleep 3600",
+        "dyno-stream compact",
+        "sleep 3600",
+        "dyno-stream compact",
+        "sleep 3600",
+    ]
+    assert "compaction failed" in proc.stdout  # the failed pass is reported

@@ -9,7 +9,8 @@ of its item's history (``helpers.published``: an op applied twice or skipped cha
 the stores equal to the model, nothing dead-lettered.
 
 CI runs each test at a reduced size; ``make faults`` (``DYNO_FAULTS_FULL=1``) runs the issue's
-full size and writes the figures to ``bench/results/faults.json``.
+full size and writes the figures to ``bench/results/faults.json``. Every run draws a fresh
+seed (printed; ``DYNO_FAULTS_SEED`` repeats it).
 """
 
 from __future__ import annotations
@@ -57,8 +58,16 @@ from dyno_stream.views import MaterializedView
 
 pytestmark = pytest.mark.faults
 
-SEED = int(os.environ.get("DYNO_FAULTS_SEED", "20240607"))
+#: Each run draws its own seed, so CI tries new kill points, ops and faults every time; each
+#: test prints it, and ``DYNO_FAULTS_SEED`` repeats a run.
+SEED = int(os.environ.get("DYNO_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
 FAULT_INJECTOR = Path(__file__).resolve().parent / "faultinject"
+
+
+@pytest.fixture(autouse=True)
+def _print_seed() -> None:
+    """Shown with a failing test's output (pytest keeps what a test printed)."""
+    print(f"\nfault suite seed {SEED} (DYNO_FAULTS_SEED={SEED} repeats this run)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +159,40 @@ KILL_PARTITIONS = 4
 #: Seconds from one kill to the next worker holding the partitions: start-up, then the
 #: killed member's session timing out (6 s) before the group rebalances.
 CYCLE_S = 9.0
+#: A start-up kill comes at most this long after the worker was started: before the killed
+#: predecessor's session (6 s, FAST_GROUP) times out, so before the group can have handed
+#: the new worker its partitions.
+START_UP_KILL_WITHIN_S = 4.0
+
+
+def kill_plan(kills: int, rnd: random.Random) -> list[str]:
+    """Each kill's intended phase: ``start-up`` (before the worker holds its partitions),
+    ``backlog`` (holding them while ops are still being produced: the backlog its
+    predecessor's downtime left, then live ops), ``idle`` (every op produced and applied).
+
+    Every plan has all three, whatever the seed: kill 0 meets the first worker, which holds
+    its partitions before any op is sent, so it is a backlog kill; the idle kills come last,
+    once every op is in; one kill in between is a start-up kill for sure, the others are
+    start-up kills by chance (one in four), else backlog kills.
+    """
+    assert kills >= 3, "a plan needs a backlog, a start-up and an idle kill"
+    idle = max(1, kills // 10)
+    streaming = kills - idle
+    sure = rnd.randrange(1, streaming)
+    plan = ["backlog"]
+    plan += [
+        "start-up" if k == sure or rnd.random() < 0.25 else "backlog" for k in range(1, streaming)
+    ]
+    return plan + ["idle"] * idle
+
+
+def test_kill_plan_has_every_phase_whatever_the_seed() -> None:
+    for seed in range(200):
+        for kills in (3, 5, 20):
+            plan = kill_plan(kills, random.Random(seed))
+            assert len(plan) == kills and plan[0] == "backlog" and plan[-1] == "idle", plan
+            assert "start-up" in plan, plan
+            assert plan.index("idle") > max(i for i, p in enumerate(plan) if p != "idle")
 
 
 def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
@@ -158,6 +201,7 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
     n_ops = faults_size(20_000, 200_000)
     kills = faults_size(5, 20)
     rnd = random.Random(SEED)
+    plan = kill_plan(kills, rnd)
     started = time.monotonic()
     s = make_settings(partitions=KILL_PARTITIONS)
     ensure_topics(s)
@@ -173,25 +217,38 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
     kill_log: list[dict[str, Any]] = []
     try:
         wait_assigned(w, KILL_PARTITIONS)
-        with DynoClient(s) as client:
-            # spread the ops over the kills, so each restart finds a backlog to work through
+        with DynoClient(s) as client, MaterializedView(s) as view:
+            # spread the ops over the kills before the idle ones, so each restart finds a
+            # backlog to work through
+            streaming = sum(1 for p in plan if p != "idle")
             producer = PacedProducer(
-                client, n_ops, KILL_ITEMS, n_ops / (kills * CYCLE_S), random.Random(SEED + 1)
+                client, n_ops, KILL_ITEMS, n_ops / (streaming * CYCLE_S), random.Random(SEED + 1)
             )
-            for k in range(kills):
-                mode = rnd.random()
+            for k, intended in enumerate(plan):
                 born = time.monotonic()
-                if mode < 0.2:  # during start-up, joining the group or opening the stores
-                    time.sleep(rnd.uniform(0.2, 4.0))
-                    phase = "starting"
-                else:  # while it works through the backlog, or once it is idle again
+                if intended == "start-up":  # joining the group, or opening the stores
+                    time.sleep(rnd.uniform(0.2, START_UP_KILL_WITHIN_S))
+                elif intended == "backlog":
                     wait_assigned(w, KILL_PARTITIONS)
-                    time.sleep(rnd.uniform(0, 0.5) if mode < 0.7 else rnd.uniform(0.5, 3.0))
-                    phase = "working"
+                    time.sleep(rnd.uniform(0, 0.5))
+                else:  # idle: every op produced, and applied as far as the snapshots show
+                    producer.join(600)
+                    client.flush(120)
+                    wait_assigned(w, KILL_PARTITIONS)
+                    wait_caught_up(view, producer.produced.reference(), 300, w.tail())
+                    time.sleep(rnd.uniform(0.5, 3.0))
                 assert w.alive(), f"{w.name} died before it was killed{w.tail()}"
                 held = sorted(w.partitions())
+                still_producing = producer.count < n_ops
                 w.proc.kill()  # SIGKILL: no revoke, no flush, no goodbye to the group
                 assert w.proc.wait(10) == -signal.SIGKILL
+                # the phase as observed at the kill, not as intended
+                if len(held) < KILL_PARTITIONS:
+                    phase = "start-up"
+                elif intended == "idle":
+                    phase = "idle"
+                else:  # "draining": every op sent, its application not yet confirmed
+                    phase = "backlog" if still_producing else "draining"
                 kill_log.append(
                     {
                         "kill": k,
@@ -219,11 +276,13 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
 
         history = published(read_topic(s, s.topics.snapshots, timeout=300), produced.models)
         during = sum(1 for k in kill_log if k["produced"] < n_ops)
+        phases = [k["phase"] for k in kill_log]
         record_figures(
             "sigkill",
             kills_survived=kills,
             kills_while_producing=during,
-            kills_while_starting=sum(1 for k in kill_log if k["phase"] == "starting"),
+            kills_by_phase={p: phases.count(p) for p in sorted(set(phases))},
+            kills=kill_log,
             ops_produced=n_ops,
             items=len(ref.changes),
             snapshots_published=history.snapshots,
@@ -241,6 +300,9 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
         check_stores(data_dir, s, ref, produced, tmp_path / "reference-stores")
         # the kills really landed among the ops: most while they were still being produced
         assert during >= kills // 2, kill_log
+        # and in every phase the plan promised (a start-up kill came after the group could
+        # hand the worker its partitions: the machine was too slow for the plan)
+        assert {"start-up", "backlog", "idle"} <= set(phases), kill_log
     finally:
         for run in runs:
             run.cleanup()

@@ -28,7 +28,7 @@ ITEMS = ["kc-alpha", "kc-beta", "kc-gamma", "kc-delta", "kc-épsilon", "kc/zeta"
 def kcat() -> str:
     path = shutil.which("kcat")
     if path is None:
-        pytest.fail("kcat is not installed: run `make kcat` (Debian's kcat package)")
+        pytest.fail("kcat is not installed: run `make debs` (it installs Debian's kcat package)")
     return path
 
 

@@ -835,17 +835,26 @@ def test_store_creates_missing_store_directory(tmp_path: Path) -> None:
     assert path.is_dir()
 
 
-def test_open_failure_missing_parent_is_a_dyno_error(tmp_path: Path) -> None:
-    # every error a caller can provoke derives from DynoError: a path whose parent directory
-    # does not exist must either open or fail with a DynoError, never a raw plyvel error
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "parent" / "db"
-    try:
-        s = DynoStore(path)
-    except DynoError:
-        return
-    with s:
+    with DynoStore(path) as s:
         s.put_item("x", {"a": 1}, ts=F(0))
+    assert path.is_dir()
+    with DynoStore(path) as s:  # a real store there, not a throwaway
         assert s.get_item("x").value == {"a": 1}
+
+
+def test_open_failure_is_a_dyno_error_naming_the_path(tmp_path: Path) -> None:
+    # every error a caller can provoke derives from DynoError, never a raw OSError or plyvel
+    # error: here a file stands where a parent directory must be (a permission error would
+    # not do, the tests may run as root)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = blocker / "db"
+    with pytest.raises(DynoError, match="cannot open store at") as info:
+        DynoStore(path)
+    assert str(path) in str(info.value)
+    assert blocker.read_text() == "not a directory"  # left as it was
 
 
 def test_open_twice_is_a_dyno_error(tmp_path: Path) -> None:

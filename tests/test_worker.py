@@ -8,6 +8,7 @@ what it published on the real snapshot and dead-letter topics, and what it wrote
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -24,9 +25,10 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
+from helpers import wait_until
 
-from dyno_stream.config import Settings
+from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
 from dyno_stream.core.events import EventModel, make_op, parse_event
 from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.client import Delivery, DynoClient
@@ -39,6 +41,7 @@ from dyno_stream.store.partition import (
     H_PARTITION,
     H_REASON,
     H_TOPIC,
+    H_TRUNCATED,
     PENDING_DEAD_PREFIX,
     PENDING_SNAPSHOTS_PREFIX,
     DeadLetter,
@@ -540,6 +543,40 @@ def test_poison_events_go_to_the_dead_letter_topic(
         assert list(store.iter_meta(PENDING_DEAD_PREFIX)) == []
 
 
+def test_dead_letter_too_large_for_kafka_drops_the_bytes_and_says_so(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tail: Callable[[Settings, str], Tail],
+) -> None:
+    """An event larger than Kafka takes in one dead letter (``MAX_MESSAGE_BYTES``, 8 MiB): the
+    dead letter keeps the key, the reason and the source, drops the value, and says how many
+    bytes it dropped in ``dyno.error.truncated``. The worker goes on."""
+    s = make_settings()
+    # an ops topic that takes the huge event (the worker's topics take at most 8 MiB)
+    huge_limit = 2 * MAX_MESSAGE_BYTES
+    admin = AdminClient(s.kafka.librdkafka())
+    spec = NewTopic(s.topics.ops, 1, 1, config={"max.message.bytes": str(huge_limit)})
+    for future in admin.create_topics([spec]).values():
+        future.result(30)
+    worker = start_worker(s)
+    snaps = tail(s, s.topics.snapshots)
+    dlq = tail(s, s.topics.dead_letter)
+    huge = _op_json("big", "putAttrs", new_flake(), {"pad": "x" * (MAX_MESSAGE_BYTES + 1000)})
+    producer = Producer({**s.kafka.librdkafka(), "message.max.bytes": huge_limit + 4096})
+    producer.produce(s.topics.ops, huge, b"big")
+    producer.produce(s.topics.ops, _op_json("after", "putItem", new_flake(), {"a": 1}), b"after")
+    assert producer.flush(60) == 0
+
+    (letter,) = dlq.wait(lambda ms: len(ms) >= 1, "the dead letter")
+    snaps.wait(lambda ms: "after" in last_snapshots(ms), "the op after the huge one applied")
+    h = headers_of(letter)
+    assert h[H_REASON] == b"oversized"
+    assert h[H_TRUNCATED] == str(len(huge)).encode()
+    assert letter.value() is None and letter.key() == b"big"
+    assert (h[H_TOPIC], h[H_PARTITION], h[H_OFFSET]) == (s.topics.ops.encode(), b"0", b"0")
+    assert worker.thread.is_alive(), f"worker thread died: {worker.error!r}"
+
+
 # ---------------------------------------------------------------------------------------------
 # restart
 # ---------------------------------------------------------------------------------------------
@@ -748,7 +785,9 @@ def test_a_republished_snapshot_names_the_offset_its_value_is_current_to(
 
 
 def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
-    make_settings: Callable[..., Settings], tail: Callable[[Settings, str], Tail]
+    make_settings: Callable[..., Settings],
+    tail: Callable[[Settings, str], Tail],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The republish of a crashed run's pending snapshot fails inside the assignment (the
     snapshot topic is missing), and the same poll brings the ops after the store's offset.
@@ -769,11 +808,30 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
     finally:
         ps.close()
 
+    caplog.set_level(logging.WARNING, logger="dyno_stream.stream.worker")
     worker = Worker(s, handle_signals=False)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        time.sleep(4)  # the assignment's republish times out after 1 s; the poll goes on
+        # the assignment's republish times out after 1 s (no snapshot topic), and the worker
+        # says it will publish again ...
+        def republish_failed() -> bool:
+            return any("publishing again" in r.getMessage() for r in caplog.records)
+
+        wait_until(republish_failed, WAIT_S, lambda: f"no failed republish: {caplog.text}")
+        failure = next(
+            r.getMessage() for r in caplog.records if "publishing again" in r.getMessage()
+        )
+        # the crashed run's one pending snapshot, not a later batch's
+        assert failure.startswith("1 messages unacknowledged after 1s"), failure
+        assert thread.is_alive()
+        # ... while the ops that poll brought are applied all the same (the topic still missing)
+        wait_until(
+            lambda: (worker.read_item("x") or {}).get("changes") == len(events),
+            WAIT_S,
+            lambda: f"x in the store: {worker.read_item('x')}",
+        )
+        assert s.topics.snapshots not in admin.list_topics(timeout=30).topics
         for future in admin.create_topics([specs[s.topics.snapshots]]).values():
             future.result(30)
         snaps = tail(s, s.topics.snapshots)
@@ -826,7 +884,14 @@ def test_offsets_are_committed_at_most_every_commit_interval(
                     assert time.monotonic() < deadline, f"offset {k + 1} not committed"
                     time.sleep(0.1)
     if interval:
-        time.sleep(0.5)  # several idle turns of the loop: none may commit
+        # the loop has turned 2 s after the last snapshot came out: a worker whose interval
+        # were a second or less would have committed by then (checked with 1.0 here)
+        acknowledged_at = time.monotonic()
+        wait_until(
+            lambda: w.worker.health.last_loop > acknowledged_at + 2.0,
+            WAIT_S,
+            lambda: "the worker's loop stopped turning",
+        )
         assert _committed(s) < 0, "committed before the interval was up"
     w.stop()
     assert _committed(s) == 3  # the revoke on shutdown commits what the store holds

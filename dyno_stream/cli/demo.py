@@ -32,7 +32,19 @@ from dyno_stream.kafka.topics import delete_topics, ensure_topics
 from dyno_stream.store.partition import H_MESSAGE, H_REASON
 from dyno_stream.stream.metrics import http_get
 
+#: The demo worker's HTTP port: not the default 9464, which a worker of one's own may hold.
+#: ``DYNO_DEMO_HTTP_PORT`` picks another (the tests do, so that runs side by side never clash).
 DEMO_HTTP_PORT = 9474
+
+
+def demo_http_port() -> int:
+    env = os.environ.get("DYNO_DEMO_HTTP_PORT")
+    if not env:
+        return DEMO_HTTP_PORT
+    try:
+        return int(env)
+    except ValueError:
+        raise DynoError(f"DYNO_DEMO_HTTP_PORT must be a port number, not {env!r}") from None
 
 
 def demo_settings(bootstrap: str, data_dir: Path) -> Settings:
@@ -49,7 +61,11 @@ def demo_settings(bootstrap: str, data_dir: Path) -> Settings:
                 }
             ),
             "worker": base.worker.model_copy(
-                update={"group_id": "dyno-demo", "data_dir": data_dir, "http_port": DEMO_HTTP_PORT}
+                update={
+                    "group_id": "dyno-demo",
+                    "data_dir": data_dir,
+                    "http_port": demo_http_port(),
+                }
             ),
         }
     )

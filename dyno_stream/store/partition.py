@@ -63,6 +63,9 @@ H_FIELD = "dyno.error.field"
 H_TOPIC = "dyno.source.topic"
 H_PARTITION = "dyno.source.partition"
 H_OFFSET = "dyno.source.offset"
+#: Set instead of the original bytes when a dead letter with them is more than Kafka takes
+#: (``MAX_MESSAGE_BYTES``): the value is dropped, this header holds its length.
+H_TRUNCATED = "dyno.error.truncated"
 
 Headers = list[tuple[str, bytes]]
 #: Headers as confluent-kafka's produce() takes them.

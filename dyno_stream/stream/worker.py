@@ -53,6 +53,7 @@ from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import Item
 from dyno_stream.store.partition import (
+    H_TRUNCATED,
     DeadLetter,
     KafkaHeaders,
     PartitionStore,
@@ -713,7 +714,7 @@ class Worker:
         try:
             self._produce(topic, letter.key, letter.value, batch, headers)
         except KafkaException:  # too large with the original bytes: keep the reason at least
-            headers.append(("dyno.error.truncated", str(len(letter.value or b"")).encode()))
+            headers.append((H_TRUNCATED, str(len(letter.value or b"")).encode()))
             self._produce(topic, letter.key, None, batch, headers)
 
     def _retire(self, wait: bool = False) -> None:
