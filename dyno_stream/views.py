@@ -28,7 +28,7 @@ import pydantic
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import DynoError
+from dyno_stream.core.errors import DynoError, KafkaAdminError, KafkaServiceError, StoreError
 from dyno_stream.core.events import Snapshot as SnapshotModel
 
 log = logging.getLogger("dyno_stream.views")
@@ -87,7 +87,7 @@ def read_snapshots(
     try:
         meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
         if meta is None or meta.error is not None:
-            raise DynoError(f"snapshot topic {topic!r} not found; is a worker running?")
+            raise KafkaAdminError(f"snapshot topic {topic!r} not found; is a worker running?")
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
         for p in meta.partitions:
@@ -103,7 +103,7 @@ def read_snapshots(
         deadline = time.monotonic() + timeout
         while ends:
             if time.monotonic() > deadline:
-                raise DynoError(f"reading {topic} did not finish within {timeout:.0f}s")
+                raise KafkaServiceError(f"reading {topic} did not finish within {timeout:.0f}s")
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
                     continue
@@ -154,7 +154,7 @@ class _LevelDBTable:
         try:
             self.db: Any = plyvel.DB(str(path), create_if_missing=True)
         except plyvel.Error as exc:
-            raise DynoError(f"cannot open view table at {path}: {exc}") from exc
+            raise StoreError(f"cannot open view table at {path}: {exc}") from exc
         self.offsets = {
             int(k[len(_OFFSET_PREFIX) :]): int(v)
             for k, v in self.db.iterator(prefix=_OFFSET_PREFIX)
@@ -258,7 +258,7 @@ class MaterializedView:
     def start(self) -> MaterializedView:
         meta = self._consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
         if meta is None or meta.error is not None:
-            raise DynoError(f"snapshot topic {self.topic!r} does not exist")
+            raise KafkaAdminError(f"snapshot topic {self.topic!r} does not exist")
         self._partitions = sorted(meta.partitions)
         self._consumer.assign(
             [
@@ -295,7 +295,7 @@ class MaterializedView:
                 out[p] = hi
             return out
         except KafkaException as exc:
-            raise DynoError(f"cannot read the end of {self.topic}: {exc}") from exc
+            raise KafkaAdminError(f"cannot read the end of {self.topic}: {exc}") from exc
         finally:
             probe.close()
 

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from helpers import cli_env, run_cli
 
-from dyno_stream.core.errors import BrokerError
+from dyno_stream.core.errors import LocalBrokerError
 from dyno_stream.devtools.broker import (
     KAFKA_VERSION,
     LocalBroker,
@@ -138,7 +138,7 @@ def test_broker_lifecycle_and_roundtrip(broker: LocalBroker) -> None:
 @pytest.mark.kafka
 def test_jvm_dying_at_start_reports_its_log(broker: LocalBroker) -> None:
     broker.heap = "-Xmx1m"  # the JVM refuses to start with so small a heap
-    with pytest.raises(BrokerError, match="exited during start-up") as excinfo:
+    with pytest.raises(LocalBrokerError, match="exited during start-up") as excinfo:
         broker.start(timeout=60)
     assert "heap" in str(excinfo.value).lower()
     assert not broker.is_running()
@@ -167,7 +167,7 @@ def test_port_taken_by_something_else(tmp_path: Path) -> None:
         port = int(squatter.getsockname()[1])
         broker = LocalBroker(home=tmp_path / "broker", port=port)
         with pytest.raises(
-            BrokerError, match=rf"client port 127\.0\.0\.1:{port} is already in use"
+            LocalBrokerError, match=rf"client port 127\.0\.0\.1:{port} is already in use"
         ):
             broker.start(timeout=5)
         assert not broker.is_running()
@@ -197,7 +197,7 @@ def test_ensure_jars_without_maven_says_what_to_install_and_caches_nothing(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     cache = tmp_path / "cache"
-    with pytest.raises(BrokerError) as info:
+    with pytest.raises(LocalBrokerError) as info:
         ensure_jars(cache)
     message = str(info.value)
     assert "Maven ('mvn') is not on PATH" in message
@@ -220,7 +220,7 @@ def test_ensure_jars_redoes_a_failed_download(
         'mkdir -p "$out" && touch "$out/half.jar"\n'
         'echo "[ERROR] Could not resolve dependencies: network is down"\nexit 1\n',
     )
-    with pytest.raises(BrokerError, match="network is down"):
+    with pytest.raises(LocalBrokerError, match="network is down"):
         ensure_jars(cache)
     version_dir = cache / f"kafka-{KAFKA_VERSION}"
     assert not (version_dir / "libs.complete").exists()
@@ -249,7 +249,7 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DYNO_KAFKA_CACHE", str(tmp_path / "c"))
     assert default_cache_root() == tmp_path / "c"
     monkeypatch.setenv("DYNO_BROKER_PORT", "nope")
-    with pytest.raises(BrokerError, match="DYNO_BROKER_PORT"):
+    with pytest.raises(LocalBrokerError, match="DYNO_BROKER_PORT"):
         LocalBroker()
 
 

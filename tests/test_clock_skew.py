@@ -37,12 +37,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 
 from dyno_stream.config import Settings, producer_config
+from dyno_stream.core.deadletter import H_FIELD, H_OFFSET, H_REASON, DeadLetter
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
 from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.clock import describe_ms
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.store.partition import H_FIELD, H_OFFSET, H_REASON, DeadLetter, PartitionStore
+from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
 from dyno_stream.stream.worker import Worker
 

@@ -20,10 +20,10 @@ from helpers import cli_env, read_topic, run_cli, wait_until
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings, Settings, producer_config
+from dyno_stream.core.deadletter import H_REASON
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.jobs.compaction import EXIT_UNCONFIRMED, compact_online
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.store.partition import H_REASON
 
 HOUR_MS = 3_600_000
 

@@ -25,11 +25,11 @@ from helpers import read_topic, wait_until
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings, Settings, producer_config
+from dyno_stream.core.deadletter import H_REASON
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.jobs.compaction import compact_offline
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import DynoStore
-from dyno_stream.store.partition import H_REASON
 
 MIN_MS = 60_000
 WAIT_S = 60.0

@@ -30,10 +30,10 @@ from helpers import cli_env, run_cli, wait_until
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings, Settings
+from dyno_stream.core.deadletter import H_OFFSET, H_REASON
 from dyno_stream.core.flake import FlakeGenerator, flake_time
 from dyno_stream.jobs.compaction import Summary, compact_online
 from dyno_stream.store import DynoStore, HistoryChangeset, Item
-from dyno_stream.store.partition import H_OFFSET, H_REASON
 from dyno_stream.stream.worker import producer_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,12 +28,12 @@ from certs import TlsFiles, make_tls_files
 from conftest import RunningWorker, free_port, scoped_settings
 from helpers import REPO, cli_env, free_port_pair, run_cli
 
+from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import KafkaSettings, Settings, WorkerSettings
-from dyno_stream.core.errors import BrokerError, KafkaAuthError
+from dyno_stream.core.errors import KafkaAuthError, LocalBrokerError
 from dyno_stream.devtools.broker import BrokerTls, LocalBroker, ScramUser
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.stream.metrics import http_get
 
 # Unique per run, so finding one in an output cannot be a coincidence.
 PASSWORD = f"pw512-{uuid.uuid4().hex}"
@@ -449,5 +449,5 @@ def test_secured_broker_keeps_passwords_out_of_its_files_and_reprs(
     # Start is idempotent for the same settings, and refuses different ones.
     assert b.start(timeout=60) == b.bootstrap
     other = LocalBroker(home=b.home, port=b.port, cache_dir=b.cache_dir)
-    with pytest.raises(BrokerError, match="other settings"):
+    with pytest.raises(LocalBrokerError, match="other settings"):
         other.start(timeout=10)

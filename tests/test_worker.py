@@ -29,12 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from helpers import wait_until
 
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
-from dyno_stream.core.events import EventModel, make_op, parse_event
-from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import Delivery, DynoClient
-from dyno_stream.kafka.topics import ensure_topics, topic_specs
-from dyno_stream.store import DynoStore
-from dyno_stream.store.partition import (
+from dyno_stream.core.deadletter import (
     H_FIELD,
     H_MESSAGE,
     H_OFFSET,
@@ -42,9 +37,16 @@ from dyno_stream.store.partition import (
     H_REASON,
     H_TOPIC,
     H_TRUNCATED,
+    DeadLetter,
+)
+from dyno_stream.core.events import EventModel, make_op, parse_event
+from dyno_stream.core.flake import new_flake
+from dyno_stream.kafka.client import Delivery, DynoClient
+from dyno_stream.kafka.topics import ensure_topics, topic_specs
+from dyno_stream.store import DynoStore
+from dyno_stream.store.partition import (
     PENDING_DEAD_PREFIX,
     PENDING_SNAPSHOTS_PREFIX,
-    DeadLetter,
     PartitionStore,
 )
 from dyno_stream.stream.worker import Worker

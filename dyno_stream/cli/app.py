@@ -20,10 +20,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.core.errors import DynoError, PublishError
+from dyno_stream.core.errors import DynoError, KafkaServiceError, PublishError
 from dyno_stream.kafka.client import Delivery
-from dyno_stream.stream.metrics import http_get
 
 app = typer.Typer(
     help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",
@@ -296,7 +296,9 @@ def get(
     if view:
         with MaterializedView(s, prefix=item) as v:
             if not v.wait_until_caught_up(60):
-                raise DynoError("the snapshot topic could not be read to its end within 60s")
+                raise KafkaServiceError(
+                    "the snapshot topic could not be read to its end within 60s"
+                )
             snap = v.get(item)
         if snap is None:
             err.print(f"no snapshot of {item!r} in {s.topics.snapshots}")

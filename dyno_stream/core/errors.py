@@ -1,8 +1,19 @@
-"""One exception hierarchy for the whole package.
+"""One exception hierarchy for the whole package, classified by what failed.
 
 Every error a caller can provoke derives from :class:`DynoError`, so a service can catch one
-type. The worker maps each subclass to a dead-letter ``reason`` (see ``reason``), which is why
-each carries a short machine-readable code besides its message.
+type; below it, one family per thing that can fail::
+
+    DynoError
+    ├── InputError          an event or call that cannot be applied (dead-lettered by a worker)
+    │   ├── ValidationError     wrong shape: names, flakes, changes, JSON, limits, keys, clock
+    │   └── HistoryError        does not fit the item's history: late, conflict, unknown hash
+    ├── StoreError          LevelDB: closed, refused a write, could not be opened
+    ├── KafkaServiceError   Kafka: refused login, unacknowledged publish, admin/metadata
+    ├── ConfigError         a setting that cannot work
+    └── LocalBrokerError    the development broker (devtools) could not be fetched or started
+
+The worker maps each class to a dead-letter ``reason`` (see ``reason``), which is why each
+carries a short machine-readable code besides its message.
 """
 
 from __future__ import annotations
@@ -24,7 +35,13 @@ class DynoError(Exception):
         return []
 
 
-class ValidationError(DynoError, ValueError):
+class InputError(DynoError):
+    """An event or a call that cannot be applied as it is: the producer's to fix."""
+
+    reason = "invalid"
+
+
+class ValidationError(InputError, ValueError):
     """Input of the wrong shape. ``field`` names what was wrong."""
 
     reason = "invalid"
@@ -115,49 +132,69 @@ class ClockSkewError(ValidationError):
         ]
 
 
-class LateOpError(DynoError):
+class HistoryError(InputError):
+    """A well-formed op or command that does not fit the item's history as stored."""
+
+    reason = "history"
+
+
+class LateOpError(HistoryError):
     """An op older than the item's flattened history row: it can no longer be placed."""
 
     reason = "late"
 
 
-class ConflictError(DynoError):
+class ConflictError(HistoryError):
     """The same item and flake already hold a different op or change."""
 
     reason = "conflict"
 
 
-class UnknownHashError(DynoError):
+class UnknownHashError(HistoryError):
     """``flatten`` was asked for a hash that is not in the item's history chain."""
 
     reason = "unknown-hash"
 
 
-class StoreClosedError(DynoError):
+class StoreError(DynoError):
+    """LevelDB could not do what was asked: the store is closed, refused a write, or could not
+    be opened (a lock another process holds, a path that is not a store)."""
+
+    reason = "store"
+
+
+class StoreClosedError(StoreError):
     """An operation on a store that has been closed."""
 
     reason = "closed"
 
 
-class BrokerError(DynoError):
-    """The local Kafka broker could not be fetched, started, or reached."""
+class KafkaServiceError(DynoError):
+    """Kafka did not do what was asked: it refused our login, did not acknowledge a publish,
+    or did not answer an admin or metadata request in time."""
 
-    reason = "broker"
+    reason = "kafka"
 
 
-class KafkaAuthError(BrokerError):
+class KafkaAdminError(KafkaServiceError):
+    """Kafka did not answer a metadata request or refused to create a topic."""
+
+    reason = "kafka-admin"
+
+
+class KafkaAuthError(KafkaServiceError):
     """Kafka refused our SASL login or our TLS handshake: a setting to fix, not to retry."""
 
     reason = "auth"
 
 
-class PublishError(DynoError):
+class PublishError(KafkaServiceError):
     """Snapshots or dead letters were not acknowledged by Kafka; the batch stays pending."""
 
     reason = "publish"
 
 
-class StoreWriteError(DynoError):
+class StoreWriteError(StoreError):
     """LevelDB refused a write (disk full, I/O error): nothing of that batch was stored.
 
     Not an error of one event: the worker stops (exit status 1) without committing the batch,
@@ -165,6 +202,14 @@ class StoreWriteError(DynoError):
     """
 
     reason = "store-write"
+
+
+class LocalBrokerError(DynoError):
+    """The local development broker (``devtools.broker``) could not be fetched, started,
+    stopped or reached. Never raised by the runtime: production brokers fail as
+    :class:`KafkaServiceError`."""
+
+    reason = "local-broker"
 
 
 class ConfigError(DynoError):

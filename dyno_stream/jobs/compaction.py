@@ -46,18 +46,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dyno_stream.config import CompactionSettings, Settings
-from dyno_stream.core.errors import ConfigError, DynoError
+from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON
+from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
 from dyno_stream.core.events import Flatten
 from dyno_stream.core.flake import flake_floor
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.store import DynoStore
-from dyno_stream.store.partition import (
-    H_OFFSET,
-    H_PARTITION,
-    H_REASON,
-    OFFSET_KEY,
-    read_consumed_ms,
-)
+from dyno_stream.store.partition import OFFSET_KEY, read_consumed_ms
 from dyno_stream.views import Snapshot, parse_snapshot, read_snapshots, snapshot_reader
 
 log = logging.getLogger("dyno_stream.jobs.compaction")
@@ -231,7 +226,7 @@ def _topic_ends(consumer: Consumer, topic: str) -> dict[int, int]:
     """Where each partition of ``topic`` ends now (its high watermark)."""
     meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
     if meta is None or meta.error is not None:
-        raise DynoError(f"topic {topic!r} not found; is a worker running?")
+        raise KafkaAdminError(f"topic {topic!r} not found; is a worker running?")
     return {
         p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
         for p in meta.partitions
@@ -386,7 +381,7 @@ def compact_offline(
     """Flatten a store no worker holds, then let LevelDB reclaim the space."""
     started = time.monotonic()
     if not path.is_dir():
-        raise DynoError(f"{path}: no such store")
+        raise StoreError(f"{path}: no such store")
     summary = Summary("offline, dry run" if dry_run else "offline")
     summary.bytes_before = _disk_bytes(path)
     rep = Reporter(console)

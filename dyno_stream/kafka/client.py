@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core import ops
-from dyno_stream.core.errors import DynoError, KafkaAuthError, PublishError
+from dyno_stream.core.errors import KafkaAuthError, PublishError, ValidationError
 from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
@@ -175,7 +175,7 @@ class DynoClient:
         try:
             command = Flatten(item=name, hash=hash)
         except Exception as exc:
-            raise DynoError(f"hash: {hash!r} is not an MD5 hex digest") from exc
+            raise ValidationError("hash", f"{hash!r} is not an MD5 hex digest") from exc
         return self.send(command)
 
     def flush(self, timeout: float = 30.0) -> None:

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from dyno_stream.config import KafkaSettings
-from dyno_stream.core.errors import BrokerError, KafkaAuthError
+from dyno_stream.core.errors import KafkaAdminError, KafkaAuthError
 
 __all__ = ["AuthWatch", "list_topics_checked"]
 
@@ -87,7 +87,7 @@ def list_topics_checked(
     Asks in short slices and serves the client's callbacks between them, since a blocking
     ``list_topics`` would hide a refused login behind a timeout (see the module docstring).
     ``admin`` must have ``watch`` as its ``error_cb``. Raises :class:`KafkaAuthError` on a
-    refused login or TLS handshake, :class:`BrokerError` if Kafka does not answer in time.
+    refused login or TLS handshake, :class:`KafkaAdminError` if Kafka does not answer in time.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -98,4 +98,4 @@ def list_topics_checked(
             admin.poll(0)  # runs error_cb for what went wrong meanwhile
             watch.check()
             if time.monotonic() >= deadline:
-                raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+                raise KafkaAdminError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
-from dyno_stream.core.errors import BrokerError
+from dyno_stream.core.errors import KafkaAdminError
 from dyno_stream.kafka.security import AuthWatch, list_topics_checked
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             log.info("created topic %s", name)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker won
-                raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+                raise KafkaAdminError(f"cannot create topic {name}: {exc}") from exc
     names = [spec.topic for spec in wanted]
     _wait(admin, lambda topics: _ready(topics, names), timeout, "ready")
     return created
@@ -99,7 +99,7 @@ def _wait(
         if done(admin.list_topics(timeout=timeout).topics):
             return
         time.sleep(0.2)
-    raise BrokerError(f"topics not {what} within {timeout:.0f}s")
+    raise KafkaAdminError(f"topics not {what} within {timeout:.0f}s")
 
 
 def _ready(topics: dict[str, Any], names: list[str]) -> bool:

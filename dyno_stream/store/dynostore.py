@@ -51,6 +51,7 @@ from dyno_stream.core.errors import (
     InvalidFlakeError,
     LateOpError,
     StoreClosedError,
+    StoreError,
     StoreWriteError,
     UnknownHashError,
 )
@@ -369,7 +370,7 @@ class DynoStore:
             self.path.mkdir(parents=True, exist_ok=True)
             self._db: Any = plyvel.DB(str(self.path), **kwargs)
         except (OSError, plyvel.Error) as exc:
-            raise DynoError(f"cannot open store at {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
             with self._writing():  # a full disk at open says so, naming the store
                 if self._db.get(_VERSION_KEY) is None:
@@ -433,7 +434,7 @@ class DynoStore:
                 if not is_flake(flake) or (op not in ops.OP_NAMES and op != HISTORY):
                     raise ValueError(op)
             except (ValueError, DynoError):
-                raise DynoError(
+                raise StoreError(
                     f"{self.path} is not a dyno store: row {key!r} is not <name>/<flake>/<op>"
                 ) from None
             if name != current:
@@ -573,7 +574,7 @@ class DynoStore:
                 rows = extra(result) if callable(extra) else (extra or {})
                 for key in rows:
                     if not key.startswith(INTERNAL):
-                        raise DynoError(f"extra row {key!r} is not internal (must start \\x00)")
+                        raise StoreError(f"extra row {key!r} is not internal (must start \\x00)")
                 fresh = [name for name in batch.states if name not in dirty]
                 journal: dict[bytes, bytes | None] = {}
                 if fresh:
@@ -673,7 +674,7 @@ class DynoStore:
                     continue
                 check_name(name)
                 if batch.state(name).count:
-                    raise DynoError(f"restore: item {name!r} already has rows")
+                    raise StoreError(f"restore: item {name!r} already has rows")
                 value = item.value or {}
                 history = ops.encode_history(item.hash, item.changes, value).encode()
                 batch.put(name, row_key(name, item.timestamp, HISTORY), history)
@@ -779,13 +780,13 @@ class DynoStore:
 
     def get_meta(self, key: bytes) -> bytes | None:
         if not key.startswith(INTERNAL):
-            raise DynoError(f"{key!r} is not an internal key")
+            raise StoreError(f"{key!r} is not an internal key")
         value: bytes | None = self._open_db().get(key)
         return value
 
     def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         if not prefix.startswith(INTERNAL):
-            raise DynoError(f"{prefix!r} is not an internal prefix")
+            raise StoreError(f"{prefix!r} is not an internal prefix")
         yield from self._open_db().iterator(prefix=prefix)
 
     def compact_range(self) -> None:

@@ -35,14 +35,13 @@ shutdown or an idle moment waits for all of them.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dyno_stream.core import ops
-from dyno_stream.core.errors import DynoError
+from dyno_stream.core.deadletter import DeadLetter
+from dyno_stream.core.errors import StoreError
 from dyno_stream.core.events import Snapshot
 from dyno_stream.core.keys import META_PREFIX
 from dyno_stream.store.dynostore import DynoStore, Item
@@ -55,90 +54,6 @@ PENDING_SNAPSHOTS_PREFIX = META_PREFIX + b"pending\x00snapshots"
 PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
 #: After a restore from snapshots: per item, the ops offset its snapshot already includes.
 RESTORED_PREFIX = META_PREFIX + b"restored\x00"
-
-#: Header names the worker adds to a dead letter.
-H_REASON = "dyno.error.reason"
-H_MESSAGE = "dyno.error.message"
-H_FIELD = "dyno.error.field"
-H_TOPIC = "dyno.source.topic"
-H_PARTITION = "dyno.source.partition"
-H_OFFSET = "dyno.source.offset"
-#: Set instead of the original bytes when a dead letter with them is more than Kafka takes
-#: (``MAX_MESSAGE_BYTES``): the value is dropped, this header holds its length.
-H_TRUNCATED = "dyno.error.truncated"
-
-Headers = list[tuple[str, bytes]]
-#: Headers as confluent-kafka's produce() takes them.
-KafkaHeaders = list[tuple[str, str | bytes | None]]
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """An event the worker could not apply, with the reason, kept byte for byte."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    reason: str
-    message: str
-    field: str | None = None
-    #: headers the error adds (``DynoError.headers``: a clock-skew letter's two times)
-    details: Headers = dataclasses.field(default_factory=list)  # (`field` is taken above)
-
-    def kafka_headers(self) -> KafkaHeaders:
-        extra: KafkaHeaders = [
-            (H_REASON, self.reason.encode()),
-            (H_MESSAGE, self.message.encode("utf-8", "replace")),
-            (H_TOPIC, self.topic.encode()),
-            (H_PARTITION, str(self.partition).encode()),
-            (H_OFFSET, str(self.offset).encode()),
-        ]
-        if self.field is not None:
-            extra.append((H_FIELD, self.field.encode("utf-8", "replace")))
-        return [*self.headers, *extra, *self.details]
-
-    def encode(self) -> bytes:
-        def b64(v: bytes | None) -> str | None:
-            return None if v is None else base64.b64encode(v).decode()
-
-        return json.dumps(
-            {
-                "topic": self.topic,
-                "partition": self.partition,
-                "offset": self.offset,
-                "key": b64(self.key),
-                "value": b64(self.value),
-                "headers": [[k, b64(v)] for k, v in self.headers],
-                "reason": self.reason,
-                "message": self.message,
-                "field": self.field,
-                "details": [[k, b64(v)] for k, v in self.details],
-            }
-        ).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> DeadLetter:
-        d = json.loads(raw)
-
-        def unb64(v: str | None) -> bytes | None:
-            return None if v is None else base64.b64decode(v)
-
-        return cls(
-            d["topic"],
-            d["partition"],
-            d["offset"],
-            unb64(d["key"]),
-            unb64(d["value"]),
-            [(k, unb64(v) or b"") for k, v in d["headers"]],
-            d["reason"],
-            d["message"],
-            d["field"],
-            # pending rows written before details existed have none
-            [(k, unb64(v) or b"") for k, v in d.get("details", [])],
-        )
 
 
 def read_consumed_ms(store: DynoStore) -> int | None:
@@ -188,7 +103,7 @@ class PartitionStore:
         held = store.get_meta(PARTITION_KEY)
         if held is not None and held != ident:
             store.close()
-            raise DynoError(f"{path} holds partition {held.decode()}, not {ident.decode()}")
+            raise StoreError(f"{path} holds partition {held.decode()}, not {ident.decode()}")
         if held is None:
             store.apply([], extra={PARTITION_KEY: ident})
         raw = store.get_meta(OFFSET_KEY)

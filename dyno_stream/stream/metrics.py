@@ -1,12 +1,4 @@
-"""Prometheus metrics and the worker's small HTTP endpoint.
-
-Endpoints (bound to 127.0.0.1 by default):
-
-- ``/metrics``: Prometheus text format.
-- ``/healthz``: 200 with a JSON status while the worker's loop is alive, 503 when it is
-  starting, stopping, or has not finished a loop turn for ``stall_after_s``.
-- ``/items/<name>``: the item as this worker's store holds it (404 when no store of this
-  worker has it); ``/rows`` (optionally ``?item=<name>``): the LevelDB rows, seed-style.
+"""The worker's Prometheus metrics (served at ``/metrics`` by ``stream.http``).
 
 Each worker has its own registry, so two workers in one process (the tests) do not clash.
 """
@@ -14,20 +6,12 @@ Each worker has its own registry, so two workers in one process (the tests) do n
 from __future__ import annotations
 
 import bisect
-import json
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 #: Upper bounds of ``dyno_clock_skew_seconds``: behind (replays, late ops) and ahead, finest
@@ -145,116 +129,3 @@ class SkewHistogram(Collector):
         family.add_metric([], [*zip(self._labels, cumulative, strict=True), ("+Inf", count)], None)
         family.add_sample(f"{self.name}_count", {}, count)
         yield family
-
-
-@dataclass
-class Health:
-    """What /healthz reports; the worker's loop updates it."""
-
-    state: str = "starting"
-    last_loop: float = field(default_factory=time.monotonic)
-    partitions: list[str] = field(default_factory=list)
-    stall_after_s: float = 60.0
-
-    def beat(self) -> None:
-        self.last_loop = time.monotonic()
-
-    def snapshot(self) -> tuple[bool, dict[str, Any]]:
-        age = time.monotonic() - self.last_loop
-        ok = self.state == "running" and age < self.stall_after_s
-        return ok, {
-            "status": "ok" if ok else self.state if self.state != "running" else "stalled",
-            "partitions": self.partitions,
-            "seconds_since_loop": round(age, 3),
-        }
-
-
-ItemReader = Callable[[str], dict[str, Any] | None]
-RowReader = Callable[[str | None], list[tuple[str, str]]]
-
-
-class HttpEndpoint:
-    """A tiny threaded HTTP server; serving never blocks the worker's loop."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        metrics: WorkerMetrics,
-        health: Health,
-        read_item: ItemReader,
-        read_rows: RowReader,
-    ) -> None:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                endpoint._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # requests are not worth a log line each
-
-        self.metrics, self.health = metrics, health
-        self.read_item, self.read_rows = read_item, read_rows
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, name="dyno-http", daemon=True
-        )
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def _handle(self, req: BaseHTTPRequestHandler) -> None:
-        url = urlparse(req.path)
-        try:
-            if url.path == "/metrics":
-                self._send(req, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
-            elif url.path == "/healthz":
-                ok, body = self.health.snapshot()
-                self._json(req, 200 if ok else 503, body)
-            elif url.path.startswith("/items/"):
-                name = unquote(url.path[len("/items/") :])
-                item = self.read_item(name)
-                if item is None:
-                    self._json(req, 404, {"error": f"no item {name!r} in this worker's stores"})
-                else:
-                    self._json(req, 200, item)
-            elif url.path == "/rows":
-                only = parse_qs(url.query).get("item", [None])[0]
-                rows = self.read_rows(only)
-                text = "".join(f"{k} = {v}\n" for k, v in rows)
-                self._send(req, 200, text.encode(), "text/plain; charset=utf-8")
-            else:
-                self._json(req, 404, {"error": "not found"})
-        except Exception as exc:  # an endpoint error must never reach the worker
-            self._json(req, 500, {"error": str(exc)})
-
-    def _json(self, req: BaseHTTPRequestHandler, code: int, body: Any) -> None:
-        self._send(req, code, json.dumps(body, ensure_ascii=False).encode(), "application/json")
-
-    @staticmethod
-    def _send(req: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:
-        req.send_response(code)
-        req.send_header("Content-Type", ctype)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        req.wfile.write(body)
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """Status and body of a GET to a worker's endpoint; an error status is an answer too."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()

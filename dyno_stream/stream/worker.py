@@ -36,12 +36,14 @@ from confluent_kafka import (
 from croniter import croniter
 
 from dyno_stream.config import Settings, consumer_config, producer_config
+from dyno_stream.core.deadletter import H_TRUNCATED, DeadLetter, KafkaHeaders
 from dyno_stream.core.errors import (
     DynoError,
     InvalidChangeError,
     KeyMismatchError,
     OversizedEventError,
     PublishError,
+    StoreError,
     StoreWriteError,
     ValidationError,
 )
@@ -52,14 +54,9 @@ from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import Item
-from dyno_stream.store.partition import (
-    H_TRUNCATED,
-    DeadLetter,
-    KafkaHeaders,
-    PartitionStore,
-    snapshot_bytes,
-)
-from dyno_stream.stream.metrics import Health, HttpEndpoint, WorkerMetrics
+from dyno_stream.store.partition import PartitionStore, snapshot_bytes
+from dyno_stream.stream.http import Health, HttpEndpoint
+from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.views import read_snapshots
 
 log = logging.getLogger("dyno_stream.stream.worker")
@@ -652,7 +649,7 @@ class Worker:
         try:
             ps.store.apply(pb.events, extra=extra, on_error=on_error)
         except plyvel.Error as exc:
-            raise DynoError(f"LevelDB write to {ps.label} failed: {exc}") from exc
+            raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
         ps.next_offset = pb.last_offset + 1
         if pb.consumed_ms is not None:
             ps.consumed_ms = pb.consumed_ms

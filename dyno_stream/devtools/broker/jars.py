@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Final
 
-from dyno_stream.core.errors import BrokerError
+from dyno_stream.core.errors import LocalBrokerError
 from dyno_stream.devtools.broker.processes import file_lock, tail
 
 #: How long a single ``mvn`` download may take before we give up (a cold cache is ~45 MB).
@@ -45,7 +45,9 @@ def _pom_kafka_version() -> str:
         "{http://maven.apache.org/POM/4.0.0}kafka.version"
     )
     if node is None or not (node.text or "").strip():
-        raise BrokerError("dyno_stream/devtools/broker/pom.xml has no <kafka.version> property")
+        raise LocalBrokerError(
+            "dyno_stream/devtools/broker/pom.xml has no <kafka.version> property"
+        )
     return (node.text or "").strip()
 
 
@@ -89,7 +91,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
     and a marker (holding a hash of the pom) is written only after that, so an interrupted
     download is redone and a changed pom triggers a fresh download.
 
-    Raises :class:`BrokerError` if Maven is missing or fails (with the tail of its output).
+    Raises :class:`LocalBrokerError` if Maven is missing or fails (with the tail of its output).
     """
     root = (cache_dir if cache_dir is not None else default_cache_root()).expanduser()
     version_dir = root / f"kafka-{KAFKA_VERSION}"
@@ -106,7 +108,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
         marker.unlink(missing_ok=True)
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise BrokerError(
+            raise LocalBrokerError(
                 "Maven ('mvn') is not on PATH; it is needed once to download the Kafka "
                 f"{KAFKA_VERSION} broker jars into {libs} (install Maven 3.8+ and Java 17+)"
             )
@@ -143,13 +145,13 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
                 )
             except subprocess.TimeoutExpired as exc:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise BrokerError(
+                raise LocalBrokerError(
                     f"downloading the Kafka {KAFKA_VERSION} jars with Maven took longer than "
                     f"{MVN_TIMEOUT_S:.0f}s; is Maven Central reachable?"
                 ) from exc
         if proc.returncode != 0 or not any(staging.glob("*.jar")):
             shutil.rmtree(staging, ignore_errors=True)
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"could not download the Kafka {KAFKA_VERSION} broker jars: "
                 f"'{shlex.join(cmd)}' exited with {proc.returncode}; its output ends with:\n"
                 f"{tail(proc.stdout or '') or '(no output)'}"

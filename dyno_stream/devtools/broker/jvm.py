@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from dyno_stream.core.errors import BrokerError
+from dyno_stream.core.errors import LocalBrokerError
 from dyno_stream.devtools.broker.processes import tail
 
 #: How long formatting storage (a short JVM run) may take.
@@ -47,7 +47,9 @@ def find_java() -> str:
             return str(candidate)
     java = shutil.which("java")
     if java is None:
-        raise BrokerError("'java' is not on PATH (and JAVA_HOME is unset); Kafka needs Java 17+")
+        raise LocalBrokerError(
+            "'java' is not on PATH (and JAVA_HOME is unset); Kafka needs Java 17+"
+        )
     return java
 
 
@@ -111,7 +113,7 @@ class KafkaJvm:
         """Format ``data_dir`` for KRaft with Kafka's storage tool.
 
         ``--ignore-formatted`` keeps the call harmless on a dir that is formatted already.
-        Raises :class:`BrokerError` with the tool's output if it fails or takes too long.
+        Raises :class:`LocalBrokerError` with the tool's output if it fails or takes too long.
         """
         cmd = self.command(
             _FORMAT_HEAP,
@@ -133,11 +135,11 @@ class KafkaJvm:
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"formatting the broker storage in {data_dir} took over {FORMAT_TIMEOUT_S:.0f}s"
             ) from exc
         if proc.returncode != 0:
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"formatting the broker storage in {data_dir} failed (exit "
                 f"{proc.returncode}):\n{tail(proc.stdout or '') or '(no output)'}"
             )
@@ -163,4 +165,4 @@ class KafkaJvm:
                     start_new_session=True,
                 )
             except OSError as exc:
-                raise BrokerError(f"could not run {self.java}: {exc}") from exc
+                raise LocalBrokerError(f"could not run {self.java}: {exc}") from exc

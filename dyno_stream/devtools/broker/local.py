@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from dyno_stream.core.errors import BrokerError
+from dyno_stream.core.errors import LocalBrokerError
 from dyno_stream.devtools.broker.jars import ensure_jars, resource_text
 from dyno_stream.devtools.broker.jvm import KafkaJvm, find_java, kept_cluster_id
 from dyno_stream.devtools.broker.processes import (
@@ -64,7 +64,7 @@ def _default_port() -> int:
     try:
         port = int(env)
     except ValueError:
-        raise BrokerError(f"DYNO_BROKER_PORT must be a port number, not {env!r}") from None
+        raise LocalBrokerError(f"DYNO_BROKER_PORT must be a port number, not {env!r}") from None
     return port
 
 
@@ -122,22 +122,22 @@ class LocalBroker:
         # a symlink, a relative path) agree on the paths matched against the JVM's command line.
         self.home = Path(self.home).expanduser().resolve()
         if not 1 <= self.port <= 65534:
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"broker port must be in 1..65534 (port+1 is the controller's), not {self.port}"
             )
         self.scram_users = tuple(self.scram_users)
         if self.sasl_port is not None and not self.scram_users:
-            raise BrokerError("a SASL listener (sasl_port) needs at least one SCRAM user")
+            raise LocalBrokerError("a SASL listener (sasl_port) needs at least one SCRAM user")
         if self.ssl_port is not None and self.tls is None:
-            raise BrokerError("a TLS listener (ssl_port) needs the broker's PEM files (tls)")
+            raise LocalBrokerError("a TLS listener (ssl_port) needs the broker's PEM files (tls)")
         ports = [p for p, _ in self._ports()]
         if len(set(ports)) != len(ports):
-            raise BrokerError(f"the broker's listener ports must differ, not {ports}")
+            raise LocalBrokerError(f"the broker's listener ports must differ, not {ports}")
         for user in self.scram_users:
             if not user.name:
-                raise BrokerError("a SCRAM user needs a name")
+                raise LocalBrokerError("a SCRAM user needs a name")
             if not user.password:
-                raise BrokerError(f"SCRAM user {user.name!r} has an empty password")
+                raise LocalBrokerError(f"SCRAM user {user.name!r} has an empty password")
 
     # -- paths and addresses ------------------------------------------------------------------
 
@@ -267,7 +267,7 @@ class LocalBroker:
         AdminClient until it lists itself. Either way the SCRAM users' passwords are then
         stored and each secured listener is polled until it accepts a login.
 
-        Raises :class:`BrokerError` if the port or the controller port is taken by anything
+        Raises :class:`LocalBrokerError` if the port or the controller port is taken by anything
         else, if the JVM exits during start-up (with the tail of its logs), if it does not
         answer within ``timeout`` seconds (it is then stopped, so no half-started broker
         stays), or if this home's broker already runs with other listeners than asked for.
@@ -281,7 +281,7 @@ class LocalBroker:
                 if self._wait_ready(pid, deadline):
                     self._secure(deadline)
                     return self.bootstrap
-                raise BrokerError(
+                raise LocalBrokerError(
                     f"the broker in {self.home} runs (pid {pid}) but did not answer at "
                     f"{self.bootstrap} within {timeout:.0f}s; see {self.log_file}"
                 )
@@ -298,14 +298,14 @@ class LocalBroker:
                 if self._wait_ready(pid, deadline):
                     self._secure(deadline)
                     return self.bootstrap
-            except BrokerError:
+            except LocalBrokerError:
                 if self._exited(pid) is None:  # up but not secured: no half-started broker
                     self._terminate(pid, 10.0)
                     self.pid_file.unlink(missing_ok=True)
                 raise
             self._terminate(pid, 10.0)
             self.pid_file.unlink(missing_ok=True)
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"the broker in {self.home} did not answer at {self.bootstrap} within "
                 f"{timeout:.0f}s and was stopped; {self.log_file} ends with:\n"
                 f"{self._logs_tail() or '(empty)'}"
@@ -322,7 +322,7 @@ class LocalBroker:
         except FileNotFoundError:
             return
         if running != self._server_properties():
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"the broker in {self.home} already runs (pid {pid}) with other settings "
                 f"(listeners, ports) than asked for; stop it first (dyno-stream broker stop)"
             )
@@ -340,7 +340,7 @@ class LocalBroker:
                 if bootstrap_reachable(f"{LOOPBACK_HOST}:{port}", 2.0)
                 else "another process"
             )
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"cannot start the broker in {self.home}: its {role} port "
                 f"{LOOPBACK_HOST}:{port} is already in use by {who}, not by this broker. "
                 f"Stop that process or pick another port (DYNO_BROKER_PORT; the controller "
@@ -403,14 +403,14 @@ class LocalBroker:
     def _wait_ready(self, pid: int, deadline: float) -> bool:
         """Poll until the broker answers (True), the deadline passes (False) or the JVM dies.
 
-        The JVM dying raises :class:`BrokerError` with the tails of both logs, since that is
+        The JVM dying raises :class:`LocalBrokerError` with the tails of both logs, since that is
         where the reason (bad config, port clash, JVM flags) is.
         """
         while True:
             code = self._exited(pid)
             if code is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise BrokerError(
+                raise LocalBrokerError(
                     f"the broker JVM in {self.home} exited during start-up (code {code}); "
                     f"its logs end with:\n{self._logs_tail() or '(empty)'}"
                 )
@@ -457,7 +457,7 @@ class LocalBroker:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not self._wait_exit(pid, 10.0):
-            raise BrokerError(f"the broker in {self.home} (pid {pid}) survived SIGKILL")
+            raise LocalBrokerError(f"the broker in {self.home} (pid {pid}) survived SIGKILL")
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

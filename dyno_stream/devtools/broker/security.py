@@ -27,7 +27,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from dyno_stream.core.errors import BrokerError
+from dyno_stream.core.errors import LocalBrokerError
 from dyno_stream.devtools.broker.processes import LOOPBACK_HOST, bootstrap_reachable
 
 ScramMechanismName = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -155,15 +155,15 @@ class ListenerSecurity:
             key = self.tls.private_key.read_text(encoding="ascii")
             chain = self.tls.certificate.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
-            raise BrokerError(f"cannot read the broker's TLS files: {exc}") from exc
+            raise LocalBrokerError(f"cannot read the broker's TLS files: {exc}") from exc
         if "-----BEGIN PRIVATE KEY-----" not in key:
-            raise BrokerError(
+            raise LocalBrokerError(
                 f"{self.tls.private_key} is not an unencrypted PKCS#8 PEM key "
                 "('-----BEGIN PRIVATE KEY-----'); convert it with "
                 "'openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8'"
             )
         if "-----BEGIN CERTIFICATE-----" not in chain:
-            raise BrokerError(f"{self.tls.certificate} holds no PEM certificate")
+            raise LocalBrokerError(f"{self.tls.certificate} holds no PEM certificate")
         fd = os.open(self.keystore_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(key.strip() + "\n" + chain.strip() + "\n")
@@ -197,7 +197,7 @@ class ListenerSecurity:
             ):
                 if time.monotonic() >= deadline:
                     who = f" as {conf['sasl.username']!r}" if "sasl.username" in conf else ""
-                    raise BrokerError(
+                    raise LocalBrokerError(
                         f"the broker's {listener} listener at {bootstrap} did not accept a "
                         f"connection{who} in time; its logs end with:\n"
                         f"{logs_tail() or '(empty)'}"
@@ -228,4 +228,6 @@ class ListenerSecurity:
             try:
                 future.result(timeout=remaining)
             except KafkaException as exc:
-                raise BrokerError(f"storing the SCRAM login of {name!r} failed: {exc}") from exc
+                raise LocalBrokerError(
+                    f"storing the SCRAM login of {name!r} failed: {exc}"
+                ) from exc
