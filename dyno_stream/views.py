@@ -18,110 +18,24 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import plyvel
-import pydantic
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import DynoError, KafkaAdminError, KafkaServiceError, StoreError
-from dyno_stream.core.events import Snapshot as SnapshotModel
+from dyno_stream.core.errors import DynoError, KafkaAdminError, StoreError
+from dyno_stream.core.snapshots import Snapshot, is_newer, parse_snapshot
+from dyno_stream.kafka.reading import partition_ends, topic_reader
 
 log = logging.getLogger("dyno_stream.views")
 
-Snapshot = dict[str, Any]
 ChangeCallback = Callable[[Snapshot | None, Snapshot], None]
 
 _OFFSET_PREFIX = b"\x00offset\x00"
 _ITEM_PREFIX = b"\x01"  # item rows: names may start with any character, even \x00
-
-
-def parse_snapshot(raw: bytes | None) -> Snapshot | None:
-    """A snapshot event as a dict, or None for anything else (a topic can hold strays)."""
-    if raw is None:
-        return None
-    try:
-        return SnapshotModel.model_validate_json(raw).model_dump()
-    except pydantic.ValidationError:
-        return None
-
-
-def is_newer(new: Snapshot, held: Snapshot | None) -> bool:
-    """Whether ``new`` should replace ``held``: more changes, or a flatten of the same ones."""
-    if held is None:
-        return True
-    if new["changes"] != held["changes"]:
-        return bool(new["changes"] > held["changes"])
-    return bool(new["count"] < held["count"])
-
-
-def snapshot_reader(settings: Settings) -> Consumer:
-    """A consumer outside any group, for reading a topic from a chosen offset."""
-    return Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"dyno-compact-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-
-
-def read_snapshots(
-    settings: Settings,
-    advance: Callable[[int], None] = lambda n: None,
-    since: dict[int, int] | None = None,
-    timeout: float = 120.0,
-    keep: Callable[[Snapshot], bool] = lambda snap: True,
-) -> dict[str, Snapshot]:
-    """Each item's newest snapshot (see ``is_newer``), reading every partition to its end.
-
-    ``since`` starts partitions at those offsets instead of the beginning; ``keep`` filters.
-    """
-    topic = settings.topics.snapshots
-    consumer = snapshot_reader(settings)
-    try:
-        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise KafkaAdminError(f"snapshot topic {topic!r} not found; is a worker running?")
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for p in meta.partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            start = max(lo, (since or {}).get(p, lo))
-            if hi > start:
-                ends[p] = hi
-                starts.append(TopicPartition(topic, p, start))
-        latest: dict[str, Snapshot] = {}
-        if not ends:
-            return latest
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise KafkaServiceError(f"reading {topic} did not finish within {timeout:.0f}s")
-            for msg in consumer.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                p, off = msg.partition(), msg.offset()
-                assert p is not None and off is not None
-                snap = parse_snapshot(msg.value())
-                if snap is None:
-                    log.warning(
-                        "skipping a message that is not a snapshot at %s/%s@%s", topic, p, off
-                    )
-                elif keep(snap) and is_newer(snap, latest.get(snap["item"])):
-                    latest[snap["item"]] = snap
-                advance(1)
-                if p in ends and off + 1 >= ends[p]:
-                    del ends[p]
-        return latest
-    finally:
-        consumer.close()
 
 
 class _MemoryTable:
@@ -210,14 +124,7 @@ class MaterializedView:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dyno-view", daemon=True)
-        self._consumer = Consumer(
-            {
-                **settings.kafka.librdkafka(),
-                "group.id": f"dyno-view-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
+        self._consumer = topic_reader(settings, "view")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -287,13 +194,10 @@ class MaterializedView:
     def _high_watermarks(self) -> dict[int, int]:
         # a consumer of its own: the view's consumer is busy in consume() on its thread,
         # and confluent-kafka calls on one consumer from two threads can block each other
-        probe = snapshot_reader(self.settings)
+        probe = topic_reader(self.settings, "view-probe")
         try:
-            out = {}
-            for p in self._partitions:
-                _, hi = probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-                out[p] = hi
-            return out
+            ends = partition_ends(probe, self.topic, timeout=10)
+            return {p: ends[p] for p in self._partitions if p in ends}
         except KafkaException as exc:
             raise KafkaAdminError(f"cannot read the end of {self.topic}: {exc}") from exc
         finally:

@@ -32,8 +32,9 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import split_key
 from dyno_stream.core.ops import HISTORY, chain_hash
 from dyno_stream.kafka.client import Delivery, DynoClient
+from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.store import DynoStore, Item
-from dyno_stream.views import MaterializedView, snapshot_reader
+from dyno_stream.views import MaterializedView
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,7 +218,7 @@ def wait_caught_up(view: MaterializedView, ref: Reference, timeout: float, why: 
 
 
 def high_watermark(settings: Settings, topic: str, partition: int = 0) -> tuple[int, int]:
-    consumer = snapshot_reader(settings)
+    consumer = topic_reader(settings, "test")
     try:
         lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         return lo, hi
@@ -239,7 +240,7 @@ class Record:
 def read_topic(settings: Settings, topic: str, timeout: float = 120.0) -> list[Record]:
     """Every message of every partition of ``topic``, up to the ends it has now; in offset
     order within each partition (partitions interleaved as they arrive)."""
-    consumer = snapshot_reader(settings)
+    consumer = topic_reader(settings, "test")
     try:
         meta = consumer.list_topics(topic, timeout=30).topics[topic]
         ends = {}

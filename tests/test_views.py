@@ -26,9 +26,11 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 
 from dyno_stream.config import Settings
+from dyno_stream.core.snapshots import is_newer
 from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.reading import read_snapshots, topic_reader
 from dyno_stream.stream.worker import producer_config
-from dyno_stream.views import MaterializedView, is_newer, read_snapshots, snapshot_reader
+from dyno_stream.views import MaterializedView
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0
@@ -105,7 +107,7 @@ def send_one(client: DynoClient, view: MaterializedView, op: str, item: str, *ar
 
 def topic_size(settings: Settings, topic: str) -> int:
     """Messages in the topic (sum of the high watermarks; nothing is deleted in a test)."""
-    consumer = snapshot_reader(settings)
+    consumer = topic_reader(settings, "test")
     try:
         meta = consumer.list_topics(topic, timeout=30).topics[topic]
         return sum(

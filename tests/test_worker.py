@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from dyno_stream.core.deadletter import (
 from dyno_stream.core.events import EventModel, make_op, parse_event
 from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.client import Delivery, DynoClient
+from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.kafka.topics import ensure_topics, topic_specs
 from dyno_stream.store import DynoStore
 from dyno_stream.store.partition import (
@@ -63,14 +63,7 @@ class Tail:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        self.consumer = Consumer(
-            {
-                **settings.kafka.librdkafka(),
-                "group.id": f"test-tail-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
+        self.consumer = topic_reader(settings, "test-tail")
         meta = self.consumer.list_topics(topic, timeout=30)
         tmeta = meta.topics.get(topic)
         assert tmeta is not None and tmeta.error is None and tmeta.partitions, (

@@ -313,20 +313,7 @@ def get(
         with DynoStore(path) as store:
             it = store.get_item(item)
             if it.count:
-                out.print_json(
-                    json.dumps(
-                        {
-                            "item": item,
-                            "value": it.value,
-                            "timestamp": it.timestamp,
-                            "changes": it.changes,
-                            "hash": it.hash,
-                            "count": it.count,
-                            "store": str(path),
-                        },
-                        ensure_ascii=False,
-                    )
-                )
+                out.print_json(json.dumps(it.as_dict(store=str(path)), ensure_ascii=False))
                 return
     err.print(f"no item {item!r} in the worker's stores")
     raise typer.Exit(1)

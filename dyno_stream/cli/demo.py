@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from rich.console import Console
 from rich.panel import Panel
 
@@ -30,6 +29,7 @@ from dyno_stream.core.deadletter import H_MESSAGE, H_REASON
 from dyno_stream.core.errors import DynoError
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.kafka.topics import delete_topics, ensure_topics
 
 #: The demo worker's HTTP port: not the default 9464, which a worker of one's own may hold.
@@ -91,14 +91,7 @@ class TopicReader:
     """Reads a topic from the beginning, for the demo and the tests."""
 
     def __init__(self, s: Settings, topic: str) -> None:
-        self.consumer = Consumer(
-            {
-                **s.kafka.librdkafka(),
-                "group.id": f"dyno-reader-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
+        self.consumer = topic_reader(s, "demo")
         self.consumer.subscribe([topic])
 
     def wait_for(self, pred: Callable[[Any], bool], timeout: float = 30.0) -> Any:

@@ -40,20 +40,21 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON
-from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
+from dyno_stream.core.errors import ConfigError, StoreError
 from dyno_stream.core.events import Flatten
 from dyno_stream.core.flake import flake_floor
+from dyno_stream.core.snapshots import Snapshot, parse_snapshot
 from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_reader
 from dyno_stream.store import DynoStore
 from dyno_stream.store.partition import OFFSET_KEY, read_consumed_ms
-from dyno_stream.views import Snapshot, parse_snapshot, read_snapshots, snapshot_reader
 
 log = logging.getLogger("dyno_stream.jobs.compaction")
 
@@ -222,17 +223,6 @@ class _Command:
         return self.answer is not None or self.refused is not None
 
 
-def _topic_ends(consumer: Consumer, topic: str) -> dict[int, int]:
-    """Where each partition of ``topic`` ends now (its high watermark)."""
-    meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise KafkaAdminError(f"topic {topic!r} not found; is a worker running?")
-    return {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-        for p in meta.partitions
-    }
-
-
 def _await_answers(
     settings: Settings,
     commands: dict[str, _Command],
@@ -250,7 +240,7 @@ def _await_answers(
     """
     by_source = {(c.partition, c.offset): c for c in commands.values()}
     topics = settings.topics
-    consumer = snapshot_reader(settings)
+    consumer = topic_reader(settings, "compaction")
     try:
         consumer.assign(
             [TopicPartition(t, p, o) for t, ends in since.items() for p, o in ends.items()]
@@ -316,10 +306,10 @@ def compact_online(
         return summary
     # the answers are published from now on: mark where the topics end before the first
     # command goes out (a fast worker answers before the last one is acknowledged)
-    consumer = snapshot_reader(settings)
+    consumer = topic_reader(settings, "compaction")
     try:
         since = {
-            t: _topic_ends(consumer, t)
+            t: partition_ends(consumer, t)
             for t in (settings.topics.snapshots, settings.topics.dead_letter)
         }
     finally:

@@ -94,6 +94,19 @@ class Item:
     hash: str | None
     count: int
 
+    def as_dict(self, **more: Any) -> dict[str, Any]:
+        """The item as the wire shows it (a snapshot's fields, before its ``source``), with
+        ``more`` fields after them: one shape for snapshots, HTTP reads and the CLI."""
+        return {
+            "item": self.name,
+            "value": self.value,
+            "timestamp": self.timestamp,
+            "changes": self.changes,
+            "hash": self.hash,
+            "count": self.count,
+            **more,
+        }
+
     @classmethod
     def from_state(cls, name: str, state: ItemState | None) -> Item:
         if state is None or state.count == 0:

@@ -65,15 +65,7 @@ def read_consumed_ms(store: DynoStore) -> int | None:
 def snapshot_bytes(item: Item, topic: str, partition: int, offset: int) -> bytes:
     """The snapshot event's JSON (built directly: this runs once per item per batch)."""
     return ops.dumps_internal(
-        {
-            "item": item.name,
-            "value": item.value,
-            "timestamp": item.timestamp,
-            "changes": item.changes,
-            "hash": item.hash,
-            "count": item.count,
-            "source": {"topic": topic, "partition": partition, "offset": offset},
-        }
+        item.as_dict(source={"topic": topic, "partition": partition, "offset": offset})
     )
 
 
