@@ -63,12 +63,16 @@ def test_a_pass_is_confirmed_with_offsets_committed_once_an_hour(
         lambda: f"not applied: {newest_snapshots(s)}",
     )
     # a snapshot whose hash no row of the item has (a stray publisher): its command is refused
-    producer = Producer(producer_config(s))
-    stray = {**newest_snapshots(s)["fresh"], "item": "stray", "hash": "0" * 32, "changes": 9}
     produce_ops(s, "stray", old=0, new=3)
+    wait_until(
+        lambda: newest_snapshots(s).get("stray", {}).get("changes") == 3,
+        60,
+        lambda: f"stray not applied: {newest_snapshots(s).get('stray')}",
+    )
+    stray = {**newest_snapshots(s)["stray"], "hash": "0" * 32, "changes": 9}
+    producer = Producer(producer_config(s))
     producer.produce(s.topics.snapshots, json.dumps(stray).encode(), b"stray")
     assert producer.flush(30) == 0
-    wait_until(lambda: "stray" in newest_snapshots(s), 60, lambda: "stray not applied")
 
     policy = CompactionSettings(min_rows=2, lateness_s=3600.0, wait_s=60.0)
     started = time.monotonic()
@@ -77,6 +81,7 @@ def test_a_pass_is_confirmed_with_offsets_committed_once_an_hour(
 
     assert summary.chosen == 3, summary.fields()
     assert summary.unconfirmed == 0, summary.fields()
+    assert summary.refused == 1, summary.fields()  # "stray"
     assert summary.flattened == 1, summary.fields()  # "long" only
     assert summary.rows_before - summary.rows_after == 11, summary.fields()  # 12 rows -> 1
     assert took < policy.wait_s, f"the pass waited out its wait_s ({took:.1f}s)"

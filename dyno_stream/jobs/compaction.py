@@ -46,8 +46,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dyno_stream.config import CompactionSettings, Settings
-from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON
-from dyno_stream.core.errors import ConfigError, StoreError
+from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
+from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
 from dyno_stream.core.events import Flatten
 from dyno_stream.core.flake import flake_floor
 from dyno_stream.core.snapshots import Snapshot, parse_snapshot
@@ -131,6 +131,7 @@ class Summary:
     bytes_after: int | None = None
     seconds: float = 0.0
     unconfirmed: int = 0
+    refused: int = 0
     details: list[str] = field(default_factory=list)
 
     @property
@@ -157,6 +158,8 @@ class Summary:
         ]
         if self.bytes_before is not None and self.bytes_after is not None:
             out.append(("bytes on disk", f"{self.bytes_before:,} -> {self.bytes_after:,}"))
+        if self.refused:
+            out.append(("refused by the workers", f"{self.refused:,}"))
         if self.unconfirmed:
             out.append(("not confirmed in time", f"{self.unconfirmed:,}"))
         out.append(("seconds", f"{self.seconds:.2f}"))
@@ -234,9 +237,10 @@ def _await_answers(
 
     A worker answers each flatten command it processes with the item's snapshot (published
     even when nothing was old enough to fold), whose source offset is at or past the
-    command's; a command it refuses (unknown hash) becomes a dead letter naming the
-    command's offset. Both are published before the worker's offsets are committed, so this
-    does not depend on ``commit_interval_s``.
+    command's. A command it refuses (unknown hash) becomes a dead letter naming the
+    command's topic and offset; an item whose snapshot is too large for Kafka gets a
+    ``snapshot-too-large`` letter instead of its snapshot. All are published before the
+    worker's offsets are committed, so this does not depend on ``commit_interval_s``.
     """
     by_source = {(c.partition, c.offset): c for c in commands.values()}
     topics = settings.topics
@@ -249,29 +253,33 @@ def _await_answers(
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 0.5):
-                if msg.error():
-                    continue
+                key = msg.key()
+                cmd = commands.get(key.decode("utf-8", "replace")) if key else None
+                if msg.error() or cmd is None or cmd.answered:
+                    continue  # most snapshots are of items this pass did not command
                 if msg.topic() == topics.snapshots:
                     snap = parse_snapshot(msg.value())
-                    cmd = commands.get(snap["item"]) if snap is not None else None
-                    if cmd is None or snap is None or snap["source"] is None:
-                        continue
-                    src = snap["source"]
-                    if src["partition"] == cmd.partition and src["offset"] >= cmd.offset:
-                        waiting -= not cmd.answered
+                    src = None if snap is None else snap["source"]
+                    if src and src["partition"] == cmd.partition and src["offset"] >= cmd.offset:
                         cmd.answer = snap
-                else:
-                    given = msg.headers() or []  # a consumed message's are a list of pairs
-                    pairs = given.items() if isinstance(given, dict) else given
-                    headers = {k: v for k, v in pairs if isinstance(v, bytes)}
-                    try:
-                        where = (int(headers[H_PARTITION]), int(headers[H_OFFSET]))
-                    except (KeyError, ValueError):
-                        continue
-                    cmd = by_source.get(where)
-                    if cmd is not None and not cmd.answered:
-                        cmd.refused = headers.get(H_REASON, b"").decode()
                         waiting -= 1
+                    continue
+                given = msg.headers() or []  # a consumed message's are a list of pairs
+                pairs = given.items() if isinstance(given, dict) else given
+                headers = {k: v for k, v in pairs if isinstance(v, bytes)}
+                try:
+                    topic = headers[H_TOPIC].decode()
+                    where = (int(headers[H_PARTITION]), int(headers[H_OFFSET]))
+                except (KeyError, ValueError):
+                    continue
+                reason = headers.get(H_REASON, b"").decode()
+                if topic != topics.ops or where[0] != cmd.partition:
+                    continue
+                if by_source.get(where) is cmd or (
+                    reason == "snapshot-too-large" and where[1] >= cmd.offset
+                ):
+                    cmd.refused = reason
+                    waiting -= 1
     finally:
         consumer.close()
 
@@ -308,10 +316,15 @@ def compact_online(
     # command goes out (a fast worker answers before the last one is acknowledged)
     consumer = topic_reader(settings, "compaction")
     try:
-        since = {
-            t: partition_ends(consumer, t)
-            for t in (settings.topics.snapshots, settings.topics.dead_letter)
-        }
+        since = {settings.topics.snapshots: partition_ends(consumer, settings.topics.snapshots)}
+        try:
+            since[settings.topics.dead_letter] = partition_ends(
+                consumer, settings.topics.dead_letter
+            )
+        except KafkaAdminError:  # made by the first worker: none has refused anything yet
+            log.warning(
+                "no dead-letter topic %s: refusals cannot be seen", settings.topics.dead_letter
+            )
     finally:
         consumer.close()
     commands: dict[str, _Command] = {}
@@ -329,6 +342,7 @@ def compact_online(
     for cmd in commands.values():
         if cmd.answer is None:
             summary.unconfirmed += cmd.refused is None
+            summary.refused += cmd.refused is not None
             continue
         count = cmd.answer["count"]
         summary.flattened += count < cmd.candidate.count
@@ -379,9 +393,10 @@ def compact_offline(
         cutoff = _offline_cutoff(store, policy.lateness_s)
         if cutoff is None:
             summary.details = [
-                f"{path}: a worker's partition store that records no consumed time (written "
-                "before dyno-stream recorded it): nothing folded. Let a worker process one "
-                "batch of this partition first."
+                f"{path}: a worker's partition store that has consumed no batch since it was "
+                "created or restored (or was written before stores recorded the time): its "
+                "cut-off is unknown, nothing folded. Let a worker process one batch of this "
+                "partition first."
             ]
             summary.bytes_after = summary.bytes_before
             summary.seconds = time.monotonic() - started
