@@ -43,12 +43,14 @@ demo: $(STAMP) jars
 test: $(STAMP) jars debs
 	$(BIN)/ruff check dyno_stream tests bench
 	$(BIN)/mypy dyno_stream
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check dyno_stream tests bench
 	$(BIN)/ruff format --check dyno_stream tests bench
 	$(BIN)/mypy dyno_stream
+	$(BIN)/lint-imports
 
 worker: $(STAMP) jars
 	$(BIN)/dyno-stream broker start

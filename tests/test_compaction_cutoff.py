@@ -13,8 +13,9 @@ from rich.console import Console
 
 from dyno_stream.config import CompactionSettings
 from dyno_stream.core.flake import FlakeGenerator, flake_floor
-from dyno_stream.jobs.compaction import compact_offline, fold_cutoff
+from dyno_stream.jobs.compaction import compact_offline
 from dyno_stream.store import DynoStore
+from dyno_stream.store.compaction_policy import fold_cutoff
 from dyno_stream.store.partition import CONSUMED_TIME_KEY, OFFSET_KEY
 
 HOUR = 3600.0

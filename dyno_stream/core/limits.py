@@ -25,7 +25,7 @@ when the parser or the wire contract refused it first: a name over the store's 1
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -41,8 +41,22 @@ from dyno_stream.core.keys import MAX_NAME_BYTES
 from dyno_stream.core.ops import PUT_ATTRS, PUT_ITEM
 
 if TYPE_CHECKING:  # the store imports this module: keep its imports light
-    from dyno_stream.config import WorkerSettings
     from dyno_stream.core.events import EventModel
+
+
+class LimitSettings(Protocol):
+    """The settings the limits are read from (``config.WorkerSettings`` has them): a
+    protocol, so the core does not import the configuration layer above it."""
+
+    @property
+    def max_event_bytes(self) -> int: ...
+    @property
+    def max_name_bytes(self) -> int: ...
+    @property
+    def max_depth(self) -> int: ...
+    @property
+    def max_attrs(self) -> int: ...
+
 
 #: The ops whose change can nest (every other op's change has a fixed, flat shape).
 _NESTING = frozenset({PUT_ITEM, PUT_ATTRS})
@@ -81,7 +95,7 @@ class Limits:
         self._deep_chars = 2 * max_depth + 1
 
     @classmethod
-    def from_settings(cls, w: WorkerSettings) -> Limits:
+    def from_settings(cls, w: LimitSettings) -> Limits:
         return cls(w.max_event_bytes, w.max_name_bytes, w.max_depth, w.max_attrs)
 
     def __repr__(self) -> str:

@@ -50,12 +50,12 @@ from dyno_stream.core.errors import (
 )
 from dyno_stream.core.events import EventModel, Flatten, Snapshot, parse_event
 from dyno_stream.core.limits import Limits
-from dyno_stream.jobs.compaction import choose, fold_cutoff, summaries
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.reading import read_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import Item
+from dyno_stream.store.compaction_policy import choose, fold_cutoff, summaries
 from dyno_stream.store.partition import PartitionStore, snapshot_bytes
 from dyno_stream.stream.http import Health, HttpEndpoint
 from dyno_stream.stream.metrics import WorkerMetrics
