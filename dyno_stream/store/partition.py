@@ -164,7 +164,7 @@ class PartitionStore:
 
         The rows: the new offset (and the newest consumed message's timestamp, when Kafka
         gave one), what is pending publication, and the deletion of pending rows whose
-        messages have been acknowledged since the last batch (step 4a).
+        messages have been acknowledged since the last batch (step 4a of the commit order).
         """
         rows: dict[bytes, bytes | None] = dict.fromkeys(self.to_clear)
         self.to_clear = []
@@ -183,7 +183,8 @@ class PartitionStore:
         return rows, pending
 
     def clear_pending(self, keys: list[bytes] | None = None) -> None:
-        """Step 4a on its own write: for ``keys``, or the acknowledged rows not yet deleted."""
+        """Delete pending rows on a write of their own (step 4a of the commit order above): for
+        ``keys``, or the acknowledged rows not yet deleted."""
         if keys is None:
             keys, self.to_clear = self.to_clear, []
         if keys:

@@ -1,8 +1,8 @@
 """The stream worker: Kafka ops -> validate -> apply -> snapshot -> commit.
 
 One worker process consumes the ops topic in a consumer group. For every assigned partition it
-opens that partition's store (see ``checkpoint``), seeks to the store's own recorded offset,
-and then processes batches, each in the commit order written down in ``checkpoint``. Bad
+opens that partition's store (``store.partition``), seeks to the store's own recorded offset,
+and then processes batches, each in the commit order written down in ``store.partition``. Bad
 events never stop it: each goes to the dead-letter topic with its reason and is counted.
 """
 
@@ -74,7 +74,7 @@ _op_of = operator.attrgetter("op")
 
 
 @dataclass
-class _PartitionBatch:
+class _PartitionShare:
     """The events of one batch that belong to one partition, in offset order."""
 
     ps: PartitionStore
@@ -89,13 +89,15 @@ class _PartitionBatch:
     #: items named by flatten commands: each gets a snapshot, folded or not, which is how an
     #: online compaction pass learns that its command was processed
     flattened: list[str] = field(default_factory=list)
-    pending: list[bytes] = field(default_factory=list)  # its pending rows (checkpoint step 2)
+    pending: list[bytes] = field(
+        default_factory=list
+    )  # its rows pending publication, written with its ops
 
 
 @dataclass(eq=False)
-class _InFlight:
-    """One batch's snapshots and dead letters on their way to Kafka (checkpoint step 3), and
-    what becomes true once every one of them is acknowledged (step 4)."""
+class _Publication:
+    """One batch's snapshots and dead letters on their way to Kafka, and what becomes true
+    once every one of them is acknowledged: its pending rows can go, its offsets be committed."""
 
     outstanding: int = 0
     snapshots: int = 0
@@ -122,7 +124,7 @@ class Worker:
         self._parts: dict[tuple[str, int], PartitionStore] = {}
         self._stop = threading.Event()
         self._handle_signals = handle_signals
-        self._in_flight: deque[_InFlight] = deque()
+        self._in_flight: deque[_Publication] = deque()
         #: a publish that failed inside a rebalance callback, handled by the main loop
         self._assign_publish_error: PublishError | None = None
         self._last_lag = 0.0
@@ -210,7 +212,7 @@ class Worker:
                     if messages:
                         self._process(messages)
                     else:
-                        self._settle()
+                        self._drain_publications()
                     if self._assign_publish_error is not None:  # see _on_assign
                         exc, self._assign_publish_error = self._assign_publish_error, None
                         raise exc
@@ -249,7 +251,7 @@ class Worker:
     def _shutdown(self) -> None:
         try:
             try:
-                self._settle()
+                self._drain_publications()
             except DynoError as exc:  # the pending rows stay: published again on restart
                 log.error("%s", exc)
             if self._consumer is not None:
@@ -294,7 +296,7 @@ class Worker:
         # Batches finish before consume() is called again; their messages may still be on
         # their way: wait for them, then commit what the stores hold and let the partitions go.
         try:
-            self._settle()
+            self._drain_publications()
         except DynoError as exc:  # the pending rows stay: the next owner publishes them
             log.error("%s", exc)
         offsets = [
@@ -398,23 +400,23 @@ class Worker:
         return ps
 
     def _republish_pending(self, ps: PartitionStore) -> None:
-        """Publish what a crashed run left unacknowledged (checkpoint step 3 again)."""
+        """Publish again what a crashed run left unacknowledged (its pending rows)."""
         snapshots, keys = ps.pending_snapshots()
         dead = ps.pending_dead_letters()
         if not snapshots and not dead:
             return
-        batch = _InFlight()
+        publication = _Publication()
         # A snapshot is read from the store as it is now, so it names the last offset the
         # store applied: a later batch whose own pending row was cleared may have changed
         # the item since, and naming the pending row's offset would claim less than the value
         # holds (a restore would then replay those ops again, as late dead letters).
         applied = (ps.next_offset or 0) - 1
         for item in ps.store.current(snapshots):
-            self._produce_snapshot(ps, item, max(applied, snapshots[item.name]), batch)
+            self._produce_snapshot(ps, item, max(applied, snapshots[item.name]), publication)
         for _, letter in dead:
-            self._produce_dead_letter(letter, batch)
-        self._in_flight.append(batch)
-        self._retire(wait=True)
+            self._produce_dead_letter(letter, publication)
+        self._in_flight.append(publication)
+        self._complete_publications(wait=True)
         ps.clear_pending([*keys, *(k for k, _ in dead)])
         self.metrics.pending_republished.inc(len(snapshots) + len(dead))
         log.info(
@@ -437,7 +439,7 @@ class Worker:
         while self._in_flight:  # the batches after the one that failed: let them settle
             # one Kafka refuses stays pending in its store like the first: published below
             with contextlib.suppress(PublishError):
-                self._retire(wait=True)
+                self._complete_publications(wait=True)
         while not self._stop.is_set():
             log.warning("%s; publishing again in %.1fs", exc, delay)
             self._stop.wait(delay)
@@ -498,27 +500,27 @@ class Worker:
         # partition's are looked at: a partition's share of a batch stays in the CPU's caches
         # from one step to the next, where validating the whole batch first had the store
         # read it back from memory.
-        batches: dict[tuple[str, int], _PartitionBatch] = {}
+        shares: dict[tuple[str, int], _PartitionShare] = {}
         applied: Counter[str] = Counter()
-        batch = _InFlight()
-        self._in_flight.append(batch)  # what it holds so far is retired even if a step fails
+        publication = _Publication()
+        self._in_flight.append(publication)  # completed even if a later step fails
         for tp, (ps, msgs) in self._by_partition(messages).items():
-            pb = batches[tp] = self._validated(ps, msgs)  # checkpoint step 1
-            self._apply(pb, applied)  # step 2: one atomic LevelDB batch per partition
-            # step 3: publish, without waiting (step 4 runs as the acknowledgements come in)
-            for item in ps.store.current(pb.touched):
-                self._produce_snapshot(ps, item, pb.touched[item.name], batch)
-            for letter in pb.dead:
-                self._produce_dead_letter(letter, batch)
-            batch.clear[tp] = pb.pending
-            batch.commit.append(TopicPartition(tp[0], tp[1], pb.last_offset + 1))
+            share = shares[tp] = self._validated(ps, msgs)  # validate
+            self._apply(share, applied)  # one atomic LevelDB batch per partition
+            # publish, without waiting (acknowledgements complete it, oldest batch first)
+            for item in ps.store.current(share.touched):
+                self._produce_snapshot(ps, item, share.touched[item.name], publication)
+            for letter in share.dead:
+                self._produce_dead_letter(letter, publication)
+            publication.clear[tp] = share.pending
+            publication.commit.append(TopicPartition(tp[0], tp[1], share.last_offset + 1))
         self.metrics.events_consumed.inc(len(messages))
-        self._retire()
+        self._complete_publications()
 
         for op, n in applied.items():
             self.metrics.ops_applied.labels(op).inc(n)
-        for pb in batches.values():
-            for letter in pb.dead:
+        for share in shares.values():
+            for letter in share.dead:
                 self.metrics.dead_lettered.labels(letter.reason).inc()
                 log.warning(
                     "dead letter",
@@ -558,10 +560,10 @@ class Worker:
             group[1].append(msg)
         return out
 
-    def _validated(self, ps: PartitionStore, messages: list[Message]) -> _PartitionBatch:
+    def _validated(self, ps: PartitionStore, messages: list[Message]) -> _PartitionShare:
         """One partition's messages as events to apply, and dead letters for the others."""
-        pb = _PartitionBatch(ps)
-        events, offsets, kept, dead = pb.events, pb.offsets, pb.messages, pb.dead
+        share = _PartitionShare(ps)
+        events, offsets, kept, dead = share.events, share.offsets, share.messages, share.dead
         restored = ps.restored
         max_ahead_ms = self._max_skew_ms
         skews: list[int] = []  # flake time minus message time, ms, per op (the histogram)
@@ -598,16 +600,16 @@ class Worker:
             if restored and offset <= restored.get(event.item, -1):
                 continue  # already in the item's snapshot we restored from
             if type(event) is Flatten:
-                pb.flattened.append(event.item)
+                share.flattened.append(event.item)
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
         last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
         assert last is not None
-        pb.last_offset = last
-        pb.consumed_ms = _consumed_ms(messages[-1])
+        share.last_offset = last
+        share.consumed_ms = _consumed_ms(messages[-1])
         self.metrics.clock_skew.observe_many(skews)
-        return pb
+        return share
 
     def _too_far_ahead(self, field: str, flake: str, kind: int, message_ms: int) -> DynoError:
         against = f"the message's {TIMESTAMP_TYPES.get(kind, 'timestamp')}"
@@ -624,42 +626,42 @@ class Worker:
         ):
             raise self._too_far_ahead("before", command.before, kind, message_ms)
 
-    def _apply(self, pb: _PartitionBatch, applied: Counter[str]) -> None:
-        ps = pb.ps
+    def _apply(self, share: _PartitionShare, applied: Counter[str]) -> None:
+        ps = share.ps
         failed: set[int] = set()
 
         def on_error(i: int, _event: EventModel, exc: DynoError) -> None:
             failed.add(i)
-            pb.dead.append(self._dead_letter(pb.messages[i], exc))
+            share.dead.append(self._dead_letter(share.messages[i], exc))
 
-        def extra(touched: list[str]) -> dict[bytes, bytes | None]:
-            events, offsets = pb.events, pb.offsets
+        def bookkeeping_rows(touched: list[str]) -> dict[bytes, bytes | None]:
+            events, offsets = share.events, share.offsets
             if failed:
                 events = [e for i, e in enumerate(events) if i not in failed]
                 offsets = [o for i, o in enumerate(offsets) if i not in failed]
             last = dict(zip(map(_item_of, events), offsets, strict=True))  # the last op wins
-            pb.touched = {name: last[name] for name in touched}
-            for name in pb.flattened:
+            share.touched = {name: last[name] for name in touched}
+            for name in share.flattened:
                 if name in last:  # not when its command failed (it is a dead letter then)
-                    pb.touched.setdefault(name, last[name])
-            pb.dead.sort(key=lambda d: d.offset)
-            rows, pb.pending = ps.batch_rows(
-                pb.last_offset + 1, pb.touched, pb.dead, pb.consumed_ms
+                    share.touched.setdefault(name, last[name])
+            share.dead.sort(key=lambda d: d.offset)
+            rows, share.pending = ps.batch_rows(
+                share.last_offset + 1, share.touched, share.dead, share.consumed_ms
             )
             return rows
 
         try:
-            ps.store.apply(pb.events, extra=extra, on_error=on_error)
+            ps.store.apply(share.events, extra=bookkeeping_rows, on_error=on_error)
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
-        ps.next_offset = pb.last_offset + 1
-        if pb.consumed_ms is not None:
-            ps.consumed_ms = pb.consumed_ms
+        ps.next_offset = share.last_offset + 1
+        if share.consumed_ms is not None:
+            ps.consumed_ms = share.consumed_ms
         if ps.restored and ps.next_offset > max(ps.restored.values()):
             ps.restore_done()
-        applied.update(map(_op_of, pb.events))  # a flatten's op is "flatten"
+        applied.update(map(_op_of, share.events))  # a flatten's op is "flatten"
         for i in failed:
-            applied[pb.events[i].op] -= 1
+            applied[share.events[i].op] -= 1
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -668,27 +670,27 @@ class Worker:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        batch: _InFlight,
+        publication: _Publication,
         headers: KafkaHeaders | None = None,
     ) -> None:
         assert self._producer is not None
         while True:
             try:
                 self._producer.produce(
-                    topic, value, key, headers=headers, on_delivery=batch.delivered
+                    topic, value, key, headers=headers, on_delivery=publication.delivered
                 )
-                batch.outstanding += 1
+                publication.outstanding += 1
                 return
             except BufferError:  # local queue full: let deliveries drain, then go on
                 self._producer.poll(0.1)
 
     def _produce_snapshot(
-        self, ps: PartitionStore, item: Item, offset: int, batch: _InFlight
+        self, ps: PartitionStore, item: Item, offset: int, publication: _Publication
     ) -> None:
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
         try:
-            self._produce(self.settings.topics.snapshots, item.name.encode(), value, batch)
-            batch.snapshots += 1
+            self._produce(self.settings.topics.snapshots, item.name.encode(), value, publication)
+            publication.snapshots += 1
         except KafkaException as exc:
             # The item outgrew what Kafka takes in one message. Publishing it is impossible,
             # crashing would only loop: say so loudly, and leave a dead letter naming it.
@@ -704,20 +706,21 @@ class Worker:
                     "snapshot-too-large",
                     f"snapshot of {len(value)} bytes not published: {exc}",
                 ),
-                batch,
+                publication,
             )
             self.metrics.dead_lettered.labels("snapshot-too-large").inc()
 
-    def _produce_dead_letter(self, letter: DeadLetter, batch: _InFlight) -> None:
+    def _produce_dead_letter(self, letter: DeadLetter, publication: _Publication) -> None:
         topic, headers = self.settings.topics.dead_letter, letter.kafka_headers()
         try:
-            self._produce(topic, letter.key, letter.value, batch, headers)
+            self._produce(topic, letter.key, letter.value, publication, headers)
         except KafkaException:  # too large with the original bytes: keep the reason at least
             headers.append((H_TRUNCATED, str(len(letter.value or b"")).encode()))
-            self._produce(topic, letter.key, None, batch, headers)
+            self._produce(topic, letter.key, None, publication, headers)
 
-    def _retire(self, wait: bool = False) -> None:
-        """Checkpoint step 4 for every batch, oldest first, whose messages are all acknowledged.
+    def _complete_publications(self, wait: bool = False) -> None:
+        """Complete every batch, oldest first, whose messages are all acknowledged: its pending
+        rows are deleted with the partition's next write, its offsets queued for committing.
 
         With ``wait``, wait for all of them; otherwise only for the oldest ones beyond
         ``_MAX_IN_FLIGHT``. A delivery that failed raises ``PublishError``: that batch's
@@ -728,37 +731,38 @@ class Worker:
         self._producer.poll(0)  # run the delivery callbacks that are due
         timeout = self.settings.worker.publish_timeout_s
         while self._in_flight:
-            head = self._in_flight[0]
-            if head.outstanding and not head.errors:
+            oldest = self._in_flight[0]
+            if oldest.outstanding and not oldest.errors:
                 if not wait and len(self._in_flight) <= _MAX_IN_FLIGHT:
                     break  # still on its way, and the pipeline has room
                 deadline = time.monotonic() + timeout
-                while head.outstanding and not head.errors and time.monotonic() < deadline:
+                while oldest.outstanding and not oldest.errors and time.monotonic() < deadline:
                     self._producer.poll(0.1)
-            if head.outstanding or head.errors:
+            if oldest.outstanding or oldest.errors:
                 self._in_flight.popleft()
                 self.metrics.batches_in_flight.set(len(self._in_flight))
                 raise PublishError(
-                    f"{head.outstanding} messages unacknowledged after {timeout:.0f}s, "
-                    f"{len(head.errors)} failed ({'; '.join(head.errors[:3])}); the batch "
+                    f"{oldest.outstanding} messages unacknowledged after {timeout:.0f}s, "
+                    f"{len(oldest.errors)} failed ({'; '.join(oldest.errors[:3])}); the batch "
                     "stays pending and is published again"
                 )
             self._in_flight.popleft()
-            for tp, keys in head.clear.items():
+            for tp, keys in oldest.clear.items():
                 ps = self._parts.get(tp)
                 if ps is not None:
                     ps.to_clear.extend(keys)  # deleted with the partition's next write
-            for offset in head.commit:
+            for offset in oldest.commit:
                 self._to_commit[(offset.topic, offset.partition)] = offset
-            if head.snapshots:
-                self.metrics.snapshots_published.inc(head.snapshots)
+            if oldest.snapshots:
+                self.metrics.snapshots_published.inc(oldest.snapshots)
         self.metrics.batches_in_flight.set(len(self._in_flight))
         self._commit_acknowledged()
 
     def _commit_acknowledged(self) -> None:
-        """Step 4b, at most every ``commit_interval_s``: one asynchronous commit of the newest
-        acknowledged offset of each partition this worker still holds (a released partition's
-        offsets are its new owner's to commit). A revoke commits what the stores hold."""
+        """Commit acknowledged offsets, at most every ``commit_interval_s``: one asynchronous
+        commit of the newest acknowledged offset of each partition this worker still holds
+        (a released partition's offsets are its new owner's to commit). A revoke commits what
+        the stores hold."""
         now = time.monotonic()
         if not self._to_commit or now - self._committed_at < self.settings.worker.commit_interval_s:
             return
@@ -768,11 +772,11 @@ class Worker:
         self._to_commit.clear()
         self._committed_at = now
 
-    def _settle(self) -> None:
+    def _drain_publications(self) -> None:
         """Wait for every message in flight, then delete the acknowledged pending rows."""
         if self._producer is None:
             return
-        self._retire(wait=True)
+        self._complete_publications(wait=True)
         for ps in self._parts.values():
             if ps.to_clear:
                 ps.clear_pending()
@@ -848,12 +852,12 @@ class Worker:
             if ps.store.flatten_before(cand.name, cutoffs[ps.label]):
                 changed.setdefault(ps.label, []).append(cand.name)
                 folded += 1
-        batch = _InFlight()
+        publication = _Publication()
         for ps in stores:
             for item in ps.store.current(changed.get(ps.label, [])):
-                self._produce_snapshot(ps, item, (ps.next_offset or 1) - 1, batch)
-        self._in_flight.append(batch)
-        self._retire(wait=True)
+                self._produce_snapshot(ps, item, (ps.next_offset or 1) - 1, publication)
+        self._in_flight.append(publication)
+        self._complete_publications(wait=True)
         self.metrics.compacted.inc(folded)
         log.info(
             "scheduled compaction: %d items flattened in %.2fs", folded, time.monotonic() - started
