@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
+from helpers import REPO
 
 from dyno_stream.config import Settings
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.stream.worker import producer_config
 from dyno_stream.views import MaterializedView, is_newer, read_snapshots, snapshot_reader
 
-REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0
 
 Snap = dict[str, Any]

@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from helpers import cli_env, run_cli
+from helpers import REPO, cli_env, run_cli
 
 from dyno_stream.config import Settings
 from dyno_stream.core.events import PutItem, json_schemas, parse_event
@@ -26,7 +26,6 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 
-REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0
 
 

@@ -31,6 +31,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from helpers import (
     FAULTS_FULL,
+    REPO,
     Produced,
     Reference,
     WorkerProcess,
@@ -61,7 +62,7 @@ pytestmark = pytest.mark.faults
 #: Each run draws its own seed, so CI tries new kill points, ops and faults every time; each
 #: test prints it, and ``DYNO_FAULTS_SEED`` repeats a run.
 SEED = int(os.environ.get("DYNO_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
-FAULT_INJECTOR = Path(__file__).resolve().parent / "faultinject"
+FAULT_INJECTOR = REPO / "tests" / "faultinject"
 
 
 @pytest.fixture(autouse=True)
