@@ -1,7 +1,9 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make demo   the worker on the local Kafka broker, with the seed's example
-#   make test   the whole test suite, Kafka integration tests included
-# Everything else here is a building block of those two.
+#   make demo       the worker on the local Kafka broker, with the seed's example
+#   make test       the whole test suite, Kafka integration tests included
+# and one gives a fast signal while developing:
+#   make test-unit  tests/unit only: no broker, no jars, under a minute
+# Everything else here is a building block of those.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +14,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test lint bench bench-store bench-compare faults schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +47,10 @@ test: $(STAMP) jars debs
 	$(BIN)/mypy dyno_stream
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+
+# docker-compose (debs) validates docker-compose.yml in tests/unit/test_compose.py
+test-unit: $(STAMP) debs
+	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check dyno_stream tests bench

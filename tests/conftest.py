@@ -146,13 +146,36 @@ def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
 BROKER_FIXTURES = frozenset({"kafka_bootstrap", "secure"})
 
 
+#: Where each kind of test lives: ``make test-unit`` runs ``unit/`` alone, with no broker.
+TESTS = Path(__file__).resolve().parent
+FOLDER_OF_KIND = {False: "unit", True: "integration"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs the broker, so `-m "not kafka"` runs the rest alone.
+    """Mark every test that needs the broker, so `-m "not kafka"` runs the rest alone, and
+    refuse to run a test that sits in the wrong folder for its kind.
 
     ``fixturenames`` holds every fixture a test uses, directly or through another fixture.
     A test that starts a broker of its own, without such a fixture, is marked where it is
-    written.
+    written. A broker test in ``unit/`` would make ``make test-unit`` need Kafka; a
+    broker-free one in ``integration/`` would be missing from the fast run.
     """
+    misplaced: list[str] = []
     for item in items:
         if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+        path = item.path.resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        needs_broker = item.get_closest_marker("kafka") is not None
+        want = FOLDER_OF_KIND[needs_broker]
+        folder = path.relative_to(TESTS).parts[0]
+        if folder != want:
+            kind = "needs the Kafka broker" if needs_broker else "needs no broker"
+            misplaced.append(f"  {item.nodeid}: {kind}, so it belongs in tests/{want}/")
+    if misplaced:
+        raise pytest.UsageError(
+            "tests in the wrong folder (a test that uses the kafka_bootstrap or secure "
+            "fixture, or is marked kafka, goes in tests/integration/; every other test in "
+            "tests/unit/):\n" + "\n".join(misplaced)
+        )

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -28,12 +29,13 @@ from confluent_kafka import TopicPartition
 from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
-from dyno_stream.core.flake import new_flake
+from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.core.keys import split_key
 from dyno_stream.core.ops import HISTORY, chain_hash
 from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.store import DynoStore, Item
+from dyno_stream.stream.metrics import SKEW_BUCKETS_S, WorkerMetrics
 from dyno_stream.views import MaterializedView
 
 REPO = Path(__file__).resolve().parent.parent
@@ -437,6 +439,27 @@ def faults_size(ci: int, full: int) -> int:
     return full if FAULTS_FULL else ci
 
 
+def kill_plan(kills: int, rnd: random.Random) -> list[str]:
+    """Each kill's intended phase: ``start-up`` (before the worker holds its partitions),
+    ``backlog`` (holding them while ops are still being produced: the backlog its
+    predecessor's downtime left, then live ops), ``idle`` (every op produced and applied).
+
+    Every plan has all three, whatever the seed: kill 0 meets the first worker, which holds
+    its partitions before any op is sent, so it is a backlog kill; the idle kills come last,
+    once every op is in; one kill in between is a start-up kill for sure, the others are
+    start-up kills by chance (one in four), else backlog kills.
+    """
+    assert kills >= 3, "a plan needs a backlog, a start-up and an idle kill"
+    idle = max(1, kills // 10)
+    streaming = kills - idle
+    sure = rnd.randrange(1, streaming)
+    plan = ["backlog"]
+    plan += [
+        "start-up" if k == sure or rnd.random() < 0.25 else "backlog" for k in range(1, streaming)
+    ]
+    return plan + ["idle"] * idle
+
+
 def record_figures(test: str, **figures: Any) -> None:
     """Print a fault test's figures, and keep them in ``$DYNO_FAULTS_REPORT`` (JSON) when set,
     with the totals the README's reliability section quotes."""
@@ -534,3 +557,48 @@ def published(records: list[Record], models: list[OpModel]) -> PublishedHistory:
         for name, chain in chains.items()
     )
     return PublishedHistory(lost, sum(twice.values()), wrong, backwards, last, len(records))
+
+
+# ---------------------------------------------------------------------------------------------
+# clock skew: ops stamped by a producer whose clock is wrong (issue 19)
+# ---------------------------------------------------------------------------------------------
+
+#: A year in seconds: how far ahead a broken producer clock stamps an op.
+YEAR_S = 365 * 86400
+
+
+def flake_at(time_s: float, node: int = 0x5EC) -> str:
+    """A well-formed flake at ``time_s``, as a producer whose clock reads that would stamp."""
+    return format_flake(int(time_s * 1000), 0, 0x1234, node)
+
+
+def op_bytes(item: str, op: str, ts: str, change: Any) -> bytes:
+    return json.dumps({"item": item, "op": op, "ts": ts, "change": change}).encode()
+
+
+def skew_samples(metrics: WorkerMetrics) -> dict[str, float]:
+    """``dyno_clock_skew_seconds``' cumulative buckets by ``le``, and its count."""
+    reg = metrics.registry
+    out = {
+        le: reg.get_sample_value("dyno_clock_skew_seconds_bucket", {"le": le}) or 0.0
+        for le in [repr(b) for b in SKEW_BUCKETS_S] + ["+Inf"]
+    }
+    out["count"] = reg.get_sample_value("dyno_clock_skew_seconds_count") or 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets that must show up in no output (test_security in unit/ and integration/)
+# ---------------------------------------------------------------------------------------------
+
+# Unique per run, so finding one in an output cannot be a coincidence.
+PASSWORD = f"pw512-{uuid.uuid4().hex}"
+PASSWORD_256 = f"pw256-{uuid.uuid4().hex}"
+WRONG = f"wrong-{uuid.uuid4().hex}"
+SECRETS = (PASSWORD, PASSWORD_256, WRONG)
+
+
+def assert_no_secret(where: str, text: str | bytes) -> None:
+    body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    for secret in SECRETS:
+        assert secret not in body, f"a password appears in {where}"

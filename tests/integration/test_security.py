@@ -1,4 +1,4 @@
-"""SASL (SCRAM) and TLS to a real broker, secrets kept out of every output, HTTP on loopback.
+"""SASL (SCRAM) and TLS to a real broker, and secrets kept out of every output.
 
 This module starts its own broker (not the session one): the project's ``LocalBroker`` with a
 SASL_PLAINTEXT listener and a SASL_SSL listener whose certificate a throwaway CA made here
@@ -6,13 +6,14 @@ signed (``certs.py``), both taking the SCRAM users below. Workers and clients ar
 the way a deployment would be (``DYNO_KAFKA__*`` variables for subprocesses), and each test
 checks both halves of the promise: the right login works, a wrong one is refused loudly and
 at once, and the password shows up nowhere a user or a log collector could read it.
+Configuration errors and the HTTP endpoint's default, which need no broker, are in
+``tests/unit/test_security_offline.py``.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -26,22 +27,26 @@ from typing import Any
 import pytest
 from certs import TlsFiles, make_tls_files
 from conftest import RunningWorker, free_port, scoped_settings
-from helpers import REPO, cli_env, free_port_pair, run_cli
+from helpers import (
+    PASSWORD,
+    PASSWORD_256,
+    REPO,
+    WRONG,
+    assert_no_secret,
+    cli_env,
+    free_port_pair,
+    run_cli,
+)
 
 from dyno_stream.cli.worker_http import http_get
-from dyno_stream.config import KafkaSettings, Settings, WorkerSettings
+from dyno_stream.config import KafkaSettings, Settings
 from dyno_stream.core.errors import KafkaAuthError, LocalBrokerError
 from dyno_stream.devtools.broker import BrokerTls, LocalBroker, ScramUser
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 
-# Unique per run, so finding one in an output cannot be a coincidence.
-PASSWORD = f"pw512-{uuid.uuid4().hex}"
-PASSWORD_256 = f"pw256-{uuid.uuid4().hex}"
-WRONG = f"wrong-{uuid.uuid4().hex}"
 USER = ScramUser("dyno", PASSWORD, "SCRAM-SHA-512")
 USER_256 = ScramUser("dyno256", PASSWORD_256, "SCRAM-SHA-256")
-SECRETS = (PASSWORD, PASSWORD_256, WRONG)
 #: A refused login or TLS handshake must be reported within this, in-process. Measured on
 #: our 2-core VM: a wrong password 0.4 s (librdkafka's SCRAM exchange), an untrusted
 #: certificate 1.0 s (list_topics_checked asks in 1 s slices); 3x that for a loaded machine.
@@ -131,12 +136,6 @@ def kafka_env(s: Settings, **extra: str) -> dict[str, str]:
         env["DYNO_KAFKA__SSL_CA_LOCATION"] = k.ssl_ca_location
     env.update(extra)
     return env
-
-
-def assert_no_secret(where: str, text: str | bytes) -> None:
-    body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-    for secret in SECRETS:
-        assert secret not in body, f"a password appears in {where}"
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
@@ -396,42 +395,7 @@ def test_client_and_cli_with_a_wrong_password_fail_fast_without_showing_it(
     assert_no_secret("the CLI's output", proc.stdout + proc.stderr)
 
 
-def test_cli_error_for_a_bad_config_does_not_show_the_password(tmp_path: Path) -> None:
-    # in the environment, beside a bad value and a misspelt key that holds a secret too
-    env = cli_env(
-        DYNO_KAFKA__SASL_PASSWORD=PASSWORD,
-        DYNO_KAFKA__SASL_PASWORD=PASSWORD_256,
-        DYNO_KAFKA__SECURITY_PROTOCOL="SASL_PLAIN",
-    )
-    proc = run_cli(env, "topics", timeout=60)
-    assert proc.returncode == 1
-    assert "invalid configuration" in proc.stderr and "security_protocol" in proc.stderr
-    assert "sasl_pasword" in proc.stderr
-    assert_no_secret("the CLI's error output", proc.stdout + proc.stderr)
-
-    # in a TOML file, with a password of the wrong type and another bad value
-    config = tmp_path / "bad.toml"
-    config.write_text(
-        f'[kafka]\nsasl_password = "{PASSWORD}"\nssl_key_password = ["{PASSWORD_256}"]\n'
-        "[worker]\nbatch_size = 0\n"
-    )
-    proc = run_cli(cli_env(DYNO_CONFIG=str(config)), "worker", timeout=60)
-    assert proc.returncode == 1
-    assert "kafka.ssl_key_password" in proc.stderr and "worker.batch_size" in proc.stderr
-    assert_no_secret("the CLI's error output", proc.stdout + proc.stderr)
-
-
-# -- settings and the broker ---------------------------------------------------------------------
-
-
-def test_http_endpoint_defaults_to_loopback() -> None:
-    assert WorkerSettings().http_host == "127.0.0.1"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNO_")}
-    code = "from dyno_stream.config import load_settings; print(load_settings().worker.http_host)"
-    shipped = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
-    )
-    assert shipped.stdout.strip() == "127.0.0.1", shipped.stderr  # config/dyno-stream.toml
+# -- the broker ----------------------------------------------------------------------------------
 
 
 def test_secured_broker_keeps_passwords_out_of_its_files_and_reprs(

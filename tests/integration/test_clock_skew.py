@@ -1,9 +1,8 @@
 """Clock skew: an op stamped far in the future must not freeze its item (issue 19).
 
-The integration tests run a real ``Worker`` against the session's real Kafka broker and
-produce with a raw ``confluent_kafka.Producer``, as kcat or any other client would; the unit
-tests at the end hold the pure parts (the histogram's arithmetic, the dead letter's headers
-across a crash, a message without a timestamp) against real LevelDB and prometheus-client.
+These tests run a real ``Worker`` against the session's real Kafka broker and produce with a
+raw ``confluent_kafka.Producer``, as kcat or any other client would. The pure parts are in
+``tests/unit/test_clock_skew_offline.py``.
 """
 
 from __future__ import annotations
@@ -12,13 +11,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import (
-    TIMESTAMP_CREATE_TIME,
-    TIMESTAMP_NOT_AVAILABLE,
     KafkaError,
     Message,
     Producer,
@@ -26,38 +22,26 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from helpers import (
+    YEAR_S,
     cli_env,
+    flake_at,
     high_watermark,
     last_snapshots_by_offset,
+    op_bytes,
     read_topic,
     run_cli,
+    skew_samples,
     wait_until,
 )
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.exposition import generate_latest
 
 from dyno_stream.config import Settings, producer_config
-from dyno_stream.core.deadletter import H_FIELD, H_OFFSET, H_REASON, DeadLetter
+from dyno_stream.core.deadletter import H_FIELD, H_OFFSET, H_REASON
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
-from dyno_stream.core.flake import format_flake, new_flake
+from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.client import DynoClient
-from dyno_stream.kafka.clock import describe_ms
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
-from dyno_stream.stream.worker import Worker
 
 WAIT_S = 60.0
-YEAR_S = 365 * 86400
-
-
-def flake_at(time_s: float, node: int = 0x5EC) -> str:
-    """A well-formed flake at ``time_s``, as a producer whose clock reads that would stamp."""
-    return format_flake(int(time_s * 1000), 0, 0x1234, node)
-
-
-def op_bytes(item: str, op: str, ts: str, change: Any) -> bytes:
-    return json.dumps({"item": item, "op": op, "ts": ts, "change": change}).encode()
 
 
 def produce(s: Settings, messages: list[tuple[str, bytes, int | None]]) -> None:
@@ -75,17 +59,6 @@ def produce(s: Settings, messages: list[tuple[str, bytes, int | None]]) -> None:
         producer.produce(s.topics.ops, value, key.encode(), on_delivery=delivered, **kw)
         assert producer.flush(30) == 0
         assert not errors, errors
-
-
-def skew_samples(metrics: WorkerMetrics) -> dict[str, float]:
-    """``dyno_clock_skew_seconds``' cumulative buckets by ``le``, and its count."""
-    reg = metrics.registry
-    out = {
-        le: reg.get_sample_value("dyno_clock_skew_seconds_bucket", {"le": le}) or 0.0
-        for le in [repr(b) for b in SKEW_BUCKETS_S] + ["+Inf"]
-    }
-    out["count"] = reg.get_sample_value("dyno_clock_skew_seconds_count") or 0.0
-    return out
 
 
 def dead_letters(s: Settings) -> list[Any]:
@@ -312,86 +285,3 @@ def test_the_client_says_it_cannot_read_the_brokers_clock_from_a_create_time_top
     messages = [r.getMessage() for r in caplog.records]
     assert any("uses CreateTime" in m for m in messages), messages
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], messages
-
-
-# ---------------------------------------------------------------------------------------------
-# the pure parts
-# ---------------------------------------------------------------------------------------------
-
-
-def test_the_skew_histogram_counts_as_prometheus_clients_own_would() -> None:
-    values_ms = [-7_200_000, -59_999, -100, 0, 0, 1, 99, 100, 999, 30_000, 60_000, 60_001]
-    values_ms += [YEAR_S * 1000, 5_000_000]
-    ours = CollectorRegistry()
-    mine = SkewHistogram(ours, SKEW_BUCKETS_S)
-    mine.observe_many(values_ms[:5])
-    mine.observe_many(values_ms[5:])
-    mine.observe_many([])
-    theirs = CollectorRegistry()
-    reference = Histogram(
-        "dyno_clock_skew_seconds",
-        "Flake time minus the Kafka message's timestamp of each op (positive: ahead)",
-        buckets=SKEW_BUCKETS_S,
-        registry=theirs,
-    )
-    for v in values_ms:
-        reference.observe(v / 1000)
-
-    def samples(reg: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
-        return [
-            (s.name, s.labels, round(s.value, 6))
-            for metric in reg.collect()
-            for s in metric.samples
-            if not s.name.endswith("_created")
-        ]
-
-    assert samples(ours) == samples(theirs)
-    assert b'dyno_clock_skew_seconds_bucket{le="60.0"} 11.0' in generate_latest(ours)
-
-
-def test_a_message_without_a_timestamp_is_not_checked(tmp_path: Path) -> None:
-    """``TIMESTAMP_NOT_AVAILABLE`` (pre-0.10 message formats): nothing to compare with."""
-    from dyno_stream.config import load_settings
-
-    worker = Worker(load_settings(), handle_signals=False)
-    ps = PartitionStore.open(tmp_path, "t", 0, sync=False)
-    try:
-        far = flake_at(time.time() + YEAR_S)
-        now_ms = int(time.time() * 1000)
-
-        def msg(offset: int, timestamp: tuple[int, int]) -> Message:
-            value = op_bytes("n", "putItem", far, {"o": offset})
-            return Message(
-                topic="t", partition=0, offset=offset, key=b"n", value=value, timestamp=timestamp
-            )
-
-        pb = worker._validated(
-            ps, [msg(0, (TIMESTAMP_NOT_AVAILABLE, -1)), msg(1, (TIMESTAMP_CREATE_TIME, now_ms))]
-        )
-        assert pb.offsets == [0]
-        [letter] = pb.dead
-        assert (letter.offset, letter.reason) == (1, "clock-skew")
-        assert skew_samples(worker.metrics)["count"] == 1  # only the message with a time
-    finally:
-        ps.close()
-
-
-def test_a_clock_skew_letter_keeps_both_times_across_a_crash() -> None:
-    """A dead letter waits in the store (pending) until Kafka takes it: its times too."""
-    exc = ClockSkewError("ts", "too far ahead", 2_000, 1_000)
-    letter = DeadLetter("t", 0, 5, b"k", b"v", [("mine", b"1")], exc.reason, str(exc), "ts", [])
-    letter = DeadLetter(**{**letter.__dict__, "details": exc.headers()})
-    again = DeadLetter.decode(letter.encode())
-    assert again == letter
-    assert dict(again.kafka_headers())[H_FLAKE_TIME] == b"2000"
-    assert dict(again.kafka_headers())[H_MESSAGE_TIME] == b"1000"
-    # a pending row written before this change has no details: it still decodes
-    old = json.loads(letter.encode())
-    del old["details"]
-    assert DeadLetter.decode(json.dumps(old).encode()).details == []
-
-
-def test_times_past_year_9999_are_described_in_ms() -> None:
-    assert describe_ms(0) == "1970-01-01T00:00:00.000Z"
-    top = (1 << 48) - 1  # the largest flake time
-    assert describe_ms(top) == f"{top} ms since the epoch"

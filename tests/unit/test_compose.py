@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def compose() -> dict[str, Any]:
     if exe is None:
         pytest.fail("docker-compose is not installed: run `make test` (it installs it)")
     out = subprocess.run(
-        [exe, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        [exe, "-f", str(REPO / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         check=False,

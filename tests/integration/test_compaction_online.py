@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +35,6 @@ from dyno_stream.jobs.compaction import Summary, compact_online
 from dyno_stream.store import DynoStore, HistoryChangeset, Item
 from dyno_stream.stream.worker import producer_config
 
-REPO = Path(__file__).resolve().parents[1]
 HOUR_MS = 3_600_000
 WAIT_S = 120.0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REPO
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings
@@ -29,7 +30,6 @@ from dyno_stream.core.flake import FlakeGenerator, flake_floor
 from dyno_stream.jobs.compaction import Summary, compact_offline
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
 
-REPO = Path(__file__).resolve().parents[1]
 HOUR_MS = 3_600_000
 
 

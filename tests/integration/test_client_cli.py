@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from helpers import cli_env, run_cli
+from helpers import REPO, cli_env, run_cli
 
 from dyno_stream.config import Settings
 from dyno_stream.core.events import PutItem, json_schemas, parse_event
@@ -26,7 +26,6 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 
-REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0
 
 
@@ -317,19 +316,3 @@ def test_schemas_export_validates_real_events(
         {"item": "x", "op": "flatten", "hash": "xyz"},
     ):
         assert not op_schema.is_valid(bad), bad
-
-
-def test_checked_in_schemas_match_the_models() -> None:
-    """``schemas/`` must be exactly what ``dyno-stream schemas export`` writes today."""
-    directory = REPO / "schemas"
-    want = json_schemas()
-    assert directory.is_dir(), "schemas/ is missing: run `make schemas` and check it in"
-    assert sorted(p.name for p in directory.iterdir()) == sorted(want), (
-        "schemas/ holds other files than json_schemas(): run `make schemas`"
-    )
-    for name, schema in want.items():
-        text = (directory / name).read_text()
-        assert json.loads(text) == schema, f"schemas/{name} is stale: run `make schemas`"
-        assert text == json.dumps(schema, indent=2, ensure_ascii=False) + "\n", (
-            f"schemas/{name} is not formatted as `make schemas` writes it"
-        )

@@ -4,6 +4,7 @@ A ``MaterializedView`` keeps each item's newest snapshot (more ``changes``, or a
 fewer rows), in memory or in LevelDB (resuming from the offsets it stored). ``on_change``
 fires once per new snapshot; a stale one never replaces a newer one. The command line reads
 through it too: ``dyno-stream get ITEM --view`` and ``dyno-stream watch``.
+Which snapshot counts as newer (``is_newer``) is held in ``tests/unit/test_views_is_newer.py``.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
+from helpers import REPO
 
 from dyno_stream.config import Settings
-from dyno_stream.core.snapshots import is_newer
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import read_snapshots, topic_reader
 from dyno_stream.stream.worker import producer_config
 from dyno_stream.views import MaterializedView
 
-REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0
 
 Snap = dict[str, Any]
@@ -175,16 +175,6 @@ def running(
 # ---------------------------------------------------------------------------------------------
 # a late view, and on_change
 # ---------------------------------------------------------------------------------------------
-
-
-def test_is_newer() -> None:
-    held = {"changes": 5, "count": 3}
-    assert is_newer(held, None)
-    assert is_newer({"changes": 6, "count": 9}, held)
-    assert is_newer({"changes": 5, "count": 1}, held)  # a flatten of the same changes
-    assert not is_newer({"changes": 5, "count": 3}, held)  # a duplicate
-    assert not is_newer({"changes": 5, "count": 4}, held)
-    assert not is_newer({"changes": 4, "count": 1}, held)
 
 
 def test_late_view_catches_up_to_the_same_table_and_on_change_fires_once_per_snapshot(

@@ -31,12 +31,14 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from helpers import (
     FAULTS_FULL,
+    REPO,
     Produced,
     Reference,
     WorkerProcess,
     check_against_reference,
     faults_size,
     free_port_pair,
+    kill_plan,
     only_items,
     published,
     random_op,
@@ -61,7 +63,7 @@ pytestmark = pytest.mark.faults
 #: Each run draws its own seed, so CI tries new kill points, ops and faults every time; each
 #: test prints it, and ``DYNO_FAULTS_SEED`` repeats a run.
 SEED = int(os.environ.get("DYNO_FAULTS_SEED") or random.SystemRandom().randrange(2**32))
-FAULT_INJECTOR = Path(__file__).resolve().parent / "faultinject"
+FAULT_INJECTOR = REPO / "tests" / "faultinject"
 
 
 @pytest.fixture(autouse=True)
@@ -163,36 +165,6 @@ CYCLE_S = 9.0
 #: predecessor's session (6 s, FAST_GROUP) times out, so before the group can have handed
 #: the new worker its partitions.
 START_UP_KILL_WITHIN_S = 4.0
-
-
-def kill_plan(kills: int, rnd: random.Random) -> list[str]:
-    """Each kill's intended phase: ``start-up`` (before the worker holds its partitions),
-    ``backlog`` (holding them while ops are still being produced: the backlog its
-    predecessor's downtime left, then live ops), ``idle`` (every op produced and applied).
-
-    Every plan has all three, whatever the seed: kill 0 meets the first worker, which holds
-    its partitions before any op is sent, so it is a backlog kill; the idle kills come last,
-    once every op is in; one kill in between is a start-up kill for sure, the others are
-    start-up kills by chance (one in four), else backlog kills.
-    """
-    assert kills >= 3, "a plan needs a backlog, a start-up and an idle kill"
-    idle = max(1, kills // 10)
-    streaming = kills - idle
-    sure = rnd.randrange(1, streaming)
-    plan = ["backlog"]
-    plan += [
-        "start-up" if k == sure or rnd.random() < 0.25 else "backlog" for k in range(1, streaming)
-    ]
-    return plan + ["idle"] * idle
-
-
-def test_kill_plan_has_every_phase_whatever_the_seed() -> None:
-    for seed in range(200):
-        for kills in (3, 5, 20):
-            plan = kill_plan(kills, random.Random(seed))
-            assert len(plan) == kills and plan[0] == "backlog" and plan[-1] == "idle", plan
-            assert "start-up" in plan, plan
-            assert plan.index("idle") > max(i for i, p in enumerate(plan) if p != "idle")
 
 
 def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
