@@ -53,7 +53,13 @@ from dyno_stream.core.snapshots import Snapshot, parse_snapshot
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_reader
 from dyno_stream.store import DynoStore
-from dyno_stream.store.compaction_policy import Candidate, choose, fold_cutoff, summaries
+from dyno_stream.store.compaction_policy import (
+    Candidate,
+    choose,
+    fold_before,
+    fold_cutoff,
+    summaries,
+)
 from dyno_stream.store.partition import OFFSET_KEY, read_consumed_ms
 
 log = logging.getLogger("dyno_stream.jobs.compaction")
@@ -364,10 +370,9 @@ def compact_offline(
             summary.rows_after = summary.rows_before
         else:
             with rep.task("flattening", len(chosen)) as advance:
-                for c in chosen:
-                    summary.flattened += store.flatten_before(c.name, cutoff)
-                    summary.rows_after += store.get_item(c.name).count
-                    advance(1)
+                names = [c.name for c in chosen]
+                summary.flattened = len(fold_before(store, names, cutoff, advance))
+            summary.rows_after = sum(store.get_item(name).count for name in names)
             store.compact_range()
     summary.bytes_after = _disk_bytes(path)
     summary.seconds = time.monotonic() - started

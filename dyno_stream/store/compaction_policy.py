@@ -7,7 +7,7 @@ may not reach up into the jobs layer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,3 +61,20 @@ def summaries(store: DynoStore, min_rows: int = 0) -> Iterator[dict[str, Any]]:
     """A store's items in the shape ``choose`` reads (a snapshot's), deleted ones included."""
     for name, item in store.scan(lambda n, i: i.count >= min_rows, include_empty=True):
         yield {"item": name, "hash": item.hash, "count": item.count, "changes": item.changes}
+
+
+def fold_before(
+    store: DynoStore,
+    names: Iterable[str],
+    cutoff: str,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[str]:
+    """Fold each named item's rows older than ``cutoff`` (one write batch an item, so a pass
+    stopped halfway leaves whole items); returns the names of those that folded anything.
+    The worker's scheduled pass and the offline pass both fold this way."""
+    folded = []
+    for name in names:
+        if store.flatten_before(name, cutoff):
+            folded.append(name)
+        advance(1)
+    return folded

@@ -55,7 +55,7 @@ from dyno_stream.kafka.reading import read_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import Item
-from dyno_stream.store.compaction_policy import choose, fold_cutoff, summaries
+from dyno_stream.store.compaction_policy import choose, fold_before, fold_cutoff, summaries
 from dyno_stream.store.partition import PartitionStore, snapshot_bytes
 from dyno_stream.stream.http import Health, HttpEndpoint
 from dyno_stream.stream.metrics import WorkerMetrics
@@ -832,7 +832,7 @@ class Worker:
         waiting in Kafka, and those must find their rows unfolded.
         """
         c = self.settings.compaction
-        started, folded = time.monotonic(), 0
+        started = time.monotonic()
         now = time.time()  # before asking for the ends: an op appended after came later
         cutoffs = {
             label: fold_cutoff(through, now, c.lateness_s)
@@ -846,12 +846,14 @@ class Worker:
                 owner[summary["item"]] = ps
                 seen.append(summary)
         chosen, _ = choose(seen, c)  # the policy of a pass: prefix, longest first, the cap
-        changed: dict[str, list[str]] = {}
+        by_store: dict[str, list[str]] = {}
         for cand in chosen:
-            ps = owner[cand.name]
-            if ps.store.flatten_before(cand.name, cutoffs[ps.label]):
-                changed.setdefault(ps.label, []).append(cand.name)
-                folded += 1
+            by_store.setdefault(owner[cand.name].label, []).append(cand.name)
+        changed = {
+            ps.label: fold_before(ps.store, by_store.get(ps.label, []), cutoffs[ps.label])
+            for ps in stores
+        }
+        folded = sum(map(len, changed.values()))
         publication = _Publication()
         for ps in stores:
             for item in ps.store.current(changed.get(ps.label, [])):
