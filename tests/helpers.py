@@ -602,3 +602,8 @@ def assert_no_secret(where: str, text: str | bytes) -> None:
     body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     for secret in SECRETS:
         assert secret not in body, f"a password appears in {where}"
+
+
+def with_compaction(s: Settings, **kw: Any) -> Settings:
+    """``s`` with these ``[compaction]`` settings (a worker's scheduled pass, a policy)."""
+    return s.model_copy(update={"compaction": s.compaction.model_copy(update=kw)})

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from helpers import read_topic, wait_until
+from helpers import read_topic, wait_until, with_compaction
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings, Settings, producer_config
@@ -132,13 +132,7 @@ def test_scheduled_compaction_behind_a_backlog_keeps_an_on_time_op_placeable(
     # one event a batch and a pass every 50 ms: many passes run while the worker is between
     # op B and op A in the backlog
     s = make_settings(batch_size=1)
-    s = s.model_copy(
-        update={
-            "compaction": s.compaction.model_copy(
-                update={"interval_s": 0.05, "min_rows": 2, "lateness_s": 3600.0}
-            )
-        }
-    )
+    s = with_compaction(s, interval_s=0.05, min_rows=2, lateness_s=3600.0)
     ensure_topics(s)
     t = time.time_ns() // 1_000_000 - 10 * MIN_MS
     filler = [(f"f-{i % 20}", "putAttrs", t + 6 * MIN_MS, {"n": i}) for i in range(3000)]
@@ -172,13 +166,7 @@ def test_scheduled_compaction_of_a_partition_consumed_to_its_end_folds_by_the_wa
     """Nothing waits in Kafka, so nothing can become late: rows an hour older than the
     worker's clock fold, although they are newer than the consumed time minus an hour."""
     s = make_settings()
-    s = s.model_copy(
-        update={
-            "compaction": s.compaction.model_copy(
-                update={"interval_s": 0.2, "min_rows": 2, "lateness_s": 3600.0}
-            )
-        }
-    )
+    s = with_compaction(s, interval_s=0.2, min_rows=2, lateness_s=3600.0)
     ensure_topics(s)
     t = time.time_ns() // 1_000_000 - 10 * MIN_MS
     produce(s, [("y", "putAttrs", t + k, {"k": k}) for k in range(4)])

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from helpers import cli_env, run_cli, wait_until
+from helpers import cli_env, run_cli, wait_until, with_compaction
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings, Settings
@@ -267,10 +267,6 @@ def store_state(s: Settings) -> tuple[dict[str, Item], dict[str, list[Any]]]:
                 items[name] = item
                 histories[name] = store.get_history(name)
     return items, histories
-
-
-def with_compaction(s: Settings, **kw: Any) -> Settings:
-    return s.model_copy(update={"compaction": s.compaction.model_copy(update=kw)})
 
 
 def pass_policy(s: Settings, **kw: Any) -> CompactionSettings:
