@@ -83,6 +83,15 @@ class WorkerMetrics:
         self.restored_items = Counter(
             "dyno_restored_items", "Items restored from the snapshot topic", registry=r
         )
+        self.ops_partitions = Gauge(
+            "dyno_ops_partitions", "Partitions the ops topic has now", registry=r
+        )
+        self.ops_partitions_recorded = Gauge(
+            "dyno_ops_partitions_recorded",
+            "Partitions the ops topic had when its stores were built (the snapshot topic's "
+            "count); a worker seeing another count stops (see dyno-stream repartition)",
+            registry=r,
+        )
         self.pending_republished = Counter(
             "dyno_pending_republished",
             "Snapshots and dead letters published again after a restart",
@@ -98,6 +107,8 @@ class Health:
     last_loop: float = field(default_factory=time.monotonic)
     partitions: list[str] = field(default_factory=list)
     stall_after_s: float = 60.0
+    #: why the worker refuses to go on (e.g. the ops topic's partition count changed)
+    reason: str | None = None
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()
@@ -109,6 +120,7 @@ class Health:
             "status": "ok" if ok else self.state if self.state != "running" else "stalled",
             "partitions": self.partitions,
             "seconds_since_loop": round(age, 3),
+            **({"reason": self.reason} if self.reason is not None else {}),
         }
 
 

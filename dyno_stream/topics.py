@@ -2,6 +2,11 @@
 
 The snapshot topic is a changelog of materialized items, so it is created compacted
 (``cleanup.policy=compact``): Kafka then keeps at least the last snapshot of every item.
+
+It is also created with as many partitions as the ops topic, and keyed alike, so its
+partition count is the record of the count the deployment was built with: a record every
+worker and client can read from the cluster's metadata, without a store
+(``ops_partition_counts``). Each partition store keeps the count too (``checkpoint``).
 """
 
 from __future__ import annotations
@@ -9,17 +14,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
-from dyno_stream.errors import BrokerError
+from dyno_stream.errors import BrokerError, PartitionCountError
 from dyno_stream.security import AuthWatch, list_topics_checked
 
 log = logging.getLogger(__name__)
+
+
+class _HasMetadata(Protocol):
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
+def ops_partition_counts(
+    client: _HasMetadata, settings: Settings, timeout: float = 10.0
+) -> tuple[int | None, int | None]:
+    """The ops topic's partition count now, and the count recorded for it: the snapshot
+    topic's (``None`` for a topic that does not exist).
+
+    One metadata request for all topics: asking for one topic by name lets a producer
+    create it with the broker's default count when it is missing.
+    """
+    topics = client.list_topics(timeout=timeout).topics
+
+    def count(name: str) -> int | None:
+        meta = topics.get(name)
+        return None if meta is None or meta.error is not None else len(meta.partitions)
+
+    return count(settings.topics.ops), count(settings.topics.snapshots)
+
+
+def check_partition_count(settings: Settings, now: int | None, recorded: int | None) -> None:
+    """Raise :class:`PartitionCountError` when the ops topic no longer has the recorded count."""
+    if now is not None and recorded is not None and now != recorded:
+        raise PartitionCountError(settings.topics.ops, now, recorded)
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:

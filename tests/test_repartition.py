@@ -1,0 +1,177 @@
+"""Growing the ops topic in place, and moving to more partitions (``dyno-stream repartition``).
+
+Kafka places a key at ``hash(key) % partitions``: after partitions are added, an item's later
+ops land on another partition, whose store knows nothing of its history. These tests hold that
+the worker and the client refuse that, loudly, and that the repartition tool moves every item
+to new topics without losing or doubling an op.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
+from conftest import RunningWorker
+from helpers import (
+    Produced,
+    Reference,
+    published,
+    random_op,
+    read_topic,
+    wait_caught_up,
+    wait_until,
+)
+
+from dyno_stream.checkpoint import PartitionStore
+from dyno_stream.client import DynoClient
+from dyno_stream.config import Settings
+from dyno_stream.errors import PartitionCountError
+from dyno_stream.events import OpModel
+from dyno_stream.repartition import kafka_partition
+from dyno_stream.topics import ensure_topics
+from dyno_stream.views import MaterializedView
+
+
+def _ops(n: int, n_items: int, seed: int) -> list[OpModel]:
+    rnd = random.Random(seed)
+    return [random_op(rnd, i, n_items) for i in range(n)]
+
+
+def _grow(settings: Settings, topic: str, partitions: int) -> None:
+    admin = AdminClient(settings.kafka.librdkafka())
+    for future in admin.create_partitions([NewPartitions(topic, partitions)]).values():
+        future.result(30)
+    wait_until(
+        lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == partitions,
+        30,
+        lambda: f"{topic} to show {partitions} partitions",
+    )
+
+
+def test_kafka_partition_is_where_librdkafka_puts_a_key(
+    make_settings: Callable[..., Settings],
+) -> None:
+    s = make_settings(partitions=7)
+    ensure_topics(s)
+    producer = Producer({**s.kafka.librdkafka(), "partitioner": "murmur2_random"})
+    got: dict[str, int] = {}
+    keys = [f"item-{i}" for i in range(300)] + ["", "a", "ab", "abc", "ünïcode-é", "x" * 1000]
+    for key in keys:
+        producer.produce(
+            s.topics.ops,
+            b"{}",
+            key.encode(),
+            on_delivery=lambda _e, m, k=key: got.__setitem__(k, m.partition()),
+        )
+    assert producer.flush(30) == 0
+    wrong = {
+        k: (got[k], kafka_partition(k.encode(), 7))
+        for k in keys
+        if got[k] != kafka_partition(k.encode(), 7)
+    }
+    assert not wrong, wrong
+
+
+def test_store_built_for_4_partitions_refuses_8(tmp_path: Path) -> None:
+    ps = PartitionStore.open(tmp_path, "dyno.ops", 2, sync=False)
+    ps.check_partitions(4)  # recorded on first sight
+    ps.check_partitions(4)
+    ps.close()
+    ps = PartitionStore.open(tmp_path, "dyno.ops", 2, sync=False)
+    try:
+        with pytest.raises(PartitionCountError) as caught:
+            ps.check_partitions(8)
+    finally:
+        ps.close()
+    assert str(caught.value) == (
+        "ops topic dyno.ops has 8 partitions, was 4: items would split across stores; "
+        "see 'dyno-stream repartition'"
+    )
+
+
+def test_growing_the_ops_topic_in_place_stops_the_worker_and_no_item_diverges(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], RunningWorker],
+) -> None:
+    s = make_settings(partitions=4)
+    t = s.topics
+    first, second = _ops(2_000, 400, seed=20), _ops(2_000, 400, seed=21)
+    running = start_worker(s)
+    produced = Produced()
+    with DynoClient(s) as client:
+        produced.send(client, first)
+        client.flush()
+    with MaterializedView(s) as view:
+        wait_caught_up(view, produced.reference(), 60, "(the first half)")
+    where_first = produced.partitions()
+
+    _grow(s, t.ops, 8)
+    # the second half from a plain producer, as any Kafka client would send it
+    producer = Producer({**s.kafka.librdkafka(), "partitioner": "murmur2_random"})
+    for m in second:
+        producer.produce(t.ops, m.model_dump_json().encode(), m.item.encode())
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    produced.models.extend(second)
+
+    expected = (
+        f"ops topic {t.ops} has 8 partitions, was 4: items would split across stores; "
+        "see 'dyno-stream repartition'"
+    )
+    wait_until(lambda: not running.thread.is_alive(), 60, lambda: "the worker to stop")
+    assert isinstance(running.error, PartitionCountError), running.error
+    assert str(running.error) == expected
+    ok, health = running.worker.health.snapshot()
+    assert not ok and health["status"] == "refused" and health["reason"] == expected
+    assert running.worker.metrics.ops_partitions._value.get() == 8
+    assert running.worker.metrics.ops_partitions_recorded._value.get() == 4
+
+    # a client refuses to send, with the same message
+    with DynoClient(s) as client, pytest.raises(PartitionCountError) as refused:
+        client.put_attrs("item-0001", {"x": 1})
+    assert str(refused.value) == expected
+
+    # a worker started again (a supervisor's restart) refuses at once too
+    again = start_worker(s)
+    wait_until(lambda: not again.thread.is_alive(), 60, lambda: "the restarted worker to stop")
+    assert str(again.error) == expected
+
+    # no store of a new partition, no snapshot from one, and every snapshot ever published
+    # is a prefix of its item's ops: none restarts its changes
+    stores = sorted(p.name for p in (s.worker.data_dir / t.ops).iterdir())
+    assert stores == ["0000", "0001", "0002", "0003"], stores
+    records = read_topic(s, t.snapshots)
+    history = published(records, produced.models)
+    assert not history.wrong, history.wrong[:3]
+    assert not history.backwards and history.ops_applied_twice == 0
+    moved = {
+        m.item
+        for m in second
+        if m.item in where_first and kafka_partition(m.item.encode(), 8) != where_first[m.item]
+    }
+    assert moved, "the test needs items whose key now hashes to a new partition"
+    ref_first = Reference()
+    for m in first:
+        ref_first.apply(m)
+    for name in moved:  # their later ops wait, unapplied, in the new partitions
+        assert history.last[name]["changes"] == ref_first.changes[name], name
+
+    # nothing committed past what the stores hold, nothing at all for the new partitions
+    consumer = Consumer({**s.kafka.librdkafka(), "group.id": s.worker.group_id})
+    try:
+        committed = consumer.committed([TopicPartition(t.ops, p) for p in range(8)], timeout=10)
+    finally:
+        consumer.close()
+    for tp in committed:
+        if tp.partition >= 4:
+            assert tp.offset < 0, tp  # no offset committed
+        else:
+            ps = PartitionStore.open(s.worker.data_dir, t.ops, tp.partition, sync=False)
+            try:
+                assert ps.next_offset is not None and tp.offset <= ps.next_offset, tp
+            finally:
+                ps.close()
