@@ -19,9 +19,12 @@ from conftest import RunningWorker
 from helpers import (
     Produced,
     Reference,
+    check_against_reference,
+    cli_env,
     published,
     random_op,
     read_topic,
+    run_cli,
     wait_caught_up,
     wait_until,
 )
@@ -29,9 +32,9 @@ from helpers import (
 from dyno_stream.checkpoint import PartitionStore
 from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.errors import PartitionCountError
+from dyno_stream.errors import PartitionCountError, PublishError
 from dyno_stream.events import OpModel
-from dyno_stream.repartition import kafka_partition
+from dyno_stream.repartition import kafka_partition, new_topic_names
 from dyno_stream.topics import ensure_topics
 from dyno_stream.views import MaterializedView
 
@@ -175,3 +178,88 @@ def test_growing_the_ops_topic_in_place_stops_the_worker_and_no_item_diverges(
                 assert ps.next_offset is not None and tp.offset <= ps.next_offset, tp
             finally:
                 ps.close()
+
+
+def _moved_settings(s: Settings, partitions: int) -> Settings:
+    """The settings ``dyno-stream repartition`` prints: the new topics, the same rest."""
+    new_ops, new_snapshots = new_topic_names(s, partitions)
+    topics = s.topics.model_copy(
+        update={"ops": new_ops, "snapshots": new_snapshots, "partitions": partitions}
+    )
+    return s.model_copy(update={"topics": topics})
+
+
+@pytest.mark.parametrize(
+    ("partitions", "kill_after"),
+    [(8, None), (8, "copy:2000"), (8, "forward:6000"), (2, None)],
+    ids=["grow", "killed-copying", "killed-forwarding", "shrink"],
+)
+def test_repartition_moves_every_item_with_ops_before_during_and_after(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], RunningWorker],
+    partitions: int,
+    kill_after: str | None,
+) -> None:
+    n_items = 5_000
+    s = make_settings(partitions=4)
+    produced = Produced()
+    # applied by the old deployment
+    old = start_worker(s)
+    with DynoClient(s) as client:
+        produced.send(client, _ops(20_000, n_items, seed=1))
+        client.flush()
+    with MaterializedView(s) as view:
+        wait_caught_up(view, produced.reference(), 120, "(before the move)")
+    old.stop()
+    # left unapplied in the old topic: the tool forwards them
+    with DynoClient(s) as client:
+        produced.send(client, _ops(8_000, n_items, seed=2))
+        client.flush()
+    with_snapshot = {m.item for m in produced.models[:20_000]}
+
+    env = cli_env(s)
+    moved = _moved_settings(s, partitions)
+    dry = run_cli(env, "repartition", "--partitions", str(partitions), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"{len(with_snapshot):,} items" in dry.stdout, dry.stdout
+    assert moved.topics.ops not in _topics(s), "a dry run created a topic"
+
+    args = ["repartition", "--partitions", str(partitions), "--drain-timeout", "3"]
+    if kill_after is not None:
+        killed = run_cli({**env, "DYNO_REPARTITION_KILL_AFTER": kill_after}, *args)
+        assert killed.returncode == -9, (killed.returncode, killed.stdout, killed.stderr)
+    done = run_cli(env, *args)
+    assert done.returncode == 0, done.stderr
+    runs = "over 2 runs" if kill_after else "ops forwarded in"
+    assert f"{len(with_snapshot):,} items moved" in done.stdout and runs in done.stdout, done.stdout
+    assert f"DYNO_TOPICS__OPS={moved.topics.ops}" in done.stdout
+
+    # the old topic is fenced: an op sent there fails, reported to its sender
+    with DynoClient(s) as client:
+        late = client.put_attrs("item-0001", {"late": True})
+        with pytest.raises(PublishError, match="too large"):
+            late.result(30)
+
+    # the new deployment restores from the new snapshot topic; ops go on after the switch
+    start_worker(moved)
+    with DynoClient(moved) as client:
+        produced.send(client, _ops(4_000, n_items, seed=3))
+        client.flush()
+    ref = produced.reference()
+    with MaterializedView(moved) as view:
+        wait_caught_up(view, ref, 180, "(after the move)")
+    records = read_topic(moved, moved.topics.snapshots)
+    history = published(records, produced.models)
+    history.check()  # every snapshot a prefix of its item's ops: none lost, none twice
+    replay = produced.replay(moved.worker.data_dir.parent / "replay")
+    check_against_reference(history.last, ref, replay, moved.topics.snapshots)
+    misplaced = [
+        (r.key, r.partition)
+        for r in records
+        if r.key is not None and r.partition != kafka_partition(r.key, partitions)
+    ]
+    assert not misplaced, misplaced[:5]
+
+
+def _topics(s: Settings) -> set[str]:
+    return set(AdminClient(s.kafka.librdkafka()).list_topics(timeout=10).topics)
