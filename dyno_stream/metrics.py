@@ -4,7 +4,8 @@ Endpoints (bound to 127.0.0.1 by default):
 
 - ``/metrics``: Prometheus text format.
 - ``/healthz``: 200 with a JSON status while the worker's loop is alive, 503 when it is
-  starting, stopping, or has not finished a loop turn for ``stall_after_s``.
+  starting, stopping, has not finished a loop turn for ``stall_after_s``, or refuses to go on
+  (``refused``, with the ``reason``).
 - ``/items/<name>``: the item as this worker's store holds it (404 when no store of this
   worker has it); ``/rows`` (optionally ``?item=<name>``): the LevelDB rows, seed-style.
 
