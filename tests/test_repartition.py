@@ -190,16 +190,26 @@ def _moved_settings(s: Settings, partitions: int) -> Settings:
 
 
 @pytest.mark.parametrize(
-    ("partitions", "kill_after"),
-    [(8, None), (8, "copy:2000"), (8, "forward:6000"), (2, None)],
-    ids=["grow", "killed-copying", "killed-forwarding", "shrink"],
+    ("partitions", "kill_after", "old_running"),
+    [
+        (8, None, True),
+        (8, None, False),
+        (8, "copy:2000", False),
+        (8, "forward:6000", False),
+        (2, None, False),
+    ],
+    ids=["grow-drained", "grow-forwarded", "killed-copying", "killed-forwarding", "shrink"],
 )
 def test_repartition_moves_every_item_with_ops_before_during_and_after(
     make_settings: Callable[..., Settings],
     start_worker: Callable[[Settings], RunningWorker],
     partitions: int,
     kill_after: str | None,
+    old_running: bool,
 ) -> None:
+    """Ops applied before the move; then more sent to the old topic, which the old worker
+    still running applies (the tool waits for it) or which the tool forwards (the old worker
+    stopped); then ops sent to the new topics after the switch."""
     n_items = 5_000
     s = make_settings(partitions=4)
     produced = Produced()
@@ -210,12 +220,13 @@ def test_repartition_moves_every_item_with_ops_before_during_and_after(
         client.flush()
     with MaterializedView(s) as view:
         wait_caught_up(view, produced.reference(), 120, "(before the move)")
-    old.stop()
-    # left unapplied in the old topic: the tool forwards them
+    if not old_running:
+        old.stop()
     with DynoClient(s) as client:
         produced.send(client, _ops(8_000, n_items, seed=2))
         client.flush()
-    with_snapshot = {m.item for m in produced.models[:20_000]}
+    applied = produced.models if old_running else produced.models[:20_000]
+    with_snapshot = {m.item for m in applied}
 
     env = cli_env(s)
     moved = _moved_settings(s, partitions)
@@ -224,7 +235,8 @@ def test_repartition_moves_every_item_with_ops_before_during_and_after(
     assert f"{len(with_snapshot):,} items" in dry.stdout, dry.stdout
     assert moved.topics.ops not in _topics(s), "a dry run created a topic"
 
-    args = ["repartition", "--partitions", str(partitions), "--drain-timeout", "3"]
+    drain = "120" if old_running else "3"
+    args = ["repartition", "--partitions", str(partitions), "--drain-timeout", drain]
     if kill_after is not None:
         killed = run_cli({**env, "DYNO_REPARTITION_KILL_AFTER": kill_after}, *args)
         assert killed.returncode == -9, (killed.returncode, killed.stdout, killed.stderr)
@@ -233,6 +245,11 @@ def test_repartition_moves_every_item_with_ops_before_during_and_after(
     runs = "over 2 runs" if kill_after else "ops forwarded in"
     assert f"{len(with_snapshot):,} items moved" in done.stdout and runs in done.stdout, done.stdout
     assert f"DYNO_TOPICS__OPS={moved.topics.ops}" in done.stdout
+    if old_running:  # the old worker applied everything: nothing left to forward
+        assert " 0 ops forwarded" in done.stdout, done.stdout
+        old.stop()
+    else:
+        assert " 8,000 ops forwarded" in done.stdout, done.stdout
 
     # the old topic is fenced: an op sent there fails, reported to its sender
     with DynoClient(s) as client:
