@@ -179,6 +179,28 @@ def test_growing_the_ops_topic_in_place_stops_the_worker_and_no_item_diverges(
             finally:
                 ps.close()
 
+    # a worker on a new machine (no store at all) refuses too: the snapshot topic's count
+    fresh = start_worker(
+        s.model_copy(
+            update={"worker": s.worker.model_copy(update={"data_dir": s.worker.data_dir / "new"})}
+        )
+    )
+    wait_until(lambda: not fresh.thread.is_alive(), 60, lambda: "the fresh worker to stop")
+    assert str(fresh.error) == expected
+
+    # the way out: move to new topics; the ops waiting in the new partitions are forwarded
+    done = run_cli(cli_env(s), "repartition", "--partitions", "8", "--drain-timeout", "3")
+    assert done.returncode == 0, done.stderr
+    moved_s = _moved_settings(s, 8)
+    start_worker(moved_s)
+    ref = produced.reference()
+    with MaterializedView(moved_s) as view:
+        wait_caught_up(view, ref, 120, "(after the move)")
+    after = published(read_topic(moved_s, moved_s.topics.snapshots), produced.models)
+    after.check()
+    replay = produced.replay(s.worker.data_dir.parent / "replay")
+    check_against_reference(after.last, ref, replay, moved_s.topics.snapshots)
+
 
 def _moved_settings(s: Settings, partitions: int) -> Settings:
     """The settings ``dyno-stream repartition`` prints: the new topics, the same rest."""
