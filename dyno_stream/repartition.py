@@ -377,7 +377,6 @@ def _drain(settings: Settings, state: State, timeout: float, reporter: Reporter)
         _lows, state.snapshot_ends = _ends(consumer, state.old_snapshots, state.recorded)
     finally:
         consumer.close()
-    state.snapshot_ends = {p: hi for p, hi in state.snapshot_ends.items()}
 
 
 @dataclass(slots=True)
