@@ -259,6 +259,44 @@ def compact(
         raise typer.Exit(EXIT_UNCONFIRMED)
 
 
+@app.command()
+@friendly
+def repartition(
+    partitions: Annotated[int, typer.Option(help="Partitions of the new ops topic.")],
+    dry_run: Annotated[bool, typer.Option(help="Show the plan; change nothing.")] = False,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for the workers to apply the old topic."),
+    ] = 60.0,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="The run's state file (default: under the data dir)."),
+    ] = None,
+) -> None:
+    """Move to new ops and snapshot topics with N partitions (never alter them in place)."""
+    from dyno_stream.cli.logs import setup_logging
+    from dyno_stream.jobs.compaction import Reporter
+    from dyno_stream.jobs.repartition import repartition as run
+
+    s = settings()
+    setup_logging(s.worker.log_format, s.worker.log_level)
+    report = run(
+        s,
+        partitions,
+        Reporter(err),
+        dry_run=dry_run,
+        drain_timeout=drain_timeout,
+        state_path=state,
+    )
+    for line in report.details:
+        out.print(line)
+    out.print(report.summary())
+    if not report.dry_run:
+        out.print("Point every worker and client at the new topics and restart them:")
+        for line in report.settings_lines():
+            out.print(f"  {line}")
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 

@@ -216,3 +216,23 @@ class ConfigError(DynoError):
     """Configuration that cannot work (a bad setting, an unreadable file)."""
 
     reason = "config"
+
+
+class PartitionCountError(ConfigError):
+    """The ops topic's partition count is not the one its stores were built with: the
+    deployment's topics no longer fit its data.
+
+    Kafka places a key at ``hash(key) % partitions``: after the topic grows (or shrinks), an
+    item's later ops land on another partition, whose store knows nothing of its history.
+    Workers stop and clients refuse rather than let items split; ``dyno-stream repartition``
+    moves the deployment to new topics instead.
+    """
+
+    reason = "partitions"
+
+    def __init__(self, topic: str, now: int, was: int) -> None:
+        super().__init__(
+            f"ops topic {topic} has {now} partitions, was {was}: items would split across "
+            "stores; see 'dyno-stream repartition'"
+        )
+        self.topic, self.now, self.was = topic, now, was

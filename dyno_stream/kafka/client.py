@@ -7,7 +7,10 @@ returns a :class:`concurrent.futures.Future` of its :class:`Delivery`; ``flush()
 all of them.
 
 The producer uses Java's partitioner (``murmur2_random``): a Java or kcat producer configured
-the same way places an item on the same partition.
+the same way places an item on the same partition. That placement holds only while the ops
+topic keeps its partition count, so the client checks the count against the recorded one
+(the snapshot topic's, see ``kafka.topics``) before its first send and every few seconds, and
+refuses to send with :class:`~dyno_stream.core.errors.PartitionCountError` when they differ.
 
 Clock skew (see ``dyno_stream.kafka.clock``): an op whose ``ts`` is more than
 ``worker.max_clock_skew_s`` ahead of this machine's clock is refused here with
@@ -18,6 +21,7 @@ off the broker's is logged as a warning (``clock_watch.offset_s`` holds the last
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,16 +30,30 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core import ops
-from dyno_stream.core.errors import KafkaAuthError, PublishError, ValidationError
+from dyno_stream.core.errors import (
+    KafkaAuthError,
+    PartitionCountError,
+    PublishError,
+    ValidationError,
+)
 from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
 from dyno_stream.kafka.security import AuthWatch
+from dyno_stream.kafka.topics import check_partition_count, ops_partition_counts
+
+log = logging.getLogger(__name__)
+
+#: How often the client checks the ops topic's partition count (one metadata request).
+_CHECK_EVERY_S = 5.0
+#: How long a first send waits for the first check (an unreachable broker does not block
+#: sends for longer: they are buffered as before, and the check runs again).
+_FIRST_CHECK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,9 +91,17 @@ class DynoClient:
             {**producer_config(self.settings), **self._auth.config(), **producer_overrides}
         )
         self._closed = threading.Event()
+        self._checked = threading.Event()  # the partition count was looked at once
+        self._refusal: PartitionCountError | None = None
         # deliveries resolve futures from librdkafka's callbacks, which run inside poll()
         self._poller = threading.Thread(target=self._poll, name="dyno-client", daemon=True)
         self._poller.start()
+        # its own thread: a metadata request can block for its whole timeout (an
+        # unreachable broker, a refused login), and the poller must keep serving deliveries
+        self._checker = threading.Thread(
+            target=self._check_partitions_every, name="dyno-client-partitions", daemon=True
+        )
+        self._checker.start()
 
     def _poll(self) -> None:
         purged = False
@@ -86,20 +112,52 @@ class DynoClient:
                 self._producer.purge(in_queue=True, in_flight=False, blocking=False)
                 purged = True
 
+    def _check_partitions_every(self) -> None:
+        while not self._closed.is_set() and self._auth.failure is None:
+            self._check_partitions()
+            self._closed.wait(_CHECK_EVERY_S)
+
+    def _check_partitions(self) -> None:
+        try:
+            now, recorded = ops_partition_counts(self._producer, self.settings, timeout=5.0)
+            check_partition_count(self.settings, now, recorded)
+            self._refusal = None
+        except PartitionCountError as exc:
+            if self._refusal is None:
+                log.error("%s; refusing to send", exc)
+            self._refusal = exc
+        except KafkaException as exc:  # no metadata now: sends are buffered, checked later
+            log.debug("partition count not checked: %s", exc)
+        finally:
+            self._checked.set()
+
     def send(self, event: EventModel) -> Future[Delivery]:
         """Send one validated event (op or flatten command).
 
         Raises :class:`~dyno_stream.core.errors.ClockSkewError` for an op whose ``ts`` (a flatten
         command's ``before``) is beyond ``worker.max_clock_skew_s`` ahead of this machine's
-        clock, and :class:`~dyno_stream.core.errors.KafkaAuthError` once Kafka has refused this
-        client's login; events sent before that fail their futures with it.
+        clock, :class:`~dyno_stream.core.errors.KafkaAuthError` once Kafka has refused this
+        client's login (events sent before that fail their futures with it), and
+        :class:`~dyno_stream.core.errors.PartitionCountError` while the ops topic does not
+        have the partition count its stores were built with.
         """
         flake = event.before if isinstance(event, Flatten) else event.ts
         if flake is not None:
             field = "before" if isinstance(event, Flatten) else "ts"
             check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
         self._auth.check()
+        if not self._checked.is_set():
+            deadline = time.monotonic() + _FIRST_CHECK_WAIT_S
+            while not self._checked.wait(0.05) and time.monotonic() < deadline:
+                if self._auth.failure is not None:
+                    break  # a refused login: the send fails its future with it, at once
+        if self._refusal is not None:
+            raise self._refusal
         future: Future[Delivery] = Future()
+        refused = self._auth.failure
+        if refused is not None:  # learnt while waiting for the check: nothing gets through
+            future.set_exception(KafkaAuthError(self._auth.describe(refused)))
+            return future
         ts = None if isinstance(event, Flatten) else event.ts
         watch, clock = self.clock_watch, self._clock
 

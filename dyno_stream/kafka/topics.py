@@ -5,6 +5,11 @@ The snapshot topic is a changelog of materialized items, so it is created compac
 The ops topic is created with ``message.timestamp.type=LogAppendTime``: each op's message
 carries the broker's time of append, which the worker's clock-skew bound is measured against
 (see ``dyno_stream.kafka.clock``), whatever the producer's clock says.
+
+It is also created with as many partitions as the ops topic, and keyed alike, so its
+partition count is the record of the count the deployment was built with: a record every
+worker and client can read from the cluster's metadata, without a store
+(``ops_partition_counts``). Each partition store keeps the count too (``store.partition``).
 """
 
 from __future__ import annotations
@@ -12,17 +17,45 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
-from dyno_stream.core.errors import KafkaAdminError
+from dyno_stream.core.errors import KafkaAdminError, PartitionCountError
 from dyno_stream.kafka.security import AuthWatch, list_topics_checked
 
 log = logging.getLogger(__name__)
+
+
+class _HasMetadata(Protocol):
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
+def ops_partition_counts(
+    client: _HasMetadata, settings: Settings, timeout: float = 10.0
+) -> tuple[int | None, int | None]:
+    """The ops topic's partition count now, and the count recorded for it: the snapshot
+    topic's (``None`` for a topic that does not exist).
+
+    One metadata request for all topics: asking for one topic by name lets a producer
+    create it with the broker's default count when it is missing.
+    """
+    topics = client.list_topics(timeout=timeout).topics
+
+    def count(name: str) -> int | None:
+        meta = topics.get(name)
+        return None if meta is None or meta.error is not None else len(meta.partitions)
+
+    return count(settings.topics.ops), count(settings.topics.snapshots)
+
+
+def check_partition_count(settings: Settings, now: int | None, recorded: int | None) -> None:
+    """Raise :class:`PartitionCountError` when the ops topic no longer has the recorded count."""
+    if now is not None and recorded is not None and now != recorded:
+        raise PartitionCountError(settings.topics.ops, now, recorded)
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:

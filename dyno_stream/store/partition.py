@@ -14,6 +14,9 @@ space, the bookkeeping that must move in step with them:
 - ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
   them, until their snapshots are acknowledged by Kafka (one row per batch).
 - ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
+- ``ops-partitions``: the ops topic's partition count when the store was built. Items are
+  placed by ``hash(key) % partitions``, so a store is only right for that count
+  (``check_partitions``).
 
 The commit order of one batch (see ``Worker._process``)::
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 from dyno_stream.core import ops
 from dyno_stream.core.deadletter import DeadLetter
-from dyno_stream.core.errors import StoreError
+from dyno_stream.core.errors import PartitionCountError, StoreError
 from dyno_stream.core.events import Snapshot
 from dyno_stream.core.keys import META_PREFIX
 from dyno_stream.store.dynostore import DynoStore, Item
@@ -49,6 +52,7 @@ from dyno_stream.store.dynostore import DynoStore, Item
 OFFSET_KEY = META_PREFIX + b"offset"
 CONSUMED_TIME_KEY = META_PREFIX + b"consumed-time"
 PARTITION_KEY = META_PREFIX + b"partition"
+OPS_PARTITIONS_KEY = META_PREFIX + b"ops-partitions"
 #: Pending snapshot rows: this prefix, then ``\x00`` and the batch's next offset (20 digits).
 PENDING_SNAPSHOTS_PREFIX = META_PREFIX + b"pending\x00snapshots"
 PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
@@ -110,6 +114,15 @@ class PartitionStore:
             consumed_ms=read_consumed_ms(store),
             restored=restored,
         )
+
+    def check_partitions(self, now: int) -> None:
+        """Record the ops topic's partition count in a store that has none yet; refuse a
+        store built when the topic had another count (its items would split)."""
+        raw = self.store.get_meta(OPS_PARTITIONS_KEY)
+        if raw is None:
+            self.store.apply([], extra={OPS_PARTITIONS_KEY: str(now).encode()})
+        elif int(raw) != now:
+            raise PartitionCountError(self.topic, now, int(raw))
 
     def restore_from(self, snapshots: list[Snapshot], low: int = 0) -> int:
         """Load snapshots (of this partition's items) as history rows; resume the ops topic

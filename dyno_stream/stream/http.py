@@ -4,7 +4,8 @@ Endpoints (bound to 127.0.0.1 by default):
 
 - ``/metrics``: Prometheus text format (``stream.metrics``).
 - ``/healthz``: 200 with a JSON status while the worker's loop is alive, 503 when it is
-  starting, stopping, or has not finished a loop turn for ``stall_after_s``.
+  starting, stopping, has not finished a loop turn for ``stall_after_s``, or refuses to go on
+  (``refused``, with the ``reason``).
 - ``/items/<name>``: the item as this worker's store holds it (404 when no store of this
   worker has it); ``/rows`` (optionally ``?item=<name>``): the LevelDB rows, seed-style.
 """
@@ -34,6 +35,8 @@ class Health:
     last_loop: float = field(default_factory=time.monotonic)
     partitions: list[str] = field(default_factory=list)
     stall_after_s: float = 60.0
+    #: why the worker refuses to go on (e.g. the ops topic's partition count changed)
+    reason: str | None = None
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()
@@ -45,6 +48,7 @@ class Health:
             "status": "ok" if ok else self.state if self.state != "running" else "stalled",
             "partitions": self.partitions,
             "seconds_since_loop": round(age, 3),
+            **({"reason": self.reason} if self.reason is not None else {}),
         }
 
 

@@ -80,6 +80,15 @@ class WorkerMetrics:
         self.restored_items = Counter(
             "dyno_restored_items", "Items restored from the snapshot topic", registry=r
         )
+        self.ops_partitions = Gauge(
+            "dyno_ops_partitions", "Partitions the ops topic has now", registry=r
+        )
+        self.ops_partitions_recorded = Gauge(
+            "dyno_ops_partitions_recorded",
+            "Partitions the ops topic had when its stores were built (the snapshot topic's "
+            "count); a worker seeing another count stops (see dyno-stream repartition)",
+            registry=r,
+        )
         self.pending_republished = Counter(
             "dyno_pending_republished",
             "Snapshots and dead letters published again after a restart",

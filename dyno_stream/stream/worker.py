@@ -43,6 +43,7 @@ from dyno_stream.core.errors import (
     InvalidChangeError,
     KeyMismatchError,
     OversizedEventError,
+    PartitionCountError,
     PublishError,
     StoreError,
     StoreWriteError,
@@ -53,7 +54,7 @@ from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.reading import read_snapshots
 from dyno_stream.kafka.security import AuthWatch
-from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.kafka.topics import check_partition_count, ensure_topics, ops_partition_counts
 from dyno_stream.store import Item
 from dyno_stream.store.compaction_policy import choose, fold_before, fold_cutoff, summaries
 from dyno_stream.store.partition import PartitionStore, snapshot_bytes
@@ -137,6 +138,8 @@ class Worker:
         self._admin: AdminClient | None = None  # made when a compaction pass first needs it
         self.http: HttpEndpoint | None = None
         self._auth = AuthWatch(settings.kafka)
+        #: set when the ops topic's partition count changed: the main loop stops on it
+        self._refusal: PartitionCountError | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -203,6 +206,8 @@ class Worker:
             while not self._stop.is_set():
                 try:
                     messages = self._next_batch()
+                    if self._refusal is not None:  # see _on_assign: nothing is assigned
+                        raise self._refusal
                     self._auth.check()
                     self.health.beat()
                     # The batch is processed even when an assignment's republish failed in
@@ -226,8 +231,12 @@ class Worker:
                 exc,
             )
             raise
+        except PartitionCountError as exc:
+            log.error("%s; stopping, committing nothing past what the stores hold", exc)
+            raise
         finally:
-            self.health.state = "stopping"
+            if self._refusal is None:  # a refusal stays what /healthz says
+                self.health.state = "stopping"
             self._shutdown()
         log.info("worker stopped")
         return 0
@@ -268,9 +277,23 @@ class Worker:
     # -- rebalancing -------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._assign(consumer, partitions)
+        except PartitionCountError as exc:
+            # Not one partition is processed: the new ones would start stores of items whose
+            # history is elsewhere. The run loop stops on the refusal (raising here would
+            # leave librdkafka to assign the partitions itself).
+            self._refuse(exc)
+            self._release([tp for tp in partitions if (tp.topic, tp.partition) in self._parts])
+            consumer.assign([])
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        now = self._check_partitions(consumer)
         for tp in partitions:
             ps = self._open_partition(tp.topic, tp.partition)
             try:
+                if now is not None:
+                    ps.check_partitions(now)
                 ps = self._restore_if_needed(consumer, ps)
                 try:
                     self._republish_pending(ps)
@@ -291,6 +314,31 @@ class Worker:
             )
         consumer.assign(partitions)
         self._partitions_changed()
+
+    def _check_partitions(self, client: Consumer) -> int | None:
+        """The ops topic's partition count, checked against the recorded one (see topics).
+
+        Raises :class:`PartitionCountError`; ``None`` when the metadata did not come (the
+        next check, a few seconds later, tries again).
+        """
+        try:
+            now, recorded = ops_partition_counts(client, self.settings)
+        except KafkaException as exc:
+            log.warning("cannot read the topics' partition counts: %s", exc)
+            return None
+        if now is not None:
+            self.metrics.ops_partitions.set(now)
+        if recorded is not None:
+            self.metrics.ops_partitions_recorded.set(recorded)
+        check_partition_count(self.settings, now, recorded)
+        return now
+
+    def _refuse(self, exc: PartitionCountError) -> None:
+        self._refusal = exc
+        self.health.state = "refused"
+        self.health.reason = str(exc)
+        self.metrics.ops_partitions.set(exc.now)
+        self.metrics.ops_partitions_recorded.set(exc.was)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches finish before consume() is called again; their messages may still be on
@@ -796,6 +844,13 @@ class Worker:
         if now - self._last_lag < _LAG_EVERY_S or self._consumer is None:
             return
         self._last_lag = now
+        # Partitions added to the ops topic reach a running worker as a rebalance only
+        # when the consumer next refreshes its metadata (every 5 minutes by default).
+        try:
+            self._check_partitions(self._consumer)
+        except PartitionCountError as exc:
+            self._refuse(exc)
+            raise
         for (topic, partition), ps in list(self._parts.items()):
             try:
                 # cached: the high watermark that came with the last fetch, no round trip
