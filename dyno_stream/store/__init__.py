@@ -4,6 +4,7 @@ with the offsets and pending publications kept in the same write batch as the op
 only ``core`` and ``config``; knows nothing of Kafka clients.
 """
 
-from dyno_stream.store.dynostore import Changeset, DynoStore, HistoryChangeset, Item
+from dyno_stream.store.dynostore import DynoStore
+from dyno_stream.store.items import Changeset, HistoryChangeset, Item
 
 __all__ = ["Changeset", "DynoStore", "HistoryChangeset", "Item"]
