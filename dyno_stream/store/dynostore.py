@@ -8,8 +8,7 @@ Layout (see ``keys``)::
     \\x00meta\\x00dirty\\x00<n>  journal: names whose state row may be behind their rows
     \\x00meta\\x00...          format version and the worker's bookkeeping
 
-Every write (``apply``, ``flatten``) is one LevelDB write batch: the rows and any extra
-internal rows (the worker's consumed offsets) land together or not at all. The materialized
+Every write is one LevelDB write batch (see ``write_batch``). The materialized
 state is what makes ``get_item`` cost the same for an item with one row or ten thousand; it
 always reads as the replay of the rows (a property test holds it to that).
 
@@ -20,21 +19,16 @@ ops. A batch that dirties a state for the first time records the item's name in 
 journal, in the same write batch as its rows; a flush writes the states and deletes the
 journal. Opening a store after a crash replays the journal's items from their rows, so
 whatever state rows were lost, every item reads exactly as its rows say.
-
-Ops normally arrive in flake order, and are then applied to the state directly. An op that
-sorts before the item's last row (out-of-order delivery) is placed by replaying the item's rows
-with it, so the result never depends on arrival order.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -44,32 +38,26 @@ import plyvel
 
 from dyno_stream.core import ops
 from dyno_stream.core.errors import (
-    ConflictError,
     DynoError,
-    InvalidChangeError,
-    InvalidFlakeError,
-    LateOpError,
     StoreClosedError,
     StoreError,
     StoreWriteError,
-    UnknownHashError,
 )
-from dyno_stream.core.events import EventModel, Flatten, OpModel, check_event_name, make_op
+from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.core.flake import is_flake, new_flake
 from dyno_stream.core.keys import (
     INTERNAL,
     META_PREFIX,
     STATE_PREFIX,
     check_name,
-    escape_name,
     item_prefix,
     row_key,
     split_key,
     state_key,
 )
-from dyno_stream.core.limits import check_attr_count, check_attrs
-from dyno_stream.core.ops import HISTORY, ItemState, md5
+from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.items import Changeset, HistoryChangeset, Item
+from dyno_stream.store.write_batch import Rows, WriteBatch, replay_rows, writing
 
 FORMAT_VERSION = b"1"
 _VERSION_KEY = META_PREFIX + b"format"
@@ -79,207 +67,9 @@ _JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
 log = logging.getLogger("dyno_stream.store")
 
 
-_Row = tuple[bytes, str, str, str]  # key, flake, op, stored text
-
-
-def _replay(name: str, rows: list[_Row]) -> ItemState:
-    """The state an item's rows (``_Batch.item_rows``) replay to."""
-    return ops.replay(name, ((flake, op, text) for _, flake, op, text in rows))
-
-
 _T = TypeVar("_T")
-Rows = Mapping[bytes, bytes | None]
 Extra = Rows | Callable[[_T], Rows]
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
-
-
-class _Batch:
-    """One write batch in the making: working states, pending rows, read-your-writes.
-
-    Nothing touches LevelDB until ``commit``, so an error anywhere leaves the store as it was.
-    """
-
-    def __init__(self, db: Any, cache: dict[str, ItemState], max_attrs: int = sys.maxsize) -> None:
-        self._db = db
-        self._cache = cache
-        self._max_attrs = max_attrs
-        self.states: dict[str, ItemState] = {}  # every item this batch touched
-        # per item: its escaped key prefix (``name/``) and the keys this batch wrote for it
-        self.pending: dict[str, tuple[str, list[bytes]]] = {}
-        self.rows: dict[bytes, bytes | None] = {}  # key -> value, or None to delete
-
-    def state(self, name: str) -> ItemState:
-        st = self.states.get(name)
-        if st is None:
-            st = self._cache.get(name)
-            if st is None:
-                check_event_name(name)  # a model built without parse_event or make_op
-                raw = self._db.get(state_key(name))
-                st = ItemState() if raw is None else ItemState.decode(raw)
-            self.states[name] = st
-            self.pending[name] = (escape_name(name) + "/", [])
-        return st
-
-    def put(self, name: str, key: bytes, value: bytes | None) -> None:
-        """Stage a row of ``name`` (a delete when value is None)."""
-        self.rows[key] = value
-        self.pending[name][1].append(key)
-
-    def item_rows(self, name: str) -> list[_Row]:
-        """The item's rows as they will be after this batch, in key order."""
-        prefix = item_prefix(name)
-        merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
-        if name in self.pending:
-            merged.update((k, self.rows[k]) for k in self.pending[name][1])
-        out: list[_Row] = []
-        for key in sorted(merged):
-            value = merged[key]
-            if value is not None:
-                flake, op = key[len(prefix) :].decode().split("/")
-                out.append((key, flake, op, value.decode("utf-8")))
-        return out
-
-    def apply_op(self, model: OpModel) -> bool:
-        """Add one op; return False when it was a duplicate (nothing to do)."""
-        # The hot path of every write, run once per op: kept lean on purpose (one lookup per
-        # dict, ItemState.push inlined); see bench/bench_store.py.
-        name, flake, op = model.item, model.ts, model.op
-        st = self.states.get(name)
-        if st is None:
-            st = self.state(name)
-        if st.base is not None and flake <= st.base:
-            raise LateOpError(
-                f"{name!r}: op at {flake} is not after the item's history row at {st.base}; "
-                "it can no longer be placed"
-            )
-        text = model.change_json
-        prefix, staged = self.pending[name]
-        key = f"{prefix}{flake}/{op}".encode()
-        last = st.timestamp
-        if last is None or flake > last:
-            # limits: no op adds more attributes than its change has keys
-            if len(st.value) + len(model.change) > self._max_attrs:
-                check_attrs(st.value, op, model.change, self._max_attrs)
-            try:
-                st.value = ops.apply_op(st.value, op, model.change)
-            except DynoError:
-                raise
-            except (ArithmeticError, ValueError, TypeError) as exc:  # never crash a batch
-                raise InvalidChangeError("change", f"cannot apply {op}: {exc}") from None
-            st.hash = md5(f"{st.hash}\n{name}\n{flake}\n{op}\n{text}\n".encode()).hexdigest()
-            st.timestamp = flake
-            st.changes += 1
-            st.count += 1
-            self.rows[key] = text.encode()
-            staged.append(key)
-            return True
-        # Out of order (or a redelivery): check the flake, then replay with the op in place.
-        rows = self.item_rows(name)
-        same = [r for r in rows if r[1] == flake]
-        if same:
-            if len(same) == 1 and same[0][2] == op and same[0][3] == text:
-                return False
-            raise ConflictError(
-                f"{name!r}: flake {flake} already holds {same[0][2]} {same[0][3]}; "
-                f"refusing {op} {text}"
-            )
-        rows.append((key, flake, op, text))
-        rows.sort()
-        new = _replay(name, rows)
-        check_attr_count(op, len(st.value), len(new.value), self._max_attrs)
-        self.states[name] = new
-        self.put(name, key, text.encode())
-        return True
-
-    def flatten(self, name: str, hash_: str) -> bool:
-        """Fold rows up to the one whose chain hash is ``hash_``; False when nothing to fold."""
-        st = self.state(name)
-        rows = self.item_rows(name)
-        if st.count and hash_ == st.hash:
-            # the common case, fold everything: the state already is that row's result
-            upto, folded = len(rows) - 1, st.copy()
-        else:
-            upto, folded = -1, ItemState()
-            for i, (_, flake, op, text) in enumerate(rows):
-                if op == HISTORY:
-                    folded.push_history(flake, text)
-                else:
-                    folded.push(name, flake, op, ops.loads(text), text)
-                if folded.hash == hash_:
-                    upto = i
-                    break
-            if upto < 0:
-                raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
-        return self._fold(name, rows, upto, folded)
-
-    def flatten_before(self, name: str, flake: str, hash_: str | None = None) -> bool:
-        """Fold every row older than ``flake`` (and, given ``hash_``, not past its row).
-
-        With ``hash_`` this is compaction's flatten: fold what is both older than the
-        lateness cut-off and already published with that hash. A hash no longer in the rows
-        of an item that has a history row was folded by an earlier pass: nothing to do.
-        """
-        if not is_flake(flake):
-            raise InvalidFlakeError("flake", f"{flake!r} is not a flake id")
-        st = self.state(name)
-        rows = self.item_rows(name)
-        upto = -1
-        folded = ItemState()
-        found = hash_ is None or (st.count > 0 and hash_ == st.hash)
-        for i, (_, f, op, text) in enumerate(rows):
-            if f >= flake:
-                break
-            if op == HISTORY:
-                folded.push_history(f, text)
-            else:
-                folded.push(name, f, op, ops.loads(text), text)
-            upto = i
-            if folded.hash == hash_:
-                found = True
-                break
-        if not found:
-            # the hash may stand after the cut-off: follow the chain (hashes only)
-            h = folded.hash
-            for _, f, op, text in rows[upto + 1 :]:
-                h = text.split(":", 1)[0] if op == HISTORY else ops.chain_hash(h, name, f, op, text)
-                if h == hash_:
-                    found = True
-                    break
-        if not found:
-            if st.base is not None:
-                return False  # folded by an earlier pass
-            raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
-        if upto == len(rows) - 1 and st.count:
-            folded = st.copy()  # keep the state's exact value object
-        return self._fold(name, rows, upto, folded)
-
-    def _fold(self, name: str, rows: list[_Row], upto: int, folded: ItemState) -> bool:
-        if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):
-            return False  # nothing older, or already folded to exactly there
-        for key, *_ in rows[: upto + 1]:
-            self.put(name, key, None)
-        flake = rows[upto][1]
-        history = ops.encode_history(folded.hash, folded.changes, folded.value).encode()
-        self.put(name, row_key(name, flake, HISTORY), history)
-        st = self.states[name]
-        st.base = flake
-        st.count -= upto  # upto+1 rows become one
-        return True
-
-    def commit(self, db: Any, extra: Rows, sync: bool, journal: Rows) -> None:
-        """Write the rows, the journal of newly dirty states and ``extra``, atomically."""
-        with db.write_batch(sync=sync, transaction=True) as wb:
-            put, delete = wb.put, wb.delete
-            for key, value in self.rows.items():
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
-            for key, value in (*journal.items(), *extra.items()):
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
 
 
 class DynoStore:
@@ -326,7 +116,7 @@ class DynoStore:
         except (OSError, plyvel.Error) as exc:
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
-            with self._writing():  # a full disk at open says so, naming the store
+            with writing(self.path):  # a full disk at open says so, naming the store
                 if self._db.get(_VERSION_KEY) is None:
                     self._adopt_rows()
                 self._recover_states()
@@ -411,12 +201,12 @@ class DynoStore:
             names.update(orjson.loads(value))
         if not keys:
             return
-        batch = _Batch(db, {})
+        batch = WriteBatch(db, {})
         with db.write_batch(sync=True) as wb:
             for name in names:
                 rows = batch.item_rows(name)
                 if rows:
-                    wb.put(state_key(name), _replay(name, rows).encode())
+                    wb.put(state_key(name), replay_rows(name, rows).encode())
                 else:
                     wb.delete(state_key(name))
             for key in keys:
@@ -448,25 +238,13 @@ class DynoStore:
 
     def _write_states(self, db: Any, names: Iterable[str], delete: Iterable[bytes] = ()) -> None:
         """Write the cached states of ``names`` (and delete ``delete``) in one write batch."""
-        with self._writing(), db.write_batch(sync=self.sync) as wb:
+        with writing(self.path), db.write_batch(sync=self.sync) as wb:
             for name in names:
                 st = self._cache[name]
                 if st.count:
                     wb.put(state_key(name), st.encode())
             for key in delete:
                 wb.delete(key)
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """LevelDB refusing a write (disk full, I/O error) raises ``StoreWriteError``, which
-        names the store; nothing of that write batch is stored."""
-        try:
-            yield
-        except plyvel.Error as exc:
-            cause = exc.args[0] if exc.args else exc
-            if isinstance(cause, bytes):  # plyvel gives LevelDB's message as bytes
-                cause = cause.decode("utf-8", "replace")
-            raise StoreWriteError(f"LevelDB write to {self.path} failed: {cause}") from exc
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -489,7 +267,7 @@ class DynoStore:
         error)``, skipped, and the rest is written.
         """
 
-        def run(batch: _Batch) -> list[str]:
+        def run(batch: WriteBatch) -> list[str]:
             touched: dict[str, None] = {}
             for i, event in enumerate(events):
                 try:
@@ -512,7 +290,7 @@ class DynoStore:
 
         return self._write(run, extra)
 
-    def _write(self, run: Callable[[_Batch], _T], extra: Extra[_T] | None = None) -> _T:
+    def _write(self, run: Callable[[WriteBatch], _T], extra: Extra[_T] | None = None) -> _T:
         """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
 
         The batch changes cached states in place (that is what makes a batch cheap), so when
@@ -521,7 +299,7 @@ class DynoStore:
         """
         with self._lock:
             db = self._open_db()
-            batch = _Batch(db, self._cache, self.max_attrs)
+            batch = WriteBatch(db, self._cache, self.max_attrs)
             dirty = self._dirty
             try:
                 result = run(batch)
@@ -535,7 +313,7 @@ class DynoStore:
                     self._journal_seq += 1
                     key = _JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big")
                     journal[key] = orjson.dumps(fresh)
-                with self._writing():
+                with writing(self.path):
                     batch.commit(db, rows, self.sync, journal)
             except BaseException:
                 self._forget(batch)
@@ -558,7 +336,7 @@ class DynoStore:
                 log.warning("%s; states stay in memory and are written later", exc)
             return result
 
-    def _forget(self, batch: _Batch) -> None:
+    def _forget(self, batch: WriteBatch) -> None:
         """A batch failed after changing cached states in place: put them right again.
 
         A clean state is dropped (LevelDB holds it); a dirty one exists only here, so it is
@@ -566,7 +344,7 @@ class DynoStore:
         """
         for name in batch.states:
             if name in self._dirty:
-                self._cache[name] = _replay(name, _Batch(self._db, {}).item_rows(name))
+                self._cache[name] = replay_rows(name, WriteBatch(self._db, {}).item_rows(name))
             else:
                 self._cache.pop(name, None)
 
@@ -621,7 +399,7 @@ class DynoStore:
         changes, exactly as a flatten would leave it, so later ops chain on from that hash.
         """
 
-        def run(batch: _Batch) -> int:
+        def run(batch: WriteBatch) -> int:
             n = 0
             for name, item in items:
                 if item.timestamp is None or item.hash is None:
