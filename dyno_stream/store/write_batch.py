@@ -43,6 +43,29 @@ def replay_rows(name: str, rows: list[ItemRow]) -> ItemState:
     return ops.replay(name, ((flake, op, text) for _, flake, op, text in rows))
 
 
+def _replay_prefix(
+    name: str, rows: list[ItemRow], hash_: str | None, before: str | None = None
+) -> tuple[int, ItemState, bool]:
+    """Replay an item's rows from the first, up to the row whose chain hash is ``hash_``
+    (and, given ``before``, not past the last row older than that flake): what a flatten folds.
+
+    Returns the index of the last row replayed (-1 when none), the state those rows replay
+    to, and whether a row with ``hash_`` was reached.
+    """
+    upto, folded = -1, ItemState()
+    for i, (_, flake, op, text) in enumerate(rows):
+        if before is not None and flake >= before:
+            break
+        if op == HISTORY:
+            folded.push_history(flake, text)
+        else:
+            folded.push(name, flake, op, ops.loads(text), text)
+        upto = i
+        if folded.hash == hash_:
+            return upto, folded, True
+    return upto, folded, False
+
+
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
     """LevelDB refusing a write (disk full, I/O error) raises ``StoreWriteError``, which
@@ -167,16 +190,8 @@ class WriteBatch:
             # the common case, fold everything: the state already is that row's result
             upto, folded = len(rows) - 1, st.copy()
         else:
-            upto, folded = -1, ItemState()
-            for i, (_, flake, op, text) in enumerate(rows):
-                if op == HISTORY:
-                    folded.push_history(flake, text)
-                else:
-                    folded.push(name, flake, op, ops.loads(text), text)
-                if folded.hash == hash_:
-                    upto = i
-                    break
-            if upto < 0:
+            upto, folded, found = _replay_prefix(name, rows, hash_)
+            if not found:
                 raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
         return self._fold(name, rows, upto, folded)
 
@@ -191,20 +206,8 @@ class WriteBatch:
             raise InvalidFlakeError("flake", f"{flake!r} is not a flake id")
         st = self.state(name)
         rows = self.item_rows(name)
-        upto = -1
-        folded = ItemState()
-        found = hash_ is None or (st.count > 0 and hash_ == st.hash)
-        for i, (_, f, op, text) in enumerate(rows):
-            if f >= flake:
-                break
-            if op == HISTORY:
-                folded.push_history(f, text)
-            else:
-                folded.push(name, f, op, ops.loads(text), text)
-            upto = i
-            if folded.hash == hash_:
-                found = True
-                break
+        upto, folded, reached = _replay_prefix(name, rows, hash_, before=flake)
+        found = reached or hash_ is None or (st.count > 0 and hash_ == st.hash)
         if not found:
             # the hash may stand after the cut-off: follow the chain (hashes only)
             h = folded.hash
