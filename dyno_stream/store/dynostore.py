@@ -8,64 +8,40 @@ Layout (see ``keys``)::
     \\x00meta\\x00dirty\\x00<n>  journal: names whose state row may be behind their rows
     \\x00meta\\x00...          format version and the worker's bookkeeping
 
-Every write is one LevelDB write batch (see ``write_batch``). The materialized
-state is what makes ``get_item`` cost the same for an item with one row or ten thousand; it
-always reads as the replay of the rows (a property test holds it to that).
-
-States are written behind the rows: a batch updates them in memory, and they reach LevelDB
-every ``flush_interval_s``, when evicted from the cache, before a scan, and on close.
-Encoding and writing each touched item's state in every batch cost as much as writing its
-ops. A batch that dirties a state for the first time records the item's name in the dirty
-journal, in the same write batch as its rows; a flush writes the states and deletes the
-journal. Opening a store after a crash replays the journal's items from their rows, so
-whatever state rows were lost, every item reads exactly as its rows say.
+Each item is the replay of its rows. Every write is one LevelDB write batch (``write_batch``);
+the materialized states are cached and written behind the rows, with a crash journal
+(``states``); the items read back are plain values (``items``).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import orjson
 import plyvel
 
 from dyno_stream.core import ops
-from dyno_stream.core.errors import (
-    DynoError,
-    StoreClosedError,
-    StoreError,
-    StoreWriteError,
-)
+from dyno_stream.core.errors import DynoError, StoreClosedError, StoreError
 from dyno_stream.core.events import EventModel, Flatten, make_op
-from dyno_stream.core.flake import is_flake, new_flake
+from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
     INTERNAL,
-    META_PREFIX,
     STATE_PREFIX,
     check_name,
     item_prefix,
     row_key,
-    split_key,
     state_key,
 )
 from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.items import Changeset, HistoryChangeset, Item
-from dyno_stream.store.write_batch import Rows, WriteBatch, replay_rows, writing
+from dyno_stream.store.states import VERSION_KEY, StateCache, adopt_rows, recover_states
+from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 
-FORMAT_VERSION = b"1"
-_VERSION_KEY = META_PREFIX + b"format"
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
-_JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
-
-log = logging.getLogger("dyno_stream.store")
-
 
 _T = TypeVar("_T")
 Extra = Rows | Callable[[_T], Rows]
@@ -95,15 +71,7 @@ class DynoStore:
         #: ops that would leave an item with more attributes raise ``TooManyAttrsError``
         self.max_attrs = sys.maxsize if max_attrs is None else max_attrs
         # decoded states of recently written items: a batch then skips the read and decode
-        self._cache: dict[str, ItemState] = {}
-        self._cache_size = state_cache_size
-        # items whose cached state is newer than their state row (all of them are cached and
-        # named in the dirty journal); see the module docstring
-        self._dirty: set[str] = set()
-        self._journal: list[bytes] = []  # journal keys written since the last flush
-        self._journal_seq = 0
-        self._flush_interval = flush_interval_s
-        self._flushed_at = time.monotonic()
+        self._states = StateCache(self.path, state_cache_size, flush_interval_s, sync)
         self.sync = sync
         self._flakes = flakes
         self._lock = threading.RLock()
@@ -117,9 +85,9 @@ class DynoStore:
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
             with writing(self.path):  # a full disk at open says so, naming the store
-                if self._db.get(_VERSION_KEY) is None:
-                    self._adopt_rows()
-                self._recover_states()
+                if self._db.get(VERSION_KEY) is None:
+                    adopt_rows(self._db, self.path)
+                recover_states(self._db)
         except BaseException:
             self._db.close()  # release LevelDB's lock, so the open can be tried again
             self._db = None
@@ -156,95 +124,10 @@ class DynoStore:
             raise StoreClosedError(f"store at {self.path} is closed")
         return self._db
 
-    def _adopt_rows(self) -> None:
-        """First open of this database by dyno-stream: build the materialized states.
-
-        A store level-dyno wrote holds only item rows; replaying each item once here makes it
-        read exactly as level-dyno would have read it.
-        """
-        db = self._db
-        states: dict[str, ItemState] = {}
-        current: str | None = None
-        rows: list[tuple[str, str, str]] = []
-
-        def finish() -> None:
-            if current is not None:
-                states[current] = ops.replay(current, rows)
-
-        for key, value in db.iterator(start=b"\x01"):
-            try:
-                name, flake, op = split_key(key)
-                check_name(name)
-                if not is_flake(flake) or (op not in ops.OP_NAMES and op != HISTORY):
-                    raise ValueError(op)
-            except (ValueError, DynoError):
-                raise StoreError(
-                    f"{self.path} is not a dyno store: row {key!r} is not <name>/<flake>/<op>"
-                ) from None
-            if name != current:
-                finish()
-                current, rows = name, []
-            rows.append((flake, op, value.decode("utf-8")))
-        finish()
-        with db.write_batch(sync=True) as wb:
-            for name, st in states.items():
-                wb.put(state_key(name), st.encode())
-            wb.put(_VERSION_KEY, FORMAT_VERSION)
-
-    def _recover_states(self) -> None:
-        """Rebuild the states a crash left behind their rows (those the journal names)."""
-        db = self._db
-        names: set[str] = set()
-        keys = []
-        for key, value in db.iterator(prefix=_JOURNAL_PREFIX):
-            keys.append(key)
-            names.update(orjson.loads(value))
-        if not keys:
-            return
-        batch = WriteBatch(db, {})
-        with db.write_batch(sync=True) as wb:
-            for name in names:
-                rows = batch.item_rows(name)
-                if rows:
-                    wb.put(state_key(name), replay_rows(name, rows).encode())
-                else:
-                    wb.delete(state_key(name))
-            for key in keys:
-                wb.delete(key)
-
     def flush(self) -> None:
         """Write every state that is ahead of its row, and clear the dirty journal."""
         with self._lock:
-            db = self._open_db()
-            if not self._dirty and not self._journal:
-                return
-            self._write_states(db, self._dirty, self._journal)
-            self._dirty.clear()
-            self._journal.clear()
-            self._flushed_at = time.monotonic()
-
-    def _evict(self) -> None:
-        """Keep the cache to its size, writing the state of any dirty item it lets go."""
-        cache, dirty = self._cache, self._dirty
-        excess = len(cache) - self._cache_size
-        if excess <= 0:
-            return
-        victims = list(itertools.islice(cache, excess))  # least recently written first
-        self._write_states(self._open_db(), [name for name in victims if name in dirty])
-        # only once written: a refused write must leave them dirty (and in the journal)
-        for name in victims:
-            del cache[name]
-            dirty.discard(name)
-
-    def _write_states(self, db: Any, names: Iterable[str], delete: Iterable[bytes] = ()) -> None:
-        """Write the cached states of ``names`` (and delete ``delete``) in one write batch."""
-        with writing(self.path), db.write_batch(sync=self.sync) as wb:
-            for name in names:
-                st = self._cache[name]
-                if st.count:
-                    wb.put(state_key(name), st.encode())
-            for key in delete:
-                wb.delete(key)
+            self._states.flush(self._open_db())
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -294,59 +177,27 @@ class DynoStore:
         """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
 
         The batch changes cached states in place (that is what makes a batch cheap), so when
-        anything fails before the write lands, those states are dropped from the cache and
-        read again from LevelDB next time.
+        anything fails before the write lands, those states are put right again
+        (``StateCache.forget``).
         """
         with self._lock:
             db = self._open_db()
-            batch = WriteBatch(db, self._cache, self.max_attrs)
-            dirty = self._dirty
+            states = self._states
+            batch = WriteBatch(db, states.cache, self.max_attrs)
             try:
                 result = run(batch)
                 rows = extra(result) if callable(extra) else (extra or {})
                 for key in rows:
                     if not key.startswith(INTERNAL):
                         raise StoreError(f"extra row {key!r} is not internal (must start \\x00)")
-                fresh = [name for name in batch.states if name not in dirty]
-                journal: dict[bytes, bytes | None] = {}
-                if fresh:
-                    self._journal_seq += 1
-                    key = _JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big")
-                    journal[key] = orjson.dumps(fresh)
+                journal = states.journal_rows(batch.states)
                 with writing(self.path):
                     batch.commit(db, rows, self.sync, journal)
             except BaseException:
-                self._forget(batch)
+                states.forget(db, batch.states)
                 raise
-            self._journal.extend(journal)
-            dirty.update(fresh)
-            cache = self._cache
-            for name, st in batch.states.items():
-                cache.pop(name, None)
-                cache[name] = st  # most recently used last
-            try:
-                if len(cache) > self._cache_size:
-                    self._evict()
-                if time.monotonic() - self._flushed_at > self._flush_interval:
-                    self.flush()
-            except StoreWriteError as exc:
-                # The batch itself is stored; the states stay dirty (and journaled), so the
-                # next write or close() writes them. Failing here would tell a caller that a
-                # stored op was not, and a retry would store it twice.
-                log.warning("%s; states stay in memory and are written later", exc)
+            states.committed(db, batch.states, journal)
             return result
-
-    def _forget(self, batch: WriteBatch) -> None:
-        """A batch failed after changing cached states in place: put them right again.
-
-        A clean state is dropped (LevelDB holds it); a dirty one exists only here, so it is
-        rebuilt from the item's rows, which the failed batch did not touch.
-        """
-        for name in batch.states:
-            if name in self._dirty:
-                self._cache[name] = replay_rows(name, WriteBatch(self._db, {}).item_rows(name))
-            else:
-                self._cache.pop(name, None)
 
     def _one(self, op: str, name: str, change: Any, ts: str | None) -> str:
         flake = self._flakes() if ts is None else ts
@@ -422,8 +273,9 @@ class DynoStore:
 
     def _state(self, name: str) -> ItemState | None:
         with self._lock:
-            if name in self._dirty:  # an independent copy of the state ahead of its row
-                return ItemState.decode(self._cache[name].encode())
+            states = self._states
+            if name in states.dirty:  # an independent copy of the state ahead of its row
+                return ItemState.decode(states.cache[name].encode())
             raw = self._open_db().get(state_key(name))
         return None if raw is None else ItemState.decode(raw)
 
@@ -442,7 +294,7 @@ class DynoStore:
             db = self._open_db()
             out = []
             for name in names:
-                st = self._cache.get(name)
+                st = self._states.cache.get(name)
                 if st is None:
                     raw = db.get(state_key(name))
                     st = None if raw is None else ItemState.decode(raw)
