@@ -8,337 +8,44 @@ Layout (see ``keys``)::
     \\x00meta\\x00dirty\\x00<n>  journal: names whose state row may be behind their rows
     \\x00meta\\x00...          format version and the worker's bookkeeping
 
-Every write (``apply``, ``flatten``) is one LevelDB write batch: the rows and any extra
-internal rows (the worker's consumed offsets) land together or not at all. The materialized
-state is what makes ``get_item`` cost the same for an item with one row or ten thousand; it
-always reads as the replay of the rows (a property test holds it to that).
-
-States are written behind the rows: a batch updates them in memory, and they reach LevelDB
-every ``flush_interval_s``, when evicted from the cache, before a scan, and on close.
-Encoding and writing each touched item's state in every batch cost as much as writing its
-ops. A batch that dirties a state for the first time records the item's name in the dirty
-journal, in the same write batch as its rows; a flush writes the states and deletes the
-journal. Opening a store after a crash replays the journal's items from their rows, so
-whatever state rows were lost, every item reads exactly as its rows say.
-
-Ops normally arrive in flake order, and are then applied to the state directly. An op that
-sorts before the item's last row (out-of-order delivery) is placed by replaying the item's rows
-with it, so the result never depends on arrival order.
+Each item is the replay of its rows. Every write is one LevelDB write batch (``write_batch``);
+the materialized states are cached and written behind the rows, with a crash journal
+(``states``); the items read back are plain values (``items``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import logging
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import orjson
 import plyvel
 
 from dyno_stream.core import ops
-from dyno_stream.core.errors import (
-    ConflictError,
-    DynoError,
-    InvalidChangeError,
-    InvalidFlakeError,
-    LateOpError,
-    StoreClosedError,
-    StoreError,
-    StoreWriteError,
-    UnknownHashError,
-)
-from dyno_stream.core.events import EventModel, Flatten, OpModel, check_event_name, make_op
-from dyno_stream.core.flake import is_flake, new_flake
+from dyno_stream.core.errors import DynoError, StoreClosedError, StoreError
+from dyno_stream.core.events import EventModel, Flatten, make_op
+from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
     INTERNAL,
-    META_PREFIX,
     STATE_PREFIX,
     check_name,
-    escape_name,
     item_prefix,
     row_key,
-    split_key,
     state_key,
 )
-from dyno_stream.core.limits import check_attr_count, check_attrs
-from dyno_stream.core.ops import HISTORY, ItemState, md5
+from dyno_stream.core.ops import HISTORY, ItemState
+from dyno_stream.store.items import Changeset, HistoryChangeset, Item
+from dyno_stream.store.states import VERSION_KEY, StateCache, adopt_rows, recover_states
+from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 
-FORMAT_VERSION = b"1"
-_VERSION_KEY = META_PREFIX + b"format"
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
-_JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
-
-log = logging.getLogger("dyno_stream.store")
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """An item as read back: its value (None when absent) and its history's summary.
-
-    ``changes`` counts every op the item has had, including those folded into a history row;
-    ``count`` is the rows stored now; ``hash`` is the chain hash after the last row.
-    """
-
-    name: str
-    value: dict[str, Any] | None
-    timestamp: str | None
-    changes: int
-    hash: str | None
-    count: int
-
-    def as_dict(self, **more: Any) -> dict[str, Any]:
-        """The item as the wire shows it (a snapshot's fields, before its ``source``), with
-        ``more`` fields after them: one shape for snapshots, HTTP reads and the CLI."""
-        return {
-            "item": self.name,
-            "value": self.value,
-            "timestamp": self.timestamp,
-            "changes": self.changes,
-            "hash": self.hash,
-            "count": self.count,
-            **more,
-        }
-
-    @classmethod
-    def from_state(cls, name: str, state: ItemState | None) -> Item:
-        if state is None or state.count == 0:
-            return cls(name, None, None, 0, None, 0)
-        return cls(
-            name, state.value or None, state.timestamp, state.changes, state.hash, state.count
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Changeset:
-    """One op row of an item's history."""
-
-    name: str
-    timestamp: str
-    operation: str
-    change: Any
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryChangeset:
-    """A history row: the folded prefix of an item's history."""
-
-    name: str
-    timestamp: str
-    value: dict[str, Any]
-    hash: str
-    changes: int
-    operation: str = HISTORY
-
-
-_Row = tuple[bytes, str, str, str]  # key, flake, op, stored text
-
-
-def _replay(name: str, rows: list[_Row]) -> ItemState:
-    """The state an item's rows (``_Batch.item_rows``) replay to."""
-    return ops.replay(name, ((flake, op, text) for _, flake, op, text in rows))
-
 
 _T = TypeVar("_T")
-Rows = Mapping[bytes, bytes | None]
 Extra = Rows | Callable[[_T], Rows]
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
-
-
-class _Batch:
-    """One write batch in the making: working states, pending rows, read-your-writes.
-
-    Nothing touches LevelDB until ``commit``, so an error anywhere leaves the store as it was.
-    """
-
-    def __init__(self, db: Any, cache: dict[str, ItemState], max_attrs: int = sys.maxsize) -> None:
-        self._db = db
-        self._cache = cache
-        self._max_attrs = max_attrs
-        self.states: dict[str, ItemState] = {}  # every item this batch touched
-        # per item: its escaped key prefix (``name/``) and the keys this batch wrote for it
-        self.pending: dict[str, tuple[str, list[bytes]]] = {}
-        self.rows: dict[bytes, bytes | None] = {}  # key -> value, or None to delete
-
-    def state(self, name: str) -> ItemState:
-        st = self.states.get(name)
-        if st is None:
-            st = self._cache.get(name)
-            if st is None:
-                check_event_name(name)  # a model built without parse_event or make_op
-                raw = self._db.get(state_key(name))
-                st = ItemState() if raw is None else ItemState.decode(raw)
-            self.states[name] = st
-            self.pending[name] = (escape_name(name) + "/", [])
-        return st
-
-    def put(self, name: str, key: bytes, value: bytes | None) -> None:
-        """Stage a row of ``name`` (a delete when value is None)."""
-        self.rows[key] = value
-        self.pending[name][1].append(key)
-
-    def item_rows(self, name: str) -> list[_Row]:
-        """The item's rows as they will be after this batch, in key order."""
-        prefix = item_prefix(name)
-        merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
-        if name in self.pending:
-            merged.update((k, self.rows[k]) for k in self.pending[name][1])
-        out: list[_Row] = []
-        for key in sorted(merged):
-            value = merged[key]
-            if value is not None:
-                flake, op = key[len(prefix) :].decode().split("/")
-                out.append((key, flake, op, value.decode("utf-8")))
-        return out
-
-    def apply_op(self, model: OpModel) -> bool:
-        """Add one op; return False when it was a duplicate (nothing to do)."""
-        # The hot path of every write, run once per op: kept lean on purpose (one lookup per
-        # dict, ItemState.push inlined); see bench/bench_store.py.
-        name, flake, op = model.item, model.ts, model.op
-        st = self.states.get(name)
-        if st is None:
-            st = self.state(name)
-        if st.base is not None and flake <= st.base:
-            raise LateOpError(
-                f"{name!r}: op at {flake} is not after the item's history row at {st.base}; "
-                "it can no longer be placed"
-            )
-        text = model.change_json
-        prefix, staged = self.pending[name]
-        key = f"{prefix}{flake}/{op}".encode()
-        last = st.timestamp
-        if last is None or flake > last:
-            # limits: no op adds more attributes than its change has keys
-            if len(st.value) + len(model.change) > self._max_attrs:
-                check_attrs(st.value, op, model.change, self._max_attrs)
-            try:
-                st.value = ops.apply_op(st.value, op, model.change)
-            except DynoError:
-                raise
-            except (ArithmeticError, ValueError, TypeError) as exc:  # never crash a batch
-                raise InvalidChangeError("change", f"cannot apply {op}: {exc}") from None
-            st.hash = md5(f"{st.hash}\n{name}\n{flake}\n{op}\n{text}\n".encode()).hexdigest()
-            st.timestamp = flake
-            st.changes += 1
-            st.count += 1
-            self.rows[key] = text.encode()
-            staged.append(key)
-            return True
-        # Out of order (or a redelivery): check the flake, then replay with the op in place.
-        rows = self.item_rows(name)
-        same = [r for r in rows if r[1] == flake]
-        if same:
-            if len(same) == 1 and same[0][2] == op and same[0][3] == text:
-                return False
-            raise ConflictError(
-                f"{name!r}: flake {flake} already holds {same[0][2]} {same[0][3]}; "
-                f"refusing {op} {text}"
-            )
-        rows.append((key, flake, op, text))
-        rows.sort()
-        new = _replay(name, rows)
-        check_attr_count(op, len(st.value), len(new.value), self._max_attrs)
-        self.states[name] = new
-        self.put(name, key, text.encode())
-        return True
-
-    def flatten(self, name: str, hash_: str) -> bool:
-        """Fold rows up to the one whose chain hash is ``hash_``; False when nothing to fold."""
-        st = self.state(name)
-        rows = self.item_rows(name)
-        if st.count and hash_ == st.hash:
-            # the common case, fold everything: the state already is that row's result
-            upto, folded = len(rows) - 1, st.copy()
-        else:
-            upto, folded = -1, ItemState()
-            for i, (_, flake, op, text) in enumerate(rows):
-                if op == HISTORY:
-                    folded.push_history(flake, text)
-                else:
-                    folded.push(name, flake, op, ops.loads(text), text)
-                if folded.hash == hash_:
-                    upto = i
-                    break
-            if upto < 0:
-                raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
-        return self._fold(name, rows, upto, folded)
-
-    def flatten_before(self, name: str, flake: str, hash_: str | None = None) -> bool:
-        """Fold every row older than ``flake`` (and, given ``hash_``, not past its row).
-
-        With ``hash_`` this is compaction's flatten: fold what is both older than the
-        lateness cut-off and already published with that hash. A hash no longer in the rows
-        of an item that has a history row was folded by an earlier pass: nothing to do.
-        """
-        if not is_flake(flake):
-            raise InvalidFlakeError("flake", f"{flake!r} is not a flake id")
-        st = self.state(name)
-        rows = self.item_rows(name)
-        upto = -1
-        folded = ItemState()
-        found = hash_ is None or (st.count > 0 and hash_ == st.hash)
-        for i, (_, f, op, text) in enumerate(rows):
-            if f >= flake:
-                break
-            if op == HISTORY:
-                folded.push_history(f, text)
-            else:
-                folded.push(name, f, op, ops.loads(text), text)
-            upto = i
-            if folded.hash == hash_:
-                found = True
-                break
-        if not found:
-            # the hash may stand after the cut-off: follow the chain (hashes only)
-            h = folded.hash
-            for _, f, op, text in rows[upto + 1 :]:
-                h = text.split(":", 1)[0] if op == HISTORY else ops.chain_hash(h, name, f, op, text)
-                if h == hash_:
-                    found = True
-                    break
-        if not found:
-            if st.base is not None:
-                return False  # folded by an earlier pass
-            raise UnknownHashError(f"{name!r}: no row of its history has hash {hash_}")
-        if upto == len(rows) - 1 and st.count:
-            folded = st.copy()  # keep the state's exact value object
-        return self._fold(name, rows, upto, folded)
-
-    def _fold(self, name: str, rows: list[_Row], upto: int, folded: ItemState) -> bool:
-        if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):
-            return False  # nothing older, or already folded to exactly there
-        for key, *_ in rows[: upto + 1]:
-            self.put(name, key, None)
-        flake = rows[upto][1]
-        history = ops.encode_history(folded.hash, folded.changes, folded.value).encode()
-        self.put(name, row_key(name, flake, HISTORY), history)
-        st = self.states[name]
-        st.base = flake
-        st.count -= upto  # upto+1 rows become one
-        return True
-
-    def commit(self, db: Any, extra: Rows, sync: bool, journal: Rows) -> None:
-        """Write the rows, the journal of newly dirty states and ``extra``, atomically."""
-        with db.write_batch(sync=sync, transaction=True) as wb:
-            put, delete = wb.put, wb.delete
-            for key, value in self.rows.items():
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
-            for key, value in (*journal.items(), *extra.items()):
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
 
 
 class DynoStore:
@@ -364,15 +71,7 @@ class DynoStore:
         #: ops that would leave an item with more attributes raise ``TooManyAttrsError``
         self.max_attrs = sys.maxsize if max_attrs is None else max_attrs
         # decoded states of recently written items: a batch then skips the read and decode
-        self._cache: dict[str, ItemState] = {}
-        self._cache_size = state_cache_size
-        # items whose cached state is newer than their state row (all of them are cached and
-        # named in the dirty journal); see the module docstring
-        self._dirty: set[str] = set()
-        self._journal: list[bytes] = []  # journal keys written since the last flush
-        self._journal_seq = 0
-        self._flush_interval = flush_interval_s
-        self._flushed_at = time.monotonic()
+        self._states = StateCache(self.path, state_cache_size, flush_interval_s, sync)
         self.sync = sync
         self._flakes = flakes
         self._lock = threading.RLock()
@@ -385,10 +84,10 @@ class DynoStore:
         except (OSError, plyvel.Error) as exc:
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
-            with self._writing():  # a full disk at open says so, naming the store
-                if self._db.get(_VERSION_KEY) is None:
-                    self._adopt_rows()
-                self._recover_states()
+            with writing(self.path):  # a full disk at open says so, naming the store
+                if self._db.get(VERSION_KEY) is None:
+                    adopt_rows(self._db, self.path)
+                recover_states(self._db)
         except BaseException:
             self._db.close()  # release LevelDB's lock, so the open can be tried again
             self._db = None
@@ -425,107 +124,10 @@ class DynoStore:
             raise StoreClosedError(f"store at {self.path} is closed")
         return self._db
 
-    def _adopt_rows(self) -> None:
-        """First open of this database by dyno-stream: build the materialized states.
-
-        A store level-dyno wrote holds only item rows; replaying each item once here makes it
-        read exactly as level-dyno would have read it.
-        """
-        db = self._db
-        states: dict[str, ItemState] = {}
-        current: str | None = None
-        rows: list[tuple[str, str, str]] = []
-
-        def finish() -> None:
-            if current is not None:
-                states[current] = ops.replay(current, rows)
-
-        for key, value in db.iterator(start=b"\x01"):
-            try:
-                name, flake, op = split_key(key)
-                check_name(name)
-                if not is_flake(flake) or (op not in ops.OP_NAMES and op != HISTORY):
-                    raise ValueError(op)
-            except (ValueError, DynoError):
-                raise StoreError(
-                    f"{self.path} is not a dyno store: row {key!r} is not <name>/<flake>/<op>"
-                ) from None
-            if name != current:
-                finish()
-                current, rows = name, []
-            rows.append((flake, op, value.decode("utf-8")))
-        finish()
-        with db.write_batch(sync=True) as wb:
-            for name, st in states.items():
-                wb.put(state_key(name), st.encode())
-            wb.put(_VERSION_KEY, FORMAT_VERSION)
-
-    def _recover_states(self) -> None:
-        """Rebuild the states a crash left behind their rows (those the journal names)."""
-        db = self._db
-        names: set[str] = set()
-        keys = []
-        for key, value in db.iterator(prefix=_JOURNAL_PREFIX):
-            keys.append(key)
-            names.update(orjson.loads(value))
-        if not keys:
-            return
-        batch = _Batch(db, {})
-        with db.write_batch(sync=True) as wb:
-            for name in names:
-                rows = batch.item_rows(name)
-                if rows:
-                    wb.put(state_key(name), _replay(name, rows).encode())
-                else:
-                    wb.delete(state_key(name))
-            for key in keys:
-                wb.delete(key)
-
     def flush(self) -> None:
         """Write every state that is ahead of its row, and clear the dirty journal."""
         with self._lock:
-            db = self._open_db()
-            if not self._dirty and not self._journal:
-                return
-            self._write_states(db, self._dirty, self._journal)
-            self._dirty.clear()
-            self._journal.clear()
-            self._flushed_at = time.monotonic()
-
-    def _evict(self) -> None:
-        """Keep the cache to its size, writing the state of any dirty item it lets go."""
-        cache, dirty = self._cache, self._dirty
-        excess = len(cache) - self._cache_size
-        if excess <= 0:
-            return
-        victims = list(itertools.islice(cache, excess))  # least recently written first
-        self._write_states(self._open_db(), [name for name in victims if name in dirty])
-        # only once written: a refused write must leave them dirty (and in the journal)
-        for name in victims:
-            del cache[name]
-            dirty.discard(name)
-
-    def _write_states(self, db: Any, names: Iterable[str], delete: Iterable[bytes] = ()) -> None:
-        """Write the cached states of ``names`` (and delete ``delete``) in one write batch."""
-        with self._writing(), db.write_batch(sync=self.sync) as wb:
-            for name in names:
-                st = self._cache[name]
-                if st.count:
-                    wb.put(state_key(name), st.encode())
-            for key in delete:
-                wb.delete(key)
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """LevelDB refusing a write (disk full, I/O error) raises ``StoreWriteError``, which
-        names the store; nothing of that write batch is stored."""
-        try:
-            yield
-        except plyvel.Error as exc:
-            cause = exc.args[0] if exc.args else exc
-            if isinstance(cause, bytes):  # plyvel gives LevelDB's message as bytes
-                cause = cause.decode("utf-8", "replace")
-            raise StoreWriteError(f"LevelDB write to {self.path} failed: {cause}") from exc
+            self._states.flush(self._open_db())
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -548,7 +150,7 @@ class DynoStore:
         error)``, skipped, and the rest is written.
         """
 
-        def run(batch: _Batch) -> list[str]:
+        def run(batch: WriteBatch) -> list[str]:
             touched: dict[str, None] = {}
             for i, event in enumerate(events):
                 try:
@@ -571,63 +173,31 @@ class DynoStore:
 
         return self._write(run, extra)
 
-    def _write(self, run: Callable[[_Batch], _T], extra: Extra[_T] | None = None) -> _T:
+    def _write(self, run: Callable[[WriteBatch], _T], extra: Extra[_T] | None = None) -> _T:
         """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
 
         The batch changes cached states in place (that is what makes a batch cheap), so when
-        anything fails before the write lands, those states are dropped from the cache and
-        read again from LevelDB next time.
+        anything fails before the write lands, those states are put right again
+        (``StateCache.forget``).
         """
         with self._lock:
             db = self._open_db()
-            batch = _Batch(db, self._cache, self.max_attrs)
-            dirty = self._dirty
+            states = self._states
+            batch = WriteBatch(db, states.cache, self.max_attrs)
             try:
                 result = run(batch)
                 rows = extra(result) if callable(extra) else (extra or {})
                 for key in rows:
                     if not key.startswith(INTERNAL):
                         raise StoreError(f"extra row {key!r} is not internal (must start \\x00)")
-                fresh = [name for name in batch.states if name not in dirty]
-                journal: dict[bytes, bytes | None] = {}
-                if fresh:
-                    self._journal_seq += 1
-                    key = _JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big")
-                    journal[key] = orjson.dumps(fresh)
-                with self._writing():
+                journal = states.journal_rows(batch.states)
+                with writing(self.path):
                     batch.commit(db, rows, self.sync, journal)
             except BaseException:
-                self._forget(batch)
+                states.forget(db, batch.states)
                 raise
-            self._journal.extend(journal)
-            dirty.update(fresh)
-            cache = self._cache
-            for name, st in batch.states.items():
-                cache.pop(name, None)
-                cache[name] = st  # most recently used last
-            try:
-                if len(cache) > self._cache_size:
-                    self._evict()
-                if time.monotonic() - self._flushed_at > self._flush_interval:
-                    self.flush()
-            except StoreWriteError as exc:
-                # The batch itself is stored; the states stay dirty (and journaled), so the
-                # next write or close() writes them. Failing here would tell a caller that a
-                # stored op was not, and a retry would store it twice.
-                log.warning("%s; states stay in memory and are written later", exc)
+            states.committed(db, batch.states, journal)
             return result
-
-    def _forget(self, batch: _Batch) -> None:
-        """A batch failed after changing cached states in place: put them right again.
-
-        A clean state is dropped (LevelDB holds it); a dirty one exists only here, so it is
-        rebuilt from the item's rows, which the failed batch did not touch.
-        """
-        for name in batch.states:
-            if name in self._dirty:
-                self._cache[name] = _replay(name, _Batch(self._db, {}).item_rows(name))
-            else:
-                self._cache.pop(name, None)
 
     def _one(self, op: str, name: str, change: Any, ts: str | None) -> str:
         flake = self._flakes() if ts is None else ts
@@ -680,7 +250,7 @@ class DynoStore:
         changes, exactly as a flatten would leave it, so later ops chain on from that hash.
         """
 
-        def run(batch: _Batch) -> int:
+        def run(batch: WriteBatch) -> int:
             n = 0
             for name, item in items:
                 if item.timestamp is None or item.hash is None:
@@ -703,8 +273,9 @@ class DynoStore:
 
     def _state(self, name: str) -> ItemState | None:
         with self._lock:
-            if name in self._dirty:  # an independent copy of the state ahead of its row
-                return ItemState.decode(self._cache[name].encode())
+            states = self._states
+            if name in states.dirty:  # an independent copy of the state ahead of its row
+                return ItemState.decode(states.cache[name].encode())
             raw = self._open_db().get(state_key(name))
         return None if raw is None else ItemState.decode(raw)
 
@@ -723,7 +294,7 @@ class DynoStore:
             db = self._open_db()
             out = []
             for name in names:
-                st = self._cache.get(name)
+                st = self._states.cache.get(name)
                 if st is None:
                     raw = db.get(state_key(name))
                     st = None if raw is None else ItemState.decode(raw)

@@ -47,7 +47,8 @@ from dyno_stream.core.deadletter import DeadLetter
 from dyno_stream.core.errors import PartitionCountError, StoreError
 from dyno_stream.core.events import Snapshot
 from dyno_stream.core.keys import META_PREFIX
-from dyno_stream.store.dynostore import DynoStore, Item
+from dyno_stream.store.dynostore import DynoStore
+from dyno_stream.store.items import Item
 
 OFFSET_KEY = META_PREFIX + b"offset"
 CONSUMED_TIME_KEY = META_PREFIX + b"consumed-time"

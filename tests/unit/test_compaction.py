@@ -607,15 +607,15 @@ def test_a_batch_of_flatten_commands_reads_no_more_rows_than_one_by_one(
     little): the staged rows read, in batches and one by one, must be about the same."""
     import shutil
 
-    import dyno_stream.store.dynostore as store_module
+    import dyno_stream.store.write_batch as store_module
 
-    original_init = store_module._Batch.__init__
+    original_init = store_module.WriteBatch.__init__
 
     def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         self.rows = _CountingRows()
 
-    monkeypatch.setattr(store_module._Batch, "__init__", counting_init)
+    monkeypatch.setattr(store_module.WriteBatch, "__init__", counting_init)
     n_items = 2000
     build_store(tmp_path / "one", {f"u{i:05d}": (10, 1) for i in range(n_items)}, batch=20_000)
     shutil.copytree(tmp_path / "one", tmp_path / "batched")

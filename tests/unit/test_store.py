@@ -1015,7 +1015,7 @@ def test_evicted_states_are_written(tmp_path: Path) -> None:
     store = DynoStore(tmp_path / "s", state_cache_size=3, flush_interval_s=3600)
     for i in range(10):
         store.put_item(f"i{i}", {"i": i}, ts=gen())
-    assert len(store._cache) == 3
+    assert len(store._states.cache) == 3
     assert store._db.get(b"\x00state\x00i0") is not None  # evicted, so written
     _crash(store)
     with DynoStore(tmp_path / "s") as again:

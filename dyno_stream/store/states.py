@@ -1,0 +1,194 @@
+"""The materialized states: a cache of decoded item states, written behind their rows, and the
+crash journal that makes writing them late safe.
+
+Each item has a state row (``\\x00state\\x00<name>``: value, hash, counts) beside its op rows;
+it is what makes ``get_item`` cost the same for an item with one row or ten thousand, and it
+always reads as the replay of the rows (a property test holds it to that).
+
+States are written behind the rows: a batch updates them in memory, and they reach LevelDB
+every ``flush_interval_s``, when evicted from the cache, before a scan, and on close.
+Encoding and writing each touched item's state in every batch cost as much as writing its
+ops. A batch that dirties a state for the first time records the item's name in the dirty
+journal (``\\x00meta\\x00dirty\\x00<n>``), in the same write batch as its rows; a flush writes
+the states and deletes the journal. Opening a store after a crash replays the journal's items
+from their rows (``recover_states``), so whatever state rows were lost, every item reads
+exactly as its rows say.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dyno_stream.core import ops
+from dyno_stream.core.errors import DynoError, StoreError, StoreWriteError
+from dyno_stream.core.flake import is_flake
+from dyno_stream.core.keys import META_PREFIX, check_name, split_key, state_key
+from dyno_stream.core.ops import HISTORY, ItemState
+from dyno_stream.store.write_batch import Rows, WriteBatch, replay_rows, writing
+
+FORMAT_VERSION = b"1"
+VERSION_KEY = META_PREFIX + b"format"
+_JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
+
+log = logging.getLogger("dyno_stream.store")
+
+
+def adopt_rows(db: Any, path: Path) -> None:
+    """First open of this database by dyno-stream: build the materialized states.
+
+    A store level-dyno wrote holds only item rows; replaying each item once here makes it
+    read exactly as level-dyno would have read it.
+    """
+    states: dict[str, ItemState] = {}
+    current: str | None = None
+    rows: list[tuple[str, str, str]] = []
+
+    def finish() -> None:
+        if current is not None:
+            states[current] = ops.replay(current, rows)
+
+    for key, value in db.iterator(start=b"\x01"):
+        try:
+            name, flake, op = split_key(key)
+            check_name(name)
+            if not is_flake(flake) or (op not in ops.OP_NAMES and op != HISTORY):
+                raise ValueError(op)
+        except (ValueError, DynoError):
+            raise StoreError(
+                f"{path} is not a dyno store: row {key!r} is not <name>/<flake>/<op>"
+            ) from None
+        if name != current:
+            finish()
+            current, rows = name, []
+        rows.append((flake, op, value.decode("utf-8")))
+    finish()
+    with db.write_batch(sync=True) as wb:
+        for name, st in states.items():
+            wb.put(state_key(name), st.encode())
+        wb.put(VERSION_KEY, FORMAT_VERSION)
+
+
+def recover_states(db: Any) -> None:
+    """Rebuild the states a crash left behind their rows (those the journal names)."""
+    names: set[str] = set()
+    keys = []
+    for key, value in db.iterator(prefix=_JOURNAL_PREFIX):
+        keys.append(key)
+        names.update(orjson.loads(value))
+    if not keys:
+        return
+    batch = WriteBatch(db, {})
+    with db.write_batch(sync=True) as wb:
+        for name in names:
+            rows = batch.item_rows(name)
+            if rows:
+                wb.put(state_key(name), replay_rows(name, rows).encode())
+            else:
+                wb.delete(state_key(name))
+        for key in keys:
+            wb.delete(key)
+
+
+class StateCache:
+    """The decoded states of recently written items, some of them ahead of their state rows.
+
+    A write batch reads and changes ``cache`` in place (it then skips reading and decoding the
+    state row); the store tells the cache what became of the batch: ``journal_rows`` before
+    the commit, then ``committed`` or ``forget``. The caller holds the store's lock and passes
+    its open LevelDB handle.
+    """
+
+    def __init__(self, path: Path, size: int, flush_interval_s: float, sync: bool) -> None:
+        self.path = path  # named when LevelDB refuses a write of states
+        #: item name -> its state, least recently written first
+        self.cache: dict[str, ItemState] = {}
+        self.size = size
+        #: items whose cached state is newer than their state row (all of them are cached and
+        #: named in the dirty journal)
+        self.dirty: set[str] = set()
+        self._journal: list[bytes] = []  # journal keys written since the last flush
+        self._journal_seq = 0
+        self._flush_interval = flush_interval_s
+        self._flushed_at = time.monotonic()
+        self._sync = sync
+
+    def journal_rows(self, names: Iterable[str]) -> dict[bytes, bytes | None]:
+        """The journal row a batch touching ``names`` writes with its rows: the names whose
+        state it makes dirty for the first time (none: no row)."""
+        dirty = self.dirty
+        fresh = [name for name in names if name not in dirty]
+        if not fresh:
+            return {}
+        self._journal_seq += 1
+        return {_JOURNAL_PREFIX + self._journal_seq.to_bytes(8, "big"): orjson.dumps(fresh)}
+
+    def committed(self, db: Any, states: dict[str, ItemState], journal: Rows) -> None:
+        """A batch's write landed with ``journal``: its ``states`` are now the newest (and
+        dirty); keep the cache to its size and flush when due."""
+        self._journal.extend(journal)
+        self.dirty.update(states)
+        cache = self.cache
+        for name, st in states.items():
+            cache.pop(name, None)
+            cache[name] = st  # most recently used last
+        try:
+            if len(cache) > self.size:
+                self._evict(db)
+            if time.monotonic() - self._flushed_at > self._flush_interval:
+                self.flush(db)
+        except StoreWriteError as exc:
+            # The batch itself is stored; the states stay dirty (and journaled), so the
+            # next write or close() writes them. Failing here would tell a caller that a
+            # stored op was not, and a retry would store it twice.
+            log.warning("%s; states stay in memory and are written later", exc)
+
+    def forget(self, db: Any, names: Iterable[str]) -> None:
+        """A batch failed after changing cached states in place: put them right again.
+
+        A clean state is dropped (LevelDB holds it); a dirty one exists only here, so it is
+        rebuilt from the item's rows, which the failed batch did not touch.
+        """
+        for name in names:
+            if name in self.dirty:
+                self.cache[name] = replay_rows(name, WriteBatch(db, {}).item_rows(name))
+            else:
+                self.cache.pop(name, None)
+
+    def flush(self, db: Any) -> None:
+        """Write every state that is ahead of its row, and clear the dirty journal."""
+        if not self.dirty and not self._journal:
+            return
+        self._write_states(db, self.dirty, self._journal)
+        self.dirty.clear()
+        self._journal.clear()
+        self._flushed_at = time.monotonic()
+
+    def _evict(self, db: Any) -> None:
+        """Keep the cache to its size, writing the state of any dirty item it lets go."""
+        cache, dirty = self.cache, self.dirty
+        excess = len(cache) - self.size
+        if excess <= 0:
+            return
+        victims = list(itertools.islice(cache, excess))  # least recently written first
+        self._write_states(db, [name for name in victims if name in dirty])
+        # only once written: a refused write must leave them dirty (and in the journal)
+        for name in victims:
+            del cache[name]
+            dirty.discard(name)
+
+    def _write_states(self, db: Any, names: Iterable[str], delete: Iterable[bytes] = ()) -> None:
+        """Write the cached states of ``names`` (and delete ``delete``) in one write batch."""
+        with writing(self.path), db.write_batch(sync=self._sync) as wb:
+            for name in names:
+                st = self.cache[name]
+                if st.count:
+                    wb.put(state_key(name), st.encode())
+            for key in delete:
+                wb.delete(key)
