@@ -55,13 +55,12 @@ from dyno_stream.config import Settings, producer_config
 from dyno_stream.core import ops
 from dyno_stream.core.errors import ConfigError, DynoError, KafkaAdminError, PublishError
 from dyno_stream.jobs.compaction import Reporter
-from dyno_stream.kafka.reading import topic_reader
+from dyno_stream.kafka.partitioning import kafka_partition
+from dyno_stream.kafka.reading import topic_reader, watermarks
 from dyno_stream.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
 #: The key of the message that proves the fence holds (skipped if it ever got through).
 PROBE_KEY = b"\x00dyno-repartition-probe"
 #: Forwarded ops between two flushes and cursor saves in the state file.
@@ -69,38 +68,6 @@ _CHUNK = 5_000
 #: A fault hook for the tests: ``<phase>:<n>`` SIGKILLs the process after n items copied
 #: (``copy``) or n ops forwarded (``forward``), the way a crash would stop it.
 _KILL_ENV = "DYNO_REPARTITION_KILL_AFTER"
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (Java's ``Utils.murmur2``), as an unsigned 32-bit value."""
-    length = len(data)
-    h = (0x9747B28C ^ length) & _MASK
-    end = length & ~3
-    for i in range(0, end, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = (h * _M) & _MASK
-        h ^= k
-    rest = length & 3
-    if rest == 3:
-        h ^= data[end + 2] << 16
-    if rest >= 2:
-        h ^= data[end + 1] << 8
-    if rest >= 1:
-        h ^= data[end]
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return h
-
-
-def kafka_partition(key: bytes, partitions: int) -> int:
-    """The partition Java's default partitioner (and librdkafka's ``murmur2_random``) gives a
-    keyed message: ``toPositive(murmur2(key)) % partitions``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def new_topic_names(settings: Settings, partitions: int) -> tuple[str, str]:
@@ -205,10 +172,12 @@ def _topic_partitions(admin: AdminClient, topic: str) -> int | None:
 
 
 def _ends(consumer: Consumer, topic: str, partitions: int) -> tuple[dict[int, int], dict[int, int]]:
-    lows, highs = {}, {}
-    for p in range(partitions):
-        lows[p], highs[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-    return lows, highs
+    """The low and high watermarks of the topic's first ``partitions`` partitions."""
+    marks = watermarks(consumer, topic)
+    return (
+        {p: marks[p][0] for p in range(partitions)},
+        {p: marks[p][1] for p in range(partitions)},
+    )
 
 
 def repartition(
