@@ -42,10 +42,7 @@ jars: $(STAMP)
 demo: $(STAMP) jars
 	$(BIN)/dyno-stream demo
 
-test: $(STAMP) jars debs
-	$(BIN)/ruff check dyno_stream tests bench
-	$(BIN)/mypy dyno_stream
-	$(BIN)/lint-imports
+test: $(STAMP) jars debs lint
 	$(BIN)/pytest
 
 # docker-compose (debs) validates docker-compose.yml in tests/unit/test_compose.py

@@ -42,7 +42,7 @@ from rich.table import Table
 from dyno_stream.config import Settings
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.jobs.compaction import Reporter
+from dyno_stream.jobs.progress import Reporter
 from dyno_stream.jobs.repartition import new_topic_names, repartition
 from dyno_stream.kafka.topics import ensure_topics
 

@@ -4,7 +4,7 @@ The package is in layers; each imports only the layers below it (an import-linte
 in pyproject.toml, checked by ``make lint``)::
 
     cli        the ``dyno-stream`` command and the demo          (may use devtools)
-    jobs       compaction passes (online, offline)
+    jobs       compaction passes (online, offline), repartition
     stream     the worker runtime and its HTTP endpoint   |  views  MaterializedView
     kafka      clients, topics, reading topics, security  |  store  DynoStore on LevelDB
     config     settings (pydantic-settings)

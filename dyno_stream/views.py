@@ -27,12 +27,12 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import DynoError, KafkaAdminError, StoreError
-from dyno_stream.core.snapshots import Snapshot, is_newer, parse_snapshot
+from dyno_stream.core.snapshots import SnapshotDict, is_newer, parse_snapshot
 from dyno_stream.kafka.reading import partition_ends, topic_reader
 
 log = logging.getLogger("dyno_stream.views")
 
-ChangeCallback = Callable[[Snapshot | None, Snapshot], None]
+ChangeCallback = Callable[[SnapshotDict | None, SnapshotDict], None]
 
 _OFFSET_PREFIX = b"\x00offset\x00"
 _ITEM_PREFIX = b"\x01"  # item rows: names may start with any character, even \x00
@@ -40,17 +40,17 @@ _ITEM_PREFIX = b"\x01"  # item rows: names may start with any character, even \x
 
 class _MemoryTable:
     def __init__(self) -> None:
-        self.rows: dict[str, Snapshot] = {}
+        self.rows: dict[str, SnapshotDict] = {}
         self.offsets: dict[int, int] = {}
 
-    def get(self, name: str) -> Snapshot | None:
+    def get(self, name: str) -> SnapshotDict | None:
         return self.rows.get(name)
 
-    def write(self, rows: dict[str, Snapshot], offsets: dict[int, int]) -> None:
+    def write(self, rows: dict[str, SnapshotDict], offsets: dict[int, int]) -> None:
         self.rows.update(rows)
         self.offsets.update(offsets)
 
-    def items(self) -> Iterator[tuple[str, Snapshot]]:
+    def items(self) -> Iterator[tuple[str, SnapshotDict]]:
         yield from sorted(self.rows.items())
 
     def __len__(self) -> int:
@@ -75,11 +75,11 @@ class _LevelDBTable:
         }
         self._count = sum(1 for _ in self.db.iterator(prefix=_ITEM_PREFIX, include_value=False))
 
-    def get(self, name: str) -> Snapshot | None:
+    def get(self, name: str) -> SnapshotDict | None:
         raw = self.db.get(_ITEM_PREFIX + name.encode())
         return None if raw is None else dict(json.loads(raw))
 
-    def write(self, rows: dict[str, Snapshot], offsets: dict[int, int]) -> None:
+    def write(self, rows: dict[str, SnapshotDict], offsets: dict[int, int]) -> None:
         with self.db.write_batch(transaction=True) as wb:
             for name, snap in rows.items():
                 key = _ITEM_PREFIX + name.encode()
@@ -90,7 +90,7 @@ class _LevelDBTable:
                 wb.put(_OFFSET_PREFIX + str(p).encode(), str(off).encode())
         self.offsets.update(offsets)
 
-    def items(self) -> Iterator[tuple[str, Snapshot]]:
+    def items(self) -> Iterator[tuple[str, SnapshotDict]]:
         for k, v in self.db.iterator(prefix=_ITEM_PREFIX):
             yield k[len(_ITEM_PREFIX) :].decode(), json.loads(v)
 
@@ -128,12 +128,12 @@ class MaterializedView:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def get(self, name: str) -> Snapshot | None:
+    def get(self, name: str) -> SnapshotDict | None:
         """The item's newest snapshot (``value`` is None when the item is absent)."""
         with self._lock:
             return self._table.get(name)
 
-    def __iter__(self) -> Iterator[tuple[str, Snapshot]]:
+    def __iter__(self) -> Iterator[tuple[str, SnapshotDict]]:
         with self._lock:
             rows = list(self._table.items())
         return iter(rows)
@@ -216,8 +216,8 @@ class MaterializedView:
                 self._progress.notify_all()
 
     def _apply(self, messages: list[Any]) -> None:
-        changed: dict[str, Snapshot] = {}
-        fired: list[tuple[Snapshot | None, Snapshot]] = []
+        changed: dict[str, SnapshotDict] = {}
+        fired: list[tuple[SnapshotDict | None, SnapshotDict]] = []
         offsets: dict[int, int] = {}
         for msg in messages:
             if msg.error():

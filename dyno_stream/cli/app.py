@@ -275,7 +275,7 @@ def repartition(
 ) -> None:
     """Move to new ops and snapshot topics with N partitions (never alter them in place)."""
     from dyno_stream.cli.logs import setup_logging
-    from dyno_stream.jobs.compaction import Reporter
+    from dyno_stream.jobs.progress import Reporter
     from dyno_stream.jobs.repartition import repartition as run
 
     s = settings()

@@ -26,7 +26,7 @@ from rich.panel import Panel
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.deadletter import H_MESSAGE, H_REASON
-from dyno_stream.core.errors import DynoError
+from dyno_stream.core.errors import ConfigError, DynoError
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import topic_reader
@@ -44,7 +44,7 @@ def demo_http_port() -> int:
     try:
         return int(env)
     except ValueError:
-        raise DynoError(f"DYNO_DEMO_HTTP_PORT must be a port number, not {env!r}") from None
+        raise ConfigError(f"DYNO_DEMO_HTTP_PORT must be a port number, not {env!r}") from None
 
 
 def demo_settings(bootstrap: str, data_dir: Path) -> Settings:
@@ -88,7 +88,7 @@ def settings_env(s: Settings) -> dict[str, str]:
 
 
 class TopicReader:
-    """Reads a topic from the beginning, for the demo and the tests."""
+    """Reads a topic from the beginning, for the demo."""
 
     def __init__(self, s: Settings, topic: str) -> None:
         self.consumer = topic_reader(s, "demo")

@@ -11,10 +11,10 @@ import pydantic
 from dyno_stream.core.events import Snapshot as SnapshotModel
 
 #: A snapshot event as a dict (the wire contract's fields).
-Snapshot = dict[str, Any]
+SnapshotDict = dict[str, Any]
 
 
-def parse_snapshot(raw: bytes | None) -> Snapshot | None:
+def parse_snapshot(raw: bytes | None) -> SnapshotDict | None:
     """A snapshot event as a dict, or None for anything else (a topic can hold strays)."""
     if raw is None:
         return None
@@ -24,7 +24,7 @@ def parse_snapshot(raw: bytes | None) -> Snapshot | None:
         return None
 
 
-def is_newer(new: Snapshot, held: Snapshot | None) -> bool:
+def is_newer(new: SnapshotDict, held: SnapshotDict | None) -> bool:
     """Whether ``new`` should replace ``held``: more changes, or a flatten of the same ones."""
     if held is None:
         return True

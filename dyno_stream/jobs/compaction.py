@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,14 @@ from typing import Any
 import pydantic
 from confluent_kafka import TopicPartition
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
 from dyno_stream.core.events import Flatten
-from dyno_stream.core.snapshots import Snapshot, parse_snapshot
+from dyno_stream.core.snapshots import SnapshotDict, parse_snapshot
+from dyno_stream.jobs.progress import Reporter
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_reader
 from dyno_stream.store import DynoStore
@@ -128,41 +126,6 @@ class Summary:
         return "compaction done: " + ", ".join(f"{k}={v}" for k, v in self.fields())
 
 
-class Reporter:
-    """A rich progress bar on a terminal; plain log lines under cron."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.interactive = console.is_terminal
-
-    @contextmanager
-    def task(self, what: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.interactive:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=False,
-            ) as progress:
-                task = progress.add_task(what, total=total)
-                yield lambda n: progress.advance(task, n)
-        else:
-            log.info("%s (%s)", what, "?" if total is None else f"{total:,}")
-            done = [0]
-            last = [time.monotonic()]
-
-            def advance(n: int) -> None:
-                done[0] += n
-                if time.monotonic() - last[0] > 10:
-                    last[0] = time.monotonic()
-                    log.info("%s: %s done", what, f"{done[0]:,}")
-
-            yield advance
-            log.info("%s: %s done", what, f"{done[0]:,}")
-
-
 # -- online ----------------------------------------------------------------------------------
 
 
@@ -177,7 +140,7 @@ class _Command:
     candidate: Candidate
     partition: int
     offset: int
-    answer: Snapshot | None = None  # the item's snapshot that includes the command
+    answer: SnapshotDict | None = None  # the item's snapshot that includes the command
     refused: str | None = None  # or the reason its dead letter gives
 
     @property

@@ -53,10 +53,10 @@ from confluent_kafka.admin import (
 
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core import ops
-from dyno_stream.core.errors import ConfigError, DynoError, KafkaAdminError, PublishError
-from dyno_stream.jobs.compaction import Reporter
+from dyno_stream.core.errors import ConfigError, KafkaAdminError, PublishError
+from dyno_stream.jobs.progress import Reporter
 from dyno_stream.kafka.partitioning import kafka_partition
-from dyno_stream.kafka.reading import topic_reader, watermarks
+from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
 from dyno_stream.kafka.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -198,10 +198,10 @@ def repartition(
     now = _topic_partitions(admin, t.ops)
     recorded = _topic_partitions(admin, t.snapshots)
     if now is None:
-        raise DynoError(f"ops topic {t.ops} not found: nothing to repartition")
+        raise KafkaAdminError(f"ops topic {t.ops} not found: nothing to repartition")
     recorded = recorded if recorded is not None else now
     if new_ops == t.ops:
-        raise DynoError(f"{t.ops} is already the topic for {partitions} partitions")
+        raise ConfigError(f"{t.ops} is already the topic for {partitions} partitions")
     path = state_path or settings.worker.data_dir / "repartition" / f"{t.ops}-to-{new_ops}.json"
     state = State.load(path)
     if state is None:
@@ -377,35 +377,19 @@ def _read_snapshots(
         meta = consumer.list_topics(timeout=30).topics.get(topic)
         if meta is None or meta.error is not None:
             return {}
-        ends = state.snapshot_ends or _ends(consumer, topic, len(meta.partitions))[1]
-        lows = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[0] for p in ends
-        }
-        todo = {p: hi for p, hi in ends.items() if hi > lows[p]}
+        lows, highs = _ends(consumer, topic, len(meta.partitions))
+        ends = state.snapshot_ends or highs
+        ranges = {p: (lows[p], hi) for p, hi in ends.items()}
         newest: dict[bytes, _Newest] = {}
-        if not todo:
-            return newest
-        consumer.assign([TopicPartition(topic, p, lows[p]) for p in todo])
-        total = sum(hi - lows[p] for p, hi in todo.items())
+        total = sum(max(0, hi - lo) for lo, hi in ranges.values())
         task = (
             reporter.task("reading the snapshots", total)
             if reporter
             else contextlib.nullcontext(lambda n: None)
         )
         with task as advance:
-            while todo:
-                msgs = consumer.consume(10_000, 1.0)
+            for msgs in read_range(consumer, topic, ranges):
                 for msg in msgs:
-                    if msg.error() is not None:
-                        continue
-                    p, off = msg.partition(), msg.offset()
-                    assert p is not None and off is not None
-                    if p not in todo:
-                        continue
-                    if off + 1 >= todo[p]:  # past it too: the last record was compacted away
-                        del todo[p]
-                        if off >= ends[p]:
-                            continue
                     raw = msg.value()
                     snap = _snapshot_fields(raw, state.old_ops)
                     if snap is None or raw is None:
@@ -513,34 +497,20 @@ def _forward(
 
     topic = state.old_ops
     try:
-        starts: dict[int, int] = {}
-        for part, end in state.ends.items():
-            low, _hi = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=30)
-            start = max(low, state.cursor.get(part, 0))
-            if start < end:
-                starts[part] = start
-        total = sum(state.ends[part] - s for part, s in starts.items())
-        if not starts:
-            return
-        consumer.assign([TopicPartition(topic, p, s) for p, s in starts.items()])
-        todo = {p: state.ends[p] for p in starts}
-        position = dict(starts)
+        lows = _ends(consumer, topic, len(state.ends))[0]
+        ranges = {
+            part: (max(lows[part], state.cursor.get(part, 0)), end)
+            for part, end in state.ends.items()
+        }
+        total = sum(max(0, end - start) for start, end in ranges.values())
+        position = {part: start for part, (start, _end) in ranges.items()}
         kill_at = _kill_point("forward")
         since_save = 0
         with reporter.task(f"forwarding ops to {state.new_ops}", total) as advance:
-            while todo:
-                msgs = consumer.consume(10_000, 1.0)
+            for msgs in read_range(consumer, topic, ranges):
                 for msg in msgs:
-                    if msg.error() is not None:
-                        continue
                     p, off = msg.partition(), msg.offset()
                     assert p is not None and off is not None
-                    if p not in todo:
-                        continue
-                    if off + 1 >= todo[p]:
-                        del todo[p]
-                        if off >= state.ends[p]:
-                            continue
                     position[p] = off + 1
                     key = msg.key()
                     if key == PROBE_KEY or off < state.committed.get(p, 0):
@@ -567,11 +537,14 @@ def _forward(
                         producer.flush(30)
                         os.kill(os.getpid(), signal.SIGKILL)
                 advance(len(msgs))
-                if since_save >= _CHUNK or not todo:
+                if since_save >= _CHUNK:
                     _flush(producer, errors)
                     state.cursor.update(position)
                     state.save(path)
                     since_save = 0
+            _flush(producer, errors)
+            state.cursor.update(position)
+            state.save(path)
     finally:
         consumer.close()
     if errors:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import KafkaAdminError, KafkaServiceError
-from dyno_stream.core.snapshots import Snapshot, is_newer, parse_snapshot
+from dyno_stream.core.snapshots import SnapshotDict, is_newer, parse_snapshot
 
 log = logging.getLogger("dyno_stream.kafka.reading")
 
@@ -50,13 +50,52 @@ def partition_ends(consumer: Consumer, topic: str, timeout: float = 30.0) -> dic
     return {p: hi for p, (_lo, hi) in watermarks(consumer, topic, timeout).items()}
 
 
+def read_range(
+    consumer: Consumer,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    *,
+    batch: int = 10_000,
+    timeout: float | None = None,
+) -> Iterator[list[Message]]:
+    """Read ``topic``'s partitions from each range's start up to its end (exclusive), and
+    yield the messages of each fetch that fall in their range, until every partition is done.
+
+    A partition is done at its end's last offset, or at the first message past it: a
+    compacted topic may have lost its last offsets. Messages with an error are skipped.
+    Raises ``KafkaServiceError`` when ``timeout`` passes first.
+    """
+    todo = {p: end for p, (start, end) in ranges.items() if end > start}
+    if not todo:
+        return
+    consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in todo])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while todo:
+        if deadline is not None and time.monotonic() > deadline:
+            raise KafkaServiceError(f"reading {topic} did not finish within {timeout:.0f}s")
+        fetched = []
+        for msg in consumer.consume(batch, 0.5):
+            if msg.error() is not None:
+                continue
+            p, off = msg.partition(), msg.offset()
+            if p is None or off is None or p not in todo:
+                continue
+            end = todo[p]
+            if off + 1 >= end:
+                del todo[p]
+                if off >= end:
+                    continue
+            fetched.append(msg)
+        yield fetched
+
+
 def read_snapshots(
     settings: Settings,
     advance: Callable[[int], None] = lambda n: None,
     since: dict[int, int] | None = None,
     timeout: float = 120.0,
-    keep: Callable[[Snapshot], bool] = lambda snap: True,
-) -> dict[str, Snapshot]:
+    keep: Callable[[SnapshotDict], bool] = lambda snap: True,
+) -> dict[str, SnapshotDict]:
     """Each item's newest snapshot (see ``is_newer``), reading every partition to its end.
 
     ``since`` starts partitions at those offsets instead of the beginning; ``keep`` filters.
@@ -64,36 +103,24 @@ def read_snapshots(
     topic = settings.topics.snapshots
     consumer = topic_reader(settings, "snapshots")
     try:
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for part, (lo, hi) in watermarks(consumer, topic).items():
-            start = max(lo, (since or {}).get(part, lo))
-            if hi > start:
-                ends[part] = hi
-                starts.append(TopicPartition(topic, part, start))
-        latest: dict[str, Snapshot] = {}
-        if not ends:
-            return latest
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise KafkaServiceError(f"reading {topic} did not finish within {timeout:.0f}s")
-            for msg in consumer.consume(1000, 0.5):
-                if msg.error():
-                    continue
-                p, off = msg.partition(), msg.offset()
-                assert p is not None and off is not None
+        ranges = {
+            part: (max(lo, (since or {}).get(part, lo)), hi)
+            for part, (lo, hi) in watermarks(consumer, topic).items()
+        }
+        latest: dict[str, SnapshotDict] = {}
+        for msgs in read_range(consumer, topic, ranges, batch=1000, timeout=timeout):
+            for msg in msgs:
                 snap = parse_snapshot(msg.value())
                 if snap is None:
                     log.warning(
-                        "skipping a message that is not a snapshot at %s/%s@%s", topic, p, off
+                        "skipping a message that is not a snapshot at %s/%s@%s",
+                        topic,
+                        msg.partition(),
+                        msg.offset(),
                     )
                 elif keep(snap) and is_newer(snap, latest.get(snap["item"])):
                     latest[snap["item"]] = snap
-                advance(1)
-                if p in ends and off + 1 >= ends[p]:
-                    del ends[p]
+            advance(len(msgs))
         return latest
     finally:
         consumer.close()

@@ -44,7 +44,7 @@ from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
 
 _T = TypeVar("_T")
-Extra = Rows | Callable[[_T], Rows]
+InternalRows = Rows | Callable[[_T], Rows]
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
 
 
@@ -134,12 +134,12 @@ class DynoStore:
     def apply(
         self,
         events: Iterable[EventModel],
-        extra: Extra[list[str]] | None = None,
+        internal_rows: InternalRows[list[str]] | None = None,
         on_error: ErrorHandler | None = None,
     ) -> list[str]:
         """Apply validated op models (and flatten commands), in order, in one write batch.
 
-        Returns the names of the items that changed, in first-touched order. ``extra`` holds
+        Returns the names of the items that changed, in first-touched order. ``internal_rows`` holds
         internal rows (keys starting ``\\x00``; value None deletes) written in the same batch,
         which is how the worker keeps its consumed offsets exactly in step with the data. It
         may be a function of the touched names, called once every op has run (so rows that
@@ -171,9 +171,11 @@ class DynoStore:
                     touched[event.item] = None
             return list(touched)
 
-        return self._write(run, extra)
+        return self._write(run, internal_rows)
 
-    def _write(self, run: Callable[[WriteBatch], _T], extra: Extra[_T] | None = None) -> _T:
+    def _write(
+        self, run: Callable[[WriteBatch], _T], internal_rows: InternalRows[_T] | None = None
+    ) -> _T:
         """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
 
         The batch changes cached states in place (that is what makes a batch cheap), so when
@@ -186,10 +188,10 @@ class DynoStore:
             batch = WriteBatch(db, states.cache, self.max_attrs)
             try:
                 result = run(batch)
-                rows = extra(result) if callable(extra) else (extra or {})
+                rows = internal_rows(result) if callable(internal_rows) else (internal_rows or {})
                 for key in rows:
                     if not key.startswith(INTERNAL):
-                        raise StoreError(f"extra row {key!r} is not internal (must start \\x00)")
+                        raise StoreError(f"internal row {key!r} is not internal (must start \\x00)")
                 journal = states.journal_rows(batch.states)
                 with writing(self.path):
                     batch.commit(db, rows, self.sync, journal)
@@ -243,7 +245,7 @@ class DynoStore:
         check_name(name)
         return self._write(lambda batch: batch.flatten_before(name, flake))
 
-    def restore(self, items: Iterable[tuple[str, Item]], extra: Rows | None = None) -> int:
+    def restore(self, items: Iterable[tuple[str, Item]], internal_rows: Rows | None = None) -> int:
         """Load items as history rows (a restore from snapshots) into an empty store.
 
         Each item becomes one ``history`` row at its timestamp with its value, hash and
@@ -267,7 +269,7 @@ class DynoStore:
                 n += 1
             return n
 
-        return self._write(run, extra)
+        return self._write(run, internal_rows)
 
     # -- reading -----------------------------------------------------------------------------
 

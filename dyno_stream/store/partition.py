@@ -9,8 +9,8 @@ space, the bookkeeping that must move in step with them:
   or neither, and it is never applied twice.
 - ``consumed-time``: the Kafka timestamp (ms) of the newest message consumed, written with the
   offset. Compaction folds only rows older than this minus the allowed lateness (see
-  ``compaction.fold_cutoff``): an op still waiting in Kafka behind a lagging worker is never
-  made late by a fold that the wall clock alone would allow.
+  ``store.compaction_policy.fold_cutoff``): an op still waiting in Kafka behind a lagging
+  worker is never made late by a fold that the wall clock alone would allow.
 - ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
   them, until their snapshots are acknowledged by Kafka (one row per batch).
 - ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
@@ -102,7 +102,7 @@ class PartitionStore:
             store.close()
             raise StoreError(f"{path} holds partition {held.decode()}, not {ident.decode()}")
         if held is None:
-            store.apply([], extra={PARTITION_KEY: ident})
+            store.apply([], internal_rows={PARTITION_KEY: ident})
         raw = store.get_meta(OFFSET_KEY)
         restored = {
             k[len(RESTORED_PREFIX) :].decode(): int(v) for k, v in store.iter_meta(RESTORED_PREFIX)
@@ -121,7 +121,7 @@ class PartitionStore:
         store built when the topic had another count (its items would split)."""
         raw = self.store.get_meta(OPS_PARTITIONS_KEY)
         if raw is None:
-            self.store.apply([], extra={OPS_PARTITIONS_KEY: str(now).encode()})
+            self.store.apply([], internal_rows={OPS_PARTITIONS_KEY: str(now).encode()})
         elif int(raw) != now:
             raise PartitionCountError(self.topic, now, int(raw))
 
@@ -135,10 +135,10 @@ class PartitionStore:
         assert all(s.source is not None for s in snapshots)
         through = {s.item: s.source.offset for s in snapshots if s.source is not None}
         start = max(low, min(through.values()) + 1)  # nothing below the topic's start
-        extra: dict[bytes, bytes | None] = {OFFSET_KEY: str(start).encode()}
+        internal_rows: dict[bytes, bytes | None] = {OFFSET_KEY: str(start).encode()}
         for name, off in through.items():
-            extra[RESTORED_PREFIX + name.encode()] = str(off).encode()
-        n = self.store.restore(items, extra)
+            internal_rows[RESTORED_PREFIX + name.encode()] = str(off).encode()
+        n = self.store.restore(items, internal_rows)
         self.next_offset = start
         self.restored = through
         return n
@@ -147,7 +147,7 @@ class PartitionStore:
         """Every restored item's snapshot offset is behind us: drop the skip list."""
         if self.restored:
             self.store.apply(
-                [], extra={RESTORED_PREFIX + name.encode(): None for name in self.restored}
+                [], internal_rows={RESTORED_PREFIX + name.encode(): None for name in self.restored}
             )
             self.restored = {}
 
@@ -202,7 +202,7 @@ class PartitionStore:
         if keys is None:
             keys, self.to_clear = self.to_clear, []
         if keys:
-            self.store.apply([], extra=dict.fromkeys(keys))
+            self.store.apply([], internal_rows=dict.fromkeys(keys))
 
     def close(self) -> None:
         self.store.close()

@@ -1,7 +1,7 @@
 """The write batch: what one write of a ``DynoStore`` stages, and how it places each op.
 
 Every write (``apply``, ``flatten``, ``restore``) is one LevelDB write batch: the rows and any
-extra internal rows (the worker's consumed offsets) land together or not at all.
+internal_rows internal rows (the worker's consumed offsets) land together or not at all.
 
 Ops normally arrive in flake order, and are then applied to the state directly. An op that
 sorts before the item's last row (out-of-order delivery) is placed by replaying the item's rows
@@ -237,8 +237,8 @@ class WriteBatch:
         st.count -= upto  # upto+1 rows become one
         return True
 
-    def commit(self, db: Any, extra: Rows, sync: bool, journal: Rows) -> None:
-        """Write the rows, the journal of newly dirty states and ``extra``, atomically."""
+    def commit(self, db: Any, internal_rows: Rows, sync: bool, journal: Rows) -> None:
+        """Write the rows, the journal of newly dirty states and ``internal_rows``, atomically."""
         with db.write_batch(sync=sync, transaction=True) as wb:
             put, delete = wb.put, wb.delete
             for key, value in self.rows.items():
@@ -246,7 +246,7 @@ class WriteBatch:
                     delete(key)
                 else:
                     put(key, value)
-            for key, value in (*journal.items(), *extra.items()):
+            for key, value in (*journal.items(), *internal_rows.items()):
                 if value is None:
                     delete(key)
                 else:

@@ -699,7 +699,7 @@ class Worker:
             return rows
 
         try:
-            ps.store.apply(share.events, extra=bookkeeping_rows, on_error=on_error)
+            ps.store.apply(share.events, internal_rows=bookkeeping_rows, on_error=on_error)
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
         ps.next_offset = share.last_offset + 1

@@ -688,8 +688,8 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:
         assert ps.next_offset is None
-        ps.store.apply(events[:2], extra=ps.batch_rows(2, {"crashed": 1}, [])[0])
-        ps.store.apply(events[2:], extra=ps.batch_rows(4, {"crashed": 2}, [letter])[0])
+        ps.store.apply(events[:2], internal_rows=ps.batch_rows(2, {"crashed": 1}, [])[0])
+        ps.store.apply(events[2:], internal_rows=ps.batch_rows(4, {"crashed": 2}, [letter])[0])
         pending, keys = ps.pending_snapshots()
         assert pending == {"crashed": 2} and len(keys) == 2
         assert len(ps.pending_dead_letters()) == 1
@@ -762,9 +762,9 @@ def test_a_republished_snapshot_names_the_offset_its_value_is_current_to(
         assert [client.send(e).result(30).offset for e in events] == [0, 1]
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:
-        ps.store.apply(events[:1], extra=ps.batch_rows(1, {"x": 0}, [])[0])
+        ps.store.apply(events[:1], internal_rows=ps.batch_rows(1, {"x": 0}, [])[0])
         rows, acknowledged = ps.batch_rows(2, {"x": 1}, [])
-        ps.store.apply(events[1:], extra=rows)
+        ps.store.apply(events[1:], internal_rows=rows)
         ps.clear_pending(acknowledged)
         assert ps.pending_snapshots()[0] == {"x": 0}  # only batch 1 is left pending
     finally:
@@ -799,7 +799,7 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
             client.send(e).result(30)
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:  # a crashed run applied the first op, and its snapshot is still pending
-        ps.store.apply(events[:1], extra=ps.batch_rows(1, {"x": 0}, [])[0])
+        ps.store.apply(events[:1], internal_rows=ps.batch_rows(1, {"x": 0}, [])[0])
     finally:
         ps.close()
 

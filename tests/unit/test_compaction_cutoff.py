@@ -35,7 +35,7 @@ def _store_with_old_rows(path: Path, meta: dict[bytes, bytes]) -> None:
     with DynoStore(path) as db:
         for k in range(5):
             db.put_attrs("x", {"k": k}, ts=gen.next())
-        db.apply([], extra=meta)
+        db.apply([], internal_rows=meta)
 
 
 def test_offline_pass_on_a_partition_store_folds_by_its_consumed_time(tmp_path: Path) -> None:

@@ -521,7 +521,7 @@ def test_batch_with_late_third_op_writes_nothing(store: DynoStore) -> None:
         make_op("putAttrs", "z", {"k": 3}, F(11)),
     ]
     with pytest.raises(LateOpError):
-        store.apply(batch, extra={b"\x00meta\x00offset": b"42"})
+        store.apply(batch, internal_rows={b"\x00meta\x00offset": b"42"})
     assert dump(store) == rows
     assert store.get_item("x") == x
     assert store.get_item("y") == y
@@ -541,7 +541,9 @@ def test_on_error_skips_bad_ops(store: DynoStore) -> None:
         make_op("putAttrs", "x", {"new": 1}, F(10)),
     ]
     touched = store.apply(
-        batch, extra={b"\x00meta\x00o": b"1"}, on_error=lambda i, e, err: errors.append((i, e, err))
+        batch,
+        internal_rows={b"\x00meta\x00o": b"1"},
+        on_error=lambda i, e, err: errors.append((i, e, err)),
     )
     assert [(i, type(err)) for i, _, err in errors] == [
         (1, LateOpError),
@@ -567,9 +569,9 @@ def test_apply_returns_names_touched_in_order(store: DynoStore) -> None:
 
 
 def test_extra_rows_land_with_the_batch(store: DynoStore) -> None:
-    store.apply([make_op("putItem", "x", {"a": 1}, F(0))], extra={b"\x00meta\x00p0": b"10"})
+    store.apply([make_op("putItem", "x", {"a": 1}, F(0))], internal_rows={b"\x00meta\x00p0": b"10"})
     assert store.get_meta(b"\x00meta\x00p0") == b"10"
-    store.apply([], extra={b"\x00meta\x00p0": None, b"\x00meta\x00p1": b"11"})
+    store.apply([], internal_rows={b"\x00meta\x00p0": None, b"\x00meta\x00p1": b"11"})
     assert store.get_meta(b"\x00meta\x00p0") is None
     assert list(store.iter_meta(b"\x00meta\x00p")) == [(b"\x00meta\x00p1", b"11")]
     # internal rows are not item rows
@@ -579,7 +581,7 @@ def test_extra_rows_land_with_the_batch(store: DynoStore) -> None:
 def test_extra_with_non_internal_key_refused(store: DynoStore) -> None:
     for key in [b"x/" + F(1).encode() + b"/putItem", b"meta", b"\x01"]:
         with pytest.raises(DynoError):
-            store.apply([make_op("putItem", "y", {"a": 1}, F(1))], extra={key: b"{}"})
+            store.apply([make_op("putItem", "y", {"a": 1}, F(1))], internal_rows={key: b"{}"})
     assert dump(store) == []
     assert store.get_item("y").value is None
     with pytest.raises(DynoError):
@@ -809,7 +811,7 @@ def test_persistence_across_reopen(tmp_path: Path) -> None:
         hashes = _five(s, "x")
         seed(s)
         s.flatten("x", hashes[2])
-        s.apply([], extra={b"\x00meta\x00k": b"v"})
+        s.apply([], internal_rows={b"\x00meta\x00k": b"v"})
         items = {n: s.get_item(n) for n in ["x", "chilts"]}
         histories = {n: s.get_history(n) for n in ["x", "chilts"]}
         rows = dump(s)

@@ -314,7 +314,7 @@ class Harness:
         if strict and expected_errors:
             rows = list(self.store.rows())
             with pytest.raises(expected_errors[0][1]):
-                self.store.apply(events, extra={b"\x00meta\x00test": b"strict"})
+                self.store.apply(events, internal_rows={b"\x00meta\x00test": b"strict"})
             self.ref = saved  # atomic: nothing of the batch was written
             event("strict batch rolled back")
             assert list(self.store.rows()) == rows
@@ -329,7 +329,9 @@ class Harness:
                 errors.append((i, type(err)))
 
             marker = str(len(events)).encode()
-            got = self.store.apply(events, extra={b"\x00meta\x00test": marker}, on_error=on_error)
+            got = self.store.apply(
+                events, internal_rows={b"\x00meta\x00test": marker}, on_error=on_error
+            )
             assert errors == expected_errors
             assert got == list(touched)
             assert self.store.get_meta(b"\x00meta\x00test") == marker
