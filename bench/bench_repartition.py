@@ -1,15 +1,26 @@
-"""Repartition benchmark (issue 20): moving N items from 4 to 8 partitions. Prints a table.
+"""Repartition benchmark (issue 20): moving N items from 4 to 8 partitions, held to a reference.
 
-For each size: one op per item (about 100 bytes of change) is applied by a worker process on
-4 partitions; the worker stops, and a backlog of another tenth as many ops is left in the
-old topic (the tool forwards those). Then ``repartition(..., 8)`` is timed, as
-``dyno-stream repartition --partitions 8 --drain-timeout 0`` runs it, and a worker on the new
-topics is started and timed until it has restored every item from the new snapshot topic
-and applied the forwarded ops: the time the deployment is without a worker.
+For each size, ops are produced in three phases, as the issue asks:
+
+1. **before**: one op per item (about 100 bytes of change), applied by a worker process on 4
+   partitions, which then stops;
+2. **backlog**: another tenth as many ops left unapplied in the old topic (the tool forwards
+   them). Then ``repartition(..., 8)`` is timed, as ``dyno-stream repartition --partitions 8
+   --drain-timeout 0`` runs it;
+3. **after**: a worker on the new topics is started, and another tenth as many ops are
+   produced to the new ops topic while it restores. It is timed from its start until it has
+   restored every item from the new snapshot topic, applied the forwarded and the new ops,
+   and had every snapshot acknowledged: the time the deployment is without a worker.
+
+Every op sent is also applied to a plain-Python reference (``item_reference.py``: its own
+op semantics and history hash, independent of the store). At the end each item's newest
+snapshot in the new snapshot topic must equal it: value, ``changes`` and hash. The benchmark
+exits 1 if any item differs.
 
 Run: ``python bench/bench_repartition.py [--items 100000 1000000]``. It starts a broker of
 its own (in a temporary directory, on free ports) and the workers' HTTP endpoint on a free
-port, so it runs beside other benchmarks and tests on the same machine.
+port, so it runs beside other benchmarks and tests on the same machine. The figures are
+merged into ``bench/results/repartition.json`` (``--json``), one entry per size.
 """
 
 from __future__ import annotations
@@ -19,14 +30,18 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import socket
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import bench_worker
+import orjson
 from bench_worker import (
     bench_settings,
     metrics,
@@ -36,6 +51,8 @@ from bench_worker import (
     stop,
     wait_metrics,
 )
+from confluent_kafka import TopicPartition
+from item_reference import ItemReference, SnapshotCheck
 from rich.console import Console
 from rich.table import Table
 
@@ -44,13 +61,14 @@ from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.jobs.progress import Reporter
 from dyno_stream.jobs.repartition import new_topic_names, repartition
+from dyno_stream.kafka.reading import partition_ends, topic_reader
 from dyno_stream.kafka.topics import ensure_topics
 
+RESULTS = Path(__file__).resolve().parent / "results" / "repartition.json"
 
-def first_ops(items: int) -> list[tuple[bytes, bytes]]:
+
+def first_ops(items: int, gen: FlakeGenerator) -> Iterator[tuple[bytes, bytes]]:
     """One putAttrs per item, so every item has a snapshot."""
-    gen = FlakeGenerator(node=20, pid=20)
-    out = []
     for i in range(items):
         name = f"user-{i:05d}"
         ev = {
@@ -59,21 +77,27 @@ def first_ops(items: int) -> list[tuple[bytes, bytes]]:
             "ts": gen(),
             "change": {"email": f"{name}@example.com", "city": "Wellington", "n": i},
         }
-        out.append((name.encode(), json.dumps(ev, separators=(",", ":")).encode()))
-    return out
+        yield name.encode(), json.dumps(ev, separators=(",", ":")).encode()
 
 
-def backlog(n: int, items: int) -> list[tuple[bytes, bytes]]:
-    rnd, gen = random.Random(20), FlakeGenerator(node=21, pid=21)
-    return [(name.encode(), value) for name, value in (op_event(rnd, gen, items) for _ in range(n))]
+def random_ops(n: int, items: int, gen: FlakeGenerator, seed: int) -> Iterator[tuple[bytes, bytes]]:
+    """``n`` ops of the worker benchmark's mix (putAttrs, incAttrBy, append, addToSet)."""
+    rnd = random.Random(seed)
+    for _ in range(n):
+        name, value = op_event(rnd, gen, items)
+        yield name.encode(), value
 
 
-def wait_for(url: str, want: dict[str, float], timeout: float) -> float:
+def wait_for(url: str, want: dict[str, float], timeout: float, idle: bool = False) -> None:
+    """Until the metrics reach ``want`` (and, with ``idle``, no batch is in flight: every
+    snapshot acknowledged)."""
     t0 = time.monotonic()
     while True:
         got = metrics(url)
-        if all(got.get(k, 0) >= v for k, v in want.items()):
-            return time.monotonic() - t0
+        if all(got.get(k, 0) >= v for k, v in want.items()) and (
+            not idle or got.get("dyno_batches_in_flight") == 0
+        ):
+            return
         if time.monotonic() - t0 > timeout:
             raise SystemExit(f"not within {timeout:.0f}s: {want} (got {got})")
         time.sleep(0.2)
@@ -94,53 +118,115 @@ def free_port() -> int:
         return port
 
 
+def check_snapshot_topic(s: Settings, topic: str, ref: ItemReference) -> SnapshotCheck:
+    """Read ``topic`` to its present ends, holding each item's newest snapshot to ``ref``."""
+    check = SnapshotCheck(ref)
+    consumer = topic_reader(s, "bench-check")
+    try:
+        ends = {p: hi for p, hi in partition_ends(consumer, topic).items() if hi > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + 1800
+        while ends:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"reading {topic} to its end took too long: {ends} left")
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error():
+                    continue
+                check.add(orjson.loads(msg.value()))
+                p, off = msg.partition() or 0, msg.offset() or 0
+                if off + 1 >= ends.get(p, 0):
+                    ends.pop(p, None)
+    finally:
+        consumer.close()
+    return check
+
+
 def bench_one(bootstrap: str, tmp: Path, items: int, partitions: int) -> dict[str, Any]:
     http = free_port()
     s = bench_settings(bootstrap, tmp / f"data-{items}", 4, http_port=http)
     url = f"http://127.0.0.1:{http}"
+    ref = ItemReference()
+    gen = FlakeGenerator(node=20, pid=20)  # one generator: every op in flake order
     ensure_topics(s)
-    produce_all(s, s.topics.ops, first_ops(items))
+
+    # 1. before: applied by the old worker
+    produce_all(s, s.topics.ops, ref.fed(first_ops(items, gen)))
     proc = start_worker(s, tmp / f"old-{items}.log")
     try:
         wait_metrics(url, proc)
-        apply_s = wait_for(url, {"dyno_ops_applied_total": items}, 1800)
+        t0 = time.monotonic()
+        wait_for(url, {"dyno_ops_applied_total": items}, 1800, idle=True)
+        apply_s = time.monotonic() - t0
     finally:
         stop(proc)
-    left = items // 10
-    produce_all(s, s.topics.ops, backlog(left, items))
 
+    # 2. backlog: left in the old topic, unapplied; the tool forwards it
+    backlog = items // 10
+    produce_all(s, s.topics.ops, ref.fed(random_ops(backlog, items, gen, seed=20)))
     quiet = Reporter(Console(file=io.StringIO()))
     t0 = time.monotonic()
     report = repartition(s, partitions, quiet, drain_timeout=0)
     seconds = time.monotonic() - t0
     assert report.items == items, report.summary()
-    assert report.forwarded == left, report.summary()
+    assert report.forwarded == backlog, report.summary()
 
-    proc = start_worker(moved(s, partitions), tmp / f"new-{items}.log")
+    # 3. after: sent to the new topic while the new worker restores
+    after = items // 10
+    new = moved(s, partitions)
+    # made (and applied to the reference) now, so the benchmark's own work stays out of the
+    # time measured below
+    after_ops = list(ref.fed(random_ops(after, items, gen, seed=21)))
+    t0 = time.monotonic()
+    proc = start_worker(new, tmp / f"new-{items}.log")
     try:
         wait_metrics(url, proc)
-        restore_s = wait_for(
-            url, {"dyno_restored_items_total": items, "dyno_ops_applied_total": left}, 3600
-        )
+        produce_all(new, new.topics.ops, after_ops)
+        restored_when_sent = metrics(url).get("dyno_restored_items_total", 0)
+        want = {"dyno_restored_items_total": items, "dyno_ops_applied_total": backlog + after}
+        wait_for(url, want, 3600, idle=True)
+        restore_s = time.monotonic() - t0
     finally:
         stop(proc)
+
+    t0 = time.monotonic()
+    check = check_snapshot_topic(new, new.topics.snapshots, ref)
+    differ = check.differ()
     return {
         "items": items,
-        "forwarded": left,
+        "ops_before": items,
+        "ops_backlog": backlog,
+        "ops_after": after,
+        "forwarded": report.forwarded,
         "repartition_s": seconds,
         "items_per_s": items / seconds,
         "restore_s": restore_s,
+        "restored_when_after_ops_sent": int(restored_when_sent),
         "apply_before_s": apply_s,
+        "reference_items": len(ref.items),
+        "reference_ops": ref.ops,
+        "reference_equal": check.equal(),
+        "reference_differ": len(differ),
+        "differ_examples": [repr(d) for d in differ[:3]],
+        "snapshots_read": check.snapshots,
+        "check_s": time.monotonic() - t0,
     }
+
+
+def merge_results(path: Path, results: list[dict[str, Any]]) -> None:
+    """Keep the entries of other sizes (one run per size is the usual way to run it)."""
+    old = json.loads(path.read_text()) if path.is_file() else []
+    sizes = {r["items"] for r in results}
+    merged = [r for r in old if r.get("items") not in sizes] + results
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sorted(merged, key=lambda r: r["items"]), indent=2) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--partitions", type=int, default=8)
-    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--json", type=Path, default=RESULTS, help="merge the figures in here")
     args = ap.parse_args()
-    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-repartition-"))
     # the controller listens on port + 1: find two free ports in a row
     port = free_port()
@@ -156,31 +242,49 @@ def main() -> None:
     try:
         bootstrap = broker.start()
         for n in args.items:
-            results.append(bench_one(bootstrap, tmp, n, args.partitions))
-            print(json.dumps(results[-1]), flush=True)
+            load_before = os.getloadavg()
+            result = bench_one(bootstrap, tmp, n, args.partitions)
+            result["load_before"], result["load_after"] = load_before, os.getloadavg()
+            # ru_maxrss is in KiB on Linux: this process's peak, the reference included
+            result["bench_max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            results.append(result)
+            print(json.dumps(result), flush=True)
     finally:
         broker.stop()  # its topics go with it: nothing for bench_worker's clean-up at exit
         bench_worker._TAGS.clear()
         shutil.rmtree(tmp, ignore_errors=True)
-    load_after = os.getloadavg()
     table = Table(
         title=f"dyno-stream repartition, 4 -> {args.partitions} partitions",
-        caption=f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
-        f"(1 min), {os.cpu_count()} CPUs",
+        caption=f"{os.cpu_count()} CPUs; load average (1 min) before / after each size",
     )
-    for col in ("items", "ops forwarded", "repartition", "items/s", "new worker restored"):
+    columns = (
+        "items",
+        "ops before / backlog / after",
+        "repartition",
+        "restored and caught up",
+        "reference",
+        "load",
+    )
+    for col in columns:
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(
             f"{r['items']:,}",
-            f"{r['forwarded']:,}",
-            f"{r['repartition_s']:.1f} s",
-            f"{r['items_per_s']:,.0f}",
+            f"{r['ops_before']:,} / {r['ops_backlog']:,} / {r['ops_after']:,}",
+            f"{r['repartition_s']:.1f} s ({r['items_per_s']:,.0f} items/s)",
             f"{r['restore_s']:.1f} s",
+            f"{r['reference_equal']:,} items equal, {r['reference_differ']:,} differ",
+            f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}",
         )
     Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    for r in results:
+        print(
+            f"{r['items']:,} items, reference: {r['reference_equal']:,} items equal, "
+            f"{r['reference_differ']:,} differ {r['differ_examples'] or ''}"
+        )
+    merge_results(args.json, results)
+    if any(r["reference_differ"] or r["reference_equal"] != r["items"] for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
