@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core import ops
 from dyno_stream.core.errors import (
     KafkaAuthError,
-    PartitionCountError,
     PublishError,
     ValidationError,
 )
@@ -45,7 +44,7 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
 from dyno_stream.kafka.security import AuthWatch
-from dyno_stream.kafka.topics import check_partition_count, ops_partition_counts
+from dyno_stream.kafka.topics import PartitionCountWatch
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +90,15 @@ class DynoClient:
             {**producer_config(self.settings), **self._auth.config(), **producer_overrides}
         )
         self._closed = threading.Event()
-        self._checked = threading.Event()  # the partition count was looked at once
-        self._refusal: PartitionCountError | None = None
         # deliveries resolve futures from librdkafka's callbacks, which run inside poll()
         self._poller = threading.Thread(target=self._poll, name="dyno-client", daemon=True)
         self._poller.start()
-        # its own thread: a metadata request can block for its whole timeout (an
-        # unreachable broker, a refused login), and the poller must keep serving deliveries
-        self._checker = threading.Thread(
-            target=self._check_partitions_every, name="dyno-client-partitions", daemon=True
-        )
-        self._checker.start()
+        self._partitions = PartitionCountWatch(
+            self.settings,
+            self._producer,
+            every_s=_CHECK_EVERY_S,
+            stop_when=lambda: self._auth.failure is not None,
+        ).start()
 
     def _poll(self) -> None:
         purged = False
@@ -111,25 +108,6 @@ class DynoClient:
                 # nothing will get through: fail what waits now (their callbacks say why)
                 self._producer.purge(in_queue=True, in_flight=False, blocking=False)
                 purged = True
-
-    def _check_partitions_every(self) -> None:
-        while not self._closed.is_set() and self._auth.failure is None:
-            self._check_partitions()
-            self._closed.wait(_CHECK_EVERY_S)
-
-    def _check_partitions(self) -> None:
-        try:
-            now, recorded = ops_partition_counts(self._producer, self.settings, timeout=5.0)
-            check_partition_count(self.settings, now, recorded)
-            self._refusal = None
-        except PartitionCountError as exc:
-            if self._refusal is None:
-                log.error("%s; refusing to send", exc)
-            self._refusal = exc
-        except KafkaException as exc:  # no metadata now: sends are buffered, checked later
-            log.debug("partition count not checked: %s", exc)
-        finally:
-            self._checked.set()
 
     def send(self, event: EventModel) -> Future[Delivery]:
         """Send one validated event (op or flatten command).
@@ -146,13 +124,13 @@ class DynoClient:
             field = "before" if isinstance(event, Flatten) else "ts"
             check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
         self._auth.check()
-        if not self._checked.is_set():
+        if not self._partitions.checked.is_set():
             deadline = time.monotonic() + _FIRST_CHECK_WAIT_S
-            while not self._checked.wait(0.05) and time.monotonic() < deadline:
+            while not self._partitions.checked.wait(0.05) and time.monotonic() < deadline:
                 if self._auth.failure is not None:
                     break  # a refused login: the send fails its future with it, at once
-        if self._refusal is not None:
-            raise self._refusal
+        if self._partitions.refusal is not None:
+            raise self._partitions.refusal
         future: Future[Delivery] = Future()
         refused = self._auth.failure
         if refused is not None:  # learnt while waiting for the check: nothing gets through
@@ -249,6 +227,7 @@ class DynoClient:
                 self.flush(timeout)
             finally:
                 self._closed.set()
+                self._partitions.close()
                 self._poller.join()
 
     def __enter__(self) -> DynoClient:

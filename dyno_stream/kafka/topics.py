@@ -15,6 +15,7 @@ worker and client can read from the cluster's metadata, without a store
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -56,6 +57,65 @@ def check_partition_count(settings: Settings, now: int | None, recorded: int | N
     """Raise :class:`PartitionCountError` when the ops topic no longer has the recorded count."""
     if now is not None and recorded is not None and now != recorded:
         raise PartitionCountError(settings.topics.ops, now, recorded)
+
+
+class PartitionCountWatch:
+    """Checks the ops topic's partition count against the recorded one every few seconds,
+    on a thread of its own.
+
+    A metadata request can block for its whole timeout (a hung or unreachable broker, a
+    refused login): run on a worker's loop it stalled the loop for 10 s in every 5 s while
+    the broker hung, and on a client's delivery thread it held back every future. The
+    owner reads ``refusal`` when it likes; ``checked`` is set once a first answer (or
+    failure) came.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: _HasMetadata,
+        *,
+        every_s: float = 5.0,
+        timeout_s: float = 5.0,
+        stop_when: Callable[[], bool] = lambda: False,
+        on_counts: Callable[[int | None, int | None], None] = lambda now, recorded: None,
+    ) -> None:
+        self.settings = settings
+        self.refusal: PartitionCountError | None = None
+        self.checked = threading.Event()
+        self._client = client
+        self._every_s, self._timeout_s = every_s, timeout_s
+        self._stop_when, self._on_counts = stop_when, on_counts
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dyno-partitions", daemon=True)
+
+    def start(self) -> PartitionCountWatch:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _run(self) -> None:
+        while not self._closed.is_set() and not self._stop_when():
+            self.check()
+            self._closed.wait(self._every_s)
+
+    def check(self) -> None:
+        """One look now (the thread's turn; callable directly too)."""
+        try:
+            now, recorded = ops_partition_counts(self._client, self.settings, self._timeout_s)
+            self._on_counts(now, recorded)
+            check_partition_count(self.settings, now, recorded)
+            self.refusal = None
+        except PartitionCountError as exc:
+            if self.refusal is None:
+                log.error("%s", exc)
+            self.refusal = exc
+        except KafkaException as exc:  # no metadata now: the next turn asks again
+            log.debug("partition count not checked: %s", exc)
+        finally:
+            self.checked.set()
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:

@@ -54,7 +54,12 @@ from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.reading import read_snapshots
 from dyno_stream.kafka.security import AuthWatch
-from dyno_stream.kafka.topics import check_partition_count, ensure_topics, ops_partition_counts
+from dyno_stream.kafka.topics import (
+    PartitionCountWatch,
+    check_partition_count,
+    ensure_topics,
+    ops_partition_counts,
+)
 from dyno_stream.store import Item
 from dyno_stream.store.compaction_policy import choose, fold_before, fold_cutoff, summaries
 from dyno_stream.store.partition import PartitionStore, snapshot_bytes
@@ -135,7 +140,8 @@ class Worker:
         self._next_compaction: float | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._admin: AdminClient | None = None  # made when a compaction pass first needs it
+        self._partition_watch: PartitionCountWatch | None = None
+        self._admin: AdminClient | None = None
         self.http: HttpEndpoint | None = None
         self._auth = AuthWatch(settings.kafka)
         #: set when the ops topic's partition count changed: the main loop stops on it
@@ -185,6 +191,14 @@ class Worker:
             )
         # A refused login or TLS handshake stops the worker (see dyno_stream.kafka.security).
         self._producer = Producer({**producer_config(s), **self._auth.config()})
+        # metadata and end offsets for the watch and compaction: a connection of their own
+        self._admin = AdminClient({**s.kafka.librdkafka(), **self._auth.config()})
+        self._partition_watch = PartitionCountWatch(
+            s,
+            self._admin,
+            stop_when=lambda: self._auth.failure is not None,
+            on_counts=self._partition_counts_seen,
+        ).start()
         self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
         self._consumer.subscribe(
             [s.topics.ops],
@@ -271,6 +285,8 @@ class Worker:
             self._parts.clear()
             if self._producer is not None:
                 self._producer.flush(5)
+            if self._partition_watch is not None:
+                self._partition_watch.close()
             if self.http is not None:
                 self.http.stop()
 
@@ -326,12 +342,15 @@ class Worker:
         except KafkaException as exc:
             log.warning("cannot read the topics' partition counts: %s", exc)
             return None
+        self._partition_counts_seen(now, recorded)
+        check_partition_count(self.settings, now, recorded)
+        return now
+
+    def _partition_counts_seen(self, now: int | None, recorded: int | None) -> None:
         if now is not None:
             self.metrics.ops_partitions.set(now)
         if recorded is not None:
             self.metrics.ops_partitions_recorded.set(recorded)
-        check_partition_count(self.settings, now, recorded)
-        return now
 
     def _refuse(self, exc: PartitionCountError) -> None:
         self._refusal = exc
@@ -845,12 +864,11 @@ class Worker:
             return
         self._last_lag = now
         # Partitions added to the ops topic reach a running worker as a rebalance only
-        # when the consumer next refreshes its metadata (every 5 minutes by default).
-        try:
-            self._check_partitions(self._consumer)
-        except PartitionCountError as exc:
-            self._refuse(exc)
-            raise
+        # when the consumer next refreshes its metadata (every 5 minutes by default): a
+        # watch asks every few seconds, on its own thread and connection.
+        if self._partition_watch is not None and self._partition_watch.refusal is not None:
+            self._refuse(self._partition_watch.refusal)
+            raise self._partition_watch.refusal
         for (topic, partition), ps in list(self._parts.items()):
             try:
                 # cached: the high watermark that came with the last fetch, no round trip
@@ -956,8 +974,7 @@ class Worker:
         within a few seconds are missing (and fold by their consumed time)."""
         if not partitions:
             return {}
-        if self._admin is None:
-            self._admin = AdminClient({**self.settings.kafka.librdkafka(), **self._auth.config()})
+        assert self._admin is not None
         futures = self._admin.list_offsets(
             {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
             request_timeout=5,
