@@ -92,13 +92,13 @@ class Phases(logging.Handler):
         self.marks.append((time.monotonic(), record.getMessage()))
 
     def __enter__(self) -> Phases:
-        log = logging.getLogger("dyno_stream.jobs.compaction")
+        log = logging.getLogger("dyno_stream.jobs")  # the progress lines of every job
         log.setLevel(logging.INFO)
         log.addHandler(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger("dyno_stream.jobs.compaction").removeHandler(self)
+        logging.getLogger("dyno_stream.jobs").removeHandler(self)
 
     def at(self, prefix: str) -> float:
         return next(t for t, m in self.marks if m.startswith(prefix))
@@ -107,13 +107,12 @@ class Phases(logging.Handler):
         read0 = self.at("reading snapshots (")
         send0 = self.at("sending flatten commands (")
         send1 = self.at("sending flatten commands:")
-        new0 = self.at("reading new snapshots (")
-        new1 = self.at("reading new snapshots:")
+        answers0 = self.at("waiting for the workers' answers (")
+        answers1 = self.at("waiting for the workers' answers:")
         return {
             "read_s": send0 - read0,
             "send_s": send1 - send0,
-            "wait_s": new0 - send1,
-            "read_new_s": new1 - new0,
+            "answers_s": answers1 - answers0,
         }
 
 
@@ -261,8 +260,7 @@ def main() -> None:
         )
         table.add_row("  reading the snapshot topic", f"{on['read_s']:.2f} s")
         table.add_row("  sending the flatten commands", f"{on['send_s']:.2f} s")
-        table.add_row("  waiting for the worker to apply them", f"{on['wait_s']:.2f} s")
-        table.add_row("  reading the new snapshots", f"{on['read_new_s']:.2f} s")
+        table.add_row("  the workers apply them; their answers read", f"{on['answers_s']:.2f} s")
         table.add_row(
             "  chosen / flattened / unconfirmed",
             f"{on['chosen']:,.0f} / {on['flattened']:,.0f} / {on['unconfirmed']:,.0f}",
