@@ -95,9 +95,8 @@ class _PartitionShare:
     #: items named by flatten commands: each gets a snapshot, folded or not, which is how an
     #: online compaction pass learns that its command was processed
     flattened: list[str] = field(default_factory=list)
-    pending: list[bytes] = field(
-        default_factory=list
-    )  # its rows pending publication, written with its ops
+    #: its rows pending publication, written with its ops
+    pending: list[bytes] = field(default_factory=list)
 
 
 @dataclass(eq=False)
