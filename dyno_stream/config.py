@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import pydantic
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -101,8 +101,54 @@ class TopicSettings(_Section):
     create_missing: bool = True
 
 
+#: What the client sets under the classic group protocol, and the broker (or the group's own
+#: config) under KIP-848's: librdkafka refuses to create a ``group.protocol=consumer``
+#: consumer given any of them ("... is not supported for group.protocol=consumer").
+CLASSIC_ONLY_PROPERTIES = (
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "group.protocol.type",
+)
+
+#: Group properties the ``[worker]`` section owns: set there, never through ``kafka.extra``,
+#: so that one place says what the group runs with.
+WORKER_GROUP_PROPERTIES = (
+    "group.protocol",
+    "group.instance.id",
+    "max.poll.interval.ms",
+    *CLASSIC_ONLY_PROPERTIES,
+)
+
+#: Classic protocol defaults: a SIGKILLed worker's partitions move after the session
+#: timeout, so 10 s (librdkafka: 45 s) keeps failover under 15 s; the broker refuses less
+#: than its group.min.session.timeout.ms (6 s by default). Five heartbeats per session.
+CLASSIC_SESSION_TIMEOUT_S = 10.0
+CLASSIC_HEARTBEAT_INTERVAL_S = 2.0
+
+
 class WorkerSettings(_Section):
     group_id: str = "dyno-workers"
+    #: "consumer": KIP-848's protocol (Kafka >= 4.0 brokers): the broker assigns, only moved
+    #: partitions are revoked, and the broker sets the session timeout and heartbeat
+    #: (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms, or the
+    #: group's own consumer.session.timeout.ms). "classic": the protocol older brokers speak,
+    #: with the cooperative-sticky assignor, so it is incremental too; the client sets the
+    #: session timeout and heartbeat below.
+    group_protocol: Literal["consumer", "classic"] = "consumer"
+    #: Static membership (group.instance.id): a worker that restarts under the same id
+    #: within the session timeout gets its partitions back with no rebalance. Each worker of
+    #: the group needs its own; unset: a new member on every start.
+    instance_id: str | None = Field(default=None, min_length=1, max_length=249)
+    #: Classic protocol only (None: 10 s): how long the group waits for a silent worker (a
+    #: SIGKILL, a lost host) before handing its partitions to others. Shorter notices a dead
+    #: worker sooner; a GC pause or network blip longer than it costs a needless rebalance.
+    session_timeout_s: float | None = Field(default=None, gt=0)
+    #: Classic protocol only (None: 2 s); below session_timeout_s.
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
+    #: A worker that does not poll for this long leaves the group (both protocols): its
+    #: partitions go to the others.
+    max_poll_interval_s: float = Field(default=300.0, gt=0)
     data_dir: Path = Path(".dyno/data")
     batch_size: int = Field(default=10_000, ge=1, le=100_000)
     #: How long the loop waits for an event before doing its scheduled work; a batch never
@@ -140,6 +186,51 @@ class WorkerSettings(_Section):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @model_validator(mode="after")
+    def _group_timing_fits_the_protocol(self) -> WorkerSettings:
+        if self.group_protocol == "consumer":
+            for name in ("session_timeout_s", "heartbeat_interval_s"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"worker.{name} applies to group_protocol='classic' only: under "
+                        "'consumer' (KIP-848) the broker sets it "
+                        f"(group.consumer.{_BROKER_NAME[name]}, or the group's own "
+                        f"consumer.{_BROKER_NAME[name]} via kafka-configs --entity-type groups)"
+                    )
+            return self
+        session = self.classic_session_timeout_s
+        heartbeat = self.classic_heartbeat_interval_s
+        if heartbeat >= session:
+            raise ValueError(
+                f"worker.heartbeat_interval_s ({heartbeat}) must be below "
+                f"worker.session_timeout_s ({session})"
+            )
+        if self.max_poll_interval_s < session:
+            raise ValueError(
+                f"worker.max_poll_interval_s ({self.max_poll_interval_s}) must be at least "
+                f"worker.session_timeout_s ({session}) (librdkafka refuses less)"
+            )
+        return self
+
+    @property
+    def classic_session_timeout_s(self) -> float:
+        return (
+            CLASSIC_SESSION_TIMEOUT_S if self.session_timeout_s is None else self.session_timeout_s
+        )
+
+    @property
+    def classic_heartbeat_interval_s(self) -> float:
+        if self.heartbeat_interval_s is not None:
+            return self.heartbeat_interval_s
+        # a short explicit session keeps the heartbeat below it
+        return min(CLASSIC_HEARTBEAT_INTERVAL_S, self.classic_session_timeout_s / 3)
+
+
+_BROKER_NAME = {
+    "session_timeout_s": "session.timeout.ms",
+    "heartbeat_interval_s": "heartbeat.interval.ms",
+}
 
 
 class CompactionSettings(_Section):
@@ -183,6 +274,18 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     compaction: CompactionSettings = Field(default_factory=CompactionSettings)
 
+    @model_validator(mode="after")
+    def _extra_leaves_the_group_to_the_worker(self) -> Settings:
+        owned = sorted(set(self.kafka.extra) & set(WORKER_GROUP_PROPERTIES))
+        if owned:
+            raise ValueError(
+                f"kafka.extra sets {', '.join(owned)}: the [worker] section owns the group's "
+                "protocol and timing (group_protocol, instance_id, session_timeout_s, "
+                "heartbeat_interval_s, max_poll_interval_s; the assignor is cooperative-sticky "
+                "under 'classic', the broker's under 'consumer')"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -215,11 +318,15 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except pydantic.ValidationError as exc:
-        lines = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
+        lines = [_error_line(e) for e in exc.errors(include_url=False)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _error_line(error: Any) -> str:
+    """``section.name: message``; a check across settings names them in its own message."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(p) for p in error["loc"])
+    return msg if not where or msg.startswith(f"{where}.") else f"{where}: {msg}"
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -249,4 +356,25 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
+        **_group_config(settings.worker),
     }
+
+
+def _group_config(w: WorkerSettings) -> dict[str, Any]:
+    """The group's protocol and timing, only what the protocol takes (librdkafka refuses a
+    ``group.protocol=consumer`` consumer given any of ``CLASSIC_ONLY_PROPERTIES``)."""
+    conf: dict[str, Any] = {
+        "group.protocol": w.group_protocol,
+        "max.poll.interval.ms": _ms(w.max_poll_interval_s),
+    }
+    if w.instance_id is not None:
+        conf["group.instance.id"] = w.instance_id
+    if w.group_protocol == "classic":
+        conf["partition.assignment.strategy"] = "cooperative-sticky"
+        conf["session.timeout.ms"] = _ms(w.classic_session_timeout_s)
+        conf["heartbeat.interval.ms"] = _ms(w.classic_heartbeat_interval_s)
+    return conf
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

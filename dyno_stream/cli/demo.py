@@ -84,6 +84,13 @@ def settings_env(s: Settings) -> dict[str, str]:
         "DYNO_WORKER__HTTP_PORT": str(s.worker.http_port),
         "DYNO_WORKER__HTTP_HOST": s.worker.http_host,
         "DYNO_WORKER__LOG_LEVEL": s.worker.log_level,
+        "DYNO_WORKER__GROUP_PROTOCOL": s.worker.group_protocol,
+        "DYNO_WORKER__MAX_POLL_INTERVAL_S": str(s.worker.max_poll_interval_s),
+        **{
+            f"DYNO_WORKER__{name.upper()}": str(value)
+            for name in ("instance_id", "session_timeout_s", "heartbeat_interval_s")
+            if (value := getattr(s.worker, name)) is not None
+        },
     }
 
 

@@ -162,7 +162,7 @@ KILL_PARTITIONS = 4
 #: killed member's session timing out (6 s) before the group rebalances.
 CYCLE_S = 9.0
 #: A start-up kill comes at most this long after the worker was started: before the killed
-#: predecessor's session (6 s, FAST_GROUP) times out, so before the group can have handed
+#: predecessor's session (6 s, fast_group) times out, so before the group can have handed
 #: the new worker its partitions.
 START_UP_KILL_WITHIN_S = 4.0
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from typing import Any
 
+import pytest
 from helpers import REPO
 from pydantic import BaseModel
 
-from dyno_stream.config import Settings, consumer_config, load_settings
+from dyno_stream.config import CLASSIC_ONLY_PROPERTIES, Settings, consumer_config, load_settings
+from dyno_stream.core.errors import ConfigError
 
 
 def test_consumer_fetches_10_mb_per_partition_unless_kafka_extra_says_otherwise() -> None:
@@ -61,3 +64,114 @@ def test_shipped_config_file_lists_every_setting_with_its_default() -> None:
         unknown = in_file[section] - set(model.model_fields)
         assert not unknown, f"[{section}] in config/dyno-stream.toml has unknown {unknown}"
         assert model.model_validate(parsed[section]) == model(), f"[{section}] is not the default"
+
+
+# ---------------------------------------------------------------------------------------------
+# the consumer group: protocol, static membership, failover timing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_group_is_kip_848_and_passes_no_client_side_session_settings() -> None:
+    """librdkafka refuses to create a group.protocol=consumer consumer given
+    session.timeout.ms, heartbeat.interval.ms, partition.assignment.strategy or
+    group.protocol.type (the broker sets them): the default config must carry none."""
+    conf = consumer_config(load_settings())
+    assert conf["group.protocol"] == "consumer"
+    assert conf["max.poll.interval.ms"] == 300_000
+    assert not set(conf) & set(CLASSIC_ONLY_PROPERTIES)
+    assert "group.instance.id" not in conf  # dynamic membership unless asked for
+
+
+def test_classic_group_is_cooperative_sticky_with_fast_failover_defaults() -> None:
+    conf = consumer_config(load_settings(worker={"group_protocol": "classic"}))
+    assert conf["group.protocol"] == "classic"
+    assert conf["partition.assignment.strategy"] == "cooperative-sticky"
+    # failover within 15 s: the session, not librdkafka's 45 s
+    assert conf["session.timeout.ms"] == 10_000
+    assert conf["heartbeat.interval.ms"] == 2_000
+
+
+def test_classic_timing_and_instance_id_map_to_librdkafka_names() -> None:
+    s = load_settings(
+        worker={
+            "group_protocol": "classic",
+            "instance_id": "worker-7",
+            "session_timeout_s": 6.5,
+            "heartbeat_interval_s": 0.5,
+            "max_poll_interval_s": 30,
+        }
+    )
+    conf = consumer_config(s)
+    assert conf["group.instance.id"] == "worker-7"
+    assert conf["session.timeout.ms"] == 6_500
+    assert conf["heartbeat.interval.ms"] == 500
+    assert conf["max.poll.interval.ms"] == 30_000
+
+
+def test_a_short_classic_session_keeps_the_default_heartbeat_below_it() -> None:
+    conf = consumer_config(
+        load_settings(worker={"group_protocol": "classic", "session_timeout_s": 3})
+    )
+    assert conf["heartbeat.interval.ms"] == 1_000
+
+
+def test_instance_id_under_kip_848() -> None:
+    conf = consumer_config(load_settings(worker={"instance_id": "w1"}))
+    assert conf["group.instance.id"] == "w1"
+    assert conf["group.protocol"] == "consumer"
+
+
+def test_group_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNO_WORKER__GROUP_PROTOCOL", "classic")
+    monkeypatch.setenv("DYNO_WORKER__INSTANCE_ID", "host-a")
+    monkeypatch.setenv("DYNO_WORKER__SESSION_TIMEOUT_S", "8")
+    conf = consumer_config(load_settings())
+    assert (conf["group.protocol"], conf["group.instance.id"], conf["session.timeout.ms"]) == (
+        "classic",
+        "host-a",
+        8_000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        # the client cannot set these under KIP-848: say where they are set instead
+        ({"worker": {"session_timeout_s": 10}}, "group.consumer.session.timeout.ms"),
+        ({"worker": {"heartbeat_interval_s": 1}}, "group.consumer.heartbeat.interval.ms"),
+        (
+            {
+                "worker": {
+                    "group_protocol": "classic",
+                    "session_timeout_s": 6,
+                    "heartbeat_interval_s": 6,
+                }
+            },
+            "worker.heartbeat_interval_s (6.0) must be below worker.session_timeout_s (6.0)",
+        ),
+        (
+            {"worker": {"group_protocol": "classic", "max_poll_interval_s": 5}},
+            "worker.max_poll_interval_s (5.0) must be at least worker.session_timeout_s (10.0)",
+        ),
+        ({"worker": {"group_protocol": "eager"}}, "worker.group_protocol"),
+        ({"worker": {"instance_id": ""}}, "worker.instance_id"),
+        ({"worker": {"session_timeout_s": 0, "group_protocol": "classic"}}, "session_timeout_s"),
+        # the group's protocol and timing have one home, [worker], whatever the protocol
+        ({"kafka": {"extra": {"session.timeout.ms": 6000}}}, "kafka.extra sets session.timeout.ms"),
+        (
+            {
+                "worker": {"group_protocol": "classic"},
+                "kafka": {"extra": {"partition.assignment.strategy": "range"}},
+            },
+            "kafka.extra sets partition.assignment.strategy",
+        ),
+        ({"kafka": {"extra": {"group.protocol": "classic"}}}, "kafka.extra sets group.protocol"),
+        ({"kafka": {"extra": {"group.instance.id": "x"}}}, "kafka.extra sets group.instance.id"),
+    ],
+)
+def test_group_settings_that_cannot_work_are_config_errors(
+    overrides: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(**overrides)
+    assert named in str(err.value)

@@ -70,6 +70,14 @@ def render_server_properties(
         "offsets.topic.num.partitions": "4",
         "transaction.state.log.num.partitions": "4",
         "share.coordinator.state.topic.num.partitions": "4",
+        # Fast failover under KIP-848's protocol, where the broker, not the client, sets a
+        # member's session and heartbeat: a SIGKILLed worker's partitions move after 10 s
+        # (Kafka's default 45 s). The minimums let one group go lower on its own (the
+        # group config consumer.session.timeout.ms; tests use 6 s, the classic floor).
+        "group.consumer.session.timeout.ms": "10000",
+        "group.consumer.min.session.timeout.ms": "6000",
+        "group.consumer.heartbeat.interval.ms": "1000",
+        "group.consumer.min.heartbeat.interval.ms": "500",
         # The log cleaner (compacted topics) reserves 128 MB of heap by default: a quarter of
         # our small heap. 16 MB compacts test-sized topics just as well.
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
