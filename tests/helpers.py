@@ -370,7 +370,7 @@ def check_against_reference(
 # worker processes
 # ---------------------------------------------------------------------------------------------
 
-_ASSIGNED = re.compile(r"assigned (\S+)/(\d+) from offset")
+_ASSIGNED = re.compile(r"started (\S+)/(\d+) from offset")
 _RELEASED = re.compile(r"released (\S+)/(\d+) at offset")
 _RESTORED = re.compile(r"restored (\S+)/(\d+): (\d+) items from snapshots")
 
@@ -418,7 +418,7 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
     def partitions(self) -> set[int]:
-        """The partitions it holds now, from its 'assigned' and 'released' log lines."""
+        """The partitions it holds now, from its 'started' and 'released' log lines."""
         held: set[int] = set()
         for line in self.text().splitlines():
             if (m := _ASSIGNED.search(line)) and m.group(1) == self.ops_topic:
@@ -651,3 +651,10 @@ def assert_no_secret(where: str, text: str | bytes) -> None:
 def with_compaction(s: Settings, **kw: Any) -> Settings:
     """``s`` with these ``[compaction]`` settings (a worker's scheduled pass, a policy)."""
     return s.model_copy(update={"compaction": s.compaction.model_copy(update=kw)})
+
+
+def running_partitions(worker: Any) -> list[str]:
+    """The partitions a worker (``dyno_stream.stream.worker.Worker``) processes now, sorted:
+    held and past their restore (RUNNING on /healthz)."""
+    states = worker.health.partition_states
+    return sorted(label for label, state in states.items() if state == "RUNNING")

@@ -169,6 +169,13 @@ class StoreClosedError(StoreError):
     reason = "closed"
 
 
+class StoreLockedError(StoreError):
+    """Another process holds the store's LevelDB lock: on a shared disk, the partition's
+    previous owner has not closed it yet. The worker waits for it beside its loop."""
+
+    reason = "locked"
+
+
 class KafkaServiceError(DynoError):
     """Kafka did not do what was asked: it refused our login, did not acknowledge a publish,
     or did not answer an admin or metadata request in time."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import plyvel
 
 from dyno_stream.core import ops
-from dyno_stream.core.errors import DynoError, StoreClosedError, StoreError
+from dyno_stream.core.errors import DynoError, StoreClosedError, StoreError, StoreLockedError
 from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
@@ -44,8 +45,49 @@ from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
 
 _T = TypeVar("_T")
-InternalRows = Rows | Callable[[_T], Rows]
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
+
+
+class StoreTransaction:
+    """The writes of one :meth:`DynoStore.transaction`: ops and internal rows, committed
+    together when the ``with`` block ends."""
+
+    def __init__(self, batch: WriteBatch) -> None:
+        self.batch = batch
+        self.internal: dict[bytes, bytes | None] = {}
+
+    def apply(
+        self, events: Iterable[EventModel], on_error: ErrorHandler | None = None
+    ) -> list[str]:
+        """Apply ops and flatten commands in order; the names of the items that changed, in
+        first-touched order. See :meth:`DynoStore.apply` for ``on_error``."""
+        batch = self.batch
+        touched: dict[str, None] = {}
+        for i, event in enumerate(events):
+            try:
+                if isinstance(event, Flatten):
+                    changed = (
+                        batch.flatten(event.item, event.hash)
+                        if event.before is None
+                        else batch.flatten_before(event.item, event.before, event.hash)
+                    )
+                else:
+                    changed = batch.apply_op(event)
+            except DynoError as exc:
+                if on_error is None:
+                    raise
+                on_error(i, event, exc)
+                continue
+            if changed:
+                touched[event.item] = None
+        return list(touched)
+
+    def put_internal(self, rows: Rows) -> None:
+        """Internal rows (keys starting ``\\x00``; value None deletes) for the same write."""
+        for key in rows:
+            if not key.startswith(INTERNAL):
+                raise StoreError(f"internal row {key!r} is not internal (must start \\x00)")
+        self.internal.update(rows)
 
 
 class DynoStore:
@@ -82,6 +124,14 @@ class DynoStore:
             self.path.mkdir(parents=True, exist_ok=True)
             self._db: Any = plyvel.DB(str(self.path), **kwargs)
         except (OSError, plyvel.Error) as exc:
+            # plyvel has no error type of its own for a held lock; LevelDB's message is
+            # "IO error: lock <path>/LOCK: already held by process" (or "Resource temporarily
+            # unavailable" from another process): its one stable word is "lock".
+            if isinstance(exc, plyvel.IOError) and "lock" in str(exc).lower():
+                raise StoreLockedError(
+                    f"cannot open store at {self.path}: another process holds its lock "
+                    f"(a worker running on it?): {exc}"
+                ) from exc
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
             with writing(self.path):  # a full disk at open says so, naming the store
@@ -134,49 +184,30 @@ class DynoStore:
     def apply(
         self,
         events: Iterable[EventModel],
-        internal_rows: InternalRows[list[str]] | None = None,
+        internal_rows: Rows | None = None,
         on_error: ErrorHandler | None = None,
     ) -> list[str]:
         """Apply validated op models (and flatten commands), in order, in one write batch.
 
-        Returns the names of the items that changed, in first-touched order. ``internal_rows`` holds
-        internal rows (keys starting ``\\x00``; value None deletes) written in the same batch,
-        which is how the worker keeps its consumed offsets exactly in step with the data. It
-        may be a function of the touched names, called once every op has run (so rows that
-        depend on the outcome, such as pending snapshots, land in the same batch).
+        Returns the names of the items that changed, in first-touched order. ``internal_rows``
+        holds internal rows (keys starting ``\\x00``; value None deletes) written in the same
+        batch. Rows that depend on the outcome (the worker's pending snapshots) are written
+        with :meth:`transaction` instead.
 
         Without ``on_error`` the first bad op (late, conflicting, unknown flatten hash) raises
         and nothing is written. With it, each bad op is reported as ``on_error(index, event,
         error)``, skipped, and the rest is written.
         """
+        with self.transaction() as tx:
+            touched = tx.apply(events, on_error)
+            if internal_rows:
+                tx.put_internal(internal_rows)
+        return touched
 
-        def run(batch: WriteBatch) -> list[str]:
-            touched: dict[str, None] = {}
-            for i, event in enumerate(events):
-                try:
-                    if isinstance(event, Flatten):
-                        changed = (
-                            batch.flatten(event.item, event.hash)
-                            if event.before is None
-                            else batch.flatten_before(event.item, event.before, event.hash)
-                        )
-                    else:
-                        changed = batch.apply_op(event)
-                except DynoError as exc:
-                    if on_error is None:
-                        raise
-                    on_error(i, event, exc)
-                    continue
-                if changed:
-                    touched[event.item] = None
-            return list(touched)
-
-        return self._write(run, internal_rows)
-
-    def _write(
-        self, run: Callable[[WriteBatch], _T], internal_rows: InternalRows[_T] | None = None
-    ) -> _T:
-        """Run ``run`` on a new batch and commit it, keeping the state cache truthful.
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTransaction]:
+        """One atomic write: ops applied and internal rows put inside the ``with`` block land
+        together when it ends, or not at all when it raises.
 
         The batch changes cached states in place (that is what makes a batch cheap), so when
         anything fails before the write lands, those states are put right again
@@ -185,21 +216,24 @@ class DynoStore:
         with self._lock:
             db = self._open_db()
             states = self._states
-            batch = WriteBatch(db, states.cache, self.max_attrs)
+            tx = StoreTransaction(WriteBatch(db, states.cache, self.max_attrs))
             try:
-                result = run(batch)
-                rows = internal_rows(result) if callable(internal_rows) else (internal_rows or {})
-                for key in rows:
-                    if not key.startswith(INTERNAL):
-                        raise StoreError(f"internal row {key!r} is not internal (must start \\x00)")
-                journal = states.journal_rows(batch.states)
+                yield tx
+                journal = states.journal_rows(tx.batch.states)
                 with writing(self.path):
-                    batch.commit(db, rows, self.sync, journal)
+                    tx.batch.commit(db, tx.internal, self.sync, journal)
             except BaseException:
-                states.forget(db, batch.states)
+                states.forget(db, tx.batch.states)
                 raise
-            states.committed(db, batch.states, journal)
-            return result
+            states.committed(db, tx.batch.states, journal)
+
+    def _write(self, run: Callable[[WriteBatch], _T], internal_rows: Rows | None = None) -> _T:
+        """Run ``run`` on a new batch and commit it with ``internal_rows`` (one transaction)."""
+        with self.transaction() as tx:
+            result = run(tx.batch)
+            if internal_rows:
+                tx.put_internal(internal_rows)
+        return result
 
     def _one(self, op: str, name: str, change: Any, ts: str | None) -> str:
         flake = self._flakes() if ts is None else ts

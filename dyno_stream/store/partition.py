@@ -18,10 +18,11 @@ space, the bookkeeping that must move in step with them:
   placed by ``hash(key) % partitions``, so a store is only right for that count
   (``check_partitions``).
 
-The commit order of one batch (see ``Worker._process``)::
+The commit order of one batch (see ``stream.processing`` and ``stream.delivery``)::
 
     1. validate the raw events                   (nothing written yet)
-    2. store.apply: ops + offset + pending rows  (one atomic LevelDB batch per partition)
+    2. one transaction: ops + offset + pending   (one atomic LevelDB batch per partition,
+       rows + deletion of acknowledged ones       ``PartitionStore.transaction``)
     3. produce snapshots and dead letters        (not waiting: the next batch starts now)
     4. once every message of the batch is acknowledged (in batch order):
        a. its pending rows are deleted           (with the partition's next write batch)
@@ -39,15 +40,17 @@ shutdown or an idle moment waits for all of them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dyno_stream.core import ops
 from dyno_stream.core.deadletter import DeadLetter
 from dyno_stream.core.errors import PartitionCountError, StoreError
-from dyno_stream.core.events import Snapshot
+from dyno_stream.core.events import EventModel, Snapshot
 from dyno_stream.core.keys import META_PREFIX
-from dyno_stream.store.dynostore import DynoStore
+from dyno_stream.store.dynostore import DynoStore, ErrorHandler, StoreTransaction
 from dyno_stream.store.items import Item
 
 OFFSET_KEY = META_PREFIX + b"offset"
@@ -84,8 +87,6 @@ class PartitionStore:
     next_offset: int | None = None
     #: Kafka timestamp (ms) of the newest message consumed; None before the first batch
     consumed_ms: int | None = None
-    #: pending rows whose messages are acknowledged: deleted with the next write batch
-    to_clear: list[bytes] = field(default_factory=list)
     #: after a restore: ops at or below these offsets are already in the item's snapshot
     restored: dict[str, int] = field(default_factory=dict)
 
@@ -167,42 +168,73 @@ class PartitionStore:
     def pending_dead_letters(self) -> list[tuple[bytes, DeadLetter]]:
         return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
 
-    def batch_rows(
-        self,
-        next_offset: int,
-        touched: dict[str, int],
-        dead: list[DeadLetter],
-        consumed_ms: int | None = None,
-    ) -> tuple[dict[bytes, bytes | None], list[bytes]]:
-        """Internal rows for step 2, and the keys of the pending rows among them.
+    @contextmanager
+    def transaction(self) -> Iterator[PartitionTransaction]:
+        """One batch's write (step 2 of the commit order): its ops, the offset and what is
+        pending publication, atomically. The store's offset moves only once it has landed."""
+        with self.store.transaction() as stx:
+            tx = PartitionTransaction(stx)
+            yield tx
+        if tx.next_offset is not None:
+            self.next_offset = tx.next_offset
+        if tx.consumed_ms is not None:
+            self.consumed_ms = tx.consumed_ms
+        if self.restored and (self.next_offset or 0) > max(self.restored.values()):
+            self.restore_done()
 
-        The rows: the new offset (and the newest consumed message's timestamp, when Kafka
-        gave one), what is pending publication, and the deletion of pending rows whose
-        messages have been acknowledged since the last batch (step 4a of the commit order).
-        """
-        rows: dict[bytes, bytes | None] = dict.fromkeys(self.to_clear)
-        self.to_clear = []
-        rows[OFFSET_KEY] = str(next_offset).encode()
-        if consumed_ms is not None:
-            rows[CONSUMED_TIME_KEY] = str(consumed_ms).encode()
-        pending = []
-        if touched:
-            key = PENDING_SNAPSHOTS_PREFIX + f"\x00{next_offset:020d}".encode()
-            rows[key] = ops.dumps_internal(list(touched.items()))
-            pending.append(key)
-        for d in dead:
-            key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()
-            rows[key] = d.encode()
-            pending.append(key)
-        return rows, pending
-
-    def clear_pending(self, keys: list[bytes] | None = None) -> None:
-        """Delete pending rows on a write of their own (step 4a of the commit order above): for
-        ``keys``, or the acknowledged rows not yet deleted."""
-        if keys is None:
-            keys, self.to_clear = self.to_clear, []
+    def clear_pending(self, keys: list[bytes]) -> None:
+        """Delete acknowledged pending rows on a write of their own (step 4a of the commit
+        order above), when no batch of the partition is coming to carry them."""
         if keys:
             self.store.apply([], internal_rows=dict.fromkeys(keys))
 
     def close(self) -> None:
         self.store.close()
+
+
+class PartitionTransaction:
+    """The writes of one batch of one partition (``PartitionStore.transaction``)."""
+
+    def __init__(self, tx: StoreTransaction) -> None:
+        self._tx = tx
+        self.next_offset: int | None = None
+        self.consumed_ms: int | None = None
+
+    def apply(
+        self, events: Iterable[EventModel], on_error: ErrorHandler | None = None
+    ) -> list[str]:
+        """Apply the batch's ops; the names of the items that changed (``DynoStore.apply``)."""
+        return self._tx.apply(events, on_error)
+
+    def track(
+        self,
+        next_offset: int,
+        *,
+        snapshots: dict[str, int],
+        dead: list[DeadLetter],
+        acknowledged: Iterable[bytes] = (),
+        consumed_ms: int | None = None,
+    ) -> list[bytes]:
+        """Record the batch's bookkeeping in the same write; the keys of its pending rows.
+
+        ``next_offset`` is the next offset to consume; ``snapshots`` the items to publish,
+        each with the offset of its last op; ``dead`` the batch's dead letters; and
+        ``acknowledged`` the pending rows of earlier batches that Kafka has taken since
+        (deleted now: step 4a). ``consumed_ms`` is the newest message's Kafka timestamp.
+        """
+        rows: dict[bytes, bytes | None] = dict.fromkeys(acknowledged)
+        rows[OFFSET_KEY] = str(next_offset).encode()
+        if consumed_ms is not None:
+            rows[CONSUMED_TIME_KEY] = str(consumed_ms).encode()
+        pending = []
+        if snapshots:
+            key = PENDING_SNAPSHOTS_PREFIX + f"\x00{next_offset:020d}".encode()
+            rows[key] = ops.dumps_internal(list(snapshots.items()))
+            pending.append(key)
+        for d in dead:
+            key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()
+            rows[key] = d.encode()
+            pending.append(key)
+        self._tx.put_internal(rows)
+        self.next_offset, self.consumed_ms = next_offset, consumed_ms
+        return pending

@@ -34,6 +34,8 @@ class Health:
     state: str = "starting"
     last_loop: float = field(default_factory=time.monotonic)
     partitions: list[str] = field(default_factory=list)
+    #: each held partition's state: RESTORING, RUNNING or PAUSED (``stream.assignment``)
+    partition_states: dict[str, str] = field(default_factory=dict)
     stall_after_s: float = 60.0
     #: why the worker refuses to go on (e.g. the ops topic's partition count changed)
     reason: str | None = None
@@ -47,6 +49,7 @@ class Health:
         return ok, {
             "status": "ok" if ok else self.state if self.state != "running" else "stalled",
             "partitions": self.partitions,
+            "partition_states": self.partition_states,
             "seconds_since_loop": round(age, 3),
             **({"reason": self.reason} if self.reason is not None else {}),
         }

@@ -80,6 +80,26 @@ class WorkerMetrics:
         self.restored_items = Counter(
             "dyno_restored_items", "Items restored from the snapshot topic", registry=r
         )
+        self.restoring_partitions = Gauge(
+            "dyno_restoring_partitions",
+            "Partitions being restored from the snapshot topic now",
+            registry=r,
+        )
+        self.restore_seconds = Histogram(
+            "dyno_restore_seconds",
+            "Time from a partition's assignment to its restored store",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "dyno_rebalances", "Rebalance callbacks, by kind", ["kind"], registry=r
+        )
+        self.partitions_moved = Counter(
+            "dyno_partitions_moved",
+            "Partitions assigned to, revoked from or lost by this worker",
+            ["change"],
+            registry=r,
+        )
         self.ops_partitions = Gauge(
             "dyno_ops_partitions", "Partitions the ops topic has now", registry=r
         )

@@ -75,7 +75,7 @@ def high_watermark(s: Settings, topic: str, partition: int = 0) -> int:
 def wait_item(worker: Any, name: str, changes: int) -> dict[str, Any]:
     deadline = time.monotonic() + WAIT_S
     while True:
-        item = worker.worker.read_item(name)
+        item = worker.worker.reads.item(name)
         if item is not None and item["changes"] == changes:
             return item
         if time.monotonic() > deadline:

@@ -504,7 +504,7 @@ def test_late_op_after_a_pass_goes_to_the_dead_letter_topic(
     wait_caught_up(s, [worker])
     compact_online(s, pass_policy(s), quiet())
     wait_caught_up(s, [worker])
-    item = worker.worker.read_item("L")
+    item = worker.worker.reads.item("L")
     assert item is not None and item["count"] == 3, item
 
     base_ms = int(last_old["L"][:12], 16)
@@ -535,7 +535,7 @@ def test_late_op_after_a_pass_goes_to_the_dead_letter_topic(
     assert int(h[H_OFFSET]) == offsets[0]
     assert dead[0].value() == late_value and dead[0].key() == b"L"
 
-    got_l = worker.worker.read_item("L")
+    got_l = worker.worker.reads.item("L")
     assert got_l is not None
     assert (got_l["value"], got_l["hash"], got_l["changes"], got_l["count"]) == (
         ref.items["L"].value,
@@ -545,7 +545,7 @@ def test_late_op_after_a_pass_goes_to_the_dead_letter_topic(
     )
     m = ref.items["M"]
     want_m = {**m.value, "between": 1, "recent": 1}
-    got_m = worker.worker.read_item("M")
+    got_m = worker.worker.reads.item("M")
     assert got_m is not None
     assert (got_m["value"], got_m["changes"], got_m["count"]) == (want_m, 12, 5), got_m
     worker.stop()
@@ -636,7 +636,7 @@ def cli_items(
 def counts(worker: Any, names: list[str]) -> dict[str, int]:
     out = {}
     for n in names:
-        item = worker.worker.read_item(n)
+        item = worker.worker.reads.item(n)
         assert item is not None, n
         out[n] = item["count"]
     return out
@@ -789,10 +789,10 @@ def test_scheduled_compaction_max_items_takes_the_longest_histories_first(
     loader = start_worker(with_compaction(s, interval_s=0.0))
     wait_until(
         lambda: all(
-            (loader.worker.read_item(n) or {}).get("changes") == k for n, k in lengths.items()
+            (loader.worker.reads.item(n) or {}).get("changes") == k for n, k in lengths.items()
         ),
         WAIT_S,
-        lambda: f"not every op applied: {[loader.worker.read_item(n) for n in lengths]}",
+        lambda: f"not every op applied: {[loader.worker.reads.item(n) for n in lengths]}",
     )
     loader.stop()
     snapshots_before = watermarks(s, s.topics.snapshots)

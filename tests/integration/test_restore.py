@@ -34,6 +34,7 @@ from helpers import (
     last_snapshots_by_offset,
     only_items,
     random_op,
+    running_partitions,
     store_items,
     wait_caught_up,
     wait_until,
@@ -197,7 +198,7 @@ def test_three_worker_processes_one_killed_and_wiped_others_restore(
 def _wait_assigned(rw: Any, settings: Settings, partitions: int, timeout: float = 60) -> None:
     want = sorted(f"{settings.topics.ops}/{p}" for p in range(partitions))
     wait_until(
-        lambda: sorted(rw.worker.health.partitions) == want or not rw.thread.is_alive(),
+        lambda: running_partitions(rw.worker) == want or not rw.thread.is_alive(),
         timeout,
         lambda: f"worker holds {rw.worker.health.partitions}, want {want}",
     )
@@ -236,7 +237,7 @@ def test_fresh_worker_restores_the_same_items_and_applies_new_ops_on_top(
         # the fresh worker restores both partitions before it reports them assigned
         w2 = start_worker(s2)
         _wait_assigned(w2, s2, 2)
-        restored = {n: w2.worker.read_item(n) for n in first}
+        restored = {n: w2.worker.reads.item(n) for n in first}
         differ = [
             (n, first[n], r)
             for n, r in restored.items()
@@ -323,7 +324,7 @@ def test_store_behind_the_ops_topic_retention_is_set_aside_and_restored(
         stale = [p for p in store_dir.iterdir() if p.name.startswith("0000.stale-")]
         assert len(stale) == 1, f"the behind store was not set aside: {list(store_dir.iterdir())}"
         for name, changes in ref_before.changes.items():
-            r = w1b.worker.read_item(name)
+            r = w1b.worker.reads.item(name)
             assert r is not None and (r["value"], r["changes"], r["count"]) == (
                 ref_before.value(name),
                 changes,
@@ -392,7 +393,7 @@ def test_restore_reads_past_a_message_that_is_not_a_snapshot(
     w2 = start_worker(s2)
     _wait_assigned(w2, s2, 1, timeout=30)
     replay = produced.replay(tmp_path / "reference")
-    restored = {n: w2.worker.read_item(n) for n in ref.changes}
+    restored = {n: w2.worker.reads.item(n) for n in ref.changes}
     check_against_reference(
         {n: r for n, r in restored.items() if r is not None}, ref, replay, "the fresh worker"
     )

@@ -271,7 +271,7 @@ def test_tls_and_scram_sha_256_with_a_verified_broker_certificate(
     assert delivery.topic == s.topics.ops
 
     def applied() -> bool:
-        item = worker.worker.read_item("counter")
+        item = worker.worker.reads.item("counter")
         return item is not None and item["value"] == {"n": 5}
 
     wait_for("the worker applied the op over TLS", applied)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
-from helpers import REPO
+from helpers import REPO, running_partitions
 
 from dyno_stream.config import Settings
 from dyno_stream.kafka.client import DynoClient
@@ -164,7 +164,7 @@ def running(
     w = start_worker(s)
     want = sorted(f"{s.topics.ops}/{p}" for p in range(2))
     wait_until(
-        lambda: sorted(w.worker.health.partitions) == want or not w.thread.is_alive(),
+        lambda: running_partitions(w.worker) == want or not w.thread.is_alive(),
         lambda: f"worker holds {w.worker.health.partitions}",
         60,
     )

@@ -688,8 +688,12 @@ def test_pending_snapshots_of_a_crashed_run_are_published(
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:
         assert ps.next_offset is None
-        ps.store.apply(events[:2], internal_rows=ps.batch_rows(2, {"crashed": 1}, [])[0])
-        ps.store.apply(events[2:], internal_rows=ps.batch_rows(4, {"crashed": 2}, [letter])[0])
+        with ps.transaction() as tx:
+            tx.apply(events[:2])
+            tx.track(2, snapshots={"crashed": 1}, dead=[])
+        with ps.transaction() as tx:
+            tx.apply(events[2:])
+            tx.track(4, snapshots={"crashed": 2}, dead=[letter])
         pending, keys = ps.pending_snapshots()
         assert pending == {"crashed": 2} and len(keys) == 2
         assert len(ps.pending_dead_letters()) == 1
@@ -762,9 +766,12 @@ def test_a_republished_snapshot_names_the_offset_its_value_is_current_to(
         assert [client.send(e).result(30).offset for e in events] == [0, 1]
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:
-        ps.store.apply(events[:1], internal_rows=ps.batch_rows(1, {"x": 0}, [])[0])
-        rows, acknowledged = ps.batch_rows(2, {"x": 1}, [])
-        ps.store.apply(events[1:], internal_rows=rows)
+        with ps.transaction() as tx:
+            tx.apply(events[:1])
+            tx.track(1, snapshots={"x": 0}, dead=[])
+        with ps.transaction() as tx:
+            tx.apply(events[1:])
+            acknowledged = tx.track(2, snapshots={"x": 1}, dead=[])
         ps.clear_pending(acknowledged)
         assert ps.pending_snapshots()[0] == {"x": 0}  # only batch 1 is left pending
     finally:
@@ -784,9 +791,10 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
     tail: Callable[[Settings, str], Tail],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The republish of a crashed run's pending snapshot fails inside the assignment (the
-    snapshot topic is missing), and the same poll brings the ops after the store's offset.
-    Those ops must be applied, not dropped: the consumer has moved past them."""
+    """The republish of a crashed run's pending snapshot fails when its partition starts (the
+    snapshot topic is missing). The worker pauses its partitions and goes on polling; once
+    Kafka takes the snapshot, it resumes from the store's offset and applies every op, none
+    dropped (the consumer had fetched past them while paused)."""
     s = make_settings(create_missing=False, publish_timeout_s=1.0, batch_timeout_s=5.0)
     admin = AdminClient(s.kafka.librdkafka())
     specs = {spec.topic: spec for spec in topic_specs(s)}
@@ -799,7 +807,9 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
             client.send(e).result(30)
     ps = PartitionStore.open(s.worker.data_dir, s.topics.ops, 0, False)
     try:  # a crashed run applied the first op, and its snapshot is still pending
-        ps.store.apply(events[:1], internal_rows=ps.batch_rows(1, {"x": 0}, [])[0])
+        with ps.transaction() as tx:
+            tx.apply(events[:1])
+            tx.track(1, snapshots={"x": 0}, dead=[])
     finally:
         ps.close()
 
@@ -808,24 +818,23 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        # the assignment's republish times out after 1 s (no snapshot topic), and the worker
-        # says it will publish again ...
+        # the republish times out after 1 s (no snapshot topic): the worker pauses ...
         def republish_failed() -> bool:
-            return any("publishing again" in r.getMessage() for r in caplog.records)
+            return any("pausing every partition" in r.getMessage() for r in caplog.records)
 
         wait_until(republish_failed, WAIT_S, lambda: f"no failed republish: {caplog.text}")
         failure = next(
-            r.getMessage() for r in caplog.records if "publishing again" in r.getMessage()
+            r.getMessage() for r in caplog.records if "pausing every partition" in r.getMessage()
         )
         # the crashed run's one pending snapshot, not a later batch's
         assert failure.startswith("1 messages unacknowledged after 1s"), failure
-        assert thread.is_alive()
-        # ... while the ops that poll brought are applied all the same (the topic still missing)
         wait_until(
-            lambda: (worker.read_item("x") or {}).get("changes") == len(events),
+            lambda: set(worker.health.partition_states.values()) == {"PAUSED"},
             WAIT_S,
-            lambda: f"x in the store: {worker.read_item('x')}",
+            lambda: f"partition states {worker.health.partition_states}",
         )
+        assert thread.is_alive()
+        assert worker.reads.item("x")["changes"] == 1  # type: ignore[index]  # nothing applied
         assert s.topics.snapshots not in admin.list_topics(timeout=30).topics
         for future in admin.create_topics([specs[s.topics.snapshots]]).values():
             future.result(30)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from helpers import running_partitions
 
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
@@ -98,9 +99,9 @@ def test_100k_ops_two_workers_one_stopped_midway(
     wb = start_worker(s_b)
     deadline = time.monotonic() + 60
     while not (
-        wa.worker.health.partitions
-        and wb.worker.health.partitions
-        and len(wa.worker.health.partitions) + len(wb.worker.health.partitions) == PARTITIONS
+        running_partitions(wa.worker)
+        and running_partitions(wb.worker)
+        and len(running_partitions(wa.worker)) + len(running_partitions(wb.worker)) == PARTITIONS
     ):
         if time.monotonic() > deadline:
             pytest.fail(
@@ -207,7 +208,7 @@ def test_100k_ops_two_workers_one_stopped_midway(
         consumer.close()
 
     assert wb.thread.is_alive(), f"worker B died: {wb.error!r}"
-    assert sorted(wb.worker.health.partitions) == sorted(
+    assert running_partitions(wb.worker) == sorted(
         f"{s_a.topics.ops}/{p}" for p in range(PARTITIONS)
     )
 

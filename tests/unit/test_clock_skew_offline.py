@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
+from fakes import FakeProducer
 from helpers import YEAR_S, flake_at, op_bytes, skew_samples
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
@@ -20,8 +21,9 @@ from dyno_stream.core.deadletter import DeadLetter
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
 from dyno_stream.kafka.clock import describe_ms
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram
-from dyno_stream.stream.worker import Worker
+from dyno_stream.stream.delivery import Delivery
+from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
+from dyno_stream.stream.processing import BatchProcessor
 
 
 def test_the_skew_histogram_counts_as_prometheus_clients_own_would() -> None:
@@ -58,7 +60,8 @@ def test_a_message_without_a_timestamp_is_not_checked(tmp_path: Path) -> None:
     """``TIMESTAMP_NOT_AVAILABLE`` (pre-0.10 message formats): nothing to compare with."""
     from dyno_stream.config import load_settings
 
-    worker = Worker(load_settings(), handle_signals=False)
+    settings, metrics = load_settings(), WorkerMetrics()
+    processor = BatchProcessor(settings, Delivery(settings, FakeProducer(), metrics), metrics)
     ps = PartitionStore.open(tmp_path, "t", 0, sync=False)
     try:
         far = flake_at(time.time() + YEAR_S)
@@ -70,13 +73,13 @@ def test_a_message_without_a_timestamp_is_not_checked(tmp_path: Path) -> None:
                 topic="t", partition=0, offset=offset, key=b"n", value=value, timestamp=timestamp
             )
 
-        pb = worker._validated(
+        pb = processor._validated(
             ps, [msg(0, (TIMESTAMP_NOT_AVAILABLE, -1)), msg(1, (TIMESTAMP_CREATE_TIME, now_ms))]
         )
         assert pb.offsets == [0]
         [letter] = pb.dead
         assert (letter.offset, letter.reason) == (1, "clock-skew")
-        assert skew_samples(worker.metrics)["count"] == 1  # only the message with a time
+        assert skew_samples(metrics)["count"] == 1  # only the message with a time
     finally:
         ps.close()
 

@@ -1,0 +1,213 @@
+"""The restorer: readies a newly assigned partition beside the worker's loop.
+
+A partition assigned to this worker is paused and handed to the restorer, which, on a
+thread of its own:
+
+1. opens the partition's store, waiting while another worker on a shared disk still holds
+   its lock (``StoreLockedError``; the previous owner closes it once its revoke is done);
+2. checks it against the ops topic's partition count (``PartitionStore.check_partitions``);
+3. restores it when it is missing or behind what the ops topic still keeps: each item's
+   newest snapshot, read from the snapshot topic's partition of the same number, becomes
+   its history row, and the ops after it are replayed by the loop as usual.
+
+The loop keeps polling and processing the other partitions meanwhile, and starts the
+partition from its store's offset once its job is done (``stream.assignment``). A revoke
+cancels the job: the snapshot read stops within a fraction of a second, and the restore's
+items and offset are written in one batch or not at all, so nothing half-written is left
+for the next owner to trust (a store without an offset is restored again).
+
+Kafka Streams' ``StoreChangelogReader`` and quixstreams' ``state/recovery.py`` do the same
+with the same states (restoring, then running).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from dyno_stream.config import Settings
+from dyno_stream.core.errors import StoreLockedError
+from dyno_stream.core.events import Snapshot
+from dyno_stream.store.partition import PartitionStore
+from dyno_stream.stream.metrics import WorkerMetrics
+
+log = logging.getLogger("dyno_stream.stream.restorer")
+
+#: How often a job tries a store that another worker still holds locked.
+LOCK_RETRY_S = 0.5
+#: Restores that run at once; more only share the same two cores and disk.
+MAX_PARALLEL = 2
+
+#: (partition, cancelled, on_progress) -> each item's newest snapshot from that ops
+#: partition, or None when cancelled (``kafka.reading.read_restore_snapshots``)
+SnapshotSource = Callable[
+    [int, Callable[[], bool], Callable[[int], None]], dict[str, Snapshot] | None
+]
+#: (topic, partition) -> the ops partition's low watermark: the oldest op Kafka still keeps
+LowWatermark = Callable[[str, int], int]
+
+
+@dataclass(eq=False)
+class RestoreJob:
+    """One partition being readied; ``future`` gives its open store (None if cancelled)."""
+
+    topic: str
+    partition: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+    #: snapshot messages read so far (for /healthz and the logs)
+    read: int = 0
+    #: "opening", "waiting for the lock", "reading snapshots", "writing"
+    step: str = "opening"
+    future: Future[PartitionStore | None] = field(default_factory=Future)
+
+    @property
+    def label(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+
+class Restorer:
+    """Runs restore jobs on a small thread pool of its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: WorkerMetrics,
+        snapshots: SnapshotSource,
+        low_watermark: LowWatermark,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._snapshots = snapshots
+        self._low_watermark = low_watermark
+        self._pool = ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="dyno-restore")
+
+    def start(self, topic: str, partition: int, ops_partitions: int | None) -> RestoreJob:
+        """Ready the partition's store beside the loop (see the module's docstring)."""
+        job = RestoreJob(topic, partition)
+        self._pool.submit(self._run, job, ops_partitions)
+        return job
+
+    def cancel(self, job: RestoreJob, timeout: float = 30.0) -> None:
+        """Stop the job and close its store if it opened one. Waits for it: the store's
+        LevelDB lock must be free for the next owner when the revoke returns."""
+        job.cancelled.set()
+        try:
+            ps = job.future.result(timeout)
+        except TimeoutError:
+            log.error("restore of %s did not stop within %.0fs", job.label, timeout)
+            return
+        except BaseException:  # its failure no longer matters: the partition is gone
+            return
+        if ps is not None:
+            ps.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, job: RestoreJob, ops_partitions: int | None) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(self._ready(job, ops_partitions))
+        except BaseException as exc:
+            job.future.set_exception(exc)
+
+    def _ready(self, job: RestoreJob, ops_partitions: int | None) -> PartitionStore | None:
+        ps = self._open(job)
+        if ps is None:
+            return None
+        try:
+            if ops_partitions is not None:
+                ps.check_partitions(ops_partitions)
+            ps = self._restore_if_needed(job, ps)
+        except BaseException:
+            if ps is not None:
+                ps.close()  # release its LevelDB lock for the next owner
+            raise
+        if ps is not None and job.cancelled.is_set():
+            ps.close()
+            return None
+        return ps
+
+    def _open(self, job: RestoreJob) -> PartitionStore | None:
+        """The partition's store, once no other process holds its lock; None if cancelled."""
+        said = False
+        while not job.cancelled.is_set():
+            try:
+                return PartitionStore.open(
+                    self.settings.worker.data_dir,
+                    job.topic,
+                    job.partition,
+                    self.settings.worker.sync_writes,
+                    self.settings.worker.max_attrs,
+                )
+            except StoreLockedError:
+                if not said:
+                    said = True
+                    job.step = "waiting for the lock"
+                    log.info("store of %s is still locked by its last owner; waiting", job.label)
+                job.cancelled.wait(LOCK_RETRY_S)
+        return None
+
+    def _restore_if_needed(self, job: RestoreJob, ps: PartitionStore) -> PartitionStore | None:
+        """Restore a store that is missing, or behind what the ops topic keeps.
+
+        First from the snapshot topic (each item's newest snapshot becomes its history row),
+        then the ops after each snapshot's source offset are replayed as usual. With no
+        snapshot of this partition, the ops are replayed from the beginning.
+        """
+        low = self._low_watermark(ps.topic, ps.partition)
+        if ps.next_offset is not None and ps.next_offset >= low:
+            return ps  # current: the ops from its offset on are all still in Kafka
+        if ps.next_offset is not None:
+            stale = ps.store.path.with_name(f"{ps.store.path.name}.stale-{int(time.time())}")
+            log.warning(
+                "store of %s is at offset %s but the ops topic starts at %s: moving "
+                "it to %s and restoring",
+                ps.label,
+                ps.next_offset,
+                low,
+                stale,
+            )
+            ps.close()
+            ps.store.path.rename(stale)
+            reopened = self._open(job)
+            if reopened is None:
+                return None
+            ps = reopened
+        job.step = "reading snapshots"
+        self.metrics.restoring_partitions.inc()
+        try:
+            snapshots = self._snapshots(
+                ps.partition, job.cancelled.is_set, lambda n: setattr(job, "read", n)
+            )
+            if snapshots is None:  # cancelled
+                ps.close()
+                return None
+            if not snapshots:
+                log.info(
+                    "restoring %s: no snapshots, replaying the ops from the beginning", ps.label
+                )
+                return ps
+            job.step = "writing"
+            n = ps.restore_from(list(snapshots.values()), low)
+        finally:
+            self.metrics.restoring_partitions.dec()
+        seconds = time.monotonic() - job.started
+        self.metrics.restored_items.inc(n)
+        self.metrics.restore_seconds.observe(seconds)
+        log.info(
+            "restored %s: %d items from snapshots in %.2fs (%.0f items/s); replaying ops "
+            "from offset %s",
+            ps.label,
+            n,
+            seconds,
+            n / seconds if seconds else 0.0,
+            ps.next_offset,
+        )
+        return ps
