@@ -91,6 +91,11 @@ class Worker:
         self.http: HttpEndpoint | None = None
         self._outage: _Outage | None = None
         self._refusal: PartitionCountError | None = None
+        self._assignment: Assignment | None = None
+        #: the HTTP endpoint's reads, over whatever stores are open (none before ``run``)
+        self.reads = StoreReads(
+            lambda: {} if self._assignment is None else self._assignment.stores()
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class Worker:
         self.scheduler = Scheduler(
             s, self._consumer, self._admin, self.assignment, self.delivery, self.metrics
         )
-        self.reads = StoreReads(self.assignment.stores)
+        self._assignment = self.assignment
         if s.worker.http_port:
             self.http = HttpEndpoint(
                 s.worker.http_host,

@@ -1,0 +1,238 @@
+"""The worker's parts (``dyno_stream.stream``) with fake Kafka clients (``tests/fakes.py``)
+and real LevelDB: the commit order, republishing, and partitions restored beside the loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message, TopicPartition
+from fakes import FakeConsumer, FakeProducer
+from helpers import op_bytes, wait_until
+
+from dyno_stream.config import Settings, load_settings
+from dyno_stream.core.errors import PublishError
+from dyno_stream.core.events import Snapshot
+from dyno_stream.core.flake import new_flake
+from dyno_stream.store.partition import PartitionStore
+from dyno_stream.stream.assignment import Assignment
+from dyno_stream.stream.delivery import Delivery
+from dyno_stream.stream.http import Health
+from dyno_stream.stream.metrics import WorkerMetrics
+from dyno_stream.stream.processing import BatchProcessor
+from dyno_stream.stream.restorer import Restorer
+
+TOPIC = "ops"
+Snapshots = Callable[[int, Callable[[], bool], Callable[[int], None]], dict[str, Snapshot] | None]
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        topics={"ops": TOPIC, "snapshots": "snaps", "dead_letter": "dead"},
+        worker={"data_dir": str(tmp_path), "commit_interval_s": 0, "publish_timeout_s": 0.5},
+    )
+
+
+def _msg(offset: int, item: str = "x", partition: int = 0) -> Message:
+    value = op_bytes(item, "incAttrBy", new_flake(), {"field": "n", "by": 1})
+    return Message(
+        topic=TOPIC,
+        partition=partition,
+        offset=offset,
+        key=item.encode(),
+        value=value,
+        timestamp=(TIMESTAMP_LOG_APPEND_TIME, int(time.time() * 1000)),
+    )
+
+
+class Parts:
+    """The parts of one worker, wired as ``Worker._connect`` wires them."""
+
+    def __init__(self, settings: Settings, snapshots: Snapshots | None = None) -> None:
+        self.consumer, self.producer = FakeConsumer(), FakeProducer()
+        self.metrics, self.health = WorkerMetrics(), Health()
+        self.delivery = Delivery(settings, self.producer, self.metrics)
+        self.restorer = Restorer(
+            settings, self.metrics, snapshots or (lambda p, c, on: {}), lambda t, p: 0
+        )
+        self.assignment = Assignment(
+            self.consumer, self.restorer, self.delivery, self.metrics, self.health
+        )
+        self.processor = BatchProcessor(settings, self.delivery, self.metrics)
+
+    def assign_and_start(self, *partitions: int) -> None:
+        self.assignment.on_assign(self.consumer, [TopicPartition(TOPIC, p) for p in partitions])
+
+        def started() -> bool:
+            self.assignment.step()
+            return len(self.assignment.running()) == len(partitions)
+
+        wait_until(started, 10, lambda: f"states {self.assignment.states()}")
+
+    def close(self) -> None:
+        self.assignment.close()
+        self.restorer.close()
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[Parts]:
+    p = Parts(_settings(tmp_path))
+    yield p
+    p.close()
+
+
+def _pending(ps: PartitionStore) -> dict[str, int]:
+    return ps.pending_snapshots()[0]
+
+
+def test_offsets_are_committed_only_once_the_batch_is_acknowledged(parts: Parts) -> None:
+    parts.assign_and_start(0)
+    parts.producer.mode = "hold"
+    parts.processor.process([_msg(0), _msg(1)], parts.assignment.running())
+    ps = parts.assignment.running()[(TOPIC, 0)]
+    assert ps.next_offset == 2  # applied and in the store ...
+    assert _pending(ps) == {"x": 1}  # ... its snapshot pending until Kafka takes it
+    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    assert parts.consumer.commits == []  # nothing acknowledged: nothing committed
+
+    parts.producer.mode = "ack"
+    parts.delivery.complete(wait=True)
+    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    assert parts.consumer.commits == [[(TOPIC, 0, 2)]]
+    assert _pending(ps) == {"x": 1}  # deleted with the partition's next write, not before
+    parts.processor.process([_msg(2)], parts.assignment.running())
+    assert _pending(ps) == {"x": 2}  # batch 1's row went with batch 2's transaction
+
+
+def test_a_failed_delivery_raises_and_leaves_the_batch_pending(parts: Parts) -> None:
+    parts.assign_and_start(0)
+    parts.producer.mode = "fail"
+    with pytest.raises(PublishError, match="1 failed"):
+        parts.processor.process([_msg(0)], parts.assignment.running())
+        parts.delivery.complete(wait=True)
+    ps = parts.assignment.running()[(TOPIC, 0)]
+    assert _pending(ps) == {"x": 0}
+    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    assert parts.consumer.commits == []
+
+
+def test_a_partition_starts_at_its_stores_offset_and_republishes_what_is_pending(
+    tmp_path: Path,
+) -> None:
+    s = _settings(tmp_path)
+    first = Parts(s)
+    first.assign_and_start(0)
+    first.producer.mode = "hold"
+    first.processor.process([_msg(0), _msg(1), _msg(2)], first.assignment.running())
+    first.close()  # a crash before Kafka took the snapshot: it stays pending in the store
+
+    again = Parts(s)
+    try:
+        again.assign_and_start(0)
+        # assigned paused first, then assigned again at the store's offset and resumed
+        calls = again.consumer.calls
+        assert [c[0] for c in calls] == ["assign", "pause", "unassign", "assign", "resume"]
+        assert calls[3] == ("assign", [(TOPIC, 0, 3)])
+        [snap] = again.producer.produced
+        assert (snap.topic, snap.key, snap.partition) == ("snaps", b"x", 0)
+        again.delivery.complete(wait=True)
+        again.delivery.clear_acknowledged(again.assignment.stores().values())
+        assert _pending(again.assignment.running()[(TOPIC, 0)]) == {}
+    finally:
+        again.close()
+
+
+def test_messages_of_a_partition_not_running_are_not_applied(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow_snapshots(
+        partition: int, cancelled: Callable[[], bool], on_progress: Callable[[int], None]
+    ) -> dict[str, Snapshot] | None:
+        while not release.wait(0.05):
+            if cancelled():
+                return None
+        return {}
+
+    parts = Parts(_settings(tmp_path), slow_snapshots)
+    try:
+        parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
+        parts.assignment.step()
+        assert parts.assignment.states() == {f"{TOPIC}/0": "RESTORING"}
+        parts.processor.process([_msg(0)], parts.assignment.running())
+        assert parts.producer.produced == []  # dropped: consumed again once it runs
+        release.set()
+        wait_until(
+            lambda: parts.assignment.step() or bool(parts.assignment.running()),
+            10,
+            lambda: f"{parts.assignment.states()}",
+        )
+        assert parts.assignment.running()[(TOPIC, 0)].next_offset is None  # from the start
+    finally:
+        parts.close()
+
+
+def test_a_revoke_during_a_restore_stops_it_and_leaves_nothing_to_trust(tmp_path: Path) -> None:
+    reading = threading.Event()
+
+    def endless_snapshots(
+        partition: int, cancelled: Callable[[], bool], on_progress: Callable[[int], None]
+    ) -> dict[str, Snapshot] | None:
+        reading.set()
+        while not cancelled():
+            time.sleep(0.01)
+        return None
+
+    s = _settings(tmp_path)
+    parts = Parts(s, endless_snapshots)
+    try:
+        parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
+        assert reading.wait(10)
+        started = time.monotonic()
+        parts.assignment.on_revoke(parts.consumer, [TopicPartition(TOPIC, 0)])
+        assert time.monotonic() - started < 2
+        assert parts.assignment.states() == {}
+        assert parts.consumer.calls[-1] == ("unassign", [(TOPIC, 0, -1001)])
+        assert parts.consumer.commits == []
+    finally:
+        parts.close()
+    # the store's lock is free for the next owner, and it holds no offset to resume from
+    ps = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
+    try:
+        assert ps.next_offset is None
+    finally:
+        ps.close()
+
+
+def test_a_revoke_commits_the_stores_offset_and_closes_it(parts: Parts) -> None:
+    parts.assign_and_start(0, 1)
+    parts.processor.process([_msg(0), _msg(0, "y", 1), _msg(1, "y", 1)], parts.assignment.running())
+    ps1 = parts.assignment.running()[(TOPIC, 1)]
+    parts.assignment.on_revoke(parts.consumer, [TopicPartition(TOPIC, 1)])
+    assert parts.consumer.commits[-1] == [(TOPIC, 1, 2)]
+    assert ps1.store.closed
+    assert list(parts.assignment.running()) == [(TOPIC, 0)]  # the other one goes on
+    assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {"x": 0}
+
+
+def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    held = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
+    parts = Parts(s)
+    try:
+        parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
+        time.sleep(0.3)
+        parts.assignment.step()  # returns at once: the wait is the restorer's
+        assert parts.assignment.states() == {f"{TOPIC}/0": "RESTORING"}
+        held.close()
+        wait_until(
+            lambda: parts.assignment.step() or bool(parts.assignment.running()),
+            10,
+            lambda: f"{parts.assignment.states()}",
+        )
+    finally:
+        parts.close()
+        held.close()
