@@ -379,7 +379,8 @@ class WorkerProcess:
     """``python -m dyno_stream worker`` with its own data dir, logging to a file.
 
     ``data_dir`` (default ``tmp_path/data-<name>``) may be another run's, to start a killed
-    worker again on its own disk; ``env`` adds or overrides environment variables.
+    worker again on its own disk; ``env`` adds or overrides environment variables. Its group
+    gets a 6 s session (``fast_group``) unless ``default_group_timing``.
     """
 
     def __init__(
@@ -390,6 +391,7 @@ class WorkerProcess:
         *,
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        default_group_timing: bool = False,
     ) -> None:
         self.name = name
         self.ops_topic = settings.topics.ops
@@ -401,7 +403,7 @@ class WorkerProcess:
             "DYNO_WORKER__DATA_DIR": str(self.data_dir),
             "DYNO_WORKER__HTTP_PORT": "0",
             "DYNO_WORKER__BATCH_TIMEOUT_S": "0.02",
-            **fast_group(settings),
+            **({} if default_group_timing else fast_group(settings)),
             "DYNO_KAFKA__CLIENT_ID": f"dyno-test-{name}",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
