@@ -297,6 +297,36 @@ def repartition(
             out.print(f"  {line}")
 
 
+@app.command("migrate-snapshots")
+@friendly
+def migrate_snapshots(
+    to: Annotated[
+        str,
+        typer.Option(help="The new snapshot topic (created with the ops topic's partitions)."),
+    ],
+    force: Annotated[
+        bool, typer.Option(help="Copy even while the workers' consumer group has members.")
+    ] = False,
+) -> None:
+    """Copy the newest snapshot of every item into a new, co-partitioned snapshot topic.
+
+    Stop the workers first; afterwards point [topics] snapshots at the new topic everywhere.
+    """
+    from dyno_stream.cli.logs import setup_logging
+    from dyno_stream.jobs.migrate_snapshots import migrate_snapshots as run
+    from dyno_stream.jobs.progress import Reporter
+
+    s = settings()
+    setup_logging(s.worker.log_format, s.worker.log_level)
+    report = run(s, to, Reporter(err), force=force)
+    for line in report.details():
+        out.print(line)
+    out.print(report.summary())
+    out.print("Point every worker, client and view at the new topic, then start the workers:")
+    for line in report.settings_lines():
+        out.print(f"  {line}")
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 
