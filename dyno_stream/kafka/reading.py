@@ -348,3 +348,4 @@ def _ranges(
             if deadline is not None and time.monotonic() > deadline:
                 raise KafkaServiceError(f"no watermarks of {topic}: {exc}") from exc
             log.debug("watermarks of %s not read yet: %s", topic, exc)
+            time.sleep(_FETCH_WAIT_S)
