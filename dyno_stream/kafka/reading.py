@@ -178,7 +178,8 @@ def read_partition_snapshots(
 
     With a consumer of its own (no group, nothing committed). ``cancelled()`` is asked
     about every 0.1 s (and every 2,000 validations): once true, the read stops and returns
-    None. ``on_progress`` gets the count of messages read so far after each fetch.
+    None. ``on_progress`` gets the count of messages read so far after each fetch that
+    brought some.
     ``timeout`` (none by default: a caller stops it with ``cancelled``) raises
     ``KafkaServiceError`` when the read takes longer.
     """
@@ -316,7 +317,7 @@ def _read_newest(
                     if off >= end:
                         continue
                 kept.add(msg.key(), msg.value())
-            if on_progress is not None:
+            if on_progress is not None and msgs:
                 on_progress(kept.messages)
         return kept
     finally:
