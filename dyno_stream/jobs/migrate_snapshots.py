@@ -38,6 +38,13 @@ from dyno_stream.kafka.topics import ensure_topics, ops_partition_counts
 
 log = logging.getLogger(__name__)
 
+#: Answers of a group coordinator that is not ready yet (a broker that has just started)
+_COORDINATOR_BUSY = {
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+}
+
 
 @dataclass
 class MigrationReport:
@@ -162,17 +169,27 @@ def _read(settings: Settings, reporter: Reporter) -> NewestRead:
     return newest
 
 
-def _refuse_running_workers(admin: AdminClient, group_id: str) -> None:
+def _refuse_running_workers(admin: AdminClient, group_id: str, timeout: float = 30.0) -> None:
     """Raise while the workers' consumer group has members: they could publish snapshots
     to the old topic during the copy."""
-    try:
-        future = admin.describe_consumer_groups([group_id])[group_id]
-        members = future.result(30).members
-    except KafkaException as exc:
-        raise KafkaAdminError(
-            f"cannot tell whether workers of group {group_id} run ({exc}); stop them and "
-            "run again with --force"
-        ) from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            future = admin.describe_consumer_groups([group_id])[group_id]
+            members = future.result(timeout).members
+            break
+        except KafkaException as exc:
+            # a broker that has just started answers COORDINATOR_LOAD_IN_PROGRESS a while
+            err = exc.args[0]
+            if (err.retriable() or err.code() in _COORDINATOR_BUSY) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.5)
+                continue
+            raise KafkaAdminError(
+                f"cannot tell whether workers of group {group_id} run ({exc}); stop them and "
+                "run again with --force"
+            ) from exc
     if members:
         raise ConfigError(
             f"consumer group {group_id} has {len(members)} members: stop the workers first "
