@@ -39,11 +39,13 @@ def is_newer(new: SnapshotDict, held: SnapshotDict | None) -> bool:
 
 class KeptSnapshot(NamedTuple):
     """An item's newest snapshot as it was read: its Kafka key, its raw bytes (copied as they
-    are by a migration) and the parsed model (loaded by a restore)."""
+    are by a migration), the parsed model (loaded by a restore) and the partition it was read
+    from (-1 when not told)."""
 
     key: bytes
     raw: bytes
     snapshot: SnapshotModel
+    partition: int = -1
 
 
 def snapshot_rank(raw: bytes) -> tuple[int, int] | None:
@@ -78,14 +80,16 @@ class NewestSnapshots:
         self._held: dict[bytes, bytes] = {}
         #: ranks of held messages, computed the first time another message of the key came
         self._ranks: dict[bytes, tuple[int, int] | None] = {}
+        #: where each held message was read, for the callers that say so
+        self._partitions: dict[bytes, int] = {}
         self.messages = 0
         self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, key: bytes | None, value: bytes | None) -> None:
-        """One message of the topic, in offset order within its partition."""
+    def add(self, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """One message of the topic, in offset order within its ``partition``."""
         self.messages += 1
         if key is None:  # every dyno-stream producer keys its snapshots: a stray's own item
             key = _item_key(value)
@@ -95,10 +99,13 @@ class NewestSnapshots:
         if value is None:
             self._held.pop(key, None)
             self._ranks.pop(key, None)
+            self._partitions.pop(key, None)
             return
         held = self._held.get(key)
         if held is None:
             self._held[key] = value
+            if partition is not None:
+                self._partitions[key] = partition
             return
         new_rank = snapshot_rank(value)
         if new_rank is None:
@@ -108,6 +115,8 @@ class NewestSnapshots:
         if held_rank is None or new_rank > held_rank:
             self._held[key] = value
             self._ranks[key] = new_rank
+            if partition is not None:
+                self._partitions[key] = partition
         else:
             self._ranks[key] = held_rank
 
@@ -142,7 +151,7 @@ class NewestSnapshots:
             other = kept.get(snap.item)
             # two keys holding one item: only strays keyed otherwise than by the item's name
             if other is None or _model_rank(snap) > _model_rank(other.snapshot):
-                kept[snap.item] = KeptSnapshot(key, raw, snap)
+                kept[snap.item] = KeptSnapshot(key, raw, snap, self._partitions.get(key, -1))
         return kept
 
 

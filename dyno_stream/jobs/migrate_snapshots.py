@@ -150,6 +150,66 @@ def migrate_snapshots(
     return report
 
 
+@dataclass
+class PlacementCheck:
+    """Whether the snapshot topic can be restored from one partition at a time: the same
+    partition count as the ops topic, and each item's newest snapshot in the partition of
+    the ops that made it."""
+
+    topic: str
+    ops_partitions: int
+    partitions: int
+    items: int
+    #: items whose newest snapshot is not in its source partition
+    misplaced: int
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def needs_migration(self) -> bool:
+        return self.partitions != self.ops_partitions or self.misplaced > 0
+
+    def lines(self) -> list[str]:
+        if self.partitions != self.ops_partitions:
+            return [
+                f"{self.topic} has {self.partitions} partitions, the ops topic "
+                f"{self.ops_partitions}: not co-partitioned; migrate (see --help)"
+            ]
+        if self.misplaced:
+            return [
+                f"{self.misplaced:,} of {self.items:,} items' newest snapshots in {self.topic} "
+                "are not in the partition of their ops (e.g. "
+                f"{', '.join(self.examples)}): a restore reading its own partition would "
+                "miss them; migrate (see --help)"
+            ]
+        return [
+            f"{self.topic}: {self.items:,} items, each newest snapshot in its ops partition "
+            f"of {self.ops_partitions}: co-partitioned, nothing to migrate"
+        ]
+
+
+def check_placement(settings: Settings, reporter: Reporter) -> PlacementCheck:
+    """Read the snapshot topic and count the items whose newest snapshot is not in its
+    source partition: a topic written before snapshots were placed explicitly holds each
+    where its key hashes, which is its ops partition only when every producer of ops used
+    Java's partitioner."""
+    t = settings.topics
+    admin = AdminClient(settings.kafka.librdkafka())
+    ops_count, count = ops_partition_counts(admin, settings, timeout=30)
+    if ops_count is None or count is None:
+        raise KafkaAdminError(f"{t.ops} or {t.snapshots} not found: nothing to check")
+    newest = _read(settings, reporter)
+    misplaced = [
+        name
+        for name, kept in newest.items.items()
+        if (src := kept.snapshot.source) is None
+        or src.topic != t.ops
+        or src.partition != kept.partition
+    ]
+    return PlacementCheck(
+        t.snapshots, ops_count, count, len(newest.items), len(misplaced), misplaced[:3]
+    )
+
+
 def _read(settings: Settings, reporter: Reporter) -> NewestRead:
     topic = settings.topics.snapshots
     consumer = topic_reader(settings, "migrate")

@@ -316,7 +316,7 @@ def _read_newest(
                     del todo[p]  # type: ignore[arg-type]
                     if off >= end:
                         continue
-                kept.add(msg.key(), msg.value())
+                kept.add(msg.key(), msg.value(), p)
             if on_progress is not None and msgs:
                 on_progress(kept.messages)
         return kept

@@ -199,6 +199,9 @@ def test_migrate_snapshots_copies_each_newest_snapshot_to_its_source_partition(
     messages.append((0, b"junk", b"not a snapshot"))
     send(s, s.topics.snapshots, messages)
     new_topic = f"{s.topics.snapshots}.copart"
+    checked = run_cli(cli_env(s), "migrate-snapshots", "--check")
+    assert checked.returncode == 3, checked.stderr
+    assert "has 1 partitions, the ops topic 3: not co-partitioned" in checked.stdout
     done = run_cli(cli_env(s), "migrate-snapshots", "--to", new_topic)
     assert done.returncode == 0, done.stderr
     assert f"copied 29 items' newest snapshots from {s.topics.snapshots}" in done.stdout
@@ -218,6 +221,31 @@ def test_migrate_snapshots_copies_each_newest_snapshot_to_its_source_partition(
     assert newest_changes(read_partition_snapshots(moved, 1)) == {
         n: 3 for n in items if source[n] == 1 and n != "item-1"
     }
+    checked = run_cli(cli_env(moved), "migrate-snapshots", "--check")
+    assert checked.returncode == 0, checked.stderr
+    assert "29 items, each newest snapshot in its ops partition of 3" in checked.stdout
+
+
+def test_the_check_finds_snapshots_outside_their_ops_partition(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Same counts, but placed by key hash while the ops were placed otherwise (a producer
+    of ops without Java's partitioner): a partition-only restore would miss them."""
+    s = make_settings(partitions=2)
+    ensure_topics(s)
+    send(
+        s,
+        s.topics.snapshots,
+        [
+            (0, b"home", snapshot(s, "home", 0, 1)),
+            (1, b"away", snapshot(s, "away", 0, 1)),  # made by ops partition 0
+            (0, b"away", snapshot(s, "away", 0, 1)),  # an older copy where it belongs
+            (1, b"away", snapshot(s, "away", 0, 2)),  # the newest is misplaced again
+        ],
+    )
+    checked = run_cli(cli_env(s), "migrate-snapshots", "--check")
+    assert checked.returncode == 3, checked.stderr
+    assert "1 of 2 items' newest snapshots" in checked.stdout and "away" in checked.stdout
 
 
 def test_migrate_snapshots_refuses_while_the_workers_run(
