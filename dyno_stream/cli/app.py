@@ -297,6 +297,54 @@ def repartition(
             out.print(f"  {line}")
 
 
+@app.command("migrate-snapshots")
+@friendly
+def migrate_snapshots(
+    to: Annotated[
+        str | None,
+        typer.Option(help="The new snapshot topic (created with the ops topic's partitions)."),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Only say whether the snapshot topic needs it (exit 3 when it does); "
+            "workers may run."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Copy even while the workers' consumer group has members.")
+    ] = False,
+) -> None:
+    """Copy the newest snapshot of every item into a new, co-partitioned snapshot topic.
+
+    Stop the workers, run it with --to NEW_TOPIC, point [topics] snapshots at NEW_TOPIC
+    everywhere (DYNO_TOPICS__SNAPSHOTS), start the workers.
+    """
+    from dyno_stream.cli.logs import setup_logging
+    from dyno_stream.jobs import migrate_snapshots as job
+    from dyno_stream.jobs.progress import Reporter
+
+    s = settings()
+    setup_logging(s.worker.log_format, s.worker.log_level)
+    if check:
+        placement = job.check_placement(s, Reporter(err))
+        for line in placement.lines():
+            out.print(line)
+        if placement.needs_migration:
+            raise typer.Exit(3)
+        return
+    if to is None:
+        err.print("error: --to NEW_TOPIC is required (or --check)")
+        raise typer.Exit(2)
+    report = job.migrate_snapshots(s, to, Reporter(err), force=force)
+    for line in report.details():
+        out.print(line)
+    out.print(report.summary())
+    out.print("Point every worker, client and view at the new topic, then start the workers:")
+    for line in report.settings_lines():
+        out.print(f"  {line}")
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 

@@ -14,9 +14,11 @@ named after the count (``dyno.ops`` -> ``dyno.ops.p8``, ``dyno.snapshots.p8``):
 3. **read**: the group's committed offsets, then each item's newest snapshot (in that order:
    an op below a committed offset is in a snapshot read after it).
 4. **copy**: create the new topics (co-partitioned, ``N`` partitions) and write each item's
-   newest snapshot to the new snapshot topic, at the partition its key has there, with its
-   ``source`` rewritten to ``{new ops topic, that partition, -1}``: a worker restoring the
-   partition takes it as the item's history and replays the new ops topic from offset 0.
+   newest snapshot to the new snapshot topic, at the partition its key has in the new ops
+   topic (its ops' partition: ``partitioning.snapshot_partition``), with its ``source``
+   rewritten to ``{new ops topic, that partition, -1}``: a worker restoring the partition
+   reads that snapshot partition alone, takes it as the item's history and replays the new
+   ops topic from offset 0.
 5. **forward**: every op of the old topic that no snapshot holds (past the item's snapshot
    offset and the group's committed offset; every op of a partition added in place) is sent
    to the new ops topic, key, value and headers unchanged.
@@ -55,9 +57,9 @@ from dyno_stream.config import Settings, producer_config
 from dyno_stream.core import ops
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, PublishError
 from dyno_stream.jobs.progress import Reporter
-from dyno_stream.kafka.partitioning import kafka_partition
+from dyno_stream.kafka.partitioning import kafka_partition, snapshot_partition
 from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
-from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.kafka.topics import SnapshotPartitioning, ensure_topics, snapshot_partitioning
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +229,12 @@ def repartition(
             state.save(path)
         newest = _read_snapshots(settings, state, reporter)
         if state.items is None:
-            ensure_topics(_new_settings(settings, state))
-            state.items = _copy(settings, state, newest, reporter)
+            new = _new_settings(settings, state)
+            ensure_topics(new)
+            placing = snapshot_partitioning(new, admin)
+            if placing.problem is not None:
+                log.error("%s", placing.problem)
+            state.items = _copy(settings, state, newest, reporter, placing)
             state.save(path)
         _forward(settings, state, newest, reporter, path)
         state.done = True
@@ -441,10 +447,16 @@ def _flush(producer: Producer, errors: list[str]) -> None:
 
 
 def _copy(
-    settings: Settings, state: State, newest: dict[bytes, _Newest], reporter: Reporter
+    settings: Settings,
+    state: State,
+    newest: dict[bytes, _Newest],
+    reporter: Reporter,
+    placing: SnapshotPartitioning,
 ) -> int:
-    """Each item's newest snapshot into the new snapshot topic, at its key's partition there,
-    its source pointing at the start of the new ops topic."""
+    """Each item's newest snapshot into the new snapshot topic, its source pointing at the
+    start of the new ops topic at its key's partition there; the snapshot goes to that same
+    partition of the new snapshot topic (co-partitioned, as ``ensure_topics`` makes it;
+    by key hash in one that exists with another count)."""
     producer = _producer(settings)
     errors: list[str] = []
 
@@ -454,16 +466,18 @@ def _copy(
 
     kill_at = _kill_point("copy")
     n = state.partitions
+    snapshot_count = placing.snapshot_partitions or n
     with reporter.task(f"copying snapshots to {state.new_snapshots}", len(newest)) as advance:
         for i, (key, snap) in enumerate(newest.items(), 1):
             q = kafka_partition(key, n)
             d = _loads(snap.raw)
             d["source"] = {"topic": state.new_ops, "partition": q, "offset": -1}
             value = ops.dumps_internal(d)
+            to = snapshot_partition(key, q, snapshot_count, placing.co_partitioned)
             while True:
                 try:
                     producer.produce(
-                        state.new_snapshots, value, key, partition=q, on_delivery=delivered
+                        state.new_snapshots, value, key, partition=to, on_delivery=delivered
                     )
                     break
                 except BufferError:

@@ -1,7 +1,8 @@
 """Where Kafka puts a keyed message: Java's default partitioner, which librdkafka calls
 ``murmur2_random`` and every dyno-stream producer uses, so that an item lands on the same
 partition whoever sends it. ``dyno-stream repartition`` needs it to place each item's
-snapshot on the partition its ops will reach in the new topic."""
+snapshot on the partition its ops will reach in the new topic; ``snapshot_partition`` says
+where any producer of snapshots puts one."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition Java's default partitioner (and librdkafka's ``murmur2_random``) gives a
     keyed message: ``toPositive(murmur2(key)) % partitions``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def snapshot_partition(
+    key: bytes, source_partition: int, snapshot_partitions: int, co_partitioned: bool
+) -> int:
+    """The partition a snapshot is produced to: the partition of the ops that made it when
+    the snapshot topic is co-partitioned with the ops topic (``topics.snapshot_partitioning``),
+    so a restore of ops partition p reads snapshot partition p alone, whatever partitioner
+    placed the ops; otherwise where its key hashes, as Kafka would place it."""
+    if co_partitioned:
+        return source_partition
+    return kafka_partition(key, snapshot_partitions)

@@ -1,7 +1,8 @@
 """Reading topics outside any consumer group: from a chosen offset to where a topic ends now.
 
 The snapshot topic is read this way by restores, compaction passes, views and the demo; none
-of them commits offsets or joins the workers' group.
+of them commits offsets or joins the workers' group. A restore of ops partition p reads only
+snapshot partition p when the topics are co-partitioned (``read_restore_snapshots``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import KafkaAdminError, KafkaServiceError
-from dyno_stream.core.snapshots import SnapshotDict, is_newer, parse_snapshot
+from dyno_stream.core.events import Snapshot
+from dyno_stream.core.snapshots import (
+    KeptSnapshot,
+    NewestSnapshots,
+    SnapshotDict,
+    is_newer,
+    parse_snapshot,
+    source_partition_test,
+)
 
 log = logging.getLogger("dyno_stream.kafka.reading")
 
@@ -124,3 +134,219 @@ def read_snapshots(
         return latest
     finally:
         consumer.close()
+
+
+#: The longest one fetch of a restore's read waits for messages, and so about the longest
+#: before it sees ``cancelled()`` turn true (a revoke must stop it promptly).
+_FETCH_WAIT_S = 0.1
+#: Messages per fetch: 10,000 snapshots of about 300 bytes are handled in about 15 ms here.
+_FETCH_BATCH = 10_000
+
+
+def _never() -> bool:
+    return False
+
+
+def read_restore_snapshots(
+    settings: Settings,
+    partition: int,
+    co_partitioned: bool,
+    *,
+    cancelled: Callable[[], bool] = _never,
+    on_progress: Callable[[int], None] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Snapshot] | None:
+    """Each item's newest snapshot made by ops partition ``partition``, for its restore:
+    from that snapshot partition alone when the topics are co-partitioned
+    (``topics.snapshot_partitioning``), else from the whole snapshot topic. None when
+    ``cancelled()`` turned true first."""
+    read = read_partition_snapshots if co_partitioned else read_partition_snapshots_from_all
+    return read(settings, partition, cancelled=cancelled, on_progress=on_progress, timeout=timeout)
+
+
+def read_partition_snapshots(
+    settings: Settings,
+    partition: int,
+    *,
+    cancelled: Callable[[], bool] = _never,
+    on_progress: Callable[[int], None] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Snapshot] | None:
+    """Each item's newest snapshot (``is_newer``) whose source is ``(ops topic,
+    partition)``, reading only partition ``partition`` of a co-partitioned snapshot topic,
+    from its start to its end when the read began.
+
+    With a consumer of its own (no group, nothing committed). ``cancelled()`` is asked
+    about every 0.1 s (and every 2,000 validations): once true, the read stops and returns
+    None. ``on_progress`` gets the count of messages read so far after each fetch that
+    brought some.
+    ``timeout`` (none by default: a caller stops it with ``cancelled``) raises
+    ``KafkaServiceError`` when the read takes longer.
+    """
+    return _read_restore(settings, [partition], partition, cancelled, on_progress, timeout)
+
+
+def read_partition_snapshots_from_all(
+    settings: Settings,
+    partition: int,
+    *,
+    cancelled: Callable[[], bool] = _never,
+    on_progress: Callable[[int], None] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Snapshot] | None:
+    """``read_partition_snapshots`` for a snapshot topic that is not co-partitioned: every
+    partition is read and the snapshots of ops partition ``partition`` kept. Each item's
+    newest snapshot is chosen first, then kept if its source is that partition."""
+    return _read_restore(settings, None, partition, cancelled, on_progress, timeout)
+
+
+@dataclass
+class NewestRead:
+    """What ``read_newest_snapshots`` found: each item's newest snapshot with its key and
+    raw bytes, the messages read, and how many of them were not snapshots."""
+
+    items: dict[str, KeptSnapshot]
+    messages: int
+    unreadable: int
+
+
+def read_newest_snapshots(
+    settings: Settings,
+    topic: str,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    cancelled: Callable[[], bool] = _never,
+    timeout: float | None = None,
+) -> NewestRead | None:
+    """Each item's newest snapshot in every partition of ``topic``, with its key and raw
+    bytes (a migration copies them as they are); None once ``cancelled()``."""
+    kept = _read_newest(settings, topic, None, cancelled, on_progress, timeout)
+    items = None if kept is None else kept.finish(cancelled=cancelled)
+    if kept is None or items is None:
+        return None
+    return NewestRead(items, kept.messages, kept.unreadable)
+
+
+def _read_restore(
+    settings: Settings,
+    partitions: list[int] | None,
+    source_partition: int,
+    cancelled: Callable[[], bool],
+    on_progress: Callable[[int], None] | None,
+    timeout: float | None,
+) -> dict[str, Snapshot] | None:
+    ops_topic = settings.topics.ops
+    kept = _read_newest(
+        settings, settings.topics.snapshots, partitions, cancelled, on_progress, timeout
+    )
+    if kept is None:
+        return None
+    started = time.monotonic()
+
+    def ours(snap: Snapshot) -> bool:
+        src = snap.source
+        return src is not None and src.partition == source_partition and src.topic == ops_topic
+
+    newest = kept.finish(ours, cancelled, maybe=source_partition_test(source_partition))
+    if newest is None:
+        return None
+    if kept.unreadable:
+        log.warning(
+            "%d messages of %s were not snapshots; skipped",
+            kept.unreadable,
+            settings.topics.snapshots,
+        )
+    log.debug("validated %d snapshots in %.2fs", len(kept), time.monotonic() - started)
+    return {name: k.snapshot for name, k in newest.items()}
+
+
+def _read_newest(
+    settings: Settings,
+    topic: str,
+    partitions: list[int] | None,
+    cancelled: Callable[[], bool],
+    on_progress: Callable[[int], None] | None,
+    timeout: float | None,
+) -> NewestSnapshots | None:
+    """Feed ``partitions`` of ``topic`` (all of them for None) from their start to their end
+    when the read began into a ``NewestSnapshots``; None once ``cancelled()``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    kept = NewestSnapshots()
+    consumer = Consumer(
+        {
+            **settings.kafka.librdkafka(),
+            "group.id": f"dyno-restore-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            # librdkafka's 1 MB a partition per fetch took about 4 round trips per 10,000
+            # snapshots; a restore reads one partition as fast as the broker sends it
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
+    try:
+        ranges = _ranges(consumer, topic, partitions, cancelled, deadline)
+        if ranges is None:
+            return None
+        todo = {p: end for p, (start, end) in ranges.items() if end > start}
+        if not todo:
+            return kept
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in todo])
+        while todo:
+            if cancelled():
+                return None
+            if deadline is not None and time.monotonic() > deadline:
+                raise KafkaServiceError(f"reading {topic} did not finish within {timeout:.0f}s")
+            msgs = consumer.consume(_FETCH_BATCH, _FETCH_WAIT_S)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    # the partition's end with nothing more to read: compaction can leave
+                    # the last offsets below the end without a message to reach it
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.pop(msg.partition(), None)  # type: ignore[arg-type]
+                    continue
+                p, off = msg.partition(), msg.offset()
+                end = todo.get(p)  # type: ignore[arg-type]
+                if end is None or off is None:
+                    continue
+                if off + 1 >= end:
+                    del todo[p]  # type: ignore[arg-type]
+                    if off >= end:
+                        continue
+                kept.add(msg.key(), msg.value(), p)
+            if on_progress is not None and msgs:
+                on_progress(kept.messages)
+        return kept
+    finally:
+        consumer.close()
+
+
+def _ranges(
+    consumer: Consumer,
+    topic: str,
+    partitions: list[int] | None,
+    cancelled: Callable[[], bool],
+    deadline: float | None,
+) -> dict[int, tuple[int, int]] | None:
+    """Each partition's (low, high) watermark, asked in short turns so ``cancelled`` is seen
+    even while the broker does not answer."""
+    while True:
+        if cancelled():
+            return None
+        try:
+            if partitions is None:
+                return watermarks(consumer, topic, timeout=_FETCH_WAIT_S * 5)
+            return {
+                p: consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=_FETCH_WAIT_S * 2
+                )
+                for p in partitions
+            }
+        except (KafkaException, KafkaAdminError) as exc:
+            if deadline is not None and time.monotonic() > deadline:
+                raise KafkaServiceError(f"no watermarks of {topic}: {exc}") from exc
+            log.debug("watermarks of %s not read yet: %s", topic, exc)
+            time.sleep(_FETCH_WAIT_S)

@@ -6,8 +6,11 @@ The ops topic is created with ``message.timestamp.type=LogAppendTime``: each op'
 carries the broker's time of append, which the worker's clock-skew bound is measured against
 (see ``dyno_stream.kafka.clock``), whatever the producer's clock says.
 
-It is also created with as many partitions as the ops topic, and keyed alike, so its
-partition count is the record of the count the deployment was built with: a record every
+It is also created with as many partitions as the ops topic has (the configured count only
+when the ops topic does not exist yet), and each snapshot goes to the partition of the ops
+that made it: the two topics are *co-partitioned*, so restoring ops partition p reads only
+snapshot partition p (``snapshot_partitioning`` tells whether an existing pair is). Its
+partition count is also the record of the count the deployment was built with: a record every
 worker and client can read from the cluster's metadata, without a store
 (``ops_partition_counts``). Each partition store keeps the count too (``store.partition``).
 """
@@ -18,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
@@ -118,7 +122,56 @@ class PartitionCountWatch:
             self.checked.set()
 
 
-def topic_specs(settings: Settings) -> list[NewTopic]:
+@dataclass(frozen=True)
+class SnapshotPartitioning:
+    """Whether the snapshot topic is co-partitioned with the ops topic: the same partition
+    count, so that snapshot partition p holds the snapshots of ops partition p.
+
+    ``problem`` is the start-up message for a pair that is not (None when it is, or when a
+    topic does not exist yet: ``ensure_topics`` creates the snapshot topic co-partitioned).
+    """
+
+    ops_topic: str
+    snapshot_topic: str
+    ops_partitions: int | None
+    snapshot_partitions: int | None
+
+    @property
+    def co_partitioned(self) -> bool:
+        return self.ops_partitions is not None and self.ops_partitions == self.snapshot_partitions
+
+    @property
+    def problem(self) -> str | None:
+        ops, snaps = self.ops_partitions, self.snapshot_partitions
+        if ops is None or snaps is None or ops == snaps:
+            return None
+        return (
+            f"snapshot topic {self.snapshot_topic} has {snaps} partitions and ops topic "
+            f"{self.ops_topic} {ops}: they are not co-partitioned. Snapshots are placed by "
+            "their item's key hash, not in the partition of the ops that made them, so "
+            "restoring a partition reads the whole snapshot topic and keeps that partition's "
+            "snapshots (slow: every restore reads every item's snapshot). If the ops topic "
+            "was resized in place, see 'dyno-stream repartition'. Otherwise migrate: stop "
+            f"the workers, run 'dyno-stream migrate-snapshots --to NEW_TOPIC' (it copies "
+            f"each item's newest snapshot into a new topic of {ops} partitions, each in its "
+            "ops partition), set [topics] snapshots = NEW_TOPIC (DYNO_TOPICS__SNAPSHOTS) "
+            "everywhere, and start the workers"
+        )
+
+
+def snapshot_partitioning(
+    settings: Settings, client: _HasMetadata, timeout: float = 10.0
+) -> SnapshotPartitioning:
+    """Look up both topics' partition counts (one metadata request; raises
+    ``KafkaException`` when none comes): log ``problem`` at ERROR, show it on /healthz,
+    and pass ``co_partitioned`` to ``reading.read_restore_snapshots``."""
+    ops, snaps = ops_partition_counts(client, settings, timeout)
+    return SnapshotPartitioning(settings.topics.ops, settings.topics.snapshots, ops, snaps)
+
+
+def topic_specs(settings: Settings, ops_partitions: int | None = None) -> list[NewTopic]:
+    """The three topics as ``ensure_topics`` creates them; the snapshot topic gets
+    ``ops_partitions`` (the existing ops topic's count) or else the configured count."""
     t = settings.topics
     rf = t.replication_factor
     return [
@@ -130,7 +183,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         ),
         NewTopic(
             t.snapshots,
-            num_partitions=t.partitions,
+            num_partitions=ops_partitions or t.partitions,
             replication_factor=rf,
             config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
         ),
@@ -144,7 +197,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create whichever of the three topics are missing; return the names created.
+    """Create whichever of the three topics are missing; return the names created. The
+    snapshot topic gets the ops topic's partition count (see ``topic_specs``).
 
     A refused login or TLS handshake raises :class:`~dyno_stream.core.errors.KafkaAuthError` at
     once instead of a "cannot reach" after the whole timeout.
@@ -153,7 +207,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     admin = AdminClient({**settings.kafka.librdkafka(), **watch.config()})
     metadata = list_topics_checked(admin, watch, timeout, settings.kafka.bootstrap_servers)
     existing = set(metadata.topics)
-    wanted = [spec for spec in topic_specs(settings) if spec.topic not in existing]
+    ops = metadata.topics.get(settings.topics.ops)
+    # co-partitioned with the ops topic as it is, whatever the configured count says
+    ops_partitions = len(ops.partitions) if ops is not None and ops.partitions else None
+    wanted = [spec for spec in topic_specs(settings, ops_partitions) if spec.topic not in existing]
     if not wanted:
         return []
     created = []

@@ -1,0 +1,241 @@
+"""Restore reads on a broker of its own: how fast one ops partition's snapshots come back.
+
+A 16-partition deployment: each snapshot partition holds ``--items`` items' snapshots made by
+its own ops partition (co-partitioned), plus older duplicates of a tenth of them (half written
+before the item's newest snapshot, half after it, as a republish after a crash can). Each run
+restores partition 3 in three ways and checks each result holds every item of that partition
+at its newest snapshot:
+
+- ``read_partition_snapshots``: partition 3 of the snapshot topic alone;
+- ``read_partition_snapshots_from_all``: the fallback for a topic that is not co-partitioned,
+  every partition read and partition 3's snapshots kept;
+- ``read_snapshots(keep=...)``: the worker's restore before co-partitioning, the same.
+
+It prints items/s (items restored over seconds) for each, over ``--runs`` runs: median and
+range. The reads run under the worker's garbage-collector threshold, as a restore in a worker
+does (``--default-gc`` runs them under Python's). Results: ``bench/results/restore.json``.
+
+Run: ``python bench/bench_restore.py`` (starts its own broker on free ports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from dyno_stream.config import Settings, load_settings, producer_config
+from dyno_stream.core.events import Snapshot
+from dyno_stream.devtools.broker import LocalBroker
+from dyno_stream.kafka.reading import (
+    read_partition_snapshots,
+    read_partition_snapshots_from_all,
+    read_snapshots,
+)
+from dyno_stream.kafka.topics import ensure_topics
+
+RESULTS = Path(__file__).resolve().parent / "results" / "restore.json"
+PARTITIONS = 16
+RESTORED = 3
+#: the worker's young-generation threshold (``dyno_stream/stream``): a restore runs under it
+WORKER_GC_THRESHOLD = 200_000
+FLAKE = "01a22ca30be5-0000-3dfd-02fc00000001"
+HASH = "cdc523b696455d8a17248d6fce5b8cdc"
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (the broker's controller listens there)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
+def snapshot(s: Settings, name: str, partition: int, changes: int) -> bytes:
+    """A snapshot of about 330 bytes, like the worker benchmark's items."""
+    doc: dict[str, Any] = {
+        "item": name,
+        "value": {
+            "email": f"{name}@example.com",
+            "city": "Wellington",
+            "plan": "pro",
+            "n": changes,
+            "note": "x" * 20,
+            "visits": changes,
+            "tags": {"tag-1": True},
+        },
+        "timestamp": FLAKE,
+        "changes": changes,
+        "hash": HASH,
+        "count": changes,
+        "source": {"topic": s.topics.ops, "partition": partition, "offset": changes * 1000},
+    }
+    return orjson.dumps(doc)
+
+
+def fill(s: Settings, items: int) -> dict[str, int]:
+    """Write every partition's snapshots; return partition 3's items and their newest
+    ``changes``."""
+    producer = Producer({**producer_config(s), "linger.ms": 50, "batch.size": 1_000_000})
+    errors: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    def send(name: str, partition: int, changes: int) -> None:
+        value = snapshot(s, name, partition, changes)
+        while True:
+            try:
+                producer.produce(
+                    s.topics.snapshots,
+                    value,
+                    name.encode(),
+                    partition=partition,
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+    expected: dict[str, int] = {}
+    for p in range(PARTITIONS):
+        for i in range(items):
+            name = f"p{p:02d}-item-{i:06d}"
+            duplicated = i % 10 == 0
+            if duplicated and i % 20 == 0:
+                send(name, p, 2)  # an older snapshot before the newest
+            send(name, p, 5)
+            if duplicated and i % 20 == 10:
+                send(name, p, 3)  # a stale one after it: must not win
+            if p == RESTORED:
+                expected[name] = 5
+        producer.poll(0)
+    producer.flush(120)
+    if errors:
+        raise SystemExit(f"{len(errors)} snapshots not written: {errors[:3]}")
+    return expected
+
+
+def timed(read: Callable[[], dict[str, Any]], expected: dict[str, int]) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    got = read()
+    seconds = time.perf_counter() - started
+    changes = {
+        name: (snap.changes if isinstance(snap, Snapshot) else snap["changes"])
+        for name, snap in got.items()
+    }
+    if changes != expected:
+        wrong = sum(1 for n, c in expected.items() if changes.get(n) != c)
+        raise SystemExit(f"{wrong} of {len(expected)} items not at their newest snapshot")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=100_000, help="items per partition")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--default-gc", action="store_true", help="Python's GC thresholds")
+    ap.add_argument("--json", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if not args.default_gc:
+        gc.set_threshold(WORKER_GC_THRESHOLD, 10, 10)
+    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-restore-"))
+    broker = LocalBroker(home=tmp / "broker", port=free_port_pair())
+    try:
+        bootstrap = broker.start()
+        base = load_settings()
+        tag = uuid.uuid4().hex[:6]
+        s = base.model_copy(
+            update={
+                "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
+                "topics": base.topics.model_copy(
+                    update={
+                        "ops": f"bench-{tag}.ops",
+                        "snapshots": f"bench-{tag}.snapshots",
+                        "dead_letter": f"bench-{tag}.dead-letter",
+                        "partitions": PARTITIONS,
+                    }
+                ),
+            }
+        )
+        ensure_topics(s)
+        started = time.monotonic()
+        expected = fill(s, args.items)
+        print(
+            f"wrote {PARTITIONS} x {args.items:,} items' snapshots (and a tenth more, older) "
+            f"in {time.monotonic() - started:.1f}s",
+            flush=True,
+        )
+        ops, p = s.topics.ops, RESTORED
+
+        def keep(snap: dict[str, Any]) -> bool:
+            src = snap.get("source") or {}
+            return bool(src.get("topic") == ops and src.get("partition") == p)
+
+        ways: dict[str, Callable[[], dict[str, Any]]] = {
+            "read_partition_snapshots (1 of 16 partitions)": lambda: (
+                read_partition_snapshots(s, p) or {}
+            ),
+            "read_partition_snapshots_from_all (16 partitions)": lambda: (
+                read_partition_snapshots_from_all(s, p) or {}
+            ),
+            "read_snapshots(keep=...), before (16 partitions)": lambda: read_snapshots(
+                s, keep=keep, timeout=1800
+            ),
+        }
+        seconds: dict[str, list[float]] = {way: [] for way in ways}
+        for run in range(args.runs):
+            for way, read in ways.items():
+                took = timed(read, expected)
+                seconds[way].append(took)
+                print(f"run {run + 1}: {way}: {len(expected) / took:,.0f} items/s", flush=True)
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    results: dict[str, Any] = {
+        "items_restored": len(expected),
+        "partitions": PARTITIONS,
+        "messages_per_partition": round(args.items * 1.1),
+        "gc_threshold0": gc.get_threshold()[0],
+        "load_after": os.getloadavg(),
+        "ways": {},
+    }
+    print(f"\nrestore of 1 partition of {len(expected):,} items, {args.runs} runs:")
+    for way, took in seconds.items():
+        rates = sorted(len(expected) / t for t in took)
+        results["ways"][way] = {
+            "items_per_s_median": round(statistics.median(rates)),
+            "items_per_s_range": [round(rates[0]), round(rates[-1])],
+            "seconds": [round(t, 3) for t in took],
+        }
+        print(
+            f"  {way}: {statistics.median(rates):,.0f} items/s median "
+            f"({rates[0]:,.0f}-{rates[-1]:,.0f}); seconds {', '.join(f'{t:.2f}' for t in took)}"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
