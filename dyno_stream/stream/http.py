@@ -34,6 +34,8 @@ class Health:
     state: str = "starting"
     last_loop: float = field(default_factory=time.monotonic)
     partitions: list[str] = field(default_factory=list)
+    #: what works but needs an operator (a snapshot topic that is not co-partitioned)
+    warnings: list[str] = field(default_factory=list)
     #: each held partition's state: RESTORING, RUNNING or PAUSED (``stream.assignment``)
     partition_states: dict[str, str] = field(default_factory=dict)
     stall_after_s: float = 60.0
@@ -52,6 +54,7 @@ class Health:
             "partition_states": self.partition_states,
             "seconds_since_loop": round(age, 3),
             **({"reason": self.reason} if self.reason is not None else {}),
+            **({"warnings": self.warnings} if self.warnings else {}),
         }
 
 

@@ -42,13 +42,14 @@ from dyno_stream.core.errors import (
     StoreWriteError,
 )
 from dyno_stream.core.events import Snapshot
-from dyno_stream.kafka.reading import read_snapshots
+from dyno_stream.kafka.reading import read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
     PartitionCountWatch,
     check_partition_count,
     ensure_topics,
     ops_partition_counts,
+    snapshot_partitioning,
 )
 from dyno_stream.stream.assignment import Assignment
 from dyno_stream.stream.delivery import Delivery
@@ -172,7 +173,10 @@ class Worker:
             on_counts=self._partition_counts_seen,
         ).start()
         self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
-        self.delivery = Delivery(s, self._producer, self.metrics)
+        self._co_partitioned = self._check_snapshot_topic()
+        self.delivery = Delivery(
+            s, self._producer, self.metrics, co_partitioned=self._co_partitioned
+        )
         self.restorer = Restorer(s, self.metrics, self._read_snapshots, self._low_watermark)
         self.assignment = Assignment(
             self._consumer,
@@ -337,6 +341,20 @@ class Worker:
 
     # -- what the restorer reads --------------------------------------------------------------
 
+    def _check_snapshot_topic(self) -> bool:
+        """Whether the snapshot topic is co-partitioned with the ops topic (snapshot partition
+        p holds the snapshots of ops partition p, and a restore reads p alone). One that is
+        not still works, slowly: said at ERROR once here, and on /healthz."""
+        try:
+            partitioning = snapshot_partitioning(self.settings, self._admin)
+        except KafkaException as exc:
+            log.warning("cannot read the topics' partition counts: %s", exc)
+            return True  # ensure_topics made them so, or the restores will say otherwise
+        if partitioning.problem is not None:
+            log.error("%s", partitioning.problem)
+            self.health.warnings.append(partitioning.problem)
+        return partitioning.co_partitioned or partitioning.problem is None
+
     def _low_watermark(self, topic: str, partition: int) -> int:
         """The oldest offset of the ops partition that Kafka still keeps (0 if unknown)."""
         tp = TopicPartition(topic, partition)
@@ -349,13 +367,10 @@ class Worker:
         cancelled: Callable[[], bool],
         on_progress: Callable[[int], None],
     ) -> dict[str, Snapshot] | None:
-        ops_topic = self.settings.topics.ops
-        raw = read_snapshots(
+        return read_restore_snapshots(
             self.settings,
-            keep=lambda snap: (
-                (src := snap.get("source")) is not None
-                and src.get("topic") == ops_topic
-                and src.get("partition") == partition
-            ),
+            partition,
+            self._co_partitioned,
+            cancelled=cancelled,
+            on_progress=on_progress,
         )
-        return {name: Snapshot.model_validate(v) for name, v in raw.items()}
