@@ -188,6 +188,19 @@ class WorkerSettings(_Section):
         return v.expanduser()
 
     @model_validator(mode="after")
+    def _publish_wait_fits_the_poll_interval(self) -> WorkerSettings:
+        # The loop waits up to publish_timeout_s for acknowledgements without polling (a
+        # revoke, an idle moment, a compaction pass): past max.poll.interval.ms the group
+        # would drop the worker. Half of it leaves room for the batch around the wait.
+        if self.publish_timeout_s > self.max_poll_interval_s / 2:
+            raise ValueError(
+                f"worker.publish_timeout_s ({self.publish_timeout_s}) must be at most half of "
+                f"worker.max_poll_interval_s ({self.max_poll_interval_s}): the worker waits "
+                "that long for Kafka's acknowledgements between two polls"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _group_timing_fits_the_protocol(self) -> WorkerSettings:
         if self.group_protocol == "consumer":
             for name in ("session_timeout_s", "heartbeat_interval_s"):

@@ -99,6 +99,7 @@ def test_classic_timing_and_instance_id_map_to_librdkafka_names() -> None:
             "session_timeout_s": 6.5,
             "heartbeat_interval_s": 0.5,
             "max_poll_interval_s": 30,
+            "publish_timeout_s": 15,
         }
     )
     conf = consumer_config(s)
@@ -150,7 +151,13 @@ def test_group_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
             "worker.heartbeat_interval_s (6.0) must be below worker.session_timeout_s (6.0)",
         ),
         (
-            {"worker": {"group_protocol": "classic", "max_poll_interval_s": 5}},
+            {
+                "worker": {
+                    "group_protocol": "classic",
+                    "max_poll_interval_s": 5,
+                    "publish_timeout_s": 1,
+                }
+            },
             "worker.max_poll_interval_s (5.0) must be at least worker.session_timeout_s (10.0)",
         ),
         ({"worker": {"group_protocol": "eager"}}, "worker.group_protocol"),
@@ -166,6 +173,10 @@ def test_group_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
             "kafka.extra sets partition.assignment.strategy",
         ),
         ({"kafka": {"extra": {"group.protocol": "classic"}}}, "kafka.extra sets group.protocol"),
+        (
+            {"worker": {"publish_timeout_s": 100, "max_poll_interval_s": 150}},
+            "worker.publish_timeout_s (100.0) must be at most half of worker.max_poll_interval_s",
+        ),
         ({"kafka": {"extra": {"group.instance.id": "x"}}}, "kafka.extra sets group.instance.id"),
     ],
 )
