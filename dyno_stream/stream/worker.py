@@ -46,10 +46,10 @@ from dyno_stream.kafka.reading import read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
     PartitionCountWatch,
+    SnapshotPartitioning,
     check_partition_count,
     ensure_topics,
     ops_partition_counts,
-    snapshot_partitioning,
 )
 from dyno_stream.stream.assignment import Assignment
 from dyno_stream.stream.delivery import Delivery
@@ -173,10 +173,7 @@ class Worker:
             on_counts=self._partition_counts_seen,
         ).start()
         self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
-        self._co_partitioned = self._check_snapshot_topic()
-        self.delivery = Delivery(
-            s, self._producer, self.metrics, co_partitioned=self._co_partitioned
-        )
+        self.delivery = Delivery(s, self._producer, self.metrics)
         self.restorer = Restorer(s, self.metrics, self._read_snapshots, self._low_watermark)
         self.assignment = Assignment(
             self._consumer,
@@ -319,10 +316,19 @@ class Worker:
         return now
 
     def _partition_counts_seen(self, now: int | None, recorded: int | None) -> None:
+        """The ops topic's count and the snapshot topic's (the recorded one): the watch's
+        thread and each assignment report them here. When they differ the worker refuses to
+        go on (``PartitionCountError``); this says what that means and how to migrate, once."""
         if now is not None:
             self.metrics.ops_partitions.set(now)
         if recorded is not None:
             self.metrics.ops_partitions_recorded.set(recorded)
+        problem = SnapshotPartitioning(
+            self.settings.topics.ops, self.settings.topics.snapshots, now, recorded
+        ).problem
+        if problem is not None and problem not in self.health.warnings:
+            log.error("%s", problem)
+            self.health.warnings.append(problem)
 
     def _check_refusals(self) -> None:
         # Partitions added to the ops topic reach a running worker as a rebalance only when
@@ -341,20 +347,6 @@ class Worker:
 
     # -- what the restorer reads --------------------------------------------------------------
 
-    def _check_snapshot_topic(self) -> bool:
-        """Whether the snapshot topic is co-partitioned with the ops topic (snapshot partition
-        p holds the snapshots of ops partition p, and a restore reads p alone). One that is
-        not still works, slowly: said at ERROR once here, and on /healthz."""
-        try:
-            partitioning = snapshot_partitioning(self.settings, self._admin)
-        except KafkaException as exc:
-            log.warning("cannot read the topics' partition counts: %s", exc)
-            return True  # ensure_topics made them so, or the restores will say otherwise
-        if partitioning.problem is not None:
-            log.error("%s", partitioning.problem)
-            self.health.warnings.append(partitioning.problem)
-        return partitioning.co_partitioned or partitioning.problem is None
-
     def _low_watermark(self, topic: str, partition: int) -> int:
         """The oldest offset of the ops partition that Kafka still keeps (0 if unknown)."""
         tp = TopicPartition(topic, partition)
@@ -370,7 +362,9 @@ class Worker:
         return read_restore_snapshots(
             self.settings,
             partition,
-            self._co_partitioned,
+            # Always, for a running worker: a snapshot topic with another partition count
+            # than the ops topic's is refused (``_partition_counts_seen``).
+            co_partitioned=True,
             cancelled=cancelled,
             on_progress=on_progress,
         )
