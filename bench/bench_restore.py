@@ -205,6 +205,7 @@ def main() -> None:
             ),
         }
         seconds: dict[str, list[float]] = {way: [] for way in ways}
+        load_before = os.getloadavg()
         for run in range(args.runs):
             for way, read in ways.items():
                 took = timed(read, expected)
@@ -218,6 +219,7 @@ def main() -> None:
         "partitions": PARTITIONS,
         "messages_per_partition": round(args.items * 1.1),
         "gc_threshold0": gc.get_threshold()[0],
+        "load_before": load_before,
         "load_after": os.getloadavg(),
         "ways": {},
     }
