@@ -247,7 +247,10 @@ def _read_restore(
         src = snap.source
         return src is not None and src.partition == source_partition and src.topic == ops_topic
 
-    newest = kept.finish(ours, cancelled, maybe=source_partition_test(source_partition))
+    # reading every partition, most snapshots are of other partitions: skip their validation
+    # (one partition of a co-partitioned topic holds its own: the test would only cost)
+    maybe = source_partition_test(source_partition) if partitions is None else None
+    newest = kept.finish(ours, cancelled, maybe=maybe)
     if newest is None:
         return None
     if kept.unreadable:
