@@ -73,6 +73,7 @@ bench: $(STAMP) $(BENCH_STAMP) jars
 	$(BIN)/python bench/bench_limits.py --json bench/results/limits.json
 	$(BIN)/python bench/bench_worker.py --json bench/results/worker.json
 	$(BIN)/python bench/bench_compaction.py --json bench/results/compaction.json
+	$(BIN)/python bench/bench_restore.py --json bench/results/restore.json
 	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python
 
 # dyno-stream beside quixstreams and the machine's limits (bench/results/compare.json, .png)

@@ -247,7 +247,10 @@ def _read_restore(
         src = snap.source
         return src is not None and src.partition == source_partition and src.topic == ops_topic
 
-    newest = kept.finish(ours, cancelled, maybe=source_partition_test(source_partition))
+    # reading every partition, most snapshots are of other partitions: skip their validation
+    # (one partition of a co-partitioned topic holds its own: the test would only cost)
+    maybe = source_partition_test(source_partition) if partitions is None else None
+    newest = kept.finish(ours, cancelled, maybe=maybe)
     if newest is None:
         return None
     if kept.unreadable:
@@ -324,6 +327,11 @@ def _read_newest(
         consumer.close()
 
 
+#: How long a topic or partition the broker does not know is asked for again (the metadata
+#: of a topic just created takes a moment to reach every broker) before it is an error.
+_UNKNOWN_GRACE_S = 10.0
+
+
 def _ranges(
     consumer: Consumer,
     topic: str,
@@ -332,21 +340,48 @@ def _ranges(
     deadline: float | None,
 ) -> dict[int, tuple[int, int]] | None:
     """Each partition's (low, high) watermark, asked in short turns so ``cancelled`` is seen
-    even while the broker does not answer."""
+    even while the broker does not answer. A topic or partition that is still unknown after
+    ``_UNKNOWN_GRACE_S`` raises ``KafkaAdminError``."""
+    unknown_until = time.monotonic() + _UNKNOWN_GRACE_S
+    wait = _FETCH_WAIT_S * 2
+    ranges: dict[int, tuple[int, int]] = {}
     while True:
         if cancelled():
             return None
         try:
             if partitions is None:
-                return watermarks(consumer, topic, timeout=_FETCH_WAIT_S * 5)
-            return {
-                p: consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=_FETCH_WAIT_S * 2
-                )
-                for p in partitions
-            }
-        except (KafkaException, KafkaAdminError) as exc:
-            if deadline is not None and time.monotonic() > deadline:
+                meta = consumer.list_topics(topic, timeout=wait).topics.get(topic)
+                if meta is None or meta.error is not None:
+                    raise _Unknown(f"topic {topic} not found")
+                partitions = sorted(meta.partitions)
+            for p in partitions:
+                if p not in ranges:
+                    if cancelled():
+                        return None
+                    ranges[p] = consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=wait
+                    )
+            return ranges
+        except (KafkaException, _Unknown) as exc:
+            now = time.monotonic()
+            if isinstance(exc, _Unknown) or _is_unknown(exc):
+                if now > unknown_until:
+                    where = topic if partitions is None else f"{topic} partition(s) {partitions}"
+                    raise KafkaAdminError(f"{where} not found: {exc}") from exc
+            elif deadline is not None and now > deadline:
                 raise KafkaServiceError(f"no watermarks of {topic}: {exc}") from exc
             log.debug("watermarks of %s not read yet: %s", topic, exc)
             time.sleep(_FETCH_WAIT_S)
+
+
+class _Unknown(Exception):
+    """The broker does not know the topic (yet)."""
+
+
+def _is_unknown(exc: KafkaException) -> bool:
+    code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return code in (
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    )

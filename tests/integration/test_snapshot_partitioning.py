@@ -14,13 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from helpers import cli_env, read_topic, run_cli, wait_until
 
 from dyno_stream.config import Settings, producer_config
+from dyno_stream.core.errors import KafkaAdminError
 from dyno_stream.core.events import Snapshot
+from dyno_stream.kafka import reading
 from dyno_stream.kafka.partitioning import kafka_partition
 from dyno_stream.kafka.reading import (
     read_partition_snapshots,
@@ -145,7 +148,9 @@ def test_a_restore_reads_only_its_own_snapshot_partition(
     assert newest_changes(read_partition_snapshots_from_all(s, 3)) == {"o3": 1}
 
 
-def test_a_cancelled_restore_read_stops_promptly(make_settings: Callable[..., Settings]) -> None:
+def test_a_cancelled_restore_read_stops_promptly(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = make_settings(partitions=2)
     ensure_topics(s)
     n = 20_000
@@ -178,6 +183,10 @@ def test_a_cancelled_restore_read_stops_promptly(make_settings: Callable[..., Se
     timer.join()
     assert got is None and fired
     assert returned - fired[0] < 0.3
+    # not cancelled, a partition that does not exist is an error once its grace is over
+    monkeypatch.setattr(reading, "_UNKNOWN_GRACE_S", 1.0)
+    with pytest.raises(KafkaAdminError, match="partition"):
+        read_partition_snapshots(s, 7)
 
 
 def test_migrate_snapshots_copies_each_newest_snapshot_to_its_source_partition(
