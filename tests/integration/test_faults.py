@@ -867,14 +867,17 @@ def test_partition_revoked_during_its_restore_the_next_owner_restores_it(
 def test_join_while_batches_are_in_flight_loses_nothing_applies_nothing_twice(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    """Ops flow steadily to worker A, whose snapshots Kafka acknowledges 0.3 s late (so a
+    """Ops flow steadily to worker A, whose snapshots Kafka acknowledges 0.2 s late (so a
     batch is always in flight), when B joins and takes half the partitions: A must wait
     for its batches in flight before letting go, and B must neither lose nor reapply."""
     n_ops = faults_size(12_000, 60_000)
     s = make_settings(partitions=4)
     ensure_topics(s)
-    slow_acks = injected(DYNO_FAULT_ACK_DELAY_S="0.3")
-    small_batches = {"DYNO_WORKER__BATCH_SIZE": "50"}
+    slow_acks = injected(DYNO_FAULT_ACK_DELAY_S="0.2")
+    # never idle while ops flow (an idle turn waits for every batch in flight): a poll
+    # outwaits the producer's 125 ms between chunks; 200-op batches, 3 in flight per 0.2 s,
+    # keep up with 3,000 ops/s
+    small_batches = {"DYNO_WORKER__BATCH_SIZE": "200", "DYNO_WORKER__BATCH_TIMEOUT_S": "0.5"}
     a = WorkerProcess(s, "a", tmp_path, env={**slow_acks, **small_batches})
     workers = [a]
     try:
