@@ -15,6 +15,7 @@ seed (printed; ``DYNO_FAULTS_SEED`` repeats it).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
@@ -864,21 +866,28 @@ def test_partition_revoked_during_its_restore_the_next_owner_restores_it(
     )
 
 
+@pytest.mark.parametrize("disks", ["separate", "shared"])
 def test_join_while_batches_are_in_flight_loses_nothing_applies_nothing_twice(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, disks: str
 ) -> None:
     """Ops flow steadily to worker A, whose snapshots Kafka acknowledges 0.2 s late (so a
     batch is always in flight), when B joins and takes half the partitions: A must wait
-    for its batches in flight before letting go, and B must neither lose nor reapply."""
+    for its batches in flight before letting go, and B must neither lose nor reapply, nor
+    publish a snapshot again (on a shared disk, rows A left pending would be republished)."""
     n_ops = faults_size(12_000, 60_000)
     s = make_settings(partitions=4)
     ensure_topics(s)
+    shared = tmp_path / "data-shared" if disks == "shared" else None
     slow_acks = injected(DYNO_FAULT_ACK_DELAY_S="0.2")
     # never idle while ops flow (an idle turn waits for every batch in flight): a poll
     # outwaits the producer's 125 ms between chunks; 200-op batches, 3 in flight per 0.2 s,
     # keep up with 3,000 ops/s
-    small_batches = {"DYNO_WORKER__BATCH_SIZE": "200", "DYNO_WORKER__BATCH_TIMEOUT_S": "0.5"}
-    a = WorkerProcess(s, "a", tmp_path, env={**slow_acks, **small_batches})
+    env = {
+        **slow_acks,
+        "DYNO_WORKER__BATCH_SIZE": "200",
+        "DYNO_WORKER__BATCH_TIMEOUT_S": "0.5",
+    }
+    a = WorkerProcess(s, "a", tmp_path, data_dir=shared, env=env)
     workers = [a]
     try:
         wait_assigned(a, 4)
@@ -887,7 +896,7 @@ def test_join_while_batches_are_in_flight_loses_nothing_applies_nothing_twice(
             wait_until(
                 lambda: producer.count >= n_ops // 4, 60, lambda: f"{producer.count} produced"
             )
-            b = WorkerProcess(s, "b", tmp_path, env={**slow_acks, **small_batches})
+            b = WorkerProcess(s, "b", tmp_path, data_dir=shared, env=env)
             workers.append(b)
             wait_until(
                 lambda: len(b.partitions()) == 2 and len(a.partitions()) == 2,
@@ -906,8 +915,17 @@ def test_join_while_batches_are_in_flight_loses_nothing_applies_nothing_twice(
     assert joined_while_producing, "the join came after the last op"
     # the revoke found batches in flight (else this test proves nothing about them)
     assert "batches in flight before letting go" in a.text(), a.tail(3000)
+    published_twice = [
+        k
+        for k, n in Counter(
+            (snap["item"], snap["changes"])
+            for snap in (json.loads(r.value or b"null") for r in read_topic(s, s.topics.snapshots))
+        ).items()
+        if n > 1
+    ]
+    assert not published_twice, f"snapshots published twice: {published_twice[:5]}"
     owner = {p: b.data_dir for p in b.partitions()} | {p: a.data_dir for p in a.partitions()}
-    check_end_state(s, produced, tmp_path, owner, "join_with_batches_in_flight")
+    check_end_state(s, produced, tmp_path, owner, f"join_with_batches_in_flight_{disks}")
 
 
 def test_ops_deleted_by_retention_during_a_restore_are_said_and_the_rest_applied_once(
