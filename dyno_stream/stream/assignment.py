@@ -169,6 +169,11 @@ class Assignment:
         if with_stores:
             # Batches finish before consume() is called again, but their messages may still
             # be on their way: wait for them, so the next owner does not publish them again.
+            if self.delivery.in_flight:
+                log.info(
+                    "rebalance: waiting for %d batches in flight before letting go",
+                    self.delivery.in_flight,
+                )
             try:
                 self.delivery.complete(wait=True)
             except DynoError as exc:  # the pending rows stay: the next owner publishes them

@@ -196,6 +196,7 @@ class Restorer:
                 return ps
             job.step = "writing"
             n = ps.restore_from(list(snapshots.values()), low)
+            self._say_ops_deleted_meanwhile(ps)
         finally:
             self.metrics.restoring_partitions.dec()
         seconds = time.monotonic() - job.started
@@ -211,3 +212,23 @@ class Restorer:
             ps.next_offset,
         )
         return ps
+
+    def _say_ops_deleted_meanwhile(self, ps: PartitionStore) -> None:
+        """Retention may delete more ops while the snapshots are read (a slow restore of a
+        large partition). Those between the restore's offset and the new start of the topic
+        are then gone: the ones in no item's snapshot cannot be applied by anyone. Said, and
+        the partition starts at the topic's start (Kafka's out-of-range reset would land
+        there too, with nothing said)."""
+        now = self._low_watermark(ps.topic, ps.partition)
+        if ps.next_offset is None or ps.next_offset >= now:
+            return
+        log.warning(
+            "ops %d-%d of %s were deleted while it was restored (the ops topic's retention): "
+            "those in no item's snapshot are lost to the items they touched; replaying from "
+            "offset %d",
+            ps.next_offset,
+            now - 1,
+            ps.label,
+            now,
+        )
+        ps.next_offset = now

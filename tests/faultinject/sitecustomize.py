@@ -9,12 +9,22 @@ sticky until the database is reopened). Only write batches fail; reads keep work
 plyvel's ``DB`` is an extension type that cannot be subclassed, so ``plyvel.DB`` is replaced by
 a thin proxy; dyno-stream looks ``plyvel.DB`` up when it opens a store, so it gets the proxy.
 Nothing here is imported unless the variable is set.
+
+``DYNO_FAULT_RESTORE_ITEMS_PER_S=R`` slows every restore's snapshot read to about R messages
+a second (a slow disk or network), so that a test can kill, revoke or cut the ops topic
+while a restore of a few thousand items is still running. The wait is taken in 20 ms slices
+between fetches and ends as soon as the restore is cancelled, so cancelling stays prompt.
+
+``DYNO_FAULT_ACK_DELAY_S=D`` holds back each delivery report of the process's producers for
+D seconds (a slow broker's acknowledgements), so that a worker always has batches in flight:
+published, not yet acknowledged.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 _LIMIT = os.environ.get("DYNO_FAULT_LEVELDB_WRITES")
@@ -61,3 +71,79 @@ if _LIMIT is not None:
             return _FaultyBatch(self._db.write_batch(*args, **kwargs))
 
     plyvel.DB = _FaultyDB
+
+_RESTORE_RATE = os.environ.get("DYNO_FAULT_RESTORE_ITEMS_PER_S")
+
+if _RESTORE_RATE is not None:
+    from dyno_stream.kafka import reading
+
+    _real_read = reading.read_restore_snapshots
+    _rate = float(_RESTORE_RATE)
+
+    def _slow_read(settings: Any, partition: int, co_partitioned: bool, **kw: Any) -> Any:
+        cancelled = kw.get("cancelled") or (lambda: False)
+        progress = kw.get("on_progress")
+        started = time.monotonic()
+
+        def throttled(n: int) -> None:
+            until = started + n / _rate
+            while time.monotonic() < until and not cancelled():
+                time.sleep(0.02)
+            if progress is not None:
+                progress(n)
+
+        print(f"faultinject: restore of partition {partition} slowed", file=sys.stderr, flush=True)
+        return _real_read(settings, partition, co_partitioned, **{**kw, "on_progress": throttled})
+
+    # dyno_stream.stream.worker imports the name from here when it is first imported (later)
+    reading.read_restore_snapshots = _slow_read
+
+_ACK_DELAY = os.environ.get("DYNO_FAULT_ACK_DELAY_S")
+
+if _ACK_DELAY is not None:
+    import confluent_kafka
+
+    _delay = float(_ACK_DELAY)
+
+    class _SlowAckProducer(confluent_kafka.Producer):
+        """Delivery reports come D seconds late, from a later poll() or flush()."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._held: list[tuple[float, Any, Any, Any]] = []
+
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            cb = kwargs.pop("on_delivery", None) or kwargs.pop("callback", None)
+            if cb is not None:
+                held = self._held
+
+                def later(err: Any, msg: Any) -> None:
+                    held.append((time.monotonic() + _delay, cb, err, msg))
+
+                kwargs["on_delivery"] = later
+            super().produce(*args, **kwargs)
+
+        def _fire_due(self) -> int:
+            now = time.monotonic()
+            due = [h for h in self._held if h[0] <= now]
+            self._held[:] = [h for h in self._held if h[0] > now]
+            for _, cb, err, msg in due:
+                cb(err, msg)
+            return len(due)
+
+        def poll(self, timeout: float = -1) -> int:
+            n: int = super().poll(timeout)
+            return n + self._fire_due()
+
+        def flush(self, timeout: float = -1) -> int:
+            left: int = super().flush(timeout)
+            deadline = time.monotonic() + (timeout if timeout >= 0 else 3600)
+            while self._held and time.monotonic() < deadline:
+                time.sleep(0.01)
+                self._fire_due()
+            return left + len(self._held)
+
+        def __len__(self) -> int:
+            return int(super().__len__()) + len(self._held)
+
+    confluent_kafka.Producer = _SlowAckProducer  # type: ignore[misc]

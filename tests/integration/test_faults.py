@@ -15,13 +15,16 @@ seed (printed; ``DYNO_FAULTS_SEED`` repeats it).
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
@@ -29,12 +32,14 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from helpers import (
     FAULTS_FULL,
     REPO,
     Produced,
     Reference,
     WorkerProcess,
+    assignment,
     check_against_reference,
     faults_size,
     free_port_pair,
@@ -129,20 +134,36 @@ def wait_assigned(w: WorkerProcess, partitions: int, timeout: float = 90) -> Non
 
 
 def check_stores(
-    data_dir: Path, s: Settings, ref: Reference, produced: Produced, tmp: Path
+    data_dir: Path | dict[int, Path],
+    s: Settings,
+    ref: Reference,
+    produced: Produced,
+    tmp: Path,
+    *,
+    restored: bool = False,
 ) -> None:
     """The worker's stores (after it stopped) hold every item exactly as the reference says,
-    with one row per op (``count == changes``: no op stored twice)."""
+    with one row per op (``count == changes``: no op stored twice).
+
+    ``data_dir``: one for every partition, or each partition's own (its last owner's disk).
+    ``restored``: the stores were restored from snapshots, so an item holds one row for its
+    snapshot and one per op after it (``count <= changes``); the hash still proves every op
+    applied once."""
     replay = produced.replay(tmp)
     part_of = produced.partitions()
     seen = 0
     for p in range(s.topics.partitions):
-        path = data_dir / s.topics.ops / f"{p:04d}"
+        disk = data_dir if isinstance(data_dir, Path) else data_dir[p]
+        path = disk / s.topics.ops / f"{p:04d}"
         items = store_items(path)
         mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
         assert set(items) == mine, f"partition {p}: items {len(items)}, expected {len(mine)}"
         check_against_reference(items, only_items(ref, mine), replay, f"store {p}")
-        doubled = [(n, i.count, i.changes) for n, i in items.items() if i.count != i.changes]
+        doubled = [
+            (n, i.count, i.changes)
+            for n, i in items.items()
+            if (i.count > i.changes if restored else i.count != i.changes)
+        ]
         assert not doubled, f"items with rows beyond their ops: {doubled[:3]}"
         seen += len(items)
     assert seen == sum(1 for n in ref.changes if ref.value(n) is not None)
@@ -636,3 +657,345 @@ def test_full_disk_stops_the_worker_and_a_restart_after_growing_it_recovers(
         s, tmp_path, data_dir, produced, {"DYNO_WORKER__BATCH_SIZE": "500"}, grow, "tmpfs"
     )
     record_figures("disk_full", **figures)
+
+
+# ---------------------------------------------------------------------------------------------
+# restores under fault: killed, revoked, a join with batches in flight, a retention gap
+# ---------------------------------------------------------------------------------------------
+
+#: Per restore, the messages of one snapshot partition that these tests restore from (some
+#: 3,000 items and their snapshots): slowed by the injector to ``RESTORE_RATE`` a second,
+#: a restore runs for several seconds, long enough to kill, revoke or cut it on purpose.
+RESTORE_ITEMS = 6_000
+RESTORE_OPS = 12_000
+RESTORE_RATE = 800
+
+_RESTORE_BEGUN = re.compile(r"faultinject: restore of partition (\d+) slowed")
+_REVOKED = re.compile(r"rebalance: revoked (.+); holding")
+
+
+def injected(**faults: str) -> dict[str, str]:
+    """A worker's environment with the fault injector on ``PYTHONPATH`` and ``faults`` set."""
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(FAULT_INJECTOR), os.environ.get("PYTHONPATH")])
+        ),
+        **faults,
+    }
+
+
+def slow_restores(rate: int = RESTORE_RATE) -> dict[str, str]:
+    return injected(DYNO_FAULT_RESTORE_ITEMS_PER_S=str(rate))
+
+
+def restores_begun(w: WorkerProcess) -> set[int]:
+    return {int(m.group(1)) for m in _RESTORE_BEGUN.finditer(w.text())}
+
+
+def revoked(w: WorkerProcess) -> set[int]:
+    out: set[int] = set()
+    for m in _REVOKED.finditer(w.text()):
+        for label in m.group(1).split(", "):
+            topic, _, p = label.rpartition("/")
+            if topic == w.ops_topic:
+                out.add(int(p))
+    return out
+
+
+def send_more(s: Settings, produced: Produced, n: int, n_items: int, rnd: random.Random) -> None:
+    """``n`` more ops into ``produced``, all acknowledged (no worker needs to run)."""
+    with DynoClient(s) as client:
+        produced.send(client, [random_op(rnd, i, n_items) for i in range(n)])
+        client.flush(120)
+    for f in produced.futures[-n:]:
+        f.result(60)
+
+
+def seed_snapshots(s: Settings, tmp_path: Path, rnd: random.Random) -> Produced:
+    """A first worker, on a disk of its own, applies ``RESTORE_OPS`` ops over
+    ``RESTORE_ITEMS`` items and publishes their snapshots, then stops: what the workers of
+    the test restore from. Then a backlog that no worker has applied yet, so that every
+    restore is followed by replaying ops (and skipping those its snapshots hold)."""
+    w = WorkerProcess(s, "seed", tmp_path)
+    produced = Produced()
+    try:
+        wait_assigned(w, s.topics.partitions)
+        send_more(s, produced, RESTORE_OPS, RESTORE_ITEMS, rnd)
+        with MaterializedView(s) as view:
+            wait_caught_up(view, produced.reference(), 120, w.tail())
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.wait_exit(60) == 0, w.tail()
+    finally:
+        w.cleanup()
+    send_more(s, produced, 2_000, RESTORE_ITEMS, rnd)
+    return produced
+
+
+def check_end_state(
+    s: Settings,
+    produced: Produced,
+    tmp_path: Path,
+    stores: Path | dict[int, Path],
+    name: str,
+    **figures: Any,
+) -> None:
+    """Every snapshot ever published a true prefix of its item's ops, the last ones equal
+    to the reference, nothing dead-lettered, the stores equal to the reference."""
+    ref = produced.reference()
+    history = published(read_topic(s, s.topics.snapshots), produced.models)
+    record_figures(
+        name,
+        ops_produced=len(produced.models),
+        items=len(ref.changes),
+        snapshots_published=history.snapshots,
+        ops_lost=history.ops_lost,
+        ops_applied_twice=history.ops_applied_twice,
+        seed=SEED,
+        **figures,
+    )
+    history.check()
+    check_against_reference(
+        history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
+    )
+    assert dead_letters(s) == 0, "ops were dead-lettered"
+    check_stores(stores, s, ref, produced, tmp_path / "reference-stores", restored=True)
+
+
+def stop_at_once(*workers: WorkerProcess) -> None:
+    """SIGKILL them together: a worker stopped before the others would hand its partitions
+    back to one whose store of them is older (a replay that republishes older snapshots,
+    not what these tests are about); the stores keep what they wrote either way."""
+    for w in workers:
+        w.proc.kill()
+    for w in workers:
+        w.proc.wait(10)
+
+
+def test_worker_killed_during_a_restore_the_next_run_restores_again(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """SIGKILL while both partitions are being restored onto an empty disk: the stores it
+    leaves have no offset (nothing half-written to trust), and the next run on the same
+    disk restores them again and applies every op once."""
+    rnd = random.Random(SEED + 10)
+    s = make_settings(partitions=2)
+    ensure_topics(s)
+    produced = seed_snapshots(s, tmp_path, rnd)
+    data_dir = tmp_path / "data-restoring"
+    victim = WorkerProcess(s, "killed-restoring", tmp_path, data_dir=data_dir, env=slow_restores())
+    try:
+        wait_until(
+            lambda: restores_begun(victim) == {0, 1} or not victim.alive(),
+            60,
+            lambda: f"restores begun: {sorted(restores_begun(victim))}{victim.tail()}",
+        )
+        time.sleep(rnd.uniform(0.2, 2.0))
+        assert victim.alive(), f"died while restoring{victim.tail()}"
+        victim.proc.kill()
+        assert victim.proc.wait(10) == -signal.SIGKILL
+    finally:
+        victim.cleanup()
+    log = victim.text()
+    # the kill landed in the restores, not after them
+    assert "restored " not in log and "started " not in log, victim.tail(3000)
+    assert store_offsets(data_dir, s) == {0: None, 1: None}, "a half-restored store has an offset"
+
+    w = WorkerProcess(s, "after", tmp_path, data_dir=data_dir)
+    try:
+        with MaterializedView(s) as view:
+            wait_caught_up(view, produced.reference(), 120, w.tail())
+        wait_assigned(w, 2)
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.wait_exit(60) == 0, w.tail()
+    finally:
+        w.cleanup()
+    assert set(w.restored()) == {0, 1}, f"not restored again: {w.restored()}{w.tail()}"
+    check_end_state(s, produced, tmp_path, data_dir, "kill_during_restore")
+
+
+def test_partition_revoked_during_its_restore_the_next_owner_restores_it(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Worker A restores both partitions onto an empty disk when B joins: the partition
+    that moves to B is revoked mid-restore. A's restore of it stops at once and leaves a
+    store with no offset; B restores it; A finishes the other; every op applied once."""
+    rnd = random.Random(SEED + 11)
+    s = make_settings(partitions=2)
+    ensure_topics(s)
+    produced = seed_snapshots(s, tmp_path, rnd)
+    # slow enough that B starts and joins while A still restores (B's start-up: 2-4 s here)
+    a = WorkerProcess(s, "a", tmp_path, env=slow_restores(RESTORE_RATE // 2))
+    workers = [a]
+    try:
+        wait_until(
+            lambda: restores_begun(a) == {0, 1} or not a.alive(),
+            60,
+            lambda: f"restores begun: {sorted(restores_begun(a))}{a.tail()}",
+        )
+        assert a.alive(), a.tail()
+        b = WorkerProcess(s, "b", tmp_path)
+        workers.append(b)
+        wait_until(
+            lambda: bool(revoked(a)) or not a.alive(),
+            60,
+            lambda: f"nothing revoked from a{a.tail()}{b.tail()}",
+        )
+        moved = revoked(a)
+        assert len(moved) == 1, a.tail(3000)
+        (p,) = moved
+        kept = 1 - p
+        # revoked before its restore was done, and it stopped there
+        assert f"restored {s.topics.ops}/{p}:" not in a.text(), a.tail(3000)
+        assert "did not stop within" not in a.text(), a.tail(3000)
+        wait_until(
+            lambda: p in b.partitions() and kept in a.partitions(),
+            90,
+            lambda: f"{assignment(workers)}{a.tail()}{b.tail()}",
+        )
+        with MaterializedView(s) as view:
+            wait_caught_up(view, produced.reference(), 120, a.tail() + b.tail())
+        stop_at_once(a, b)
+    finally:
+        for w in workers:
+            w.cleanup()
+    assert p in b.restored() and kept in a.restored(), (a.restored(), b.restored())
+    # the store A left of the moved partition: nothing in it to trust
+    assert store_offsets(a.data_dir, s)[p] is None, "a half-restored store has an offset"
+    check_end_state(
+        s, produced, tmp_path, {p: b.data_dir, kept: a.data_dir}, "revoke_during_restore"
+    )
+
+
+@pytest.mark.parametrize("disks", ["separate", "shared"])
+def test_join_while_batches_are_in_flight_loses_nothing_applies_nothing_twice(
+    make_settings: Callable[..., Settings], tmp_path: Path, disks: str
+) -> None:
+    """Ops flow steadily to worker A, whose snapshots Kafka acknowledges 0.2 s late (so a
+    batch is always in flight), when B joins and takes half the partitions: A must wait
+    for its batches in flight before letting go, and B must neither lose nor reapply, nor
+    publish a snapshot again (on a shared disk, rows A left pending would be republished)."""
+    n_ops = faults_size(12_000, 60_000)
+    s = make_settings(partitions=4)
+    ensure_topics(s)
+    shared = tmp_path / "data-shared" if disks == "shared" else None
+    slow_acks = injected(DYNO_FAULT_ACK_DELAY_S="0.2")
+    # never idle while ops flow (an idle turn waits for every batch in flight): a poll
+    # outwaits the producer's 125 ms between chunks; 200-op batches, 3 in flight per 0.2 s,
+    # keep up with 3,000 ops/s
+    env = {
+        **slow_acks,
+        "DYNO_WORKER__BATCH_SIZE": "200",
+        "DYNO_WORKER__BATCH_TIMEOUT_S": "0.5",
+    }
+    a = WorkerProcess(s, "a", tmp_path, data_dir=shared, env=env)
+    workers = [a]
+    try:
+        wait_assigned(a, 4)
+        with DynoClient(s) as client:
+            producer = PacedProducer(client, n_ops, 500, n_ops / 15, random.Random(SEED + 13))
+            wait_until(
+                lambda: producer.count >= n_ops // 4, 60, lambda: f"{producer.count} produced"
+            )
+            b = WorkerProcess(s, "b", tmp_path, data_dir=shared, env=env)
+            workers.append(b)
+            wait_until(
+                lambda: len(b.partitions()) == 2 and len(a.partitions()) == 2,
+                60,
+                lambda: f"{assignment(workers)}{a.tail()}{b.tail()}",
+            )
+            joined_while_producing = producer.count < n_ops
+            produced = producer.join(120)
+            client.flush(120)
+        with MaterializedView(s) as view:
+            wait_caught_up(view, produced.reference(), 120, a.tail() + b.tail())
+        stop_at_once(a, b)
+    finally:
+        for w in workers:
+            w.cleanup()
+    assert joined_while_producing, "the join came after the last op"
+    # the revoke found batches in flight (else this test proves nothing about them)
+    assert "batches in flight before letting go" in a.text(), a.tail(3000)
+    published_twice = [
+        k
+        for k, n in Counter(
+            (snap["item"], snap["changes"])
+            for snap in (json.loads(r.value or b"null") for r in read_topic(s, s.topics.snapshots))
+        ).items()
+        if n > 1
+    ]
+    assert not published_twice, f"snapshots published twice: {published_twice[:5]}"
+    owner = {p: b.data_dir for p in b.partitions()} | {p: a.data_dir for p in a.partitions()}
+    check_end_state(s, produced, tmp_path, owner, f"join_with_batches_in_flight_{disks}")
+
+
+def test_ops_deleted_by_retention_during_a_restore_are_said_and_the_rest_applied_once(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A worker's store is behind the ops topic's start, so it is restored from snapshots;
+    while that runs, retention deletes more ops, past every snapshot's offset. The ops that
+    were in no snapshot and are gone cannot be applied; the worker must say so, and apply
+    every op that remains exactly once (the reference: every op but the deleted ones)."""
+    rnd = random.Random(SEED + 14)
+    s = make_settings(partitions=1)
+    ensure_topics(s)
+    admin = AdminClient(s.kafka.librdkafka())
+
+    def delete_before(offset: int) -> None:
+        tp = TopicPartition(s.topics.ops, 0, offset)
+        for fut in admin.delete_records([tp]).values():
+            fut.result(30)
+
+    produced = Produced()
+    first = WorkerProcess(s, "first", tmp_path)  # its store stops at offset 2,000
+    try:
+        wait_assigned(first, 1)
+        send_more(s, produced, 2_000, 1_000, rnd)
+        with MaterializedView(s) as view:
+            wait_caught_up(view, produced.reference(), 60, first.tail())
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.wait_exit(60) == 0, first.tail()
+        other = WorkerProcess(s, "other", tmp_path)  # another disk: ops 2,000-5,999
+        try:
+            wait_assigned(other, 1)
+            send_more(s, produced, 4_000, RESTORE_ITEMS, rnd)
+            with MaterializedView(s) as view:
+                wait_caught_up(view, produced.reference(), 60, other.tail())
+            other.proc.send_signal(signal.SIGTERM)
+            assert other.wait_exit(60) == 0, other.tail()
+        finally:
+            other.cleanup()
+    finally:
+        first.cleanup()
+    delete_before(3_000)  # the first store (at 2,000) is now behind the topic's start
+    send_more(s, produced, 2_000, RESTORE_ITEMS, rnd)  # 6,000-7,999, in no snapshot
+    offsets = [f.result(60).offset for f in produced.futures]
+    assert offsets == list(range(8_000))
+
+    back = WorkerProcess(s, "back", tmp_path, data_dir=first.data_dir, env=slow_restores())
+    try:
+        wait_until(
+            lambda: restores_begun(back) == {0} or not back.alive(),
+            60,
+            lambda: f"no restore began{back.tail()}",
+        )
+        delete_before(7_000)  # 6,000-6,999: gone before the restore is done
+        assert "restored " not in back.text(), "the restore was done before the deletion"
+        remaining = Produced()
+        remaining.models = [
+            m for m, off in zip(produced.models, offsets, strict=True) if not 6_000 <= off < 7_000
+        ]
+        remaining.futures = [
+            f for f, off in zip(produced.futures, offsets, strict=True) if not 6_000 <= off < 7_000
+        ]
+        with MaterializedView(s) as view:
+            wait_caught_up(view, remaining.reference(), 120, back.tail())
+        back.proc.send_signal(signal.SIGTERM)
+        assert back.wait_exit(60) == 0, back.tail()
+    finally:
+        back.cleanup()
+    log = back.text()
+    assert f"restored {s.topics.ops}/0:" in log, back.tail(3000)
+    assert "stale-" in log, "the store behind the topic's start was not set aside"
+    # not silent: the ops deleted during the restore are named
+    assert "deleted while it was restored" in log, back.tail(3000)
+    check_end_state(s, remaining, tmp_path, first.data_dir, "retention_gap_during_restore")

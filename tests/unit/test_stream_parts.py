@@ -16,7 +16,7 @@ from helpers import op_bytes, wait_until
 
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.errors import PublishError
-from dyno_stream.core.events import Snapshot
+from dyno_stream.core.events import Snapshot, Source
 from dyno_stream.core.flake import new_flake
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
@@ -52,12 +52,17 @@ def _msg(offset: int, item: str = "x", partition: int = 0) -> Message:
 class Parts:
     """The parts of one worker, wired as ``Worker._connect`` wires them."""
 
-    def __init__(self, settings: Settings, snapshots: Snapshots | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        snapshots: Snapshots | None = None,
+        low_watermark: Callable[[str, int], int] = lambda t, p: 0,
+    ) -> None:
         self.consumer, self.producer = FakeConsumer(), FakeProducer()
         self.metrics, self.health = WorkerMetrics(), Health()
         self.delivery = Delivery(settings, self.producer, self.metrics)
         self.restorer = Restorer(
-            settings, self.metrics, snapshots or (lambda p, c, on: {}), lambda t, p: 0
+            settings, self.metrics, snapshots or (lambda p, c, on: {}), low_watermark
         )
         self.assignment = Assignment(
             self.consumer, self.restorer, self.delivery, self.metrics, self.health
@@ -238,3 +243,29 @@ def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(tmp_path
     finally:
         parts.close()
         held.close()
+
+
+def test_ops_deleted_while_restoring_are_said_and_the_partition_starts_past_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention moves the ops topic's start from 0 to 50 while the snapshots are read: the
+    restore's offset (11, after the snapshot's 10) is gone. Said, and started at 50, not
+    left to Kafka's silent out-of-range reset."""
+    lows = iter([0, 50])
+    snapshot = Snapshot(
+        item="x",
+        value={"n": 1},
+        timestamp=new_flake(),
+        changes=1,
+        hash="h",
+        count=1,
+        source=Source(topic=TOPIC, partition=0, offset=10),
+    )
+    parts = Parts(_settings(tmp_path), lambda p, c, on: {"x": snapshot}, lambda t, p: next(lows))
+    try:
+        parts.assign_and_start(0)
+        assert parts.assignment.running()[(TOPIC, 0)].next_offset == 50
+        assert ("assign", [(TOPIC, 0, 50)]) in parts.consumer.calls
+    finally:
+        parts.close()
+    assert "ops 11-49 of ops/0 were deleted while it was restored" in caplog.text
