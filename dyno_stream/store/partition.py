@@ -89,6 +89,9 @@ class PartitionStore:
     consumed_ms: int | None = None
     #: after a restore: ops at or below these offsets are already in the item's snapshot
     restored: dict[str, int] = field(default_factory=dict)
+    #: ops below this offset were applied and published by the partition's last owner: a
+    #: replay of them publishes nothing (``stream.restorer``); None once passed
+    published_through: int | None = None
 
     @classmethod
     def open(
@@ -177,6 +180,8 @@ class PartitionStore:
             yield tx
         if tx.next_offset is not None:
             self.next_offset = tx.next_offset
+            if self.published_through is not None and tx.next_offset >= self.published_through:
+                self.published_through = None
         if tx.consumed_ms is not None:
             self.consumed_ms = tx.consumed_ms
         if self.restored and (self.next_offset or 0) > max(self.restored.values()):

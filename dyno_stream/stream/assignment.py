@@ -176,9 +176,13 @@ class Assignment:
                 )
             try:
                 self.delivery.complete(wait=True)
-            except DynoError as exc:  # the pending rows stay: the next owner publishes them
-                log.error("%s", exc)
+            except DynoError as exc:
+                # The pending rows stay, in stores the next owner may not share (separate
+                # disks): commit nothing, so that its replay from the committed offset
+                # publishes those snapshots again (see Restorer._note_published).
+                log.error("%s; committing nothing for the partitions let go", exc)
                 self.delivery.abandon()
+                commit = False
             self.delivery.clear_acknowledged([p.store for p in with_stores if p.store])
         offsets = [
             p.tp(p.store.next_offset)

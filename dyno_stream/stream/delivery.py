@@ -161,6 +161,11 @@ class Delivery:
         dead = ps.pending_dead_letters()
         if not snapshots and not dead:
             return 0
+        if ps.published_through is not None:
+            # Left by this worker's earlier ownership of the partition; its last owner has
+            # published newer snapshots since (``Restorer._note_published``).
+            ps.clear_pending([*keys, *(k for k, _ in dead)])
+            return 0
         publication = self.publication()
         # A snapshot is read from the store as it is now, so it names the last offset the
         # store applied: a later batch whose own pending row was cleared may have changed

@@ -266,6 +266,11 @@ class BatchProcessor:
                     if name in last:  # not when its command failed (a dead letter then)
                         touched.setdefault(name, last[name])
                 share.dead.sort(key=lambda d: d.offset)
+                quiet = ps.published_through
+                if quiet is not None:  # the last owner published these (restorer.py)
+                    if share.last_offset + 1 <= quiet:
+                        touched = {}
+                    share.dead = [d for d in share.dead if d.offset >= quiet]
                 share.pending = tx.track(
                     share.last_offset + 1,
                     snapshots=touched,

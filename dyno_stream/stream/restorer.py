@@ -49,6 +49,8 @@ SnapshotSource = Callable[
 ]
 #: (topic, partition) -> the ops partition's low watermark: the oldest op Kafka still keeps
 LowWatermark = Callable[[str, int], int]
+#: (topic, partition) -> the group's committed offset of the ops partition (None: none)
+CommittedOffset = Callable[[str, int], int | None]
 
 
 @dataclass(eq=False)
@@ -79,11 +81,13 @@ class Restorer:
         metrics: WorkerMetrics,
         snapshots: SnapshotSource,
         low_watermark: LowWatermark,
+        committed_offset: CommittedOffset = lambda topic, partition: None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._snapshots = snapshots
         self._low_watermark = low_watermark
+        self._committed_offset = committed_offset
         self._pool = ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="dyno-restore")
 
     def start(self, topic: str, partition: int, ops_partitions: int | None) -> RestoreJob:
@@ -125,6 +129,8 @@ class Restorer:
             if ops_partitions is not None:
                 ps.check_partitions(ops_partitions)
             ps = self._restore_if_needed(job, ps)
+            if ps is not None:
+                self._note_published(ps)
         except BaseException:
             if ps is not None:
                 ps.close()  # release its LevelDB lock for the next owner
@@ -133,6 +139,25 @@ class Restorer:
             ps.close()
             return None
         return ps
+
+    def _note_published(self, ps: PartitionStore) -> None:
+        """A store behind what the group has committed (a partition coming back to this
+        worker's disk after another worker moved it on) replays ops whose snapshots that
+        worker has published already: newer ones than the replay makes. Committed offsets
+        are only ever acknowledged ones, so the replay publishes nothing below it
+        (``PartitionStore.published_through``); a snapshot published never goes back."""
+        if ps.next_offset is None:
+            return
+        committed = self._committed_offset(ps.topic, ps.partition)
+        if committed is not None and committed > ps.next_offset:
+            ps.published_through = committed
+            log.info(
+                "%s: store at offset %s, the group committed %s: replaying those ops without "
+                "publishing again what the last owner published",
+                ps.label,
+                ps.next_offset,
+                committed,
+            )
 
     def _open(self, job: RestoreJob) -> PartitionStore | None:
         """The partition's store, once no other process holds its lock; None if cancelled."""

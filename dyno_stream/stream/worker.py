@@ -31,7 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dyno_stream.config import Settings, consumer_config, producer_config
@@ -174,7 +181,9 @@ class Worker:
         ).start()
         self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
         self.delivery = Delivery(s, self._producer, self.metrics)
-        self.restorer = Restorer(s, self.metrics, self._read_snapshots, self._low_watermark)
+        self.restorer = Restorer(
+            s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
+        )
         self.assignment = Assignment(
             self._consumer,
             self.restorer,
@@ -352,6 +361,22 @@ class Worker:
         tp = TopicPartition(topic, partition)
         lows = list_offsets(self._admin, [tp], OffsetSpec.earliest(), timeout=10)  # type: ignore[no-untyped-call]
         return lows.get((topic, partition), 0)
+
+    def _committed_offset(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset of an ops partition (None: none, or no answer)."""
+        request = ConsumerGroupTopicPartitions(
+            self.settings.worker.group_id, [TopicPartition(topic, partition)]
+        )
+        try:
+            [future] = self._admin.list_consumer_group_offsets(
+                [request], request_timeout=10
+            ).values()
+            answer = future.result()
+        except KafkaException as exc:
+            log.warning("committed offset of %s/%s unknown: %s", topic, partition, exc)
+            return None
+        offsets = [tp.offset for tp in answer.topic_partitions or [] if tp.offset >= 0]
+        return offsets[0] if offsets else None
 
     def _read_snapshots(
         self,

@@ -57,12 +57,13 @@ class Parts:
         settings: Settings,
         snapshots: Snapshots | None = None,
         low_watermark: Callable[[str, int], int] = lambda t, p: 0,
+        committed: Callable[[str, int], int | None] = lambda t, p: None,
     ) -> None:
         self.consumer, self.producer = FakeConsumer(), FakeProducer()
         self.metrics, self.health = WorkerMetrics(), Health()
         self.delivery = Delivery(settings, self.producer, self.metrics)
         self.restorer = Restorer(
-            settings, self.metrics, snapshots or (lambda p, c, on: {}), low_watermark
+            settings, self.metrics, snapshots or (lambda p, c, on: {}), low_watermark, committed
         )
         self.assignment = Assignment(
             self.consumer, self.restorer, self.delivery, self.metrics, self.health
@@ -269,3 +270,30 @@ def test_ops_deleted_while_restoring_are_said_and_the_partition_starts_past_them
     finally:
         parts.close()
     assert "ops 11-49 of ops/0 were deleted while it was restored" in caplog.text
+
+
+def test_a_replay_below_the_groups_committed_offset_publishes_nothing_stale(
+    tmp_path: Path,
+) -> None:
+    """A partition back on this worker's disk after another worker took it further: the
+    replay of the ops that worker published already must not publish older snapshots."""
+    s = _settings(tmp_path)
+    first = Parts(s)
+    first.assign_and_start(0)
+    first.processor.process([_msg(0), _msg(1, "y")], first.assignment.running())
+    first.delivery.complete(wait=True)
+    first.close()  # this store stays at offset 2; another worker went on to offset 5
+
+    again = Parts(s, committed=lambda t, p: 5)
+    try:
+        again.assign_and_start(0)
+        ps = again.assignment.running()[(TOPIC, 0)]
+        assert ps.published_through == 5
+        again.processor.process([_msg(2), _msg(3, "y"), _msg(4)], again.assignment.running())
+        assert again.producer.produced == []  # the other worker published x and y as of 4
+        assert ps.pending_snapshots()[0] == {}
+        again.processor.process([_msg(5, "y")], again.assignment.running())
+        assert [m.key for m in again.producer.produced] == [b"y"]
+        assert ps.published_through is None
+    finally:
+        again.close()
