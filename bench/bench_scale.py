@@ -52,6 +52,7 @@ import threading
 import time
 import uuid
 from array import array
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -180,7 +181,9 @@ class EndState:
     lost: int
     twice: int
     dead_letters: int
+    #: when every op was visible, or None: then ``ops_waiting`` were not, and count as lost
     caught_up_s: float | None
+    ops_waiting: int
     examples: list[str]
 
 
@@ -216,8 +219,8 @@ class Tracker:
         return time.monotonic() - self.t0
 
     def acknowledged(self, item: str, partition: int, offset: int) -> None:
-        now = self.now()
         with self.lock:
+            now = self.now()
             self.acked += 1
             if self.item_visible.get(item, -1) >= offset:  # its snapshot came first
                 self.visible_at.append(now)
@@ -236,10 +239,10 @@ class Tracker:
             self.failed += 1
 
     def snapshot(self, snap: dict[str, Any]) -> None:
-        now = self.now()
         item, source = snap["item"], snap["source"]
         partition, offset = source["partition"], source["offset"]
         with self.lock:
+            now = self.now()  # taken under the lock, so ``visible_at`` stays in order
             self.snapshots += 1
             self.latest[item] = snap
             if offset > self.item_visible.get(item, -1):
@@ -744,14 +747,15 @@ class Scenario:
         self.note(
             f"load stopped: {self.load.sent:,} ops sent, {self.load.achieved_rate:,.0f} ops/s"
         )
-        self.wait_caught_up(self.args.settle_max_s)
-        self.caught_up_at = self.tracker.now()
-        change.settled_at = self.caught_up_at
-        self.note(f"caught up: no op waiting ({self.tracker.snapshots:,} snapshots read)")
+        if self.wait_caught_up(self.args.drain_max_s):
+            self.caught_up_at = self.tracker.now()
+            change.settled_at = self.caught_up_at
+            self.note(f"caught up: no op waiting ({self.tracker.snapshots:,} snapshots read)")
         # anything later would be a stale or duplicate snapshot: it counts in the end state
         time.sleep(2.0)
 
-    def wait_caught_up(self, timeout: float) -> None:
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Until every op sent is acknowledged and visible; False if not within ``timeout``."""
         deadline = time.monotonic() + timeout
         while (
             self.tracker.acked + self.tracker.failed < self.load.sent or self.tracker.ops_waiting()
@@ -759,8 +763,9 @@ class Scenario:
             self.check_workers(self.alive_expected)
             if time.monotonic() > deadline:
                 self.note(f"{self.tracker.ops_waiting():,} ops not visible after {timeout:.0f}s")
-                return
+                return False
             time.sleep(0.2)
+        return True
 
     def run(self) -> None:
         self.prefill_and_first_worker()
@@ -829,7 +834,8 @@ class Scenario:
             lost=lost,
             twice=twice,
             dead_letters=dead_letters(self.s),
-            caught_up_s=self.caught_up_at,
+            caught_up_s=None if self.caught_up_at is None else round(self.caught_up_at, 3),
+            ops_waiting=self.tracker.ops_waiting(),
             examples=examples,
         )
 
@@ -846,8 +852,9 @@ class Scenario:
         result = []
         for k, change in enumerate(self.changes):
             until = self.changes[k + 1].at if k + 1 < len(self.changes) else end
-            pairs = zip(visible_at, lags, strict=True)
-            window = sorted(lag for t, lag in pairs if change.at <= t < until)
+            window = sorted(
+                lags[bisect_left(visible_at, change.at) : bisect_left(visible_at, until)]
+            )
             moved = change.moved()
             if change.leaver is not None:
                 moved |= {p for p, o in change.owners_before.items() if o == change.leaver}
@@ -1003,7 +1010,8 @@ def print_report(
         )
     out.print(table)
     state = Table(title="end state against the reference")
-    for col in ("items", "equal", "differ", "missing", "ops", "failed", "lost", "twice", "dead"):
+    columns = ("items", "equal", "differ", "missing", "ops", "failed", "lost", "twice", "dead")
+    for col in (*columns, "caught up at s"):
         state.add_column(col, justify="right")
     state.add_row(
         f"{end.items:,}",
@@ -1015,8 +1023,11 @@ def print_report(
         f"{end.lost:,}",
         f"{end.twice:,}",
         f"{end.dead_letters:,}",
+        "no" if end.caught_up_s is None else f"{end.caught_up_s:.1f}",
     )
     out.print(state)
+    if end.caught_up_s is None:
+        out.print(f"  not caught up: {end.ops_waiting:,} ops were still not visible", highlight=False)
     for example in end.examples:
         out.print(f"  differs: {example}", highlight=False)
 
@@ -1048,7 +1059,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=25.0,
         help="the SIGKILL phase at least this long (it lasts until the group settles anyway)",
     )
-    ap.add_argument("--settle-max-s", type=float, default=240.0)
+    ap.add_argument(
+        "--settle-max-s",
+        type=float,
+        default=240.0,
+        help="a phase goes on to the next after this long unsettled (noted in the timeline)",
+    )
+    ap.add_argument(
+        "--drain-max-s",
+        type=float,
+        default=900.0,
+        help="how long the workers may take to catch up once the load stops",
+    )
     ap.add_argument(
         "--steps",
         type=lambda text: text.split(","),
@@ -1111,8 +1133,13 @@ def run_bench(args: argparse.Namespace, bootstrap: str, tmp: Path) -> dict[str, 
     }
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # so the workers and the private broker are stopped
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-scale-"))
     broker = None
     try:
