@@ -1027,7 +1027,7 @@ def print_report(
     )
     out.print(state)
     if end.caught_up_s is None:
-        out.print(f"  not caught up: {end.ops_waiting:,} ops were still not visible", highlight=False)
+        out.print(f"  not caught up: {end.ops_waiting:,} ops not visible", highlight=False)
     for example in end.examples:
         out.print(f"  differs: {example}", highlight=False)
 
