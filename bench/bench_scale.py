@@ -1062,8 +1062,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--settle-max-s",
         type=float,
-        default=240.0,
-        help="a phase goes on to the next after this long unsettled (noted in the timeline)",
+        default=600.0,
+        help="a phase goes on to the next after this long unsettled (noted in the timeline); "
+        "the current worker took up to 7 minutes to settle a SIGKILL at the default load",
     )
     ap.add_argument(
         "--drain-max-s",
