@@ -142,6 +142,8 @@ class Change:
     leaver: str | None = None
     settled_at: float | None = None
     load_avg: list[float] = field(default_factory=list)
+    #: the processes that used the most CPU once it settled (ours and others' beside us)
+    busiest: list[dict[str, Any]] = field(default_factory=list)
 
     def moved(self) -> set[int]:
         return {p for p, owner in self.owners_after.items() if self.owners_before.get(p) != owner}
@@ -170,6 +172,7 @@ class ChangeFigures:
     restores: int
     restore_s: float
     load_avg: list[float]
+    busiest: list[dict[str, Any]]
 
 
 @dataclass
@@ -692,6 +695,7 @@ class Scenario:
         change.owners_after = self.group.wait_complete(clients, self.args.settle_max_s)
         change.settled_at = self.tracker.now()
         self.note(f"settled: {describe('stable', change.owners_after)}")
+        change.busiest = busiest(0.5, top=5)
 
     def begin(self, label: str, kind: str, leaver: str | None = None) -> Change:
         before = self.changes[-1].owners_after if self.changes else {}
@@ -904,6 +908,7 @@ class Scenario:
                     restores=len(restores := self.restores(change.at, until)),
                     restore_s=round(sum(restores), 3),
                     load_avg=change.load_avg,
+                    busiest=change.busiest,
                 )
             )
         return result
