@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare faults schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-scale faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,12 @@ bench: $(STAMP) $(BENCH_STAMP) jars
 # dyno-stream beside quixstreams and the machine's limits (bench/results/compare.json, .png)
 bench-compare: $(STAMP) $(BENCH_STAMP) jars
 	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python $(ARGS)
+
+# Workers 1 -> 2 -> 3 -> 2 -> 1 under 8,000 ops/s, each on its own disk, then on one shared
+# disk (bench/results/scale-separate.json, scale-shared.json; the README's scale-out figures)
+bench-scale: $(STAMP) jars
+	$(BIN)/python bench/bench_scale.py --disks separate $(ARGS)
+	$(BIN)/python bench/bench_scale.py --disks shared $(ARGS)
 
 # The fault suite at full size (CI runs it reduced, within `make test`): 200,000 ops with 20
 # SIGKILLs, 3 broker restarts, failing disks, 50,000 poison events (random seed, printed).
