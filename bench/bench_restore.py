@@ -6,6 +6,8 @@ before the item's newest snapshot, half after it, as a republish after a crash c
 restores partition 3 in three ways and checks each result holds every item of that partition
 at its newest snapshot:
 
+- the whole restore as a worker's restorer does it: partition 3's read, then its items and
+  offset written to a new partition store in one LevelDB batch;
 - ``read_partition_snapshots``: partition 3 of the snapshot topic alone;
 - ``read_partition_snapshots_from_all``: the fallback for a topic that is not co-partitioned,
   every partition read and partition 3's snapshots kept;
@@ -46,6 +48,7 @@ from dyno_stream.kafka.reading import (
     read_snapshots,
 )
 from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.store.partition import PartitionStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "restore.json"
 PARTITIONS = 16
@@ -196,7 +199,21 @@ def main() -> None:
             src = snap.get("source") or {}
             return bool(src.get("topic") == ops and src.get("partition") == p)
 
+        def whole_restore() -> dict[str, Any]:
+            """What a worker's restorer does: the read, then the items and the offset written
+            to a new partition store in one batch (``PartitionStore.restore_from``)."""
+            ps = PartitionStore.open(Path(tempfile.mkdtemp(dir=tmp)), ops, p, sync=False)
+            try:
+                snaps = read_partition_snapshots(s, p) or {}
+                written = ps.restore_from(list(snaps.values()))
+            finally:
+                ps.close()
+            if written != len(expected):
+                raise SystemExit(f"restored {written} items, want {len(expected)}")
+            return snaps
+
         ways: dict[str, Callable[[], dict[str, Any]]] = {
+            "whole restore: read 1 of 16 partitions + LevelDB write": whole_restore,
             "read_partition_snapshots (1 of 16 partitions)": lambda: (
                 read_partition_snapshots(s, p) or {}
             ),

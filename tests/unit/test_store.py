@@ -19,6 +19,7 @@ from dyno_stream.core.errors import (
     InvalidNameError,
     LateOpError,
     StoreClosedError,
+    StoreError,
     UnknownHashError,
     ValidationError,
 )
@@ -1038,3 +1039,32 @@ def test_a_foreign_database_is_refused_and_left_unlocked(tmp_path: Path) -> None
         DynoStore(path)
     assert first.traceback is not None
     assert plyvel.DB(str(path)).get(b"not-an-item-row") == b"x"  # and nothing was written
+
+
+def test_restore_writes_items_states_and_internal_rows_at_once_into_a_store_without_items(
+    tmp_path: Path,
+) -> None:
+    """A restore lands whole (its items' rows and states with the worker's offset) and only
+    into a store with no items: a half-used store would mix two histories."""
+    source = DynoStore(tmp_path / "source")
+    source.put_item("a", {"n": 1}, ts=F(0))
+    source.put_attrs("a", {"m": 2}, ts=F(1))
+    a = source.get_item("a")
+    source.close()
+
+    path = tmp_path / "restored"
+    with DynoStore(path) as store:
+        assert store.restore([("a", a)], {b"\x00meta\x00offset": b"7"}) == 1
+    with DynoStore(path) as store:  # reopened: the state row was written, not only cached
+        got = store.get_item("a")
+        assert (got.value, got.hash, got.changes, got.count) == (a.value, a.hash, 2, 1)
+        assert store.get_meta(b"\x00meta\x00offset") == b"7"
+        store.put_attrs("a", {"o": 3}, ts=F(2))  # later ops chain on from the restored hash
+        assert store.get_item("a").changes == 3
+
+    other = tmp_path / "used"
+    with DynoStore(other) as store:
+        store.put_item("b", {"n": 1}, ts=F(0))
+        with pytest.raises(StoreError, match="already has items"):
+            store.restore([("a", a)], {b"\x00meta\x00offset": b"7"})
+        assert store.get_meta(b"\x00meta\x00offset") is None
