@@ -469,8 +469,13 @@ def watch(
         v.wait_until_caught_up(60)
         live.set()
         err.print(f"watching {s.topics.snapshots} ({len(v)} items so far); Ctrl-C stops")
+        # Waited in slices, so that the main thread looks at its signals at least every
+        # 0.5 s: a wait with no timeout is a lock acquire that only a signal landing on the
+        # main thread itself interrupts.
+        forever = threading.Event()
         with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+            while not forever.wait(0.5):
+                pass
 
 
 # -- schemas -----------------------------------------------------------------------------------
