@@ -32,7 +32,6 @@ import queue
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -287,20 +286,6 @@ def run_once(bootstrap: str, topic: str, protocol: str) -> list[Change]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two free neighbouring ports")
-
-
 def _revoked_text(c: Change) -> str:
     if not c.revoked:
         return "none"
@@ -355,9 +340,9 @@ def main() -> None:
         if args.bootstrap:
             bootstrap = args.bootstrap
         else:
-            from dyno_stream.devtools.broker import LocalBroker
+            from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 
-            broker = LocalBroker(home=home, port=_free_port_pair())
+            broker = LocalBroker(home=home, port=free_port_pair())
             bootstrap = broker.start(timeout=120)
         topic = f"bench-rebalance-{uuid.uuid4().hex[:8]}"
         admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -41,7 +40,7 @@ from confluent_kafka import Producer
 
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core.events import Snapshot
-from dyno_stream.devtools.broker import LocalBroker
+from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 from dyno_stream.kafka.reading import (
     read_partition_snapshots,
     read_partition_snapshots_from_all,
@@ -57,20 +56,6 @@ RESTORED = 3
 WORKER_GC_THRESHOLD = 200_000
 FLAKE = "01a22ca30be5-0000-3dfd-02fc00000001"
 HASH = "cdc523b696455d8a17248d6fce5b8cdc"
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (the broker's controller listens there)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
 
 
 def snapshot(s: Settings, name: str, partition: int, changes: int) -> bytes:

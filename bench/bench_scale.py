@@ -44,7 +44,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,7 @@ from typing import Any
 
 import bench_worker
 import orjson
-from bench_compare import busiest, free_port
+from bench_compare import busiest
 from bench_worker import bench_settings, delete_bench_topics
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -79,7 +78,7 @@ from rich.table import Table
 from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.flake import FlakeGenerator
-from dyno_stream.devtools.broker import LocalBroker
+from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 from dyno_stream.kafka.partitioning import kafka_partition
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -1053,18 +1052,6 @@ def print_report(
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-def free_port_pair() -> int:
-    """A free port whose next one is free too: the local broker's controller takes port + 1."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.core.keys import split_key
 from dyno_stream.core.ops import HISTORY, chain_hash
+from dyno_stream.devtools.broker import free_port_pair as free_port_pair  # tests import it here
 from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.store import DynoStore, Item
@@ -46,21 +46,6 @@ from dyno_stream.stream.metrics import SKEW_BUCKETS_S, WorkerMetrics
 from dyno_stream.views import MaterializedView
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too (a broker's client and controller ports)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two free neighbouring ports")
 
 
 def cli_env(s: Settings | None = None, **extra: str) -> dict[str, str]:

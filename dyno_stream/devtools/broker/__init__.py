@@ -10,6 +10,7 @@ nothing at runtime (worker, client, store) may import it.
 
 from dyno_stream.devtools.broker.jars import KAFKA_VERSION, default_cache_root, ensure_jars
 from dyno_stream.devtools.broker.local import DEFAULT_HEAP, DEFAULT_PORT, BrokerStatus, LocalBroker
+from dyno_stream.devtools.broker.ports import free_port_pair
 from dyno_stream.devtools.broker.processes import bootstrap_reachable
 from dyno_stream.devtools.broker.security import BrokerTls, ScramUser
 
@@ -24,4 +25,5 @@ __all__ = [
     "bootstrap_reachable",
     "default_cache_root",
     "ensure_jars",
+    "free_port_pair",
 ]
