@@ -533,6 +533,13 @@ def test_cli_get_view_prints_the_snapshot(
     assert "no snapshot of 'cli-nobody'" in res.stderr
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """Run in the child before exec: a shell starts background jobs with SIGINT ignored and
+    children inherit that (a suite run in the background saw watch ignore the test's
+    Ctrl-C). Ctrl-C from a terminal is what the test plays, so the child gets the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watch:
     """``dyno-stream watch`` as a subprocess, its output lines read on threads."""
 
@@ -544,6 +551,7 @@ class Watch:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_sigint_as_from_a_terminal,
         )
         self.out: queue.Queue[str] = queue.Queue()
         self.err: list[str] = []
