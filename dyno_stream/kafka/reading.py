@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import KafkaAdminError, KafkaServiceError
@@ -385,3 +386,18 @@ def _is_unknown(exc: KafkaException) -> bool:
         KafkaError._UNKNOWN_TOPIC,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
     )
+
+
+def list_offsets(
+    admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec, timeout: float = 5
+) -> dict[tuple[str, int], int]:
+    """One admin request for the partitions' offsets at ``spec``; missing where the broker
+    did not answer in time."""
+    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
+    offsets: dict[tuple[str, int], int] = {}
+    for tp, future in futures.items():
+        try:
+            offsets[(tp.topic, tp.partition)] = future.result().offset
+        except KafkaException as exc:
+            log.warning("offset of %s/%s unknown (%s)", tp.topic, tp.partition, exc)
+    return offsets

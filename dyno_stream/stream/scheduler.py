@@ -11,6 +11,7 @@ from croniter import croniter
 
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import DynoError, PublishError
+from dyno_stream.kafka.reading import list_offsets
 from dyno_stream.store.compaction_policy import choose, fold_before, fold_cutoff, summaries
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
@@ -165,18 +166,3 @@ class Scheduler:
         if not partitions:
             return {}
         return list_offsets(self.admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
-
-
-def list_offsets(
-    admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec, timeout: float = 5
-) -> dict[tuple[str, int], int]:
-    """One admin request for the partitions' offsets at ``spec``; missing where the broker
-    did not answer in time."""
-    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
-    offsets: dict[tuple[str, int], int] = {}
-    for tp, future in futures.items():
-        try:
-            offsets[(tp.topic, tp.partition)] = future.result().offset
-        except KafkaException as exc:
-            log.warning("offset of %s/%s unknown (%s)", tp.topic, tp.partition, exc)
-    return offsets

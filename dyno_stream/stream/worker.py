@@ -49,7 +49,7 @@ from dyno_stream.core.errors import (
     StoreWriteError,
 )
 from dyno_stream.core.events import Snapshot
-from dyno_stream.kafka.reading import read_restore_snapshots
+from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
     PartitionCountWatch,
@@ -65,7 +65,7 @@ from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
 from dyno_stream.stream.reads import StoreReads
 from dyno_stream.stream.restorer import Restorer
-from dyno_stream.stream.scheduler import Scheduler, list_offsets
+from dyno_stream.stream.scheduler import Scheduler
 
 log = logging.getLogger("dyno_stream.stream.worker")
 
