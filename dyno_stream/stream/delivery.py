@@ -59,15 +59,10 @@ class Delivery:
         settings: Settings,
         producer: MessageProducer,
         metrics: WorkerMetrics,
-        *,
-        co_partitioned: bool = True,
     ) -> None:
         self.settings = settings
         self.producer = producer
         self.metrics = metrics
-        #: snapshots go to the ops partition that made them (a restore of partition p then
-        #: reads partition p only); off for a snapshot topic with another partition count
-        self.co_partitioned = co_partitioned
         self._in_flight: deque[Publication] = deque()
         #: per partition: pending rows whose messages Kafka has taken, not yet deleted
         self._acknowledged: dict[PartitionKey, list[bytes]] = {}
@@ -117,7 +112,9 @@ class Delivery:
     ) -> None:
         """Publish the item's snapshot as of ``offset`` (the last op of it applied)."""
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
-        partition = ps.partition if self.co_partitioned else -1
+        # to the ops partition that made it: a restore of partition p reads partition p only
+        # (a snapshot topic with another partition count stops the worker: worker.py)
+        partition = ps.partition
         try:
             self._produce(
                 self.settings.topics.snapshots,
