@@ -63,10 +63,8 @@ class RestoreJob:
     partition: int
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
-    #: snapshot messages read so far (for /healthz and the logs)
+    #: snapshot messages read so far (the reader's progress)
     read: int = 0
-    #: "opening", "waiting for the lock", "reading snapshots", "writing"
-    step: str = "opening"
     future: Future[PartitionStore | None] = field(default_factory=Future)
 
     @property
@@ -176,7 +174,6 @@ class Restorer:
             except StoreLockedError:
                 if not said:
                     said = True
-                    job.step = "waiting for the lock"
                     log.info("store of %s is still locked by its last owner; waiting", job.label)
                 job.cancelled.wait(LOCK_RETRY_S)
         return None
@@ -207,7 +204,6 @@ class Restorer:
             if reopened is None:
                 return None
             ps = reopened
-        job.step = "reading snapshots"
         self.metrics.restoring_partitions.inc()
         try:
             snapshots = self._snapshots(
@@ -221,7 +217,6 @@ class Restorer:
                     "restoring %s: no snapshots, replaying the ops from the beginning", ps.label
                 )
                 return ps
-            job.step = "writing"
             n = ps.restore_from(list(snapshots.values()), low)
             self._say_ops_deleted_meanwhile(ps)
         finally:
