@@ -50,6 +50,14 @@ _T = TypeVar("_T")
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
 
 
+def _internal(rows: Rows) -> Rows:
+    """``rows``, once every key is checked to be internal (starting ``\\x00``)."""
+    for key in rows:
+        if not key.startswith(INTERNAL):
+            raise StoreError(f"internal row {key!r} is not internal (must start \\x00)")
+    return rows
+
+
 class StoreTransaction:
     """The writes of one :meth:`DynoStore.transaction`: ops and internal rows, committed
     together when the ``with`` block ends."""
@@ -86,10 +94,7 @@ class StoreTransaction:
 
     def put_internal(self, rows: Rows) -> None:
         """Internal rows (keys starting ``\\x00``; value None deletes) for the same write."""
-        for key in rows:
-            if not key.startswith(INTERNAL):
-                raise StoreError(f"internal row {key!r} is not internal (must start \\x00)")
-        self.internal.update(rows)
+        self.internal.update(_internal(rows))
 
 
 class DynoStore:
@@ -303,15 +308,13 @@ class DynoStore:
             state = ItemState(value, item.timestamp, item.changes, item.hash, 1, item.timestamp)
             rows[state_key(name)] = state.encode()
             n += 1
-        for key in internal_rows or {}:
-            if not key.startswith(INTERNAL):
-                raise StoreError(f"internal row {key!r} is not internal (must start \\x00)")
+        internal = _internal(internal_rows or {})
         with self._lock:
             db = self._open_db()
             if next(db.iterator(start=_ITEMS_START, include_value=False), None) is not None:
                 raise StoreError(f"restore into {self.path}: the store already has items")
             with writing(self.path), db.write_batch(sync=self.sync, transaction=True) as wb:
-                for key, raw in (*rows.items(), *(internal_rows or {}).items()):
+                for key, raw in (*rows.items(), *internal.items()):
                     if raw is None:
                         wb.delete(key)
                     else:
