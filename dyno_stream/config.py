@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from dyno_stream.core.errors import ConfigError
 from dyno_stream.core.keys import MAX_NAME_BYTES
+from dyno_stream.core.librdkafka_log import LIBRDKAFKA_LOG
 
 #: The largest snapshot or dead letter (the topics are created to take it).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -59,10 +60,15 @@ class KafkaSettings(_Section):
     client_id: str = "dyno-stream"
     #: Any other librdkafka setting, by its own name (passed through unchanged).
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: How long a command of the CLI waits for a broker to answer before it gives up with
+    #: one line saying so (a worker waits for ever: it rides out an outage).
+    connect_timeout_s: float = Field(default=10.0, gt=0)
 
     def librdkafka(self) -> dict[str, Any]:
-        """The settings as librdkafka names them (secrets revealed: pass to clients only)."""
+        """The settings as librdkafka names them (secrets revealed: pass to clients only),
+        with librdkafka's log sent through Python logging (see ``core.librdkafka_log``)."""
         conf: dict[str, Any] = {
+            "logger": LIBRDKAFKA_LOG,
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
             "client.id": self.client_id,
@@ -87,6 +93,7 @@ class KafkaSettings(_Section):
         return {
             k: "***" if any(w in k for w in _SECRET_WORDS) else v
             for k, v in self.librdkafka().items()
+            if k != "logger"
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -179,3 +180,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "fixture, or is marked kafka, goes in tests/integration/; every other test in "
             "tests/unit/):\n" + "\n".join(misplaced)
         )
+
+
+@pytest.fixture(scope="module")
+def _module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    broker = LocalBroker(home=tmp_path_factory.mktemp("own-broker"), port=free_port_pair())
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def own_broker(_module_broker: LocalBroker) -> LocalBroker:
+    """A broker of these tests' own (not the session's: they stop and hang it), on free
+    ports; running at the start of each test (started again if a test left it down)."""
+    pid = _module_broker.status().pid
+    if pid is not None:
+        os.kill(pid, signal.SIGCONT)  # in case a failed test left it stopped
+    _module_broker.start(timeout=180)
+    return _module_broker

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import wraps
@@ -44,6 +46,24 @@ err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _process_started() -> float:
+    """When this process began, on ``time.monotonic``'s clock (Linux: both count from boot;
+    elsewhere: now). On a loaded machine Python's start-up alone took 5 s, and the user
+    waits for that too."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        started = ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+    # CLOCK_MONOTONIC and /proc's starttime count from boot alike (neither counts suspend)
+    return min(started, time.monotonic())
+
+
+#: When the command began: ``[kafka] connect_timeout_s`` counts from here.
+_STARTED = _process_started()
+
+
 def friendly(fn: F) -> F:
     """Report our errors as one line, not a traceback."""
 
@@ -60,6 +80,23 @@ def friendly(fn: F) -> F:
 
 def settings() -> Settings:
     return load_settings()
+
+
+def kafka_settings() -> Settings:
+    """The settings, once a Kafka broker answers.
+
+    A command that needs Kafka ends within ``[kafka] connect_timeout_s`` with one line when
+    none does, instead of waiting out its own timeouts (see ``kafka.connection``).
+    librdkafka's own lines about it are hidden: that one line says it all (they show with
+    ``DYNO_WORKER__LOG_LEVEL=DEBUG``).
+    """
+    from dyno_stream.kafka.connection import require_broker
+
+    s = settings()
+    if s.worker.log_level != "DEBUG":
+        logging.getLogger("dyno_stream.librdkafka").setLevel(logging.ERROR)
+    require_broker(s.kafka, started=_STARTED)
+    return s
 
 
 # -- broker ------------------------------------------------------------------------------------
@@ -138,7 +175,7 @@ def topics() -> None:
     """Create the ops, snapshot and dead-letter topics if they are missing."""
     from dyno_stream.kafka.topics import ensure_topics
 
-    created = ensure_topics(settings())
+    created = ensure_topics(kafka_settings())
     out.print("created: " + ", ".join(created) if created else "all topics exist")
 
 
@@ -172,7 +209,7 @@ def op(
     except json.JSONDecodeError as exc:
         raise InvalidChangeError("change", f"not JSON: {exc}") from None
     event = make_op(opname, item, value, ts or new_flake())
-    s = settings()
+    s = kafka_settings()
     with DynoClient(s) as client:
         d = _delivered(client.send(event), s)
     out.print(f"{d.op} {d.item} ts={d.ts} -> {d.topic}/{d.partition}@{d.offset}")
@@ -199,7 +236,7 @@ def flatten(
     """Send a flatten command: workers fold the item's history up to that hash, in order."""
     from dyno_stream.kafka.client import DynoClient
 
-    s = settings()
+    s = kafka_settings()
     with DynoClient(s) as client:
         d = _delivered(client.flatten(item, hash), s)
     out.print(f"flatten {d.item} -> {d.topic}/{d.partition}@{d.offset}")
@@ -239,7 +276,7 @@ def compact(
         compaction_policy,
     )
 
-    s = settings()
+    s = settings() if db is not None else kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
     given = {"min_rows": min_rows, "lateness_s": lateness, "prefix": prefix, "max_items": max_items}
     policy = compaction_policy(s, {k: v for k, v in given.items() if v is not None})
@@ -278,7 +315,7 @@ def repartition(
     from dyno_stream.jobs.progress import Reporter
     from dyno_stream.jobs.repartition import repartition as run
 
-    s = settings()
+    s = kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
     report = run(
         s,
@@ -324,7 +361,7 @@ def migrate_snapshots(
     from dyno_stream.jobs import migrate_snapshots as job
     from dyno_stream.jobs.progress import Reporter
 
-    s = settings()
+    s = kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
     if check:
         placement = job.check_placement(s, Reporter(err))
@@ -378,7 +415,7 @@ def get(
     from dyno_stream.store import DynoStore
     from dyno_stream.views import MaterializedView
 
-    s = settings()
+    s = kafka_settings() if view else settings()
     if view:
         with MaterializedView(s, prefix=item) as v:
             if not v.wait_until_caught_up(60):
@@ -445,7 +482,7 @@ def watch(
 
     from dyno_stream.views import MaterializedView
 
-    s = settings()
+    s = kafka_settings()
     live = threading.Event()
 
     def show(old: dict[str, Any] | None, new: dict[str, Any]) -> None:

@@ -189,6 +189,21 @@ class KafkaAdminError(KafkaServiceError):
     reason = "kafka-admin"
 
 
+class KafkaUnreachableError(KafkaServiceError):
+    """No broker answered within ``[kafka] connect_timeout_s``: the message says where we
+    looked, why it failed, and the two ways out."""
+
+    reason = "kafka-unreachable"
+
+    def __init__(self, bootstrap: str, why: str) -> None:
+        super().__init__(
+            f"no Kafka broker answers at {bootstrap} ({why}); start one with "
+            "'dyno-stream broker start', or set DYNO_KAFKA__BOOTSTRAP_SERVERS"
+        )
+        self.bootstrap = bootstrap
+        self.why = why
+
+
 class KafkaAuthError(KafkaServiceError):
     """Kafka refused our SASL login or our TLS handshake: a setting to fix, not to retry."""
 

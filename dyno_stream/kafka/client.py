@@ -43,6 +43,7 @@ from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
+from dyno_stream.kafka.connection import ConnectionWatch
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import PartitionCountWatch
 
@@ -85,7 +86,9 @@ class DynoClient:
         self.clock_watch = BrokerClockWatch(self.topic)
         # A refused login or TLS handshake fails sends at once (see dyno_stream.kafka.security)
         # instead of after message.timeout.ms with "Message timed out".
-        self._auth = AuthWatch(self.settings.kafka)
+        # An outage is logged once (and every 30 s while it lasts), not once per failed op.
+        self.connection = ConnectionWatch(self.settings.kafka)
+        self._auth = AuthWatch(self.settings.kafka, also=self.connection.error)
         self._producer = Producer(
             {**producer_config(self.settings), **self._auth.config(), **producer_overrides}
         )
@@ -104,6 +107,7 @@ class DynoClient:
         purged = False
         while not self._closed.is_set():
             self._producer.poll(0.05)
+            self.connection.tick()
             if self._auth.failure is not None and not purged:
                 # nothing will get through: fail what waits now (their callbacks say why)
                 self._producer.purge(in_queue=True, in_flight=False, blocking=False)
@@ -148,6 +152,7 @@ class DynoClient:
                     else PublishError(f"{event.op} on {event.item!r}: {err}")
                 )
             else:
+                self.connection.answered()
                 watch.acknowledged(msg.timestamp(), sent_s, clock())
                 future.set_result(
                     Delivery(

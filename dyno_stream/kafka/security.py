@@ -14,6 +14,7 @@ failed and which settings to fix. Its messages name the user, never the password
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -35,13 +36,20 @@ class AuthWatch:
     polls the client, so :meth:`check` right after a poll sees what that poll reported.
     """
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, *, also: Callable[[KafkaError], None] | None = None
+    ) -> None:
+        """``also`` sees every error too (a client has one ``error_cb``): the connection's
+        watch, for one."""
         self._kafka = kafka
+        self._also = also
         self.failure: KafkaError | None = None
 
     def __call__(self, err: KafkaError) -> None:
         if self.failure is None and err.code() in _REFUSED:
             self.failure = err
+        if self._also is not None:
+            self._also(err)
 
     def config(self) -> dict[str, Any]:
         """The client settings that install this watch."""

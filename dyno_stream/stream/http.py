@@ -41,6 +41,9 @@ class Health:
     stall_after_s: float = 60.0
     #: why the worker refuses to go on (e.g. the ops topic's partition count changed)
     reason: str | None = None
+    #: why the worker runs but cannot do its work now (Kafka unreachable); it rides it out,
+    #: so /healthz still answers 200: restarting the worker would not help
+    degraded: str | None = None
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()
@@ -48,12 +51,16 @@ class Health:
     def snapshot(self) -> tuple[bool, dict[str, Any]]:
         age = time.monotonic() - self.last_loop
         ok = self.state == "running" and age < self.stall_after_s
+        status = "ok" if ok else self.state if self.state != "running" else "stalled"
+        reason = self.reason
+        if ok and self.degraded is not None:
+            status, reason = "degraded", self.degraded
         return ok, {
-            "status": "ok" if ok else self.state if self.state != "running" else "stalled",
+            "status": status,
             "partitions": self.partitions,
             "partition_states": self.partition_states,
             "seconds_since_loop": round(age, 3),
-            **({"reason": self.reason} if self.reason is not None else {}),
+            **({"reason": reason} if reason is not None else {}),
             **({"warnings": self.warnings} if self.warnings else {}),
         }
 

@@ -100,6 +100,12 @@ class WorkerMetrics:
             ["change"],
             registry=r,
         )
+        self.kafka_connected = Gauge(
+            "dyno_kafka_connected",
+            "1 while Kafka's brokers answer, 0 during an outage (see /healthz's reason)",
+            registry=r,
+        )
+        self.kafka_connected.set(1)
         self.ops_partitions = Gauge(
             "dyno_ops_partitions", "Partitions the ops topic has now", registry=r
         )

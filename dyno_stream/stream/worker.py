@@ -49,6 +49,7 @@ from dyno_stream.core.errors import (
     StoreWriteError,
 )
 from dyno_stream.core.events import Snapshot
+from dyno_stream.kafka.connection import ConnectionWatch
 from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
@@ -95,7 +96,9 @@ class Worker:
         self.health = Health()
         self._stop = threading.Event()
         self._handle_signals = handle_signals
-        self._auth = AuthWatch(settings.kafka)
+        #: whether Kafka answers: said in the log, on /healthz and in dyno_kafka_connected
+        self.connection = ConnectionWatch(settings.kafka)
+        self._auth = AuthWatch(settings.kafka, also=self.connection.error)
         self.http: HttpEndpoint | None = None
         self._outage: _Outage | None = None
         self._refusal: PartitionCountError | None = None
@@ -225,6 +228,7 @@ class Worker:
                 messages = self._next_batch()  # the rebalance callbacks run in here
                 self._check_refusals()
                 self._auth.check()
+                self._note_connection(bool(messages))
                 self.health.beat()
                 self.assignment.step()
                 if self._outage is not None:
@@ -271,6 +275,20 @@ class Worker:
                 self.http.stop()
 
     # -- a broker that does not take snapshots -----------------------------------------------
+
+    def _note_connection(self, answered: bool) -> None:
+        """Kafka reachable or not, as the log, /healthz and the gauge say it."""
+        connection = self.connection
+        if answered:  # messages came: Kafka answers (a metadata answer says so too)
+            connection.answered()
+        connection.tick()
+        connected = connection.connected
+        self.metrics.kafka_connected.set(1 if connected else 0)
+        self.health.degraded = (
+            None
+            if connected
+            else f"Kafka at {connection.bootstrap} unreachable ({connection.reason})"
+        )
 
     def _outage_begins(self, exc: PublishError) -> None:
         """A batch's snapshots were not acknowledged in time (a broker restarting, hanging,
@@ -327,7 +345,9 @@ class Worker:
     def _partition_counts_seen(self, now: int | None, recorded: int | None) -> None:
         """The ops topic's count and the snapshot topic's (the recorded one): the watch's
         thread and each assignment report them here. When they differ the worker refuses to
-        go on (``PartitionCountError``); this says what that means and how to migrate, once."""
+        go on (``PartitionCountError``); this says what that means and how to migrate, once.
+        A metadata answer also says that Kafka answers (the end of an outage)."""
+        self.connection.answered()
         if now is not None:
             self.metrics.ops_partitions.set(now)
         if recorded is not None:

@@ -306,26 +306,6 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    broker = LocalBroker(home=tmp_path_factory.mktemp("own-broker"), port=free_port_pair())
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def own_broker(_module_broker: LocalBroker) -> LocalBroker:
-    """A broker of these tests' own (not the session's: they stop and hang it), on free
-    ports; running at the start of each test (started again if a test left it down)."""
-    pid = _module_broker.status().pid
-    if pid is not None:
-        os.kill(pid, signal.SIGCONT)  # in case a failed test left it stopped
-    _module_broker.start(timeout=180)
-    return _module_broker
-
-
 def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
     make_settings: Callable[..., Settings], own_broker: LocalBroker, tmp_path: Path
 ) -> None:
