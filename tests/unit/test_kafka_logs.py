@@ -122,3 +122,28 @@ def test_healthz_says_degraded_with_the_reason_and_still_answers_ok() -> None:
     assert body["reason"] == "Kafka at b:9 unreachable (connection refused)"
     health.degraded = None
     assert health.snapshot()[1]["status"] == "ok"
+
+
+def test_client_fails_each_op_after_its_timeout_but_logs_the_outage_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from concurrent.futures import wait
+
+    from helpers import free_port_pair
+
+    from dyno_stream.core.errors import PublishError
+    from dyno_stream.kafka.client import DynoClient
+
+    s = load_settings(kafka={"bootstrap_servers": f"127.0.0.1:{free_port_pair()}"})
+    with caplog.at_level(logging.INFO), DynoClient(s, **{"message.timeout.ms": 2000}) as client:
+        futures = [client.put_attrs(f"item-{i}", {"i": i}) for i in range(50)]
+        wait(futures, timeout=30)
+        errors = [f.exception(0) for f in futures]
+    assert all(isinstance(e, PublishError) for e in errors), errors
+    outage = [r for r in caplog.records if r.name == "dyno_stream.kafka.connection"]
+    assert [r.getMessage() for r in outage] == [
+        f"Kafka at {s.kafka.bootstrap_servers} is unreachable (connection refused); "
+        "retrying, nothing is lost meanwhile"
+    ]
+    librdkafka = [r for r in caplog.records if r.name == "dyno_stream.librdkafka"]
+    assert len(librdkafka) <= 3, [r.getMessage() for r in librdkafka]
