@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -826,8 +827,10 @@ def test_ops_consumed_with_a_failed_republish_on_assign_are_applied(
         failure = next(
             r.getMessage() for r in caplog.records if "pausing every partition" in r.getMessage()
         )
-        # the crashed run's one pending snapshot, not a later batch's
-        assert failure.startswith("1 messages unacknowledged after 1s"), failure
+        # the crashed run's one pending snapshot, not a later batch's: still waited for, or
+        # already timed out by librdkafka (both at 1 s: on a loaded machine either comes first)
+        counts = re.match(r"(\d+) messages unacknowledged after 1s, (\d+) failed", failure)
+        assert counts is not None and int(counts[1]) + int(counts[2]) == 1, failure
         wait_until(
             lambda: set(worker.health.partition_states.values()) == {"PAUSED"},
             WAIT_S,
