@@ -90,6 +90,13 @@ from bench_worker import (
     wait_metrics,
 )
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -376,6 +383,32 @@ def wait_assigned(urls: list[str], partitions: int, timeout: float = 60) -> None
     raise SystemExit(f"partitions not assigned to the workers in {timeout:.0f} s")
 
 
+#: The group's session while the workers are paused (SIGSTOP) and 1,000,000 ops are
+#: written: the local broker's own is 10 s, and a worker paused longer lost its partitions
+#: (its run then timed a rebalance). 60 s is the broker's largest (its default
+#: group.consumer.max.session.timeout.ms).
+PAUSED_SESSION_MS = 60_000
+
+
+def long_session(s: Settings) -> None:
+    """Give the group (KIP-848's protocol: the broker holds its session) a 60 s session."""
+    if s.worker.group_protocol != "consumer":
+        return
+    admin = AdminClient(s.kafka.librdkafka())
+    resource = ConfigResource(
+        ResourceType.GROUP,
+        s.worker.group_id,
+        incremental_configs=[
+            ConfigEntry(
+                "consumer.session.timeout.ms",
+                str(PAUSED_SESSION_MS),
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+
+
 def vm_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in bytes."""
     found = {}
@@ -393,6 +426,7 @@ def workers(
     """``count`` worker processes on fresh topics, started, with every partition assigned."""
     settings = worker_settings(bootstrap, tmp / f"{name}-data", partitions, count)
     ensure_topics(settings[0])
+    long_session(settings[0])
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i, s in enumerate(settings):
@@ -426,7 +460,7 @@ def dyno_throughput(
         finally:
             for proc in procs:
                 os.kill(proc.pid, signal.SIGCONT)
-        if produced_s > 30:  # librdkafka's session timeout is 45 s: the group may have moved
+        if produced_s > PAUSED_SESSION_MS / 1000 / 2:  # the group may have moved
             out.print(f"[yellow]writing the ops took {produced_s:.0f} s while paused[/]")
         t0, t1, m = time_until_applied(urls, procs, n)
         per_worker = [metrics(u).get("dyno_ops_applied_total", 0) for u in urls]
