@@ -7,8 +7,9 @@ contender reads the same ops, written before it starts, from the first offset un
 - **dyno-stream**: the real ``dyno-stream worker`` process(es), one and then two in one
   group. They are started on a fresh, empty topic and wait until the group has assigned
   every partition; then they are paused (SIGSTOP), the N ops are written, and they are
-  resumed (SIGCONT). So start-up and the group join are not timed, and two workers split
-  the partitions from the first op rather than after a rebalance. Done = the workers'
+  resumed (SIGCONT); the group's session is 60 s meanwhile (``long_session``). So start-up
+  and the group join are not timed, and two workers split the partitions from the first op
+  rather than after a rebalance. Done = the workers'
   /metrics count every op applied, which the worker does only once the batch's snapshots
   are acknowledged by the broker.
 - **quixstreams** (bench/quix_app.py, in its own virtualenv): a stateful app, at-least-once,
@@ -29,7 +30,7 @@ Time runs from the first op consumed to done. Each throughput contender runs fiv
 in turn with the others, and its median run counts, with the spread (slowest-fastest) and the
 load average around each run beside it (the load on this machine varies). A run shorter than
 10 s is reported loudly: 200,000 ops (this benchmark's size before issue 14) took dyno-stream
-2-4 s, much of it the partitions starting up, and its figure moved 30% from run to run.
+2-4 s, and its figure moved 30% from run to run with what else ran on the machine.
 
 Both contenders must do the same work, and each run checks it by reading its snapshot topic
 back: every op applied (dyno-stream's ``dyno_ops_applied_total``, quixstreams' output
@@ -38,10 +39,11 @@ snapshot equal between the two (its value and its count of changes). Snapshots p
 differ by design (dyno-stream publishes an item once per batch that changed it,
 quixstreams once per message): the report prints both counts.
 
-Then produce-to-snapshot latency at a steady 5,000 and 2,500 ops/s for both (bench_worker.py's
-method; quixstreams cannot keep up with 5,000 ops/s here once the benchmark's producer and
-snapshot reader share the cores, so 5,000 shows its queue and 2,500 its latency), and the
-worker's RSS while it takes 1,000,000 distinct items (``/proc/<pid>/status`` VmRSS). Other
+Then produce-to-snapshot latency at a steady 5,000 and 10,000 ops/s for both, 20 s each
+(bench_worker.py's method; issue 14's goal: dyno-stream's p99 at most quixstreams', its max
+at most 100 ms; quixstreams may not keep up once the benchmark's producer and snapshot
+reader share the cores, and then shows its queue; ``--rates 2500`` shows its latency), and
+the worker's RSS while it takes 1,000,000 distinct items (``/proc/<pid>/status`` VmRSS). Other
 agents share this machine: the load average and the busiest processes are recorded beside
 the figures.
 
