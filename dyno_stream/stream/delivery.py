@@ -2,9 +2,15 @@
 becomes true once Kafka has taken them (steps 3 and 4 of the commit order in
 ``store.partition``): the batch's pending rows can go, its offsets be committed.
 
-Batches are not waited for one by one: up to ``MAX_IN_FLIGHT`` are on their way while the
-next is processed (waiting for the acknowledgements after every batch left the worker idle
-for a round trip per batch). They complete in batch order.
+Batches are not waited for one by one: while the next is processed, earlier ones are on
+their way, up to ``MAX_IN_FLIGHT`` full batches' worth of events (``batch_size`` each) and
+``MAX_IN_FLIGHT_BATCHES`` batches (waiting for the acknowledgements after every batch left
+the worker idle for a round trip per batch). They complete in batch order.
+
+The bound counts events, not batches: under a moderate load a batch holds a few events, and a
+bound of 3 batches made the loop wait for an acknowledgement every few milliseconds; each
+slow acknowledgement (the broker busy for a moment) then stopped the loop, and the ops that
+arrived meanwhile were processed only once it came (issue 14: the latency tail).
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from dyno_stream.stream.metrics import WorkerMetrics
 
 log = logging.getLogger("dyno_stream.stream.delivery")
 
-#: Batches whose messages may be on their way to Kafka while the next one is processed.
+#: Full batches (``batch_size`` events each) whose messages may be on their way to Kafka
+#: while the next one is processed.
 MAX_IN_FLIGHT = 3
+#: Batches of any size on their way: their bookkeeping (pending keys, offsets) stays bounded
+#: when batches hold a few events each.
+MAX_IN_FLIGHT_BATCHES = 256
 
 PartitionKey = tuple[str, int]
 
@@ -39,6 +49,8 @@ class Publication:
     the pending rows to delete (``clear``) and the offsets to commit (``commit``)."""
 
     started: float = field(default_factory=time.monotonic)
+    #: the batch's consumed events (what ``MAX_IN_FLIGHT`` counts)
+    events: int = 0
     outstanding: int = 0
     snapshots: int = 0
     errors: list[str] = field(default_factory=list)
@@ -64,6 +76,8 @@ class Delivery:
         self.producer = producer
         self.metrics = metrics
         self._in_flight: deque[Publication] = deque()
+        self._events_in_flight = 0
+        self._max_events_in_flight = MAX_IN_FLIGHT * settings.worker.batch_size
         #: per partition: pending rows whose messages Kafka has taken, not yet deleted
         self._acknowledged: dict[PartitionKey, list[bytes]] = {}
         #: acknowledged offsets not yet committed to Kafka
@@ -74,10 +88,12 @@ class Delivery:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def publication(self) -> Publication:
-        """A new batch's publication, completed after those before it."""
-        publication = Publication()
+    def publication(self, events: int = 0) -> Publication:
+        """A new batch's publication (of ``events`` consumed events), completed after those
+        before it."""
+        publication = Publication(events=events)
         self._in_flight.append(publication)
+        self._events_in_flight += events
         self.metrics.batches_in_flight.set(len(self._in_flight))
         return publication
 
@@ -190,8 +206,8 @@ class Delivery:
         pending rows are deleted with the partition's next write, its offsets queued for
         committing.
 
-        With ``wait``, wait for all of them; otherwise only for the oldest ones beyond
-        ``MAX_IN_FLIGHT``. A batch not acknowledged within ``publish_timeout_s`` of its
+        With ``wait``, wait for all of them; otherwise only for the oldest ones beyond the
+        bounds (``room``). A batch not acknowledged within ``publish_timeout_s`` of its
         start, or with a failed delivery, raises ``PublishError``: its pending rows stay,
         and its messages are published again (``republish_pending``).
         """
@@ -202,15 +218,12 @@ class Delivery:
                 oldest = self._in_flight[0]
                 deadline = oldest.started + timeout
                 if oldest.outstanding and not oldest.errors:
-                    if (
-                        not wait
-                        and len(self._in_flight) <= MAX_IN_FLIGHT
-                        and time.monotonic() < deadline
-                    ):
+                    if not wait and self.room() and time.monotonic() < deadline:
                         break  # still on its way, and the pipeline has room
                     while oldest.outstanding and not oldest.errors and time.monotonic() < deadline:
                         self.producer.poll(0.1)
                 self._in_flight.popleft()
+                self._events_in_flight -= oldest.events
                 if oldest.outstanding or oldest.errors:
                     raise PublishError(
                         f"{oldest.outstanding} messages unacknowledged after {timeout:.0f}s, "
@@ -226,10 +239,19 @@ class Delivery:
         finally:
             self.metrics.batches_in_flight.set(len(self._in_flight))
 
+    def room(self) -> bool:
+        """Whether the batches in flight are within the bounds: ``MAX_IN_FLIGHT`` full
+        batches' worth of events and ``MAX_IN_FLIGHT_BATCHES`` batches."""
+        return (
+            self._events_in_flight <= self._max_events_in_flight
+            and len(self._in_flight) <= MAX_IN_FLIGHT_BATCHES
+        )
+
     def abandon(self) -> None:
         """Forget the batches in flight after a failed one: their pending rows stay in the
         stores and are published again with the rest."""
         self._in_flight.clear()
+        self._events_in_flight = 0
         self.metrics.batches_in_flight.set(0)
 
     def acknowledged(self, tp: PartitionKey) -> list[bytes]:

@@ -91,7 +91,8 @@ class BatchProcessor:
         # read it back from memory.
         shares: list[PartitionShare] = []
         applied: Counter[str] = Counter()
-        publication = self.delivery.publication()  # completed even if a later step fails
+        # completed even if a later step fails
+        publication = self.delivery.publication(events=len(messages))
         for tp, (ps, msgs) in self._by_partition(messages, running).items():
             share = self._validated(ps, msgs)
             shares.append(share)

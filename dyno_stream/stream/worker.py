@@ -244,19 +244,20 @@ class Worker:
                 self._outage_begins(exc)
 
     def _next_batch(self) -> list[Message]:
-        """Wait for one event, then take whatever else has arrived, up to the batch size.
+        """Wait for one event, then take what else arrives within ``batch_linger_s``, up to
+        the batch size.
 
-        ``consume(n, timeout)`` alone would wait out its timeout whenever fewer than n events
-        are waiting, adding that wait to every op's latency under light load; this way a
-        batch is as large as the backlog and never waits for more.
+        ``consume(n, timeout)`` alone would wait out its (idle) timeout whenever fewer than n
+        events are waiting, adding that wait to every op's latency under light load; this
+        way a batch waits for more at most ``batch_linger_s``, and a backlog fills it at once.
         """
         w = self.settings.worker
         first = self._consumer.poll(w.batch_timeout_s)
         if first is None:
             return []
-        return (
-            [first, *self._consumer.consume(w.batch_size - 1, 0)] if w.batch_size > 1 else [first]
-        )
+        if w.batch_size == 1:
+            return [first]
+        return [first, *self._consumer.consume(w.batch_size - 1, w.batch_linger_s)]
 
     def _shutdown(self) -> None:
         try:

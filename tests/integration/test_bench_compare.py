@@ -106,3 +106,12 @@ def test_compare_harness_dyno_side_writes_sane_figures(
         "dyno-stream, 1 worker, run 1",
     ]
     assert one["runs_ops_per_s"] == [round(one["ops_per_s"])]  # --quick: one run each
+    # issue 14: each run with its load average and length, the spread, the short runs said
+    assert one["spread_ops_per_s"] == [round(one["ops_per_s"])] * 2
+    assert one["runs_load"] == [one["load"]] and len(one["load"]) == 2
+    assert one["runs_seconds"] == [round(one["seconds"], 1)]
+    short = [s for fig in (one, two) for s in fig["runs_seconds"] if s < 10]
+    assert len(res["short_runs"]) == len(short)
+    assert goals["every throughput run >= 10 s"]["met"] is (not short)
+    assert len(lat["load"]) == 2
+    assert "same_work" not in res  # no quixstreams: nothing to compare with

@@ -26,9 +26,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
-from helpers import wait_until
+from helpers import op_bytes, running_partitions, wait_until
 
-from dyno_stream.config import MAX_MESSAGE_BYTES, Settings
+from dyno_stream.config import MAX_MESSAGE_BYTES, Settings, producer_config
 from dyno_stream.core.deadletter import (
     H_FIELD,
     H_MESSAGE,
@@ -902,3 +902,37 @@ def test_offsets_are_committed_at_most_every_commit_interval(
         assert _committed(s) < 0, "committed before the interval was up"
     w.stop()
     assert _committed(s) == 3  # the revoke on shutdown commits what the store holds
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_batch_waits_batch_linger_s_for_more_events(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    tail: Callable[[Settings, str], Tail],
+) -> None:
+    """With ``batch_linger_s`` a batch that has its first event waits that long for more:
+    two ops sent 0.3 s apart are one batch (without it, each is its own)."""
+    s = make_settings(batch_linger_s=2.0)
+    running = start_worker(s)
+    wait_until(
+        lambda: running_partitions(running.worker) != [],
+        WAIT_S,
+        lambda: f"partitions: {running.worker.health.partition_states}",
+    )
+    producer = Producer(producer_config(s))
+    for n in (1, 2):
+        value = op_bytes("lingered", "putAttrs", new_flake(), {"n": n})
+        producer.produce(s.topics.ops, value, b"lingered")
+        producer.flush(10)
+        if n == 1:
+            time.sleep(0.3)  # the stimulus: the second op arrives while the batch lingers
+    snaps = tail(s, s.topics.snapshots)
+    snaps.wait(lambda ms: any(json.loads(m.value())["changes"] == 2 for m in ms), "both ops")
+    [sizes] = running.worker.metrics.batch_size.collect()
+    count = next(x.value for x in sizes.samples if x.name.endswith("_count"))
+    total = next(x.value for x in sizes.samples if x.name.endswith("_sum"))
+    assert (count, total) == (1, 2), f"{count:.0f} batches of {total:.0f} events in all"

@@ -20,7 +20,7 @@ from dyno_stream.core.events import Snapshot, Source
 from dyno_stream.core.flake import new_flake
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
-from dyno_stream.stream.delivery import Delivery
+from dyno_stream.stream.delivery import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BATCHES, Delivery
 from dyno_stream.stream.http import Health
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
@@ -297,3 +297,53 @@ def test_a_replay_below_the_groups_committed_offset_publishes_nothing_stale(
         assert ps.published_through is None
     finally:
         again.close()
+
+
+def test_small_batches_do_not_wait_for_acknowledgements_while_the_pipeline_has_room(
+    parts: Parts,
+) -> None:
+    """Issue 14: the bound on batches in flight counts events. Three batches of one event
+    each made the loop wait for the oldest's acknowledgement, so a broker slow for a moment
+    stopped the loop under a moderate load (the latency tail)."""
+    parts.assign_and_start(0)
+    parts.producer.mode = "hold"  # no acknowledgement comes: a wait would raise PublishError
+    started = time.monotonic()
+    for offset in range(20):
+        parts.processor.process([_msg(offset, f"item-{offset}")], parts.assignment.running())
+    assert time.monotonic() - started < 0.5  # publish_timeout_s: nothing waited it out
+    assert parts.delivery.in_flight == 20
+    parts.producer.mode = "ack"
+    parts.delivery.complete(wait=True)
+    assert parts.delivery.in_flight == 0
+    parts.delivery.clear_acknowledged(parts.assignment.stores().values())
+    assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {}  # all 20 acknowledged
+
+
+def test_full_batches_in_flight_stay_bounded(tmp_path: Path) -> None:
+    """Beyond MAX_IN_FLIGHT full batches' worth of events the loop waits for the oldest, as
+    it did when the bound counted batches: here it waits out publish_timeout_s and gives up."""
+    settings = _settings(tmp_path)
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"batch_size": 2})}
+    )
+    parts = Parts(settings)
+    try:
+        parts.assign_and_start(0)
+        parts.producer.mode = "hold"
+        running = parts.assignment.running()
+        for b in range(MAX_IN_FLIGHT):  # full batches of 2 events: within the bound
+            parts.processor.process([_msg(2 * b, "a"), _msg(2 * b + 1, "b")], running)
+        with pytest.raises(PublishError, match="unacknowledged"):
+            parts.processor.process([_msg(2 * MAX_IN_FLIGHT, "a")], running)
+    finally:
+        parts.close()
+
+
+def test_batches_in_flight_stay_bounded_in_number(parts: Parts) -> None:
+    parts.assign_and_start(0)
+    parts.producer.mode = "hold"
+    running = parts.assignment.running()
+    for offset in range(MAX_IN_FLIGHT_BATCHES):
+        parts.processor.process([_msg(offset)], running)
+    with pytest.raises(PublishError, match="unacknowledged"):
+        parts.processor.process([_msg(MAX_IN_FLIGHT_BATCHES)], running)
