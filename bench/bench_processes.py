@@ -155,6 +155,9 @@ def one_run(
         "ops": n,
         "seconds": seconds,
         "ops_per_s": n / seconds,
+        # what the worker does with the CPU it gets: equal across process counts means that
+        # N processes cost nothing extra per op, and scale with the cores they are given
+        "ops_per_worker_core_s": n / seconds / cores["worker"],
         "exit_status": proc.returncode,
         "cores": {k: round(v, 2) for k, v in cores.items()},
         "load_before": [round(x, 2) for x in load_before],
@@ -215,6 +218,7 @@ def main() -> None:
     for col in (
         "processes",
         "ops/s",
+        "ops per worker core-s",
         "x 1 process",
         "s per run",
         "cores: worker / broker / bench / other",
@@ -231,6 +235,9 @@ def main() -> None:
             "min_ops_per_s": rates[0],
             "max_ops_per_s": rates[-1],
             "median_seconds": statistics.median(r["seconds"] for r in rs),
+            "median_ops_per_worker_core_s": statistics.median(
+                r["ops_per_worker_core_s"] for r in rs
+            ),
             "median_cores": med,
             "load_1min": [r["load_after"][0] for r in rs],
         }
@@ -241,6 +248,7 @@ def main() -> None:
             str(k),
             f"{row['median_ops_per_s']:,.0f} "
             f"[{row['min_ops_per_s']:,.0f}-{row['max_ops_per_s']:,.0f}]",
+            f"{row['median_ops_per_worker_core_s']:,.0f}",
             f"{row['median_ops_per_s'] / one:.2f}" if one else "",
             f"{row['median_seconds']:.1f}",
             f"{c['worker']:.2f} / {c['broker']:.2f} / {c['bench']:.2f} / {c['other']:.2f}",
