@@ -121,12 +121,16 @@ def test_two_processes_consume_a_backlog_exactly_once_sum_their_metrics_and_stop
     with DynoClient(s) as client:  # the backlog, before the worker starts
         produced.send(client, (random_op(rnd, i, N_ITEMS) for i in range(20_000)))
         client.flush(60)
-    ref = produced.reference()
     worker = Processes(s, tmp_path)
     view = MaterializedView(s).start()
     try:
+        wait_until(worker.split, 120, lambda: f"{worker.health()}{worker.tail()}")
+        # more once both hold partitions, so both have work whatever one did of the backlog
+        with DynoClient(s) as client:
+            produced.send(client, (random_op(rnd, i, N_ITEMS) for i in range(20_000, 30_000)))
+            client.flush(60)
+        ref = produced.reference()
         wait_caught_up(view, ref, 120, worker.tail())
-        wait_until(worker.split, 60, lambda: f"{worker.health()}{worker.tail()}")
         kids = worker.children()
 
         # every op once, into the right item: each item's last snapshot is the replay of
@@ -137,13 +141,13 @@ def test_two_processes_consume_a_backlog_exactly_once_sum_their_metrics_and_stop
         # both children did part of the work, and the worker's one /metrics sums them
         per_child = [total(c["http"], "dyno_ops_applied_total") for c in kids]
         assert all(n > 0 for n in per_child), per_child
-        assert total(worker.url, "dyno_ops_applied_total") == sum(per_child) == 20_000
-        assert total(worker.url, "dyno_events_consumed_total") == 20_000
+        assert total(worker.url, "dyno_ops_applied_total") == sum(per_child) == 30_000
+        assert total(worker.url, "dyno_events_consumed_total") == 30_000
         assert total(worker.url, "dyno_assigned_partitions") == PARTITIONS  # a livesum gauge
         assert total(worker.url, "dyno_ops_partitions") == PARTITIONS  # a livemax gauge
         skews = total(worker.url, "dyno_clock_skew_seconds_count")
         assert skews == sum(total(c["http"], "dyno_clock_skew_seconds_count") for c in kids)
-        assert skews >= 20_000
+        assert skews >= 30_000
 
         pids = {c["pid"] for c in kids}
         worker.proc.send_signal(signal.SIGTERM)
@@ -183,7 +187,7 @@ def test_a_sigkilled_child_is_restarted_and_nothing_is_lost_or_applied_twice(
     def produce() -> None:
         try:
             with DynoClient(s) as client:
-                i = 0
+                i = 3_000
                 while not stop_producing.is_set():
                     produced.send(client, (random_op(rnd, i + k, N_ITEMS) for k in range(100)))
                     i += 100
@@ -195,12 +199,17 @@ def test_a_sigkilled_child_is_restarted_and_nothing_is_lost_or_applied_twice(
     producer = threading.Thread(target=produce, daemon=True)
     try:
         wait_until(worker.split, 60, lambda: f"{worker.health()}{worker.tail()}")
+        # a first part applied before the kill: every partition's store has an offset
+        with DynoClient(s) as client:
+            produced.send(client, (random_op(rnd, i, N_ITEMS) for i in range(3_000)))
+            client.flush(60)
+        wait_caught_up(view, produced.reference(), 120, worker.tail())
         producer.start()
-        wait_until(lambda: len(produced.models) >= 3_000, 60, lambda: "producing")
+        wait_until(lambda: len(produced.models) >= 5_000, 60, lambda: "producing")
         victim = worker.children()[1]
         worker_pid = worker.proc.pid
         os.kill(victim["pid"], signal.SIGKILL)
-        wait_until(lambda: len(produced.models) >= 8_000, 120, lambda: "producing")
+        wait_until(lambda: len(produced.models) >= 10_000, 120, lambda: "producing")
         stop_producing.set()
         producer.join(60)
         assert not failure, failure
@@ -222,6 +231,16 @@ def test_a_sigkilled_child_is_restarted_and_nothing_is_lost_or_applied_twice(
         again = worker.children()[1]
         assert again["pid"] != victim["pid"] and again["restarts"] == 1
         assert worker.proc.pid == worker_pid and worker.alive()
+        # the data dir is shared: whoever took the dead child's partitions reopened their
+        # stores where it left them (the lock went with the dead process), restoring nothing
+        started = rf"started {re.escape(s.topics.ops)}/\d+ from offset (\S+)"
+
+        def taken() -> list[str]:  # what was started after the kill, and from where
+            return re.findall(started, worker.text().split("was killed by SIGKILL", 1)[1])
+
+        wait_until(lambda: len(taken()) >= 2, 60, lambda: worker.tail(4000))
+        assert "beginning" not in taken(), worker.tail(4000)
+        assert "items from snapshots" not in worker.text(), worker.tail(4000)
 
         # nothing lost, nothing applied twice (wait_caught_up fails on too many changes)
         ref = produced.reference()
