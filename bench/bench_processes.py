@@ -62,6 +62,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the threads of a process have waited, runnable, for a CPU so far
+    (``/proc/<pid>/task/*/schedstat``, second field): the time others' work took from it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def machine_cpu_seconds() -> float:
     """CPU seconds every core of the machine spent busy so far (not idle, not iowait)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -121,6 +133,7 @@ def one_run(
         watched: dict[str, list[int]] = {}
         t0 = None
         cpu0: dict[str, float] = {}
+        wait0 = 0.0
         deadline = time.monotonic() + 900
         while True:
             if proc.poll() is not None:
@@ -135,6 +148,7 @@ def one_run(
                 }
                 cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
                 cpu0["machine"] = machine_cpu_seconds()
+                wait0 = sum(runqueue_wait_seconds(p) for p in watched["worker"])
             if m.get("dyno_ops_applied_total", 0) >= n and m.get("dyno_batches_in_flight") == 0:
                 break
             if time.monotonic() > deadline:
@@ -144,6 +158,7 @@ def one_run(
         assert t0 is not None
         cpu1 = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
         cpu1["machine"] = machine_cpu_seconds()
+        waited = sum(runqueue_wait_seconds(p) for p in watched["worker"]) - wait0
         load_after = os.getloadavg()
     finally:
         stop(proc)
@@ -158,6 +173,8 @@ def one_run(
         # what the worker does with the CPU it gets: equal across process counts means that
         # N processes cost nothing extra per op, and scale with the cores they are given
         "ops_per_worker_core_s": n / seconds / cores["worker"],
+        # runnable but waiting for a core, summed over the worker's threads, per second
+        "worker_waiting_for_cpu": round(waited / seconds, 2),
         "exit_status": proc.returncode,
         "cores": {k: round(v, 2) for k, v in cores.items()},
         "load_before": [round(x, 2) for x in load_before],
@@ -222,6 +239,7 @@ def main() -> None:
         "x 1 process",
         "s per run",
         "cores: worker / broker / bench / other",
+        "worker waiting for a core",
         "load avg (1 min)",
     ):
         table.add_column(col, justify="right")
@@ -239,6 +257,7 @@ def main() -> None:
                 r["ops_per_worker_core_s"] for r in rs
             ),
             "median_cores": med,
+            "median_waiting_for_cpu": statistics.median(r["worker_waiting_for_cpu"] for r in rs),
             "load_1min": [r["load_after"][0] for r in rs],
         }
     one = summary.get(1, {}).get("median_ops_per_s")
@@ -252,6 +271,7 @@ def main() -> None:
             f"{row['median_ops_per_s'] / one:.2f}" if one else "",
             f"{row['median_seconds']:.1f}",
             f"{c['worker']:.2f} / {c['broker']:.2f} / {c['bench']:.2f} / {c['other']:.2f}",
+            f"{row['median_waiting_for_cpu']:.2f}",
             f"{min(row['load_1min']):.1f}-{max(row['load_1min']):.1f}",
         )
     Console().print(table)
