@@ -293,7 +293,11 @@ class _Child:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.exitcode is None
+        process = self.process
+        try:
+            return process is not None and process.exitcode is None
+        except ValueError:  # closed by the loop while the HTTP thread asked: it has exited
+            return False
 
     @property
     def name(self) -> str:
