@@ -345,7 +345,9 @@ class Supervisor:
                 self.http.stop()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         status = exit_status(self.ending)
-        if self.ending.gave_up is not None:
+        if self.ending.at_once is not None:
+            log.error("worker stopped at once on a second signal: every child was killed")
+        elif self.ending.gave_up is not None:
             log.error("worker stopped: %s", self.ending.gave_up)
         elif self.ending.unclean:
             log.error("worker stopped; not cleanly: %s", "; ".join(self.ending.unclean))
@@ -399,13 +401,7 @@ class Supervisor:
             ),
             name=f"dyno-worker-{child.index}",
         )
-        # A child ignores SIGINT from its first instruction on (the interpreter keeps an
-        # ignored SIGINT ignored), so a Ctrl-C while it is importing reaches the parent only.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            process.start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        process.start()
         send.close()
         child.process, child.conn, child.pid = process, receive, process.pid
         child.started_at, child.running_since = time.monotonic(), None
@@ -424,6 +420,9 @@ class Supervisor:
             ready: list[Any] = [c.process.sentinel for c in self.children if c.alive]  # type: ignore[union-attr]
             ready += [c.conn for c in self.children if c.conn is not None]
             mp_connection.wait(ready, timeout=max(0.0, min([0.5, *waits])))
+            if self._signal is not None:
+                # a Ctrl-C reaches a child still importing too: not a crash to restart
+                return
             for child in self.children:
                 self._read_reports(child)
                 if child.process is not None and not child.alive:
@@ -508,7 +507,8 @@ class Supervisor:
         for child in self.children:
             if child.process is None:
                 continue
-            if child.alive:
+            killed = child.alive
+            if killed:
                 if self.ending.at_once is None:
                     log.error(
                         "%s did not stop within %.0f s; killing it",
@@ -522,11 +522,16 @@ class Supervisor:
             child.process.join()
             exitcode = child.process.exitcode
             self._read_reports(child)
-            if exitcode not in (0, -signal.SIGTERM, -signal.SIGKILL):
-                # -SIGTERM: it was still starting, before its handler, with nothing to commit
-                self.ending.unclean.append(f"{child.name} {describe_exit(exitcode)}")
+            if killed:
+                pass  # said above (or the second signal's doing)
             elif exitcode == 0:
                 log.info("%s stopped", child.name)
+            elif child.running_since is None:
+                # Still starting (a Ctrl-C reaches it too before it ignores SIGINT, a SIGTERM
+                # before its handler): it had not consumed anything, so nothing is amiss.
+                log.info("%s stopped during start-up (%s)", child.name, describe_exit(exitcode))
+            else:
+                self.ending.unclean.append(f"{child.name} {describe_exit(exitcode)}")
             self._reap(child)
 
     # -- what the parent's HTTP endpoint answers ---------------------------------------------
