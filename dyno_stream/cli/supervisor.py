@@ -42,7 +42,7 @@ from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
@@ -55,6 +55,9 @@ from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import ConfigError, DynoError, KafkaAuthError
 from dyno_stream.stream.http import HttpEndpoint
+
+if TYPE_CHECKING:  # imported by a child only: the parent runs no worker
+    from dyno_stream.stream.worker import Worker
 
 log = logging.getLogger("dyno_stream.cli.supervisor")
 
@@ -255,7 +258,7 @@ def child_main(settings: Settings, index: int, serve_http: bool, conn: Connectio
     sys.exit(code)
 
 
-def _stop_when_parent_dies(worker: Any) -> None:
+def _stop_when_parent_dies(worker: Worker) -> None:
     """A parent killed outright (SIGKILL) passes nothing on: stop as if told to."""
     parent = multiprocessing.parent_process()
     if parent is None:
@@ -265,7 +268,7 @@ def _stop_when_parent_dies(worker: Any) -> None:
     worker.stop()
 
 
-def _report_running(worker: Any, reports: _Reports) -> None:
+def _report_running(worker: Worker, reports: _Reports) -> None:
     """Tell the parent once the worker is connected and in its loop (start-up is over)."""
     while worker.health.state == "starting":
         time.sleep(0.05)
