@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-scale faults schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-scale bench-processes faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ bench-compare: $(STAMP) $(BENCH_STAMP) jars
 bench-scale: $(STAMP) jars
 	$(BIN)/python bench/bench_scale.py --disks separate $(ARGS)
 	$(BIN)/python bench/bench_scale.py --disks shared $(ARGS)
+
+# one worker as 1 and 2 member processes (--processes), 5 runs each in turns
+bench-processes: $(STAMP) jars
+	$(BIN)/python bench/bench_processes.py --json bench/results/processes.json $(ARGS)
 
 # The fault suite at full size (CI runs it reduced, within `make test`): 200,000 ops with 20
 # SIGKILLs, 3 broker restarts, failing disks, 50,000 poison events (random seed, printed).

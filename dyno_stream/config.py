@@ -38,6 +38,9 @@ MAX_PARSE_DEPTH = 128
 
 DEFAULT_CONFIG_FILE = Path("config/dyno-stream.toml")
 
+#: The most member processes one worker runs (``[worker] processes``).
+MAX_WORKER_PROCESSES = 256
+
 _SECRET_WORDS = ("password", "secret", "key.password", "token")
 
 
@@ -192,11 +195,32 @@ class WorkerSettings(_Section):
     http_port: int = Field(default=9464, ge=0, le=65535)
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Members of the group this worker runs, each a child process of its own (one Python
+    #: process uses one core: the interpreter's lock). "auto": one per core this process may
+    #: run on. 1: the worker runs in this process, with no supervisor.
+    processes: int | Literal["auto"] = 1
 
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, v: Any) -> int | str:
+        # one message for both forms (a union's error lists each member's complaint)
+        if v == "auto":
+            return "auto"
+        try:
+            n = int(v) if not isinstance(v, bool | float) else None
+        except (TypeError, ValueError):
+            n = None
+        if n is None or not 1 <= n <= MAX_WORKER_PROCESSES:
+            raise ValueError(
+                f"{v!r} is neither a number of processes from 1 to {MAX_WORKER_PROCESSES} "
+                "nor 'auto'"
+            )
+        return n
 
     @model_validator(mode="after")
     def _publish_wait_fits_the_poll_interval(self) -> WorkerSettings:
@@ -398,6 +422,17 @@ def _group_config(w: WorkerSettings) -> dict[str, Any]:
         conf["session.timeout.ms"] = _ms(w.classic_session_timeout_s)
         conf["heartbeat.interval.ms"] = _ms(w.classic_heartbeat_interval_s)
     return conf
+
+
+def worker_processes(w: WorkerSettings) -> int:
+    """How many member processes ``w.processes`` means here ("auto": the cores this process
+    may run on, which a container or ``taskset`` can make fewer than the machine has)."""
+    if w.processes != "auto":
+        return w.processes
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _ms(seconds: float) -> int:

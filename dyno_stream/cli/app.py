@@ -151,13 +151,28 @@ def broker_fetch() -> None:
 
 @app.command()
 @friendly
-def worker() -> None:
+def worker(
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            help="Members of the group to run, a child process each, or 'auto' (one per "
+            "core); default: [worker] processes (1: this process, no children).",
+        ),
+    ] = None,
+) -> None:
     """Run a stream worker until SIGTERM/SIGINT."""
     from dyno_stream.cli.logs import setup_logging
+    from dyno_stream.config import worker_processes
+
+    s = settings() if processes is None else load_settings(worker={"processes": processes})
+    setup_logging(s.worker.log_format, s.worker.log_level)
+    count = worker_processes(s.worker)
+    if count > 1:
+        from dyno_stream.cli.supervisor import Supervisor
+
+        raise typer.Exit(Supervisor(s, count).run())
     from dyno_stream.stream.worker import Worker
 
-    s = settings()
-    setup_logging(s.worker.log_format, s.worker.log_level)
     try:
         code = Worker(s).run()
     except DynoError as exc:

@@ -18,13 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
-
-from dyno_stream.stream.metrics import WorkerMetrics
 
 
 @dataclass
@@ -65,6 +63,20 @@ class Health:
         }
 
 
+class HasRegistry(Protocol):
+    """What ``/metrics`` serves: a worker's ``WorkerMetrics``, or the registry that sums a
+    worker's member processes (``cli.supervisor``)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
+class HealthReport(Protocol):
+    """What ``/healthz`` answers: ``(ok, body)``; a ``Health`` or the members' summary."""
+
+    def snapshot(self) -> tuple[bool, dict[str, Any]]: ...
+
+
 ItemReader = Callable[[str], dict[str, Any] | None]
 RowReader = Callable[[str | None], list[tuple[str, str]]]
 
@@ -76,8 +88,8 @@ class HttpEndpoint:
         self,
         host: str,
         port: int,
-        metrics: WorkerMetrics,
-        health: Health,
+        metrics: HasRegistry,
+        health: HealthReport,
         read_item: ItemReader,
         read_rows: RowReader,
     ) -> None:

@@ -1,6 +1,13 @@
 """The worker's Prometheus metrics (served at ``/metrics`` by ``stream.http``).
 
 Each worker has its own registry, so two workers in one process (the tests) do not clash.
+
+A worker of several processes (``[worker] processes``) runs each member with
+prometheus-client's multiprocess mode on (``PROMETHEUS_MULTIPROC_DIR``): every value is also
+written to a file of its process, and the parent's one ``/metrics`` sums them. Each gauge
+says how its processes' values combine (``multiprocess_mode``; ignored in one process):
+"livesum" for what each member holds (partitions, batches, lag), "livemax" for what they all
+see alike (the topic's partition count); "live" drops a member's value once it has exited.
 """
 
 from __future__ import annotations
@@ -9,8 +16,9 @@ import bisect
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,6 +28,8 @@ SKEW_BUCKETS_S = (
     -3600.0, -60.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
     86400.0,
 )  # fmt: skip
+
+_SKEW_HELP = "Flake time minus the Kafka message's timestamp of each op (positive: ahead)"
 
 
 @dataclass
@@ -47,6 +57,7 @@ class WorkerMetrics:
             "dyno_batches_in_flight",
             "Batches applied whose snapshots and dead letters Kafka has not all acknowledged",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_seconds = Histogram(
             "dyno_batch_seconds",
@@ -63,14 +74,18 @@ class WorkerMetrics:
             registry=r,
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
         )
-        self.consumer_lag = Gauge(
+        self.consumer_lag = PartitionGauge(
             "dyno_consumer_lag",
             "High watermark minus next offset",
             ["topic", "partition"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.assigned_partitions = Gauge(
-            "dyno_assigned_partitions", "Partitions this worker holds", registry=r
+            "dyno_assigned_partitions",
+            "Partitions this worker holds",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.compacted = Counter(
             "dyno_items_compacted",
@@ -84,6 +99,7 @@ class WorkerMetrics:
             "dyno_restoring_partitions",
             "Partitions being restored from the snapshot topic now",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.restore_seconds = Histogram(
             "dyno_restore_seconds",
@@ -107,13 +123,17 @@ class WorkerMetrics:
         )
         self.kafka_connected.set(1)
         self.ops_partitions = Gauge(
-            "dyno_ops_partitions", "Partitions the ops topic has now", registry=r
+            "dyno_ops_partitions",
+            "Partitions the ops topic has now",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.ops_partitions_recorded = Gauge(
             "dyno_ops_partitions_recorded",
             "Partitions the ops topic had when its stores were built (the snapshot topic's "
             "count); a worker seeing another count stops (see dyno-stream repartition)",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.pending_republished = Counter(
             "dyno_pending_republished",
@@ -121,6 +141,21 @@ class WorkerMetrics:
             registry=r,
         )
         self.clock_skew = SkewHistogram(r, SKEW_BUCKETS_S)
+
+
+class PartitionGauge(Gauge):
+    """A gauge per partition whose ``remove`` also holds in multiprocess mode.
+
+    There a removed series would stay in its process's file with its last value, and the
+    parent would go on summing it with the value of the partition's new owner: it is set to
+    0 instead (prometheus-client cannot remove it from the file, and warns if asked to).
+    """
+
+    def remove(self, *labelvalues: Any) -> None:
+        if values.ValueClass._multiprocess:
+            self.labels(*labelvalues).set(0)
+        else:
+            super().remove(*labelvalues)
 
 
 class SkewHistogram(Collector):
@@ -140,6 +175,24 @@ class SkewHistogram(Collector):
         self._cumulative = [0] * len(buckets_s)  # observations <= each bound
         self._count = 0
         self._lock = threading.Lock()
+        # In multiprocess mode the counts go to this process's file too, one value per bucket
+        # as prometheus-client's Histogram keeps them there (not cumulative; "+Inf" last), so
+        # the parent's /metrics sums them; a collector alone is seen by its own process only.
+        self._shared = (
+            [
+                values.ValueClass(
+                    "histogram",
+                    self.name,
+                    f"{self.name}_bucket",
+                    ("le",),
+                    (label,),
+                    _SKEW_HELP,
+                )
+                for label in (*self._labels, "+Inf")
+            ]
+            if values.ValueClass._multiprocess
+            else []
+        )
         registry.register(self)
 
     def observe_many(self, skews_ms: list[int]) -> None:
@@ -150,15 +203,17 @@ class SkewHistogram(Collector):
         with self._lock:
             self._cumulative = [a + b for a, b in zip(self._cumulative, at_or_below, strict=True)]
             self._count += len(ordered)
+        if self._shared:
+            below = 0
+            for value, cumulative in zip(self._shared, [*at_or_below, len(ordered)], strict=True):
+                if cumulative > below:
+                    value.inc(cumulative - below)
+                below = cumulative
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             cumulative, count = list(self._cumulative), self._count
-        family = HistogramMetricFamily(
-            self.name,
-            "Flake time minus the Kafka message's timestamp of each op (positive: ahead)",
-            labels=[],
-        )
+        family = HistogramMetricFamily(self.name, _SKEW_HELP, labels=[])
         # As prometheus-client's Histogram writes one with negative buckets: _count but no
         # _sum (a sum that can fall is no counter). The family alone would drop both.
         family.add_metric([], [*zip(self._labels, cumulative, strict=True), ("+Inf", count)], None)
