@@ -39,7 +39,7 @@ from dyno_stream.core.errors import (
     PublishError,
     ValidationError,
 )
-from dyno_stream.core.events import EventModel, Flatten, make_op
+from dyno_stream.core.events import Erase, EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
@@ -218,6 +218,15 @@ class DynoClient:
         except Exception as exc:
             raise ValidationError("hash", f"{hash!r} is not an MD5 hex digest") from exc
         return self.send(command)
+
+    def erase(self, name: str, ts: str | None = None) -> Future[Delivery]:
+        """Ask the worker that owns the item to remove every row and the cached state of it
+        at once, leaving its deleted marker, and publish its tombstone (an ``erase``
+        command, in order with the item's other ops). ``ts`` (default: now) is the
+        erasure's time: ops older than it are refused as late afterwards. To wait until
+        the worker has done it, see ``dyno_stream.jobs.erasure.erase``."""
+        check_name(name)
+        return self.send(Erase(item=name, ts=new_flake() if ts is None else ts))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every op sent so far is acknowledged (or raise ``PublishError``)."""

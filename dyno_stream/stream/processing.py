@@ -34,7 +34,7 @@ from dyno_stream.core.errors import (
     StoreError,
     ValidationError,
 )
-from dyno_stream.core.events import EventModel, Flatten, parse_event
+from dyno_stream.core.events import Erase, EventModel, Flatten, parse_event
 from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.store.partition import PartitionStore
@@ -46,6 +46,8 @@ log = logging.getLogger("dyno_stream.stream.processing")
 # per-event look-ups that run in C (a batch calls them thousands of times)
 _item_of = operator.attrgetter("item")
 _op_of = operator.attrgetter("op")
+#: events that are commands, not ops: each is answered with its item's snapshot (or tombstone)
+_COMMANDS = (Flatten, Erase)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class PartitionShare:
     #: items named by flatten commands: each gets a snapshot, folded or not, which is how an
     #: online compaction pass learns that its command was processed
     flattened: list[str] = field(default_factory=list)
+    #: indexes in ``events`` of its erase commands (each is logged once applied)
+    erased: list[int] = field(default_factory=list)
     #: the keys of its rows pending publication, written in its transaction
     pending: list[bytes] = field(default_factory=list)
 
@@ -211,8 +215,10 @@ class BatchProcessor:
                 continue
             if restored and offset <= restored.get(event.item, -1):
                 continue  # already in the item's snapshot we restored from
-            if type(event) is Flatten:
+            if type(event) in _COMMANDS:  # each command is answered with its item's snapshot
                 share.flattened.append(event.item)
+                if type(event) is Erase:
+                    share.erased.append(len(events))
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
@@ -280,6 +286,9 @@ class BatchProcessor:
                 )
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
+        for i in share.erased:
+            if i not in failed:  # said without the item's values
+                log.info("erased %r (%s@%d)", share.events[i].item, ps.label, share.offsets[i])
         applied.update(map(_op_of, share.events))  # a flatten's op is "flatten"
         for i in failed:
             applied[share.events[i].op] -= 1
