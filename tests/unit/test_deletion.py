@@ -222,12 +222,17 @@ def test_the_policy_chooses_deleted_items_past_the_cutoff_whatever_their_rows() 
     old = flakes_at(2.0, 4)()
     recent = flakes_at(0.0, 5)()
     cutoff = flakes_at(1.0, 6)()
-    snaps: list[dict[str, Any]] = [
-        {"item": "d-old", "value": None, "count": 2, "hash": "a" * 32, "changes": 2, "timestamp": old},
-        {"item": "d-new", "value": None, "count": 2, "hash": "b" * 32, "changes": 2, "timestamp": recent},
-        {"item": "marker", "value": None, "count": 1, "hash": "c" * 32, "changes": 5, "timestamp": old},
-        {"item": "short", "value": {}, "count": 2, "hash": "d" * 32, "changes": 2, "timestamp": old},
-    ]  # fmt: skip
+
+    def summary(item: str, value: Any, count: int, ts: str) -> dict[str, Any]:
+        return {"item": item, "value": value, "count": count, "hash": "a" * 32, "changes": 5,
+                "timestamp": ts}  # fmt: skip
+
+    snaps = [
+        summary("d-old", None, 2, old),
+        summary("d-new", None, 2, recent),
+        summary("marker", None, 1, old),
+        summary("short", {}, 2, old),
+    ]
     chosen, seen = choose(snaps, CompactionSettings(min_rows=10), cutoff)
     assert seen == 4 and [c.name for c in chosen] == ["d-old"]
 
