@@ -24,7 +24,7 @@ from rich.text import Text
 
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.core.errors import DynoError, KafkaServiceError, PublishError
+from dyno_stream.core.errors import ConfigError, DynoError, KafkaServiceError, PublishError
 from dyno_stream.kafka.client import Delivery
 
 app = typer.Typer(
@@ -299,7 +299,16 @@ def compact(
     ] = None,
     prefix: Annotated[str | None, typer.Option(help="Only item names with this prefix.")] = None,
     max_items: Annotated[int | None, typer.Option(help="At most N items this pass.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="List what would be flattened and why.")] = False,
+    expire_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Online: also delete items not changed for this many seconds (0: never; "
+            "default [compaction] expire_after_s). An item changed meanwhile is kept."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would be flattened or expire, and why.")
+    ] = False,
 ) -> None:
     """One compaction pass: flatten long histories (online through the workers, or --db).
 
@@ -315,9 +324,20 @@ def compact(
         compaction_policy,
     )
 
+    if db is not None and expire_after:
+        raise ConfigError(
+            "--expire-after needs the online pass (leave out --db): expiry sends delItems "
+            "through the ops topic, in order with the items' other ops"
+        )
     s = settings() if db is not None else kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
-    given = {"min_rows": min_rows, "lateness_s": lateness, "prefix": prefix, "max_items": max_items}
+    given = {
+        "min_rows": min_rows,
+        "lateness_s": lateness,
+        "prefix": prefix,
+        "max_items": max_items,
+        "expire_after_s": expire_after,
+    }
     policy = compaction_policy(s, {k: v for k, v in given.items() if v is not None})
     summary = (
         compact_offline(db, policy, err, dry_run=dry_run)

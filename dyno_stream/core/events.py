@@ -294,6 +294,13 @@ class Snapshot(_Model):
     source: Source | None = None
 
 
+#: Header of a ``delItem`` sent by expiry (``dyno-stream compact --expire-after``): the
+#: item's chain hash when the pass saw it idle. The worker applies the delItem only if the
+#: item still has that hash and no earlier op of it came in the same batch (it was not
+#: changed meanwhile); otherwise it drops it and answers with the item's snapshot.
+H_EXPIRE_IF_HASH = "dyno.expire.if-hash"
+
+
 class TombstoneHeaders(_Model):
     """The headers of a tombstone: the snapshot topic's message (key = item name, value =
     null) that says an item was deleted. Each value is UTF-8 text; numbers in decimal.

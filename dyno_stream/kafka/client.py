@@ -34,6 +34,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core import ops
+from dyno_stream.core.deadletter import KafkaHeaders
 from dyno_stream.core.errors import (
     KafkaAuthError,
     PublishError,
@@ -113,8 +114,9 @@ class DynoClient:
                 self._producer.purge(in_queue=True, in_flight=False, blocking=False)
                 purged = True
 
-    def send(self, event: EventModel) -> Future[Delivery]:
-        """Send one validated event (op or flatten command).
+    def send(self, event: EventModel, headers: KafkaHeaders | None = None) -> Future[Delivery]:
+        """Send one validated event (op, flatten or erase command), with ``headers`` if
+        given (an expiry's condition, ``events.H_EXPIRE_IF_HASH``).
 
         Raises :class:`~dyno_stream.core.errors.ClockSkewError` for an op whose ``ts`` (a flatten
         command's ``before``) is beyond ``worker.max_clock_skew_s`` ahead of this machine's
@@ -169,7 +171,9 @@ class DynoClient:
         sent_s = clock()
         while True:
             try:
-                self._producer.produce(self.topic, value, event.item.encode(), on_delivery=done)
+                self._producer.produce(
+                    self.topic, value, event.item.encode(), on_delivery=done, headers=headers
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)

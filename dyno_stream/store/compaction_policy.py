@@ -77,6 +77,27 @@ def choose(
     return chosen, seen
 
 
+def idle(
+    snapshots: Iterable[dict[str, Any]], policy: CompactionSettings, now: float
+) -> list[Candidate]:
+    """The items an expiring pass deletes: present (not deleted, not empty), with a name
+    of the policy's prefix, and whose last op is older than ``expire_after_s`` before
+    ``now``; oldest first. Empty when expiry is off (``expire_after_s`` 0)."""
+    if not policy.expire_after_s:
+        return []
+    limit = flake_floor(now - policy.expire_after_s)
+    out = [
+        Candidate(snap["item"], snap["hash"], snap["count"], snap["changes"])
+        for snap in snapshots
+        if snap["value"] is not None
+        and snap["hash"] is not None
+        and snap["timestamp"] is not None
+        and snap["timestamp"] < limit
+        and snap["item"].startswith(policy.prefix)
+    ]
+    return out
+
+
 def summaries(store: DynoStore, min_rows: int = 0) -> Iterator[dict[str, Any]]:
     """A store's items in the shape ``choose`` reads (a snapshot's, with ``value`` only
     told as None or not), deleted ones included: those of fewer rows too, when absent."""

@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,15 +22,20 @@ from typing import Any
 from helpers import (
     REPO,
     Record,
+    Reference,
     cli_env,
     flake_at,
+    only_items,
     read_topic,
     run_cli,
+    wait_caught_up,
     wait_until,
 )
 from rich.console import Console
 
 from dyno_stream.config import CompactionSettings, Settings
+from dyno_stream.core.events import make_op
+from dyno_stream.core.flake import new_flake
 from dyno_stream.core.snapshots import (
     H_ITEM_CHANGES,
     H_SOURCE_OFFSET,
@@ -37,6 +43,7 @@ from dyno_stream.core.snapshots import (
     H_SOURCE_TOPIC,
 )
 from dyno_stream.devtools.broker import free_port_pair
+from dyno_stream.jobs import compaction
 from dyno_stream.jobs.compaction import compact_online
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.views import MaterializedView
@@ -220,5 +227,108 @@ def test_late_ops_around_a_deletion_and_online_compaction(
             if r.headers.get("dyno.source.offset") == str(late.offset).encode()
         ]
         assert [d.headers["dyno.error.reason"] for d in dead] == [b"late"]
+    finally:
+        worker.stop()
+
+
+def test_expiry_deletes_only_items_idle_past_the_limit(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[..., Any],
+    monkeypatch: Any,
+) -> None:
+    """``compact --expire-after``: items idle past the limit are deleted through the ops
+    topic; an item changed after the pass saw it idle is kept; ops streaming to other items
+    during the pass are all applied once."""
+    s, port = http_settings(make_settings, partitions=2)
+    worker = start_worker(s)
+    old = time.time() - 7200
+    idle = [f"idle-{i}" for i in range(20)]
+    changed = [f"changed-{i}" for i in range(5)]  # idle when the pass reads, changed after
+    busy = [f"busy-{i}" for i in range(10)]
+    ref = Reference()
+    sent: list[Any] = []
+
+    def send(client: DynoClient, model: Any) -> None:
+        ref.apply(model)
+        sent.append(client.send(model))
+
+    try:
+        with DynoClient(s) as client:
+            for i, name in enumerate(idle + changed):
+                send(client, make_op("putAttrs", name, {"v": i}, flake_at(old + i / 1000)))
+            for name in busy:
+                send(client, make_op("putAttrs", name, {"v": 0}, new_flake()))
+            for f in sent:
+                f.result(30)
+        with MaterializedView(s) as view:
+            wait_caught_up(view, ref, WAIT_S)
+
+        # the dry run lists what would expire and changes nothing
+        console = Console(file=io.StringIO(), force_terminal=False)
+        policy = CompactionSettings(expire_after_s=3600, wait_s=WAIT_S)
+        dry = compact_online(s, policy, console, dry_run=True)
+        assert dry.expiring == len(idle + changed), dry.details
+        assert sorted(d.split(":")[0] for d in dry.details if "would expire" in d) == sorted(
+            idle + changed
+        )
+        assert cli(s, port, "get", "idle-0").returncode == 0
+
+        # ops stream to the busy items during the whole pass; the changed items get one op
+        # right after the pass has read the snapshots (before its delItems go out)
+        stop_streaming = threading.Event()
+        streamed = threading.Event()
+
+        def stream() -> None:
+            with DynoClient(s) as c:
+                k = 0
+                while not stop_streaming.is_set() or k < 50:
+                    send(
+                        c,
+                        make_op(
+                            "incAttrBy", busy[k % len(busy)], {"field": "n", "by": 1}, new_flake()
+                        ),
+                    )
+                    k += 1
+                    if k == 50:
+                        streamed.set()
+                    time.sleep(0.005)
+                c.flush(30)
+
+        real_read = compaction.read_snapshots
+
+        def read_then_change(*args: Any, **kw: Any) -> Any:
+            latest = real_read(*args, **kw)
+            with DynoClient(s) as c:
+                for name in changed:
+                    send(c, make_op("putAttrs", name, {"after": True}, new_flake()))
+                c.flush(30)
+            return latest
+
+        monkeypatch.setattr(compaction, "read_snapshots", read_then_change)
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        try:
+            streamed.wait(WAIT_S)
+            summary = compact_online(s, policy, console)
+        finally:
+            stop_streaming.set()
+            streamer.join(60)
+        assert summary.expired == len(idle), summary.fields()
+        assert summary.kept_changed == len(changed), summary.fields()
+        assert summary.unconfirmed == 0 and summary.refused == 0, summary.fields()
+        for f in sent:
+            f.result(30)
+
+        with MaterializedView(s) as view:
+            survivors = only_items(ref, set(changed + busy))
+            wait_caught_up(view, survivors, WAIT_S)  # fails at once on an op applied twice
+            for name in changed + busy:
+                snap = view.get(name)
+                assert snap is not None and snap["value"] == ref.value(name), (name, snap)
+                assert snap["changes"] == ref.changes[name], (name, snap)
+            assert [n for n in idle if view.get(n) is not None] == []
+        for name in idle:
+            assert len(tombstones(s, name)) == 1, name
+        assert cli(s, port, "get", "idle-3").returncode == 3
     finally:
         worker.stop()
