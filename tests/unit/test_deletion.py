@@ -5,6 +5,7 @@ erasure, tombstones read by a restore, and the policy choosing deleted items."""
 from __future__ import annotations
 
 import io
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
+from fakes import FakeProducer
+from helpers import op_bytes
 from rich.console import Console
 
-from dyno_stream.config import CompactionSettings
+from dyno_stream.config import CompactionSettings, load_settings
 from dyno_stream.core.errors import LateOpError
-from dyno_stream.core.events import Erase, Snapshot, make_op
-from dyno_stream.core.flake import FlakeGenerator
+from dyno_stream.core.events import H_EXPIRE_IF_HASH, Erase, Snapshot, make_op
+from dyno_stream.core.flake import FlakeGenerator, new_flake
 from dyno_stream.core.snapshots import (
     DeletedSnapshot,
     NewestSnapshots,
@@ -28,6 +32,9 @@ from dyno_stream.jobs.compaction import compact_offline
 from dyno_stream.store import DynoStore
 from dyno_stream.store.compaction_policy import choose, summaries
 from dyno_stream.store.partition import PartitionStore
+from dyno_stream.stream.delivery import Delivery
+from dyno_stream.stream.metrics import WorkerMetrics
+from dyno_stream.stream.processing import BatchProcessor
 
 HOUR_MS = 3_600_000
 
@@ -244,3 +251,73 @@ def test_summaries_include_deleted_items_below_min_rows(tmp_path: Path) -> None:
         store.put_item("a", {"x": 1})
         got = {s["item"]: s for s in summaries(store, min_rows=10)}
     assert sorted(got) == ["d"] and got["d"]["value"] is None and got["d"]["count"] == 2
+
+
+def _message(offset: int, item: str, op: str, change: Any, headers: Any = None) -> Message:
+    return Message(
+        topic="ops",
+        partition=0,
+        offset=offset,
+        key=item.encode(),
+        value=op_bytes(item, op, new_flake(), change) if op != "erase" else orjson.dumps(
+            {"item": item, "op": "erase", "ts": new_flake()}
+        ),
+        headers=headers,
+        timestamp=(TIMESTAMP_LOG_APPEND_TIME, int(time.time() * 1000)),
+    )  # fmt: skip
+
+
+def test_a_batch_publishes_tombstones_and_drops_expiries_of_changed_items(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One batch: an expiry of an unchanged item (deleted), one of an item whose hash moved
+    on and one of an item with an earlier op in the batch (both dropped, answered with a
+    snapshot), and an erasure after the dropped ones (logged, by name only)."""
+    s = load_settings(
+        topics={"ops": "ops", "snapshots": "snaps", "dead_letter": "dead"},
+        worker={"data_dir": str(tmp_path), "commit_interval_s": 0},
+    )
+    producer, metrics = FakeProducer(), WorkerMetrics()
+    delivery = Delivery(s, producer, metrics)
+    processor = BatchProcessor(s, delivery, metrics)
+    ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
+    running = {("ops", 0): ps}
+    try:
+        first = [_message(i, n, "putAttrs", {"v": 1}) for i, n in enumerate(["y", "z", "q", "w"])]
+        processor.process(first, running)
+        hashes = {n: ps.store.get_item(n).hash or "" for n in ["y", "z", "q"]}
+        ps.store.put_attrs("q", {"moved": 1})  # q changes after the pass saw it
+
+        def expire(offset: int, item: str) -> Message:
+            h = [(H_EXPIRE_IF_HASH, hashes[item].encode())]
+            return _message(offset, item, "delItem", {}, h)
+
+        producer.produced.clear()
+        with caplog.at_level(logging.INFO, "dyno_stream.stream.processing"):
+            processor.process(
+                [
+                    _message(4, "z", "putAttrs", {"v": 2}),
+                    expire(5, "y"),
+                    expire(6, "z"),
+                    expire(7, "q"),
+                    _message(8, "w", "erase", None),
+                ],
+                running,
+            )
+        delivery.complete(wait=True)
+        assert ps.store.get_item("y").deleted
+        assert ps.store.get_item("z").value == {"v": 2}
+        assert ps.store.get_item("q").value == {"v": 1, "moved": 1}
+        assert ps.store.get_item("w").deleted and ps.store.get_item("w").count == 1
+        out = {p.key: p for p in producer.produced if p.topic == "snaps"}
+        assert out[b"y"].value is None and out[b"w"].value is None  # tombstones
+        for name, offset in ((b"z", 6), (b"q", 7)):  # answers: snapshots from the command on
+            snap = orjson.loads(out[name].value or b"")
+            assert snap["source"]["offset"] == offset and snap["value"] is not None
+        headers = dict(out[b"y"].headers or [])
+        assert headers["dyno.source.offset"] == b"5"
+        assert [r.getMessage() for r in caplog.records if "erased" in r.getMessage()] == [
+            "erased 'w' (ops/0@8)"
+        ]
+    finally:
+        ps.close()
