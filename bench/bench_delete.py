@@ -7,12 +7,14 @@ Then half of them get a ``delItem``. Sizes are printed at each step:
 - the worker's data dir (``du``: every file of its LevelDB stores);
 - each topic's log segments in the broker's log dir (the sum of its ``.log`` files).
 
-Steps: filled; half deleted (tombstones published); an online compaction pass (lateness 2 s:
-the deleted items' rows go, their markers stay); Kafka's log cleaner (the snapshot topic is
-given a small ``segment.ms``, ``delete.retention.ms`` and ``min.cleanable.dirty.ratio``, and
-the sizes are read again once they stop falling); the worker stopped and an offline pass run
-on each store (LevelDB's own compaction, so the space comes back). Results:
-``bench/results/delete.json``. Run: ``python bench/bench_delete.py``.
+Steps: filled; compacted (the worker stopped, an offline pass on each store with a 2 s
+lateness, which ends with LevelDB's own compaction, and Kafka's log cleaner on the snapshot
+topic, which is given a small ``segment.ms``, ``delete.retention.ms`` and
+``min.cleanable.dirty.ratio``: sizes are read once they stop falling); half deleted (their
+tombstones published); an online compaction pass (lateness 2 s: the deleted items' rows go,
+their markers stay); compacted again as before. The ops topic is not compacted (it keeps its
+ops until its retention). Results: ``bench/results/delete.json``. Run:
+``python bench/bench_delete.py``.
 """
 
 from __future__ import annotations
@@ -92,6 +94,33 @@ def wait_applied(s: Settings, timeout: float = 600) -> None:
         c.close()
 
 
+def count_messages(s: Settings) -> tuple[int, int]:
+    """Messages and tombstones in the snapshot topic now (the bench's own roll markers left
+    out)."""
+    c = Consumer({**s.kafka.librdkafka(), "group.id": f"count-{uuid.uuid4().hex}"})
+    try:
+        todo = {}
+        for p in range(PARTITIONS):
+            lo, hi = c.get_watermark_offsets(TopicPartition(s.topics.snapshots, p), timeout=10)
+            if hi > lo:
+                todo[p] = hi
+        c.assign([TopicPartition(s.topics.snapshots, p, 0) for p in todo])
+        messages = tombstones = 0
+        while todo:
+            for msg in c.consume(10_000, 1.0):
+                if msg.error() is not None:
+                    continue
+                p, off = msg.partition(), msg.offset()
+                if msg.key() != b"bench-roll":
+                    messages += 1
+                    tombstones += msg.value() is None
+                if p is not None and off is not None and off + 1 >= todo.get(p, 0):
+                    todo.pop(p, None)
+        return messages, tombstones
+    finally:
+        c.close()
+
+
 def settle(read: Any, quiet_s: float = 20.0, timeout: float = 300.0) -> int:
     """A size read until it has not fallen for ``quiet_s`` (Kafka's cleaner at work)."""
     best, since = read(), time.monotonic()
@@ -146,23 +175,72 @@ def main() -> None:
             "DYNO_WORKER__HTTP_PORT": "0",
         }
         log = (tmp / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dyno_stream", "worker"], env=env, cwd=REPO, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+
+        def start_worker() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "dyno_stream", "worker"], env=env, cwd=REPO, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+        def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+
+        def offline_compaction() -> None:
+            console = Console(file=io.StringIO())
+            for store in sorted((s.worker.data_dir / s.topics.ops).iterdir()):
+                compact_offline(store, CompactionSettings(lateness_s=2.0, min_rows=2), console)
+
+        admin = AdminClient(s.kafka.librdkafka())
+
+        def snapshot_topic_config(**config: str) -> None:
+            entries = [
+                ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in config.items()
+            ]
+            res = ConfigResource("TOPIC", s.topics.snapshots, incremental_configs=entries)
+            for f in admin.incremental_alter_configs([res]).values():
+                f.result(30)
+
+        def let_kafka_clean() -> None:
+            """Let the snapshot topic compact, and drop its tombstones, within seconds: roll
+            its segments (a segment rolls when a message comes after segment.ms) until the
+            cleaner has stopped shrinking it. Then back to Kafka's default tombstone
+            retention (a day), which an online pass needs: it reads its answers, tombstones
+            among them, after they were published."""
+            snapshot_topic_config(
+                segment_ms="1000", delete_retention_ms="1000", min_cleanable_dirty_ratio="0.01"
+            )
+            roller = Producer(s.kafka.librdkafka())
+
+            def rolled_size() -> int:
+                for p in range(PARTITIONS):
+                    roller.produce(s.topics.snapshots, None, b"bench-roll", partition=p)
+                roller.flush(10)
+                return topic_bytes(broker, s.topics.snapshots)
+
+            time.sleep(1.5)
+            settle(rolled_size)
+            snapshot_topic_config(delete_retention_ms="86400000", segment_ms="604800000")
+
+        worker = start_worker()
         names = [f"user-{i:06d}" for i in range(args.items)]
 
         def measure(step: str) -> None:
+            messages, tombstones_ = count_messages(s)
             row = {
                 "step": step,
                 "data_dir_bytes": du(s.worker.data_dir),
                 "ops_topic_bytes": topic_bytes(broker, s.topics.ops),
                 "snapshot_topic_bytes": topic_bytes(broker, s.topics.snapshots),
+                "snapshot_topic_messages": messages,
+                "snapshot_topic_tombstones": tombstones_,
             }
             steps.append(row)
             print(
-                f"{step:<55} data dir {row['data_dir_bytes']:>12,}  ops topic "
-                f"{row['ops_topic_bytes']:>12,}  snapshot topic {row['snapshot_topic_bytes']:>12,}",
+                f"{step:<58} data dir {row['data_dir_bytes']:>11,}  ops topic "
+                f"{row['ops_topic_bytes']:>11,}  snapshot topic {row['snapshot_topic_bytes']:>11,}"
+                f" ({messages:,} messages, {tombstones_:,} tombstones)",
                 flush=True,
             )
 
@@ -171,7 +249,14 @@ def main() -> None:
         produce(s, [("putAttrs", n, {"visits": 1}) for n in names])
         wait_applied(s)
         measure(f"{args.items:,} items, 2 ops each")
+        time.sleep(3)  # the ops older than the 2 s lateness
+        stop_worker(worker)
+        worker = None
+        offline_compaction()
+        let_kafka_clean()
+        measure("compacted: offline pass, Kafka's log cleaner")
 
+        worker = start_worker()
         deleted = names[::2]
         produce(s, [("delItem", n, {}) for n in deleted])
         wait_applied(s)
@@ -182,32 +267,12 @@ def main() -> None:
         policy = CompactionSettings(lateness_s=2.0, min_rows=10, wait_s=300)
         summary = compact_online(s, policy, console)
         print("online compaction:", summary.log_line(), flush=True)
-        measure("online compaction (lateness 2 s)")
-
-        admin = AdminClient(s.kafka.librdkafka())
-        entries = [
-            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
-            for k, v in {
-                "segment.ms": "1000",
-                "delete.retention.ms": "1000",
-                "min.cleanable.dirty.ratio": "0.01",
-            }.items()
-        ]
-        res = ConfigResource("TOPIC", s.topics.snapshots, incremental_configs=entries)
-        for f in admin.incremental_alter_configs([res]).values():
-            f.result(30)
-        # a segment rolls only when a message comes after segment.ms: one more op per partition
-        time.sleep(1.5)
-        produce(s, [("putAttrs", names[i], {"visits": 2}) for i in range(1, 41, 2)])
-        settle(lambda: topic_bytes(broker, s.topics.snapshots))
-        measure("Kafka's log cleaner on the snapshot topic")
-
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
+        measure("online compaction pass (lateness 2 s)")
+        stop_worker(worker)
         worker = None
-        for store in sorted((s.worker.data_dir / s.topics.ops).iterdir()):
-            compact_offline(store, CompactionSettings(lateness_s=2.0, min_rows=10), console)
-        measure("worker stopped, offline compaction of each store")
+        offline_compaction()
+        let_kafka_clean()
+        measure("compacted: offline pass, Kafka's log cleaner")
     finally:
         if worker is not None:
             worker.kill()
