@@ -229,8 +229,8 @@ class WriteBatch:
 
     def erase(self, name: str, flake: str) -> None:
         """Remove every row of the item and leave only its deleted marker: a history row at
-        the erasure's time (or the item's last op, if later) with an empty value, its chain
-        hash and changes carried on past the erasure (no attribute value is kept). The state
+        the erasure's time (or the item's last op, if later) holding null, its chain hash and
+        changes carried on past the erasure (no attribute value is kept). The state
         row is rewritten in this same write, not behind it: no value of the item is left in
         a row or in the state cache once the batch lands. An op older than the marker is
         then late; a newer one starts the item again from an empty value."""
