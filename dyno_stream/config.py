@@ -292,6 +292,9 @@ class CompactionSettings(_Section):
     prefix: str = ""
     #: At most this many items per pass (the longest histories first).
     max_items: int | None = Field(default=None, ge=1)
+    #: An online pass deletes items not changed for this many seconds (0: never): a delItem
+    #: through the ops topic that the worker applies only if the item is unchanged since.
+    expire_after_s: float = Field(default=0.0, ge=0)
     #: How long an online pass waits for the workers to confirm its commands.
     wait_s: float = Field(default=60.0, ge=0)
     #: Workers compact their own partitions every this many seconds (0: never) ...

@@ -9,7 +9,8 @@ yields at least the last snapshot of every item.
 Snapshots can arrive twice or out of order (at-least-once publication, a restored worker
 publishing again). A snapshot replaces the one held only when it is newer: more ``changes``,
 or as many changes and fewer rows (a flatten). So a stale snapshot never replaces a newer one,
-and ``on_change`` fires once per new snapshot.
+and ``on_change`` fires once per new snapshot. A tombstone (a null value under the item's key)
+removes the item from the table and fires ``on_change(old, None)``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from dyno_stream.kafka.reading import partition_ends, topic_reader
 
 log = logging.getLogger("dyno_stream.views")
 
-ChangeCallback = Callable[[SnapshotDict | None, SnapshotDict], None]
+#: ``(old, new)``: ``old`` None for a new item, ``new`` None for a deleted one (a tombstone)
+ChangeCallback = Callable[[SnapshotDict | None, SnapshotDict | None], None]
 
 _OFFSET_PREFIX = b"\x00offset\x00"
 _ITEM_PREFIX = b"\x01"  # item rows: names may start with any character, even \x00
@@ -46,8 +48,12 @@ class _MemoryTable:
     def get(self, name: str) -> SnapshotDict | None:
         return self.rows.get(name)
 
-    def write(self, rows: dict[str, SnapshotDict], offsets: dict[int, int]) -> None:
-        self.rows.update(rows)
+    def write(self, rows: dict[str, SnapshotDict | None], offsets: dict[int, int]) -> None:
+        for name, snap in rows.items():
+            if snap is None:
+                self.rows.pop(name, None)
+            else:
+                self.rows[name] = snap
         self.offsets.update(offsets)
 
     def items(self) -> Iterator[tuple[str, SnapshotDict]]:
@@ -79,11 +85,17 @@ class _LevelDBTable:
         raw = self.db.get(_ITEM_PREFIX + name.encode())
         return None if raw is None else dict(json.loads(raw))
 
-    def write(self, rows: dict[str, SnapshotDict], offsets: dict[int, int]) -> None:
+    def write(self, rows: dict[str, SnapshotDict | None], offsets: dict[int, int]) -> None:
         with self.db.write_batch(transaction=True) as wb:
             for name, snap in rows.items():
                 key = _ITEM_PREFIX + name.encode()
-                if self.db.get(key) is None:
+                held = self.db.get(key) is not None
+                if snap is None:
+                    if held:
+                        self._count -= 1
+                        wb.delete(key)
+                    continue
+                if not held:
                     self._count += 1
                 wb.put(key, json.dumps(snap, ensure_ascii=False).encode())
             for p, off in offsets.items():
@@ -143,7 +155,8 @@ class MaterializedView:
             return len(self._table)
 
     def on_change(self, callback: ChangeCallback) -> None:
-        """Call ``callback(old, new)`` for every new snapshot (on the view's thread)."""
+        """Call ``callback(old, new)`` for every new snapshot, and ``callback(old, None)``
+        when a held item is deleted (its tombstone), on the view's thread."""
         self._callbacks.append(callback)
 
     def wait_until_caught_up(self, timeout: float = 30.0) -> bool:
@@ -216,14 +229,26 @@ class MaterializedView:
                 self._progress.notify_all()
 
     def _apply(self, messages: list[Any]) -> None:
-        changed: dict[str, SnapshotDict] = {}
-        fired: list[tuple[SnapshotDict | None, SnapshotDict]] = []
+        changed: dict[str, SnapshotDict | None] = {}  # None: deleted
+        fired: list[tuple[SnapshotDict | None, SnapshotDict | None]] = []
         offsets: dict[int, int] = {}
         for msg in messages:
             if msg.error():
                 continue
             offsets[msg.partition()] = msg.offset() + 1
-            snap = parse_snapshot(msg.value())
+            value, key = msg.value(), msg.key()
+            if value is None:  # a tombstone: the item is deleted
+                if key is None:
+                    continue
+                name = key.decode("utf-8", "replace")
+                if not name.startswith(self.prefix):
+                    continue
+                gone = changed[name] if name in changed else self._table.get(name)
+                if gone is not None:
+                    changed[name] = None
+                    fired.append((gone, None))
+                continue
+            snap = parse_snapshot(value)
             if snap is None:
                 log.warning(
                     "skipping a message that is not a snapshot at %s/%s@%s",
@@ -235,7 +260,7 @@ class MaterializedView:
             name = snap["item"]
             if not name.startswith(self.prefix):
                 continue
-            held = changed.get(name) or self._table.get(name)
+            held = changed[name] if name in changed else self._table.get(name)
             if is_newer(snap, held):
                 changed[name] = snap
                 fired.append((held, snap))

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.core.errors import DynoError, KafkaServiceError, PublishError
+from dyno_stream.core.errors import ConfigError, DynoError, KafkaServiceError, PublishError
 from dyno_stream.kafka.client import Delivery
 
 app = typer.Typer(
@@ -42,6 +42,8 @@ app.add_typer(schemas_app, name="schemas")
 # no markup: item names and messages are printed exactly as they are, one line each
 out = Console(highlight=False, markup=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+#: ``get`` exits with this when the item does not exist or was deleted
+EXIT_NOT_FOUND = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -257,6 +259,43 @@ def flatten(
     out.print(f"flatten {d.item} -> {d.topic}/{d.partition}@{d.offset}")
 
 
+@app.command()
+@friendly
+def erase(
+    item: Annotated[str, typer.Argument(help="Item name.")],
+    wait: Annotated[
+        bool, typer.Option(help="Return once the owning worker has confirmed the erasure.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="How long --wait waits, in seconds.")] = 60.0,
+) -> None:
+    """Erase an item: its worker removes every row and cached state of it at once, keeps
+    only its deleted marker (no value) and publishes its tombstone.
+
+    Exits 0 when sent (with --wait: confirmed), 1 on an error or a refusal, 3 when --wait
+    saw no confirmation within --timeout (the worker down or behind: it erases the item
+    when it reaches the command).
+    """
+    from dyno_stream.jobs.erasure import erase as send_erase
+
+    s = kafka_settings()
+    done = send_erase(s, item, wait=wait, timeout=timeout)
+    d = done.delivery
+    where = f"{d.topic}/{d.partition}@{d.offset}"
+    if not wait:
+        out.print(f"erase {d.item} ts={d.ts} -> {where}")
+    elif done.confirmed:
+        out.print(f"erased {d.item} ({where}): confirmed by its worker")
+    elif done.refused is not None:
+        err.print(f"erase of {d.item!r} ({where}) refused by the worker: {done.refused}")
+        raise typer.Exit(1)
+    else:
+        err.print(
+            f"erase of {d.item!r} sent ({where}) but not confirmed within {timeout:.0f}s; "
+            "its worker erases it when it reaches the command"
+        )
+        raise typer.Exit(3)
+
+
 # -- compaction ------------------------------------------------------------------------------
 
 
@@ -275,7 +314,16 @@ def compact(
     ] = None,
     prefix: Annotated[str | None, typer.Option(help="Only item names with this prefix.")] = None,
     max_items: Annotated[int | None, typer.Option(help="At most N items this pass.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="List what would be flattened and why.")] = False,
+    expire_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Online: also delete items not changed for this many seconds (0: never; "
+            "default [compaction] expire_after_s). An item changed meanwhile is kept."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would be flattened or expire, and why.")
+    ] = False,
 ) -> None:
     """One compaction pass: flatten long histories (online through the workers, or --db).
 
@@ -291,9 +339,20 @@ def compact(
         compaction_policy,
     )
 
+    if db is not None and expire_after:
+        raise ConfigError(
+            "--expire-after needs the online pass (leave out --db): expiry sends delItems "
+            "through the ops topic, in order with the items' other ops"
+        )
     s = settings() if db is not None else kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
-    given = {"min_rows": min_rows, "lateness_s": lateness, "prefix": prefix, "max_items": max_items}
+    given = {
+        "min_rows": min_rows,
+        "lateness_s": lateness,
+        "prefix": prefix,
+        "max_items": max_items,
+        "expire_after_s": expire_after,
+    }
     policy = compaction_policy(s, {k: v for k, v in given.items() if v is not None})
     summary = (
         compact_offline(db, policy, err, dry_run=dry_run)
@@ -424,7 +483,11 @@ def get(
         typer.Option("--view", help="Answer from the snapshot topic (no worker store needed)."),
     ] = False,
 ) -> None:
-    """Print an item as a worker's store holds it (value, timestamp, changes, hash, count)."""
+    """Print an item as a worker's store holds it (value, timestamp, changes, hash, count).
+
+    Exits 3 when there is no such item: never written, or deleted (not found is not an
+    error of the tool).
+    """
     from urllib.parse import quote
 
     from dyno_stream.store import DynoStore
@@ -438,23 +501,25 @@ def get(
                     "the snapshot topic could not be read to its end within 60s"
                 )
             snap = v.get(item)
-        if snap is None:
-            err.print(f"no snapshot of {item!r} in {s.topics.snapshots}")
-            raise typer.Exit(1)
+        if snap is None:  # never published, or deleted (its tombstone dropped it)
+            err.print(f"no item {item!r} in {s.topics.snapshots}")
+            raise typer.Exit(EXIT_NOT_FOUND)
         out.print_json(json.dumps(snap, ensure_ascii=False))
         return
     answer = _http_get(f"/items/{quote(item, safe='')}", s)
-    if answer is not None and answer[0] == 200:
-        out.print_json(answer[1].decode())
-        return
-    for path in _local_stores(s):
-        with DynoStore(path) as store:
-            it = store.get_item(item)
-            if it.count:
-                out.print_json(json.dumps(it.as_dict(store=str(path)), ensure_ascii=False))
-                return
+    if answer is not None and answer[0] in (200, 404):
+        if answer[0] == 200:
+            out.print_json(answer[1].decode())
+            return
+    else:
+        for path in _local_stores(s):
+            with DynoStore(path) as store:
+                it = store.get_item(item)
+                if it.value is not None:
+                    out.print_json(json.dumps(it.as_dict(store=str(path)), ensure_ascii=False))
+                    return
     err.print(f"no item {item!r} in the worker's stores")
-    raise typer.Exit(1)
+    raise typer.Exit(EXIT_NOT_FOUND)
 
 
 @app.command()
@@ -500,21 +565,25 @@ def watch(
     s = kafka_settings()
     live = threading.Event()
 
-    def show(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    def show(old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if live.is_set() or from_beginning:
-            print(
-                json.dumps(
-                    {
-                        "item": new["item"],
-                        "old": None if old is None else old["value"],
-                        "new": new["value"],
-                        "changes": new["changes"],
-                        "hash": new["hash"],
-                    },
-                    ensure_ascii=False,
-                ),
-                flush=True,
+            line = (
+                {
+                    "item": new["item"],
+                    "old": None if old is None else old["value"],
+                    "new": new["value"],
+                    "changes": new["changes"],
+                    "hash": new["hash"],
+                }
+                if new is not None
+                else {  # a tombstone: the item was deleted
+                    "item": None if old is None else old["item"],
+                    "old": None if old is None else old["value"],
+                    "new": None,
+                    "deleted": True,
+                }
             )
+            print(json.dumps(line, ensure_ascii=False), flush=True)
 
     with MaterializedView(s, prefix=prefix) as v:
         v.on_change(show)

@@ -225,16 +225,45 @@ class Flatten(_Model):
     ] = None
 
 
+class Erase(_Model):
+    """Erase command: remove every row and the cached state of the item at once, leaving
+    only its deleted marker (no attribute values), and publish its tombstone.
+
+    Ordered with the item's other ops on its partition. ``ts`` is the erasure's time: an op
+    older than it that arrives afterwards is ``late``, so nothing from before the erasure
+    comes back; a newer op starts the item again from an empty value.
+    """
+
+    item: ItemName
+    op: Literal["erase"] = "erase"
+    ts: Annotated[
+        FlakeId,
+        Field(
+            description="The erasure's time (flake id). More than worker.max_clock_skew_s "
+            "ahead of the Kafka message's timestamp: dead-lettered as clock-skew."
+        ),
+    ]
+
+
 Op = Annotated[
     PutItem | DelItem | PutAttrs | DelAttrs | IncAttrBy | DecAttrBy | Append | AddToSet,
     Field(discriminator="op"),
 ]
 Event = Annotated[
-    PutItem | DelItem | PutAttrs | DelAttrs | IncAttrBy | DecAttrBy | Append | AddToSet | Flatten,
+    PutItem
+    | DelItem
+    | PutAttrs
+    | DelAttrs
+    | IncAttrBy
+    | DecAttrBy
+    | Append
+    | AddToSet
+    | Flatten
+    | Erase,
     Field(discriminator="op"),
 ]
 OpModel = PutItem | DelItem | PutAttrs | DelAttrs | IncAttrBy | DecAttrBy | Append | AddToSet
-EventModel = OpModel | Flatten
+EventModel = OpModel | Flatten | Erase
 
 OP_MODELS: dict[str, type[OpModel]] = {
     m.model_fields["op"].default: m
@@ -265,6 +294,40 @@ class Snapshot(_Model):
     source: Source | None = None
 
 
+#: Header of a ``delItem`` sent by expiry (``dyno-stream compact --expire-after``): the
+#: item's chain hash when the pass saw it idle. The worker applies the delItem only if the
+#: item still has that hash and no earlier op of it came in the same batch (it was not
+#: changed meanwhile); otherwise it drops it and answers with the item's snapshot.
+H_EXPIRE_IF_HASH = "dyno.expire.if-hash"
+
+
+class TombstoneHeaders(_Model):
+    """The headers of a tombstone: the snapshot topic's message (key = item name, value =
+    null) that says an item was deleted. Each value is UTF-8 text; numbers in decimal.
+
+    The source says which op made the deletion (a restore treats the item as deleted at that
+    offset); the item's timestamp, changes, hash and count are those of the deleted item (no
+    attribute value), so a restore keeps its deleted marker and a newer-than rule holds
+    across the deletion.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    source_topic: str = Field(alias="dyno.source.topic", description="The ops topic.")
+    source_partition: str = Field(
+        alias="dyno.source.partition", description="Its partition (decimal)."
+    )
+    source_offset: str = Field(
+        alias="dyno.source.offset", description="Offset of the op that deleted it (decimal)."
+    )
+    item_timestamp: str = Field(
+        alias="dyno.item.timestamp", description="Flake of the deletion: the item's last op."
+    )
+    item_changes: str = Field(alias="dyno.item.changes", description="Ops ever applied.")
+    item_hash: str = Field(alias="dyno.item.hash", description="Chain hash after the last op.")
+    item_count: str = Field(alias="dyno.item.count", description="Rows the store holds.")
+
+
 _TYPE_TAGS = {"int", "float", "str", "bool", "none"}
 
 
@@ -280,7 +343,7 @@ def _convert(exc: pydantic.ValidationError) -> ValidationError:
     loc = [str(p) for p in err["loc"]]
     # discriminated unions put the op name in the path: drop it, it is not a field; an error
     # of the op model itself comes from the change check (_serialize_change)
-    if loc and loc[0] in (*ops.OP_NAMES, "flatten"):
+    if loc and loc[0] in (*ops.OP_NAMES, "flatten", "erase"):
         loc = loc[1:] or ["change"]
     # unions add the member's type name to the path (`by.int`, `value.str`, ...): not a
     # field either; only unions do, so a real field named "str" stays
@@ -293,7 +356,7 @@ def _convert(exc: pydantic.ValidationError) -> ValidationError:
     if err["type"] == "json_invalid":
         return NotJsonError("event", msg)
     if err["type"] == "union_tag_invalid":
-        field, msg = "op", f"unknown op; expected one of {', '.join(ops.OP_NAMES)}, flatten"
+        field, msg = "op", f"unknown op; expected one of {', '.join(ops.OP_NAMES)}, flatten, erase"
     elif err["type"] == "union_tag_not_found":
         field, msg = "op", "missing"
     cls: type[ValidationError]
@@ -361,7 +424,7 @@ def parse_event(raw: bytes | str) -> EventModel:
     except pydantic.ValidationError as exc:
         raise _convert(exc) from None
     check_event_name(event.item)
-    if isinstance(event, _Op):  # not a flatten command
+    if isinstance(event, _Op):  # not a flatten or erase command
         # computed now, so a change that cannot be stored is refused here; stored where the
         # cached property finds it, without the cost of calling it (a quarter of this call)
         event.__dict__["change_json"] = _change_text(event)
@@ -373,4 +436,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {
         "op-event.schema.json": _event_adapter.json_schema(),
         "snapshot.schema.json": Snapshot.model_json_schema(),
+        "tombstone-headers.schema.json": TombstoneHeaders.model_json_schema(by_alias=True),
     }

@@ -182,12 +182,16 @@ def apply_op(value: JsonDict, op: str, change: Any) -> JsonDict:
     raise InvalidChangeError("op", f"unknown op {op!r}")
 
 
-def encode_history(hash_: str, changes: int, value: JsonDict) -> str:
-    """A history row's value: ``<hash>:<changes>:<value json>`` (level-dyno's format)."""
-    return f"{hash_}:{changes}:{dumps(value)}"
+def encode_history(hash_: str, changes: int, value: JsonDict | None) -> str:
+    """A history row's value: ``<hash>:<changes>:<value json>`` (level-dyno's format).
+
+    ``value`` None (``null``) is a deleted item's marker: the history of an item whose last
+    op deleted it, holding no attribute value (``{}`` is an item that was emptied)."""
+    return f"{hash_}:{changes}:{'null' if value is None else dumps(value)}"
 
 
-def decode_history(text: str) -> tuple[str, int, JsonDict]:
+def decode_history(text: str) -> tuple[str, int, JsonDict | None]:
+    """``(hash, changes, value)`` of a history row; value None for a deleted marker."""
     hash_, changes, value = text.split(":", 2)
     return hash_, int(changes), loads(value)
 
@@ -197,7 +201,8 @@ class ItemState:
     """The materialized current state of one item, kept beside its rows.
 
     ``base`` is the flake of the item's history row (None when it has none): an op at or
-    before it can no longer be placed.
+    before it can no longer be placed. ``deleted``: the item's last op deleted it
+    (``delItem``, or an erasure); its snapshot is then a tombstone.
     """
 
     value: JsonDict = field(default_factory=dict)
@@ -206,6 +211,7 @@ class ItemState:
     hash: str = ""
     count: int = 0
     base: str | None = None
+    deleted: bool = False
 
     def push(self, name: str, flake: str, op: str, change: Any, change_json: str) -> None:
         """Apply an op that sorts after every row the state holds."""
@@ -214,27 +220,42 @@ class ItemState:
         self.timestamp = flake
         self.changes += 1
         self.count += 1
+        self.deleted = op == DEL_ITEM
 
     def push_history(self, flake: str, text: str) -> None:
         """Start from a history row (it is always an item's first row)."""
-        self.hash, self.changes, self.value = decode_history(text)
+        self.hash, self.changes, value = decode_history(text)
+        self.deleted = value is None  # a deleted item's marker
+        self.value = {} if value is None else value
         self.timestamp = self.base = flake
         self.count += 1
 
     def encode(self) -> bytes:
-        return dumps_internal(
-            [self.timestamp, self.changes, self.hash, self.count, self.base, self.value]
-        )
+        fields = [self.timestamp, self.changes, self.hash, self.count, self.base, self.value]
+        if self.deleted:  # states written before deletions were tracked have 6 fields
+            fields.append(True)
+        return dumps_internal(fields)
 
     @classmethod
     def decode(cls, text: str | bytes) -> ItemState:
-        ts, changes, hash_, count, base, value = loads(text)
-        return cls(value, ts, changes, hash_, count, base)
+        ts, changes, hash_, count, base, value, *deleted = loads(text)
+        return cls(value, ts, changes, hash_, count, base, bool(deleted))
 
     def copy(self) -> ItemState:
         return ItemState(
-            dict(self.value), self.timestamp, self.changes, self.hash, self.count, self.base
+            dict(self.value),
+            self.timestamp,
+            self.changes,
+            self.hash,
+            self.count,
+            self.base,
+            self.deleted,
         )
+
+    def history_value(self) -> JsonDict | None:
+        """The value a history row folding this state holds: None (the deleted marker)
+        when the item is deleted."""
+        return None if self.deleted else self.value
 
 
 def replay(name: str, rows: Iterable[tuple[str, str, str]]) -> ItemState:

@@ -16,6 +16,71 @@ from dyno_stream.core.events import Snapshot as SnapshotModel
 
 #: A snapshot event as a dict (the wire contract's fields).
 SnapshotDict = dict[str, Any]
+#: Message headers as confluent-kafka gives them (a list of pairs, or None).
+MessageHeaders = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None
+
+#: Headers of a tombstone (``events.TombstoneHeaders``): where the deletion came from (the
+#: same names as a dead letter's) and the deleted item's history summary.
+H_SOURCE_TOPIC = "dyno.source.topic"
+H_SOURCE_PARTITION = "dyno.source.partition"
+H_SOURCE_OFFSET = "dyno.source.offset"
+H_ITEM_TIMESTAMP = "dyno.item.timestamp"
+H_ITEM_CHANGES = "dyno.item.changes"
+H_ITEM_HASH = "dyno.item.hash"
+H_ITEM_COUNT = "dyno.item.count"
+
+
+def tombstone_headers(
+    timestamp: str, changes: int, hash_: str, count: int, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """The headers of the tombstone of an item deleted by op ``topic/partition@offset``."""
+    return [
+        (H_SOURCE_TOPIC, topic.encode()),
+        (H_SOURCE_PARTITION, str(partition).encode()),
+        (H_SOURCE_OFFSET, str(offset).encode()),
+        (H_ITEM_TIMESTAMP, timestamp.encode()),
+        (H_ITEM_CHANGES, str(changes).encode()),
+        (H_ITEM_HASH, hash_.encode()),
+        (H_ITEM_COUNT, str(count).encode()),
+    ]
+
+
+def tombstone_snapshot(key: bytes | None, headers: MessageHeaders) -> SnapshotDict | None:
+    """A tombstone as the snapshot of a deleted item: ``value`` None, its timestamp, changes,
+    hash, count and source from the headers. None for a tombstone without them (one not
+    written by a dyno-stream worker, or no key): its deletion's offset is unknown."""
+    if key is None or not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    h = {k: v.decode() for k, v in pairs if isinstance(v, bytes)}
+    try:
+        snap: SnapshotDict = {
+            "item": key.decode(),
+            "value": None,
+            "timestamp": h[H_ITEM_TIMESTAMP],
+            "changes": int(h[H_ITEM_CHANGES]),
+            "hash": h[H_ITEM_HASH],
+            "count": int(h[H_ITEM_COUNT]),
+            "source": {
+                "topic": h[H_SOURCE_TOPIC],
+                "partition": int(h[H_SOURCE_PARTITION]),
+                "offset": int(h[H_SOURCE_OFFSET]),
+            },
+        }
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+    return snap
+
+
+def parse_message(
+    key: bytes | None, value: bytes | None, headers: MessageHeaders
+) -> SnapshotDict | None:
+    """A message of the snapshot topic as a snapshot dict: a snapshot, or a tombstone as the
+    snapshot of its deleted item (``value`` None; ``tombstone_snapshot``). None for anything
+    else."""
+    if value is None:
+        return tombstone_snapshot(key, headers)
+    return parse_snapshot(value)
 
 
 def parse_snapshot(raw: bytes | None) -> SnapshotDict | None:
@@ -35,6 +100,12 @@ def is_newer(new: SnapshotDict, held: SnapshotDict | None) -> bool:
     if new["changes"] != held["changes"]:
         return bool(new["changes"] > held["changes"])
     return bool(new["count"] < held["count"])
+
+
+class DeletedSnapshot(SnapshotModel):
+    """A tombstone read as the snapshot of its deleted item (``tombstone_snapshot``): what
+    ``NewestSnapshots.finish(deleted=True)`` returns for an item whose newest message is
+    its tombstone, so that a restore keeps it deleted."""
 
 
 class KeptSnapshot(NamedTuple):
@@ -72,8 +143,11 @@ class NewestSnapshots:
     message per key. So a message is only held as bytes; two messages of one key are ranked
     (``snapshot_rank``, orjson, about a tenth of a validation) only when they meet, so a stale
     duplicate never wins, and only the kept ones are validated, at the end (``finish``).
-    A tombstone (value None) deletes its key's snapshot; a message that is not a snapshot
-    never displaces one that is, and is counted in ``unreadable``.
+    A tombstone (value None) with a worker's headers is held as its deleted item's
+    snapshot (``tombstone_snapshot``), ranked like any other, and returned by ``finish``
+    only when asked (``deleted=True``, a restore: the item is deleted at that offset); one
+    without them deletes its key's snapshot. A message that is not a snapshot never
+    displaces one that is, and is counted in ``unreadable``.
     """
 
     def __init__(self) -> None:
@@ -82,30 +156,42 @@ class NewestSnapshots:
         self._ranks: dict[bytes, tuple[int, int] | None] = {}
         #: where each held message was read, for the callers that say so
         self._partitions: dict[bytes, int] = {}
+        #: keys whose held message is a tombstone (held as its deleted item's snapshot)
+        self._deleted: set[bytes] = set()
         self.messages = 0
         self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        """One message of the topic, in offset order within its ``partition``."""
+    def add(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: MessageHeaders = None,
+    ) -> None:
+        """One message of the topic, in offset order within its ``partition`` (``headers``
+        are read only for a tombstone)."""
         self.messages += 1
         if key is None:  # every dyno-stream producer keys its snapshots: a stray's own item
             key = _item_key(value)
             if key is None:
                 self.unreadable += 1
                 return
+        deleted = value is None
         if value is None:
-            self._held.pop(key, None)
-            self._ranks.pop(key, None)
-            self._partitions.pop(key, None)
-            return
+            tomb = tombstone_snapshot(key, headers)
+            if tomb is None:  # a deletion of unknown offset: forget the key
+                self._held.pop(key, None)
+                self._ranks.pop(key, None)
+                self._partitions.pop(key, None)
+                self._deleted.discard(key)
+                return
+            value = orjson.dumps(tomb)
         held = self._held.get(key)
         if held is None:
-            self._held[key] = value
-            if partition is not None:
-                self._partitions[key] = partition
+            self._keep(key, value, partition, deleted)
             return
         new_rank = snapshot_rank(value)
         if new_rank is None:
@@ -113,12 +199,19 @@ class NewestSnapshots:
             return
         held_rank = self._ranks[key] if key in self._ranks else snapshot_rank(held)
         if held_rank is None or new_rank > held_rank:
-            self._held[key] = value
+            self._keep(key, value, partition, deleted)
             self._ranks[key] = new_rank
-            if partition is not None:
-                self._partitions[key] = partition
         else:
             self._ranks[key] = held_rank
+
+    def _keep(self, key: bytes, value: bytes, partition: int | None, deleted: bool) -> None:
+        self._held[key] = value
+        if partition is not None:
+            self._partitions[key] = partition
+        if deleted:
+            self._deleted.add(key)
+        else:
+            self._deleted.discard(key)
 
     def finish(
         self,
@@ -127,10 +220,12 @@ class NewestSnapshots:
         *,
         maybe: Callable[[bytes], bool] | None = None,
         check_every: int = 2_000,
+        deleted: bool = False,
     ) -> dict[str, KeptSnapshot] | None:
         """Validate the held messages; return each item's newest one that ``keep`` accepts,
         or None when ``cancelled()`` turned true (asked every ``check_every`` messages:
-        2,000 validations take about 20 ms here).
+        2,000 validations take about 20 ms here). Items whose newest message is a tombstone
+        are left out, unless ``deleted``: then they come as snapshots with ``value`` None.
 
         ``maybe`` is a cheap test of the raw bytes that ``keep`` could accept, to skip the
         validation of those it surely would not (``source_partition_test``).
@@ -141,8 +236,11 @@ class NewestSnapshots:
                 return None
             if maybe is not None and not maybe(raw):
                 continue
+            if not deleted and key in self._deleted:
+                continue
             try:
-                snap = SnapshotModel.model_validate_json(raw)
+                model = DeletedSnapshot if key in self._deleted else SnapshotModel
+                snap = model.model_validate_json(raw)
             except pydantic.ValidationError:
                 self.unreadable += 1
                 continue

@@ -45,8 +45,9 @@ from rich.table import Table
 from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
-from dyno_stream.core.events import Flatten
-from dyno_stream.core.snapshots import SnapshotDict, parse_snapshot
+from dyno_stream.core.events import H_EXPIRE_IF_HASH, DelItem, Flatten
+from dyno_stream.core.flake import new_flake
+from dyno_stream.core.snapshots import SnapshotDict, parse_message
 from dyno_stream.jobs.progress import Reporter
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_reader
@@ -56,6 +57,7 @@ from dyno_stream.store.compaction_policy import (
     choose,
     fold_before,
     fold_cutoff,
+    idle,
     summaries,
 )
 from dyno_stream.store.partition import OFFSET_KEY, read_consumed_ms
@@ -89,6 +91,10 @@ class Summary:
     seconds: float = 0.0
     unconfirmed: int = 0
     refused: int = 0
+    #: expiry: items that would expire (dry run), expired, and not expired (changed since)
+    expiring: int = 0
+    expired: int = 0
+    kept_changed: int = 0
     details: list[str] = field(default_factory=list)
 
     @property
@@ -115,6 +121,11 @@ class Summary:
         ]
         if self.bytes_before is not None and self.bytes_after is not None:
             out.append(("bytes on disk", f"{self.bytes_before:,} -> {self.bytes_after:,}"))
+        if self.expiring:
+            out.append(("items that would expire", f"{self.expiring:,}"))
+        if self.expired or self.kept_changed:
+            out.append(("items expired", f"{self.expired:,}"))
+            out.append(("not expired (changed meanwhile)", f"{self.kept_changed:,}"))
         if self.refused:
             out.append(("refused by the workers", f"{self.refused:,}"))
         if self.unconfirmed:
@@ -134,7 +145,7 @@ EXIT_UNCONFIRMED = 3
 
 
 @dataclass
-class _Command:
+class Command:
     """A flatten command sent, and what the workers answered to it."""
 
     candidate: Candidate
@@ -148,9 +159,28 @@ class _Command:
         return self.answer is not None or self.refused is not None
 
 
-def _await_answers(
+def answer_ends(settings: Settings) -> dict[str, dict[int, int]]:
+    """Where the snapshot and dead-letter topics end now: taken before commands are sent,
+    the point from which ``await_answers`` reads their answers."""
+    consumer = topic_reader(settings, "compaction")
+    try:
+        since = {settings.topics.snapshots: partition_ends(consumer, settings.topics.snapshots)}
+        try:
+            since[settings.topics.dead_letter] = partition_ends(
+                consumer, settings.topics.dead_letter
+            )
+        except KafkaAdminError:  # made by the first worker: none has refused anything yet
+            log.warning(
+                "no dead-letter topic %s: refusals cannot be seen", settings.topics.dead_letter
+            )
+    finally:
+        consumer.close()
+    return since
+
+
+def await_answers(
     settings: Settings,
-    commands: dict[str, _Command],
+    commands: dict[str, Command],
     since: dict[str, dict[int, int]],
     timeout: float,
 ) -> None:
@@ -180,7 +210,8 @@ def _await_answers(
                 if msg.error() or cmd is None or cmd.answered:
                     continue  # most snapshots are of items this pass did not command
                 if msg.topic() == topics.snapshots:
-                    snap = parse_snapshot(msg.value())
+                    # a deleted item's answer is its tombstone (the source in its headers)
+                    snap = parse_message(key, msg.value(), msg.headers())
                     src = None if snap is None else snap["source"]
                     if src and src["partition"] == cmd.partition and src["offset"] >= cmd.offset:
                         cmd.answer = snap
@@ -218,50 +249,71 @@ def compact_online(
     rep = Reporter(console)
     with rep.task("reading snapshots", None) as advance:
         latest = read_snapshots(settings, advance)
-    chosen, summary.examined = choose(latest.values(), policy)
-    summary.chosen = len(chosen)
-    summary.rows_before = sum(c.count for c in chosen)
     # The command queues behind every op already in the partition, and an op appended after
     # it reached Kafka after ``now``: the wall clock is the right basis here.
     now = time.time()
     cutoff = fold_cutoff(now, now, policy.lateness_s)
+    expiring = idle(latest.values(), policy, now)
+    expires = {c.name for c in expiring}
+    chosen, summary.examined = choose(latest.values(), policy, cutoff)
+    chosen = [c for c in chosen if c.name not in expires]  # deleted instead
+    summary.chosen = len(chosen)
+    summary.rows_before = sum(c.count for c in chosen)
     if dry_run:
         summary.details = [
             f"{c.name}: {c.count} rows >= {policy.min_rows}; fold rows older than {cutoff} "
             f"up to hash {c.hash}"
+            if latest[c.name]["value"] is not None
+            else f"{c.name}: deleted at {latest[c.name]['timestamp']}, before {cutoff}: "
+            f"remove its {c.count} rows, keep its marker"
             for c in chosen
+        ] + [
+            f"{c.name}: not changed since {latest[c.name]['timestamp']}: would expire "
+            f"(idle over {policy.expire_after_s:g}s)"
+            for c in expiring
         ]
+        summary.expiring = len(expiring)
         summary.rows_after = summary.rows_before
         summary.seconds = time.monotonic() - started
         return summary
     # the answers are published from now on: mark where the topics end before the first
     # command goes out (a fast worker answers before the last one is acknowledged)
-    consumer = topic_reader(settings, "compaction")
-    try:
-        since = {settings.topics.snapshots: partition_ends(consumer, settings.topics.snapshots)}
-        try:
-            since[settings.topics.dead_letter] = partition_ends(
-                consumer, settings.topics.dead_letter
-            )
-        except KafkaAdminError:  # made by the first worker: none has refused anything yet
-            log.warning(
-                "no dead-letter topic %s: refusals cannot be seen", settings.topics.dead_letter
-            )
-    finally:
-        consumer.close()
-    commands: dict[str, _Command] = {}
-    with DynoClient(settings) as client, rep.task("sending flatten commands", len(chosen)) as adv:
+    since = answer_ends(settings)
+    commands: dict[str, Command] = {}
+    n_commands = len(chosen) + len(expiring)
+    with DynoClient(settings) as client, rep.task("sending commands", n_commands) as adv:
         futures = [
             (c, client.send(Flatten(item=c.name, hash=c.hash, before=cutoff))) for c in chosen
         ]
+        # expiry: a delItem, ordered with the item's other ops, that the worker applies only
+        # if the item still has the hash seen here (not changed meanwhile)
+        futures += [
+            (
+                c,
+                client.send(
+                    DelItem(item=c.name, ts=new_flake()),
+                    headers=[(H_EXPIRE_IF_HASH, c.hash.encode())],
+                ),
+            )
+            for c in expiring
+        ]
         for c, f in futures:
             d = f.result(settings.worker.publish_timeout_s + 5)
-            commands[c.name] = _Command(c, d.partition, d.offset)
+            commands[c.name] = Command(c, d.partition, d.offset)
             adv(1)
     with rep.task("waiting for the workers' answers", len(commands)):
-        _await_answers(settings, commands, since, policy.wait_s)
+        await_answers(settings, commands, since, policy.wait_s)
     summary.rows_after = summary.rows_before
     for cmd in commands.values():
+        if cmd.candidate.name in expires:
+            if cmd.answer is None:
+                summary.unconfirmed += cmd.refused is None
+                summary.refused += cmd.refused is not None
+            elif cmd.answer["value"] is None and cmd.answer["timestamp"] is not None:
+                summary.expired += 1  # its tombstone
+            else:
+                summary.kept_changed += 1  # changed meanwhile: its snapshot
+            continue
         if cmd.answer is None:
             summary.unconfirmed += cmd.refused is None
             summary.refused += cmd.refused is not None
@@ -323,7 +375,7 @@ def compact_offline(
             summary.bytes_after = summary.bytes_before
             summary.seconds = time.monotonic() - started
             return summary
-        chosen, summary.examined = choose(summaries(store), policy)
+        chosen, summary.examined = choose(summaries(store), policy, cutoff)
         summary.chosen = len(chosen)
         summary.rows_before = sum(c.count for c in chosen)
         if dry_run:

@@ -34,12 +34,13 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core import ops
+from dyno_stream.core.deadletter import KafkaHeaders
 from dyno_stream.core.errors import (
     KafkaAuthError,
     PublishError,
     ValidationError,
 )
-from dyno_stream.core.events import EventModel, Flatten, make_op
+from dyno_stream.core.events import Erase, EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
@@ -113,8 +114,9 @@ class DynoClient:
                 self._producer.purge(in_queue=True, in_flight=False, blocking=False)
                 purged = True
 
-    def send(self, event: EventModel) -> Future[Delivery]:
-        """Send one validated event (op or flatten command).
+    def send(self, event: EventModel, headers: KafkaHeaders | None = None) -> Future[Delivery]:
+        """Send one validated event (op, flatten or erase command), with ``headers`` if
+        given (an expiry's condition, ``events.H_EXPIRE_IF_HASH``).
 
         Raises :class:`~dyno_stream.core.errors.ClockSkewError` for an op whose ``ts`` (a flatten
         command's ``before``) is beyond ``worker.max_clock_skew_s`` ahead of this machine's
@@ -169,7 +171,9 @@ class DynoClient:
         sent_s = clock()
         while True:
             try:
-                self._producer.produce(self.topic, value, event.item.encode(), on_delivery=done)
+                self._producer.produce(
+                    self.topic, value, event.item.encode(), on_delivery=done, headers=headers
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)
@@ -218,6 +222,15 @@ class DynoClient:
         except Exception as exc:
             raise ValidationError("hash", f"{hash!r} is not an MD5 hex digest") from exc
         return self.send(command)
+
+    def erase(self, name: str, ts: str | None = None) -> Future[Delivery]:
+        """Ask the worker that owns the item to remove every row and the cached state of it
+        at once, leaving its deleted marker, and publish its tombstone (an ``erase``
+        command, in order with the item's other ops). ``ts`` (default: now) is the
+        erasure's time: ops older than it are refused as late afterwards. To wait until
+        the worker has done it, see ``dyno_stream.jobs.erasure.erase``."""
+        check_name(name)
+        return self.send(Erase(item=name, ts=new_flake() if ts is None else ts))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every op sent so far is acknowledged (or raise ``PublishError``)."""

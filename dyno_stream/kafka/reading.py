@@ -24,7 +24,7 @@ from dyno_stream.core.snapshots import (
     NewestSnapshots,
     SnapshotDict,
     is_newer,
-    parse_snapshot,
+    parse_message,
     source_partition_test,
 )
 
@@ -108,6 +108,7 @@ def read_snapshots(
     keep: Callable[[SnapshotDict], bool] = lambda snap: True,
 ) -> dict[str, SnapshotDict]:
     """Each item's newest snapshot (see ``is_newer``), reading every partition to its end.
+    A deleted item's is its tombstone's (``parse_message``: ``value`` None).
 
     ``since`` starts partitions at those offsets instead of the beginning; ``keep`` filters.
     """
@@ -121,8 +122,11 @@ def read_snapshots(
         latest: dict[str, SnapshotDict] = {}
         for msgs in read_range(consumer, topic, ranges, batch=1000, timeout=timeout):
             for msg in msgs:
-                snap = parse_snapshot(msg.value())
-                if snap is None:
+                key = msg.key()
+                snap = parse_message(key, msg.value(), msg.headers())
+                if snap is None and msg.value() is None and key is not None:
+                    latest.pop(key.decode("utf-8", "replace"), None)  # a foreign tombstone
+                elif snap is None:
                     log.warning(
                         "skipping a message that is not a snapshot at %s/%s@%s",
                         topic,
@@ -251,7 +255,9 @@ def _read_restore(
     # reading every partition, most snapshots are of other partitions: skip their validation
     # (one partition of a co-partitioned topic holds its own: the test would only cost)
     maybe = source_partition_test(source_partition) if partitions is None else None
-    newest = kept.finish(ours, cancelled, maybe=maybe)
+    # deleted items too: each is restored as its deleted marker, and the ops up to its
+    # tombstone's offset are skipped, so no replay brings it back
+    newest = kept.finish(ours, cancelled, maybe=maybe, deleted=True)
     if newest is None:
         return None
     if kept.unreadable:
@@ -320,7 +326,9 @@ def _read_newest(
                     del todo[p]  # type: ignore[arg-type]
                     if off >= end:
                         continue
-                kept.add(msg.key(), msg.value(), p)
+                value = msg.value()
+                # a tombstone's headers say where its item was deleted (a restore keeps it)
+                kept.add(msg.key(), value, p, msg.headers() if value is None else None)
             if on_progress is not None and msgs:
                 on_progress(kept.messages)
         return kept

@@ -18,6 +18,8 @@ class Item:
 
     ``changes`` counts every op the item has had, including those folded into a history row;
     ``count`` is the rows stored now; ``hash`` is the chain hash after the last row.
+    ``deleted``: its last op deleted it (``delItem`` or an erasure; its value is then None
+    and its snapshot a tombstone); an item emptied otherwise reads as absent but is not.
     """
 
     name: str
@@ -26,6 +28,7 @@ class Item:
     changes: int
     hash: str | None
     count: int
+    deleted: bool = False
 
     def as_dict(self, **more: Any) -> dict[str, Any]:
         """The item as the wire shows it (a snapshot's fields, before its ``source``), with
@@ -45,7 +48,13 @@ class Item:
         if state is None or state.count == 0:
             return cls(name, None, None, 0, None, 0)
         return cls(
-            name, state.value or None, state.timestamp, state.changes, state.hash, state.count
+            name,
+            state.value or None,
+            state.timestamp,
+            state.changes,
+            state.hash,
+            state.count,
+            state.deleted,
         )
 
 

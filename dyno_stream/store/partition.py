@@ -50,6 +50,7 @@ from dyno_stream.core.deadletter import DeadLetter
 from dyno_stream.core.errors import PartitionCountError, StoreError
 from dyno_stream.core.events import EventModel, Snapshot
 from dyno_stream.core.keys import META_PREFIX
+from dyno_stream.core.snapshots import DeletedSnapshot
 from dyno_stream.store.dynostore import DynoStore, ErrorHandler, StoreTransaction
 from dyno_stream.store.items import Item
 
@@ -131,9 +132,24 @@ class PartitionStore:
 
     def restore_from(self, snapshots: list[Snapshot], low: int = 0) -> int:
         """Load snapshots (of this partition's items) as history rows; resume the ops topic
-        just after the oldest of them, skipping what each item's snapshot already holds."""
+        just after the oldest of them, skipping what each item's snapshot already holds.
+
+        A deleted item's tombstone (``DeletedSnapshot``) becomes its deleted marker, and the
+        ops up to the tombstone's offset are skipped like any snapshot's: a replay of the
+        ops before the deletion never brings the item back."""
         items = [
-            (s.item, Item(s.item, s.value, s.timestamp, s.changes, s.hash, s.count))
+            (
+                s.item,
+                Item(
+                    s.item,
+                    s.value,
+                    s.timestamp,
+                    s.changes,
+                    s.hash,
+                    s.count,
+                    deleted=isinstance(s, DeletedSnapshot),  # its tombstone: deleted there
+                ),
+            )
             for s in snapshots
         ]
         assert all(s.source is not None for s in snapshots)

@@ -98,6 +98,8 @@ class WriteBatch:
         # per item: its escaped key prefix (``name/``) and the keys this batch wrote for it
         self.pending: dict[str, tuple[str, list[bytes]]] = {}
         self.rows: dict[bytes, bytes | None] = {}  # key -> value, or None to delete
+        #: items erased by this batch (``erase``): their key ranges are compacted once written
+        self.erased: list[str] = []
 
     def state(self, name: str) -> ItemState:
         st = self.states.get(name)
@@ -161,6 +163,7 @@ class WriteBatch:
             st.timestamp = flake
             st.changes += 1
             st.count += 1
+            st.deleted = op == "delItem"
             self.rows[key] = text.encode()
             staged.append(key)
             return True
@@ -224,14 +227,35 @@ class WriteBatch:
             folded = st.copy()  # keep the state's exact value object
         return self._fold(name, rows, upto, folded)
 
+    def erase(self, name: str, flake: str) -> None:
+        """Remove every row of the item and leave only its deleted marker: a history row at
+        the erasure's time (or the item's last op, if later) holding null, its chain hash and
+        changes carried on past the erasure (no attribute value is kept). The state
+        row is rewritten in this same write, not behind it: no value of the item is left in
+        a row or in the state cache once the batch lands. An op older than the marker is
+        then late; a newer one starts the item again from an empty value."""
+        if not is_flake(flake):
+            raise InvalidFlakeError("ts", f"{flake!r} is not a flake id")
+        st = self.state(name)
+        for key, *_ in self.item_rows(name):
+            self.put(name, key, None)
+        at = max(flake, st.timestamp or flake)
+        hash_ = ops.chain_hash(st.hash, name, at, "erase", "{}")
+        marker = ItemState({}, at, st.changes + 1, hash_, 1, at, deleted=True)
+        history = ops.encode_history(hash_, marker.changes, None).encode()
+        self.put(name, row_key(name, at, HISTORY), history)
+        self.states[name] = marker
+        self.rows[state_key(name)] = marker.encode()
+        self.erased.append(name)
+
     def _fold(self, name: str, rows: list[ItemRow], upto: int, folded: ItemState) -> bool:
         if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):
             return False  # nothing older, or already folded to exactly there
         for key, *_ in rows[: upto + 1]:
             self.put(name, key, None)
         flake = rows[upto][1]
-        history = ops.encode_history(folded.hash, folded.changes, folded.value).encode()
-        self.put(name, row_key(name, flake, HISTORY), history)
+        history = ops.encode_history(folded.hash, folded.changes, folded.history_value())
+        self.put(name, row_key(name, flake, HISTORY), history.encode())
         st = self.states[name]
         st.base = flake
         st.count -= upto  # upto+1 rows become one

@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from dyno_stream.config import Settings
 from dyno_stream.core.deadletter import H_TRUNCATED, DeadLetter, KafkaHeaders
 from dyno_stream.core.errors import PublishError
+from dyno_stream.core.snapshots import tombstone_headers
 from dyno_stream.store import Item
 from dyno_stream.store.partition import PartitionStore, snapshot_bytes
 from dyno_stream.stream.clients import MessageProducer, OpsConsumer
@@ -126,7 +127,11 @@ class Delivery:
     def snapshot(
         self, ps: PartitionStore, item: Item, offset: int, publication: Publication
     ) -> None:
-        """Publish the item's snapshot as of ``offset`` (the last op of it applied)."""
+        """Publish the item's snapshot as of ``offset`` (the last op of it applied); for an
+        item whose last op deleted it, its tombstone (``tombstone``)."""
+        if item.deleted and item.timestamp is not None and item.hash is not None:
+            self.tombstone(ps, item, offset, publication)
+            return
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
         # to the ops partition that made it: a restore of partition p reads partition p only
         # (a snapshot topic with another partition count stops the worker: worker.py)
@@ -158,6 +163,26 @@ class Delivery:
                 publication,
             )
             self.metrics.dead_lettered.labels("snapshot-too-large").inc()
+
+    def tombstone(
+        self, ps: PartitionStore, item: Item, offset: int, publication: Publication
+    ) -> None:
+        """Publish the tombstone of a deleted item: key = its name, value = null, and in
+        headers where it was deleted and its history's summary (no value): Kafka's log
+        compaction then drops its snapshots, a view drops it, a restore keeps it deleted."""
+        assert item.timestamp is not None and item.hash is not None
+        headers = tombstone_headers(
+            item.timestamp, item.changes, item.hash, item.count, ps.topic, ps.partition, offset
+        )
+        self._produce(
+            self.settings.topics.snapshots,
+            item.name.encode(),
+            None,
+            publication,
+            headers=list(headers),
+            partition=ps.partition,
+        )
+        publication.snapshots += 1
 
     def dead_letter(self, letter: DeadLetter, publication: Publication) -> None:
         topic, headers = self.settings.topics.dead_letter, letter.kafka_headers()

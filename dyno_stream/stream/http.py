@@ -7,7 +7,8 @@ Endpoints (bound to 127.0.0.1 by default):
   starting, stopping, has not finished a loop turn for ``stall_after_s``, or refuses to go on
   (``refused``, with the ``reason``).
 - ``/items/<name>``: the item as this worker's store holds it (404 when no store of this
-  worker has it); ``/rows`` (optionally ``?item=<name>``): the LevelDB rows, seed-style.
+  worker has it, or it was deleted); ``/rows`` (optionally ``?item=<name>``): the LevelDB
+  rows, seed-style.
 """
 
 from __future__ import annotations

@@ -34,7 +34,14 @@ from dyno_stream.core.errors import (
     StoreError,
     ValidationError,
 )
-from dyno_stream.core.events import EventModel, Flatten, parse_event
+from dyno_stream.core.events import (
+    H_EXPIRE_IF_HASH,
+    DelItem,
+    Erase,
+    EventModel,
+    Flatten,
+    parse_event,
+)
 from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.store.partition import PartitionStore
@@ -46,6 +53,8 @@ log = logging.getLogger("dyno_stream.stream.processing")
 # per-event look-ups that run in C (a batch calls them thousands of times)
 _item_of = operator.attrgetter("item")
 _op_of = operator.attrgetter("op")
+#: events that are commands, not ops: each is answered with its item's snapshot (or tombstone)
+_COMMANDS = (Flatten, Erase)
 
 
 @dataclass
@@ -63,6 +72,11 @@ class PartitionShare:
     #: items named by flatten commands: each gets a snapshot, folded or not, which is how an
     #: online compaction pass learns that its command was processed
     flattened: list[str] = field(default_factory=list)
+    #: indexes in ``events`` of its erase commands (each is logged once applied)
+    erased: list[int] = field(default_factory=list)
+    #: expiry delItems dropped (the item changed since the pass saw it): item -> offset,
+    #: each answered with the item's snapshot as of that offset
+    unexpired: dict[str, int] = field(default_factory=dict)
     #: the keys of its rows pending publication, written in its transaction
     pending: list[bytes] = field(default_factory=list)
 
@@ -178,6 +192,7 @@ class BatchProcessor:
         share = PartitionShare(ps)
         events, offsets, kept, dead = share.events, share.offsets, share.messages, share.dead
         restored = ps.restored
+        expiring: list[tuple[int, str]] = []  # (index in events, the hash it expires at)
         max_ahead_ms = self._max_skew_ms
         skews: list[int] = []  # flake time minus message time, ms, per op (the histogram)
         if messages[0].timestamp()[0] == TIMESTAMP_CREATE_TIME and not self._said_create_time:
@@ -212,11 +227,19 @@ class BatchProcessor:
                 continue
             if restored and offset <= restored.get(event.item, -1):
                 continue  # already in the item's snapshot we restored from
-            if type(event) is Flatten:
+            if type(event) in _COMMANDS:  # each command is answered with its item's snapshot
                 share.flattened.append(event.item)
+                if type(event) is Erase:
+                    share.erased.append(len(events))
+            elif type(event) is DelItem and msg.headers():
+                if_hash = _expiry_condition(msg)
+                if if_hash is not None:
+                    expiring.append((len(events), if_hash))
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
+        if expiring:
+            _drop_changed_expiries(share, expiring)
         last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
         assert last is not None
         share.last_offset = last
@@ -266,6 +289,8 @@ class BatchProcessor:
                 for name in share.flattened:
                     if name in last:  # not when its command failed (a dead letter then)
                         touched.setdefault(name, last[name])
+                for name, offset in share.unexpired.items():  # answered, unchanged
+                    touched[name] = max(offset, touched.get(name, offset))
                 share.dead.sort(key=lambda d: d.offset)
                 quiet = ps.published_through
                 if quiet is not None:  # the last owner published these (restorer.py)
@@ -281,10 +306,47 @@ class BatchProcessor:
                 )
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
+        for i in share.erased:
+            if i not in failed:  # said without the item's values
+                log.info("erased %r (%s@%d)", share.events[i].item, ps.label, share.offsets[i])
         applied.update(map(_op_of, share.events))  # a flatten's op is "flatten"
         for i in failed:
             applied[share.events[i].op] -= 1
         return touched
+
+
+def _expiry_condition(msg: Message) -> str | None:
+    """The hash a delItem sent by expiry is conditional on (``H_EXPIRE_IF_HASH``), if any."""
+    raw = msg.headers() or []
+    for key, value in raw.items() if isinstance(raw, dict) else raw:
+        if key == H_EXPIRE_IF_HASH and value is not None:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def _drop_changed_expiries(share: PartitionShare, expiring: list[tuple[int, str]]) -> None:
+    """Drop the expiry delItems whose item changed since the pass saw it idle: an earlier op
+    of it in this batch, or a hash in the store other than the one the pass saw. Decided
+    from the ops before it alone, so a replay of the partition decides the same."""
+    events = share.events
+    current = {
+        item.name: item.hash
+        for item in share.ps.store.current({events[i].item for i, _ in expiring})
+    }
+    drop: set[int] = set()
+    for i, if_hash in expiring:
+        name = events[i].item
+        if current.get(name) != if_hash or any(e.item == name for e in events[:i]):
+            drop.add(i)
+            share.unexpired[name] = share.offsets[i]
+    if not drop:
+        return
+    keep = [i for i in range(len(events)) if i not in drop]
+    moved = {old: new for new, old in enumerate(keep)}
+    share.events = [events[i] for i in keep]
+    share.offsets = [share.offsets[i] for i in keep]
+    share.messages = [share.messages[i] for i in keep]
+    share.erased = [moved[i] for i in share.erased]
 
 
 def dead_letter(msg: Message, exc: DynoError) -> DeadLetter:

@@ -23,7 +23,7 @@ class StoreReads:
                 item = ps.store.get_item(name)
             except DynoError:
                 continue
-            if item.count:
+            if item.value is not None:  # not when deleted: its marker holds no value
                 return item.as_dict(partition=ps.label)
         return None
 

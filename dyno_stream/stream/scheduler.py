@@ -111,7 +111,9 @@ class Scheduler:
             for summary in summaries(ps.store, c.min_rows):
                 owner[summary["item"]] = ps
                 seen.append(summary)
-        chosen, _ = choose(seen, c)  # the policy of a pass: prefix, longest first, the cap
+        # the policy of a pass: prefix, longest first, the cap; deleted items whose deletion
+        # is older than the lowest cut-off (each partition folds by its own below)
+        chosen, _ = choose(seen, c, min(cutoffs.values(), default=None))
         by_store: dict[str, list[str]] = {}
         for cand in chosen:
             by_store.setdefault(owner[cand.name].label, []).append(cand.name)

@@ -147,3 +147,28 @@ if _ACK_DELAY is not None:
             return int(super().__len__()) + len(self._held)
 
     confluent_kafka.Producer = _SlowAckProducer  # type: ignore[misc]
+
+_KILL_AT_TOMBSTONE = os.environ.get("DYNO_FAULT_KILL_AT_TOMBSTONE")
+
+if _KILL_AT_TOMBSTONE is not None:
+    # ``DYNO_FAULT_KILL_AT_TOMBSTONE=PATH``: the first time the process produces a tombstone
+    # (a null value) while no file PATH exists, it creates PATH and SIGKILLs itself before the
+    # tombstone leaves: a worker killed between an erasure's write batch (its rows removed)
+    # and its tombstone. Run again with the same PATH, it produces normally.
+    import signal
+
+    import confluent_kafka
+
+    _flag = _KILL_AT_TOMBSTONE
+
+    class _KillAtTombstoneProducer(confluent_kafka.Producer):
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            value = args[1] if len(args) > 1 else kwargs.get("value")
+            if value is None and not os.path.exists(_flag):
+                with open(_flag, "w") as fh:
+                    fh.write("killed\n")
+                print("faultinject: killed before a tombstone", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            super().produce(*args, **kwargs)
+
+    confluent_kafka.Producer = _KillAtTombstoneProducer  # type: ignore[misc]

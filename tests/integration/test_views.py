@@ -528,9 +528,9 @@ def test_cli_get_view_prints_the_snapshot(
     assert json.loads(res.stdout)["value"] == {"nick": "chilts", "ü": "ünï", "logins": 2}
 
     res = run_cli(s, "get", "cli-nobody", "--view")
-    assert res.returncode == 1
+    assert res.returncode == 3  # not found is not an error of the tool
     assert res.stdout == ""
-    assert "no snapshot of 'cli-nobody'" in res.stderr
+    assert "no item 'cli-nobody'" in res.stderr
 
 
 def _sigint_as_from_a_terminal() -> None:
