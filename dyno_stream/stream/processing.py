@@ -333,10 +333,13 @@ def _drop_changed_expiries(share: PartitionShare, expiring: list[tuple[int, str]
         item.name: item.hash
         for item in share.ps.store.current({events[i].item for i, _ in expiring})
     }
+    first: dict[str, int] = {}  # each item's first event in the batch
+    for i, event in enumerate(events):
+        first.setdefault(event.item, i)
     drop: set[int] = set()
     for i, if_hash in expiring:
         name = events[i].item
-        if current.get(name) != if_hash or any(e.item == name for e in events[:i]):
+        if current.get(name) != if_hash or first[name] < i:
             drop.add(i)
             share.unexpired[name] = share.offsets[i]
     if not drop:
