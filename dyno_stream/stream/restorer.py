@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import StoreLockedError
 from dyno_stream.core.events import Snapshot
+from dyno_stream.store.budget import MemoryBudget
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.metrics import WorkerMetrics
 
@@ -88,6 +89,8 @@ class Restorer:
         self._snapshots = snapshots
         self._low_watermark = low_watermark
         self._committed_offset = committed_offset
+        #: shared by every store this worker opens (``[worker] memory_mb``)
+        self.budget = MemoryBudget.megabytes(settings.worker.memory_mb)
         self._pool = ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="dyno-restore")
 
     def start(self, topic: str, partition: int, ops_partitions: int | None) -> RestoreJob:
@@ -170,6 +173,7 @@ class Restorer:
                     job.partition,
                     self.settings.worker.sync_writes,
                     self.settings.worker.max_attrs,
+                    self.budget,
                 )
             except StoreLockedError:
                 if not said:

@@ -184,6 +184,9 @@ class Worker:
         self.restorer = Restorer(
             s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
         )
+        budget = self.restorer.budget
+        self.metrics.state_cache_budget_bytes.set(budget.state_bytes)
+        self.metrics.state_cache_bytes.set_function(budget.used_state_bytes)
         self.assignment = Assignment(
             self._consumer,
             self.restorer,
