@@ -9,7 +9,10 @@ states. The budget caps their sum whatever the number of stores:
 - ``STATE_FRACTION`` of it goes to the state caches, divided in equal shares among the stores
   the worker holds. Each store keeps its own least recently written states within its share
   and evicts the rest (writing a dirty one to its state row first). Shares change at once
-  when the worker gains or loses partitions: the stores over their new share evict then.
+  when the worker gains or loses partitions: the stores over their new share evict then,
+  on the thread that re-divides (for an assignment, the loop's, in the rebalance callback).
+  Only the states written since the last flush (``flush_interval_s``) need a write; the
+  others are dropped.
 
   Why shares and not one LRU list across the stores: a dirty state evicted must be written
   into its own store, under that store's lock, with its journal. With one list, the thread
