@@ -56,8 +56,16 @@ MAX_BLOCK_CACHE = 32 * MIB
 MIN_WRITE_BUFFER = 256 * 1024
 MIN_BLOCK_CACHE = 256 * 1024
 #: LevelDB keeps each open table's index block in memory: about 25 KiB for a full 2 MiB table
-#: of 4 KiB blocks (512 entries of a shortened key and a block handle).
+#: of 4 KiB blocks (512 entries of a shortened key and a block handle), and its bloom filter,
+#: 1.25 bytes per key.
 TABLE_CACHE_ENTRY = 32 * 1024
+#: Bloom filter bits per key (about 1% false positives). A batch looks up the state row of
+#: every item not in its state cache, and a new item has none: without a filter each miss
+#: probes every level and every small level-0 table that small write buffers leave. 150,000
+#: new items in batches of 5,000 into one store with a 64-partition share of 256 MiB took
+#: 13.8-16.2 us each without, 10.3-10.5 us with (LevelDB's default 8 MiB cache and 4 MiB
+#: buffer: 9.3-10.8 us). Tables written before keep working without one.
+BLOOM_FILTER_BITS = 10
 #: LevelDB clamps max_open_files to at least 74 (64 tables and 10 files of its own).
 MIN_OPEN_FILES = 74
 MAX_OPEN_FILES = 1000  # LevelDB's default
@@ -176,4 +184,5 @@ class MemoryBudget:
             "write_buffer_size": write_buffer,
             "lru_cache_size": block_cache,
             "max_open_files": open_files,
+            "bloom_filter_bits": BLOOM_FILTER_BITS,
         }
