@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-scale bench-processes faults schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-memory bench-scale bench-processes faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ bench: $(STAMP) $(BENCH_STAMP) jars
 # dyno-stream beside quixstreams and the machine's limits (bench/results/compare.json, .png)
 bench-compare: $(STAMP) $(BENCH_STAMP) jars
 	$(BIN)/python bench/bench_compare.py --quix-python $(BENCH_VENV)/bin/python $(ARGS)
+
+# One worker's RSS under memory_mb=256 with 1, 16 and 64 partitions over 1,000,000 items, the
+# time to open 64 partitions, 64 partitions against 4 (bench/results/memory.json; ~5-8 min)
+bench-memory: $(STAMP) jars
+	$(BIN)/python bench/bench_memory.py $(ARGS)
 
 # Workers 1 -> 2 -> 3 -> 2 -> 1 under 8,000 ops/s, each on its own disk, then on one shared
 # disk (bench/results/scale-separate.json, scale-shared.json; the README's scale-out figures)

@@ -55,7 +55,6 @@ Writes bench/results/compare.json and compare.png (bench/plot_compare.py).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -103,12 +102,12 @@ from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.cli.demo import start_worker
-from dyno_stream.config import Settings, consumer_config
+from dyno_stream.config import Settings, WorkerSettings, consumer_config
 from dyno_stream.core.events import parse_event
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.store import DynoStore
+from dyno_stream.store.budget import MemoryBudget
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -499,10 +498,11 @@ def distinct_puts(n: int) -> Iterator[tuple[bytes, bytes]]:
         yield name.encode(), orjson.dumps(ev)
 
 
-def state_cache_items() -> int:
-    """How many item states one partition's store keeps in memory (DynoStore's default)."""
-    default = inspect.signature(DynoStore.__init__).parameters["state_cache_size"].default
-    return int(default)
+def state_cache_budget_bytes() -> int:
+    """The bytes the worker's state caches share, every partition together (the default
+    ``[worker] memory_mb``'s part: dyno_stream.store.budget)."""
+    default = WorkerSettings.model_fields["memory_mb"].default
+    return MemoryBudget.megabytes(default).state_bytes
 
 
 def dyno_memory(bootstrap: str, tmp: Path, n: int, partitions: int) -> dict[str, Any]:
@@ -540,7 +540,7 @@ def dyno_memory(bootstrap: str, tmp: Path, n: int, partitions: int) -> dict[str,
         writer.join(60)
         time.sleep(2)
         end = vm_status(pid)
-    cache = state_cache_items() * partitions
+    cache = state_cache_budget_bytes()
     by = {c["items"]: c["rss_bytes"] for c in curve}
     quarter = [by[n * k // 4] for k in range(1, 5)]
     first = (by[n // 4] - by[0]) / (n // 4)
@@ -548,7 +548,7 @@ def dyno_memory(bootstrap: str, tmp: Path, n: int, partitions: int) -> dict[str,
     return {
         "items": n,
         "partitions": partitions,
-        "state_cache_items": cache,
+        "state_cache_budget_bytes": cache,
         "rss_start_bytes": start["VmRSS"],
         "rss_quarters_bytes": quarter,
         "rss_idle_after_bytes": end["VmRSS"],
@@ -873,7 +873,7 @@ def print_report(res: dict[str, Any]) -> None:
         out.print(
             f"RSS grew {mem['bytes_per_item_first_quarter']:.0f} B/item over the first quarter, "
             f"{mem['bytes_per_item_last_half']:.0f} B/item over the last half; the workers' "
-            f"state caches hold {mem['state_cache_items']:,} items "
+            f"state caches within {mem['state_cache_budget_bytes'] / 2**20:,.0f} MiB "
             f"({mem['items_per_s_while_written']:,.0f} items/s, written while it ran)"
         )
 

@@ -104,7 +104,13 @@ def plot(res: dict[str, Any], png: Path) -> None:
             marker="o",
             markersize=3,
         )
-        ax.axvline(mem["state_cache_items"], color="gray", linestyle=":", label="state caches full")
+        if "state_cache_items" in mem:  # runs before the byte budget (issue 14)
+            ax.axvline(
+                mem["state_cache_items"], color="gray", linestyle=":", label="state caches full"
+            )
+        else:
+            budget = mem["state_cache_budget_bytes"] / 2**20
+            ax.axhline(budget, color="gray", linestyle=":", label="state caches' budget")
         ax.set_xlabel("distinct items applied")
         ax.set_ylabel("worker RSS, MiB")
         ax.set_ylim(bottom=0)

@@ -184,6 +184,11 @@ class WorkerSettings(_Section):
     max_clock_skew_s: float = Field(default=60.0, gt=0)
     #: fsync every LevelDB write batch (survives power loss; slower).
     sync_writes: bool = False
+    #: MiB that every partition store of the worker keeps in memory together: the item-state
+    #: caches (60%) and LevelDB's block caches, write buffers and table caches (40%), divided
+    #: among the partitions it holds (``dyno_stream.store.budget``). The process needs a
+    #: fixed overhead on top (Python, the libraries, librdkafka's queues, a batch in flight).
+    memory_mb: int = Field(default=512, ge=16)
     #: How long to wait for snapshot acknowledgements before giving up the batch.
     publish_timeout_s: float = Field(default=60.0, gt=0)
     #: How often acknowledged offsets are committed to Kafka (Kafka Streams'

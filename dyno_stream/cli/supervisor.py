@@ -167,10 +167,15 @@ def child_settings(settings: Settings, index: int, count: int) -> Settings:
     - ``http_port`` 0: a child serves the parent only, on a port of the system's choosing;
     - ``instance_id`` (static membership) gets ``-<index>``: one id per member, the same
       one after a restart, so a restarted child gets its partitions back without a rebalance;
-    - ``kafka.client_id`` gets ``-<index>``, so the broker's logs tell children apart.
+    - ``kafka.client_id`` gets ``-<index>``, so the broker's logs tell children apart;
+    - ``memory_mb`` is divided among the children: the budget is the whole worker's.
     """
     w = settings.worker
-    worker: dict[str, Any] = {"processes": 1, "http_port": 0}
+    worker: dict[str, Any] = {
+        "processes": 1,
+        "http_port": 0,
+        "memory_mb": max(16, w.memory_mb // count),  # 16: the setting's least
+    }
     if w.instance_id is not None:
         worker["instance_id"] = f"{w.instance_id}-{index}"
     return settings.model_copy(

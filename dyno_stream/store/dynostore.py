@@ -15,6 +15,7 @@ the materialized states are cached and written behind the rows, with a crash jou
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +27,13 @@ from typing import Any, TypeVar
 import plyvel
 
 from dyno_stream.core import ops
-from dyno_stream.core.errors import DynoError, StoreClosedError, StoreError, StoreLockedError
+from dyno_stream.core.errors import (
+    DynoError,
+    StoreClosedError,
+    StoreError,
+    StoreLockedError,
+    StoreWriteError,
+)
 from dyno_stream.core.events import Erase, EventModel, Flatten, make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
@@ -38,6 +45,7 @@ from dyno_stream.core.keys import (
     state_key,
 )
 from dyno_stream.core.ops import HISTORY, ItemState
+from dyno_stream.store.budget import MemoryBudget
 from dyno_stream.store.items import Changeset, HistoryChangeset, Item
 from dyno_stream.store.states import VERSION_KEY, StateCache, adopt_rows, recover_states
 from dyno_stream.store.write_batch import Rows, WriteBatch, writing
@@ -45,6 +53,12 @@ from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
 #: the first key that can be an item's row (internal keys start with \\x00)
 _ITEMS_START = b"\x01"
+
+#: The budget of a store opened on its own (a worker's stores share the worker's): about what
+#: one store kept before budgets, 100,000 small states and LevelDB's default caches.
+STORE_MEMORY_MB = 256
+
+log = logging.getLogger("dyno_stream.store")
 
 _T = TypeVar("_T")
 ErrorHandler = Callable[[int, EventModel, DynoError], None]
@@ -114,22 +128,22 @@ class DynoStore:
         *,
         sync: bool = False,
         flakes: Callable[[], str] = new_flake,
-        lru_cache_size: int | None = None,
-        state_cache_size: int = 100_000,
+        budget: MemoryBudget | None = None,
         flush_interval_s: float = 2.0,
         max_attrs: int | None = None,
     ) -> None:
         self.path = Path(path)
         #: ops that would leave an item with more attributes raise ``TooManyAttrsError``
         self.max_attrs = sys.maxsize if max_attrs is None else max_attrs
+        #: what this store may keep in memory: its share of a worker's budget, shared with
+        #: the worker's other stores, or a budget of its own
+        self.budget = MemoryBudget.megabytes(STORE_MEMORY_MB) if budget is None else budget
         # decoded states of recently written items: a batch then skips the read and decode
-        self._states = StateCache(self.path, state_cache_size, flush_interval_s, sync)
+        self._states = StateCache(self.path, self.budget, flush_interval_s, sync)
         self.sync = sync
         self._flakes = flakes
         self._lock = threading.RLock()
-        kwargs: dict[str, Any] = {"create_if_missing": True}
-        if lru_cache_size is not None:
-            kwargs["lru_cache_size"] = lru_cache_size
+        kwargs: dict[str, Any] = {"create_if_missing": True, **self.budget.leveldb_options()}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._db: Any = plyvel.DB(str(self.path), **kwargs)
@@ -152,17 +166,36 @@ class DynoStore:
             self._db.close()  # release LevelDB's lock, so the open can be tried again
             self._db = None
             raise
+        self.budget.join(self)  # after the open: a failed one holds no share
+
+    # -- the memory budget (``budget.BudgetMember``) --------------------------------------------
+
+    def state_cache_bytes(self) -> int:
+        return self._states.bytes
+
+    def trim_states(self) -> None:
+        """Evict the oldest cached states down to this store's share (the budget was divided
+        among more stores); a dirty one is written first, under this store's lock."""
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._states.evict(self._db)
+            except StoreWriteError as exc:  # they stay dirty: the next write or close() writes
+                log.warning("%s; states stay in memory and are written later", exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                try:
-                    self.flush()
-                finally:
-                    self._db.close()
-                    self._db = None
+            if self._db is None:
+                return
+            try:
+                self.flush()
+            finally:
+                self._db.close()
+                self._db = None
+        self.budget.leave(self)  # not under this store's lock: the budget trims no one then
 
     @property
     def closed(self) -> bool:

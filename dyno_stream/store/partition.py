@@ -51,6 +51,7 @@ from dyno_stream.core.errors import PartitionCountError, StoreError
 from dyno_stream.core.events import EventModel, Snapshot
 from dyno_stream.core.keys import META_PREFIX
 from dyno_stream.core.snapshots import DeletedSnapshot
+from dyno_stream.store.budget import MemoryBudget
 from dyno_stream.store.dynostore import DynoStore, ErrorHandler, StoreTransaction
 from dyno_stream.store.items import Item
 
@@ -96,11 +97,19 @@ class PartitionStore:
 
     @classmethod
     def open(
-        cls, data_dir: Path, topic: str, partition: int, sync: bool, max_attrs: int | None = None
+        cls,
+        data_dir: Path,
+        topic: str,
+        partition: int,
+        sync: bool,
+        max_attrs: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> PartitionStore:
+        """Open (or create) the partition's store; ``budget`` is the worker's, shared with
+        its other partitions (None: a budget of the store's own)."""
         path = data_dir / topic / f"{partition:04d}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = DynoStore(path, sync=sync, max_attrs=max_attrs)
+        store = DynoStore(path, sync=sync, max_attrs=max_attrs, budget=budget)
         ident = f"{topic}/{partition}".encode()
         held = store.get_meta(PARTITION_KEY)
         if held is not None and held != ident:

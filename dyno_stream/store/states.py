@@ -6,7 +6,8 @@ it is what makes ``get_item`` cost the same for an item with one row or ten thou
 always reads as the replay of the rows (a property test holds it to that).
 
 States are written behind the rows: a batch updates them in memory, and they reach LevelDB
-every ``flush_interval_s``, when evicted from the cache, before a scan, and on close.
+every ``flush_interval_s``, when evicted from the cache (kept within the store's share of
+the worker's memory budget, ``budget``), before a scan, and on close.
 Encoding and writing each touched item's state in every batch cost as much as writing its
 ops. A batch that dirties a state for the first time records the item's name in the dirty
 journal (``\\x00meta\\x00dirty\\x00<n>``), in the same write batch as its rows; a flush writes
@@ -17,7 +18,6 @@ exactly as its rows say.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -31,6 +31,7 @@ from dyno_stream.core.errors import DynoError, StoreError, StoreWriteError
 from dyno_stream.core.flake import is_flake
 from dyno_stream.core.keys import META_PREFIX, check_name, split_key, state_key
 from dyno_stream.core.ops import HISTORY, ItemState
+from dyno_stream.store.budget import MemoryBudget, estimate_state_bytes
 from dyno_stream.store.write_batch import Rows, WriteBatch, replay_rows, writing
 
 FORMAT_VERSION = b"1"
@@ -103,13 +104,25 @@ class StateCache:
     state row); the store tells the cache what became of the batch: ``journal_rows`` before
     the commit, then ``committed`` or ``forget``. The caller holds the store's lock and passes
     its open LevelDB handle.
+
+    The cache is sized in bytes: each state's estimate (``budget.estimate_state_bytes``, from
+    its encoded length) is taken when it enters the cache and again whenever it is encoded
+    for its row (every flush), so a state that grows in place is counted as it was at most
+    ``flush_interval_s`` ago. Its limit is this store's share of the worker's budget, read
+    at every batch: the budget changes it when the worker gains or loses partitions.
     """
 
-    def __init__(self, path: Path, size: int, flush_interval_s: float, sync: bool) -> None:
+    def __init__(
+        self, path: Path, budget: MemoryBudget, flush_interval_s: float, sync: bool
+    ) -> None:
         self.path = path  # named when LevelDB refuses a write of states
         #: item name -> its state, least recently written first
         self.cache: dict[str, ItemState] = {}
-        self.size = size
+        #: item name -> its estimated bytes in memory (the same names as ``cache``)
+        self.sizes: dict[str, int] = {}
+        #: the sum of ``sizes``
+        self.bytes = 0
+        self.budget = budget
         #: items whose cached state is newer than their state row (all of them are cached and
         #: named in the dirty journal)
         self.dirty: set[str] = set()
@@ -131,16 +144,20 @@ class StateCache:
 
     def committed(self, db: Any, states: dict[str, ItemState], journal: Rows) -> None:
         """A batch's write landed with ``journal``: its ``states`` are now the newest (and
-        dirty); keep the cache to its size and flush when due."""
+        dirty); keep the cache to its share of the budget and flush when due."""
         self._journal.extend(journal)
         self.dirty.update(states)
-        cache = self.cache
+        cache, sizes = self.cache, self.sizes
+        added = 0
         for name, st in states.items():
-            cache.pop(name, None)
+            if cache.pop(name, None) is None:  # new to the cache: one encode to size it
+                size = sizes[name] = estimate_state_bytes(len(st.encode()))
+                added += size
             cache[name] = st  # most recently used last
+        self.bytes += added
         try:
-            if len(cache) > self.size:
-                self._evict(db)
+            if self.bytes > self.budget.state_share:
+                self.evict(db)
             if time.monotonic() - self._flushed_at > self._flush_interval:
                 self.flush(db)
         except StoreWriteError as exc:
@@ -157,9 +174,10 @@ class StateCache:
         """
         for name in names:
             if name in self.dirty:
-                self.cache[name] = replay_rows(name, WriteBatch(db, {}).item_rows(name))
-            else:
-                self.cache.pop(name, None)
+                st = self.cache[name] = replay_rows(name, WriteBatch(db, {}).item_rows(name))
+                self._resize(name, len(st.encode()))
+            elif self.cache.pop(name, None) is not None:
+                self.bytes -= self.sizes.pop(name)
 
     def flush(self, db: Any) -> None:
         """Write every state that is ahead of its row, and clear the dirty journal."""
@@ -170,25 +188,40 @@ class StateCache:
         self._journal.clear()
         self._flushed_at = time.monotonic()
 
-    def _evict(self, db: Any) -> None:
-        """Keep the cache to its size, writing the state of any dirty item it lets go."""
-        cache, dirty = self.cache, self.dirty
-        excess = len(cache) - self.size
+    def evict(self, db: Any) -> None:
+        """Keep the cache within its share, writing the state of any dirty item it lets go
+        (least recently written first)."""
+        excess = self.bytes - self.budget.state_share
         if excess <= 0:
             return
-        victims = list(itertools.islice(cache, excess))  # least recently written first
+        cache, dirty, sizes = self.cache, self.dirty, self.sizes
+        victims = []
+        for name in cache:  # least recently written first
+            if excess <= 0:
+                break
+            victims.append(name)
+            excess -= sizes[name]
         self._write_states(db, [name for name in victims if name in dirty])
         # only once written: a refused write must leave them dirty (and in the journal)
         for name in victims:
             del cache[name]
+            self.bytes -= sizes.pop(name)
             dirty.discard(name)
 
+    def _resize(self, name: str, encoded_length: int) -> None:
+        size = estimate_state_bytes(encoded_length)
+        self.bytes += size - self.sizes.get(name, 0)
+        self.sizes[name] = size
+
     def _write_states(self, db: Any, names: Iterable[str], delete: Iterable[bytes] = ()) -> None:
-        """Write the cached states of ``names`` (and delete ``delete``) in one write batch."""
+        """Write the cached states of ``names`` (and delete ``delete``) in one write batch;
+        each state's size is estimated again from the encoding written."""
         with writing(self.path), db.write_batch(sync=self._sync) as wb:
             for name in names:
                 st = self.cache[name]
                 if st.count:
-                    wb.put(state_key(name), st.encode())
+                    encoded = st.encode()
+                    self._resize(name, len(encoded))
+                    wb.put(state_key(name), encoded)
             for key in delete:
                 wb.delete(key)

@@ -130,6 +130,10 @@ class Assignment:
             self.refusal = exc
             log.error("rebalance: refusing %s: %s", _labels(partitions), exc)
             return
+        # before any new store opens: each opens with its share of the budget, divided by
+        # every partition held, not by the stores opened so far
+        held = self._owned.keys() | {(tp.topic, tp.partition) for tp in partitions}
+        self.restorer.budget.hold(len(held))
         for tp in partitions:
             key = (tp.topic, tp.partition)
             if key in self._owned:  # assigned twice (a lost partition given back): keep it
@@ -267,6 +271,8 @@ class Assignment:
         self._changed()
 
     def _changed(self) -> None:
+        # before the new partitions' stores open: each opens with its share of the budget
+        self.restorer.budget.hold(len(self._owned))
         self.health.partitions = sorted(p.label for p in self._owned.values())
         self.health.partition_states = self.states()
         self.metrics.assigned_partitions.set(len(self._owned))

@@ -87,6 +87,19 @@ class WorkerMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.state_cache_bytes = Gauge(
+            "dyno_state_cache_bytes",
+            "Estimated bytes of the item states every partition store caches (within "
+            "dyno_state_cache_budget_bytes, one batch's states aside)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.state_cache_budget_bytes = Gauge(
+            "dyno_state_cache_budget_bytes",
+            "The state caches' part of worker.memory_mb",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.compacted = Counter(
             "dyno_items_compacted",
             "Items flattened by the worker's scheduled compaction",

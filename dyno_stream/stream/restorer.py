@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import StoreLockedError
 from dyno_stream.core.events import Snapshot
+from dyno_stream.store.budget import MemoryBudget
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.metrics import WorkerMetrics
 
@@ -41,8 +42,12 @@ log = logging.getLogger("dyno_stream.stream.restorer")
 LOCK_RETRY_S = 0.5
 #: Restores that run at once. A small partition's restore is mostly waiting (a consumer of
 #: its own connecting, asking for offsets, a fetch): about 1 s for 300 items in
-#: bench_scale, where 2 at a time kept 8 moved partitions waiting 4 s for their turns.
-MAX_PARALLEL = 8
+#: bench_scale, where 2 at a time kept 8 moved partitions waiting 4 s for their turns. 64
+#: new partitions at once (bench_memory.py) were all RUNNING after 0.87-1.18 s with 8 at a
+#: time and 0.59-0.86 s with 16 (three runs each, alternated, on a loaded machine). Each
+#: restore holds its partition's newest snapshots in memory until written: outside the
+#: memory budget, and 16 of them at most.
+MAX_PARALLEL = 16
 
 #: (partition, cancelled, on_progress) -> each item's newest snapshot from that ops
 #: partition, or None when cancelled (``kafka.reading.read_restore_snapshots``)
@@ -88,6 +93,8 @@ class Restorer:
         self._snapshots = snapshots
         self._low_watermark = low_watermark
         self._committed_offset = committed_offset
+        #: shared by every store this worker opens (``[worker] memory_mb``)
+        self.budget = MemoryBudget.megabytes(settings.worker.memory_mb)
         self._pool = ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="dyno-restore")
 
     def start(self, topic: str, partition: int, ops_partitions: int | None) -> RestoreJob:
@@ -170,6 +177,7 @@ class Restorer:
                     job.partition,
                     self.settings.worker.sync_writes,
                     self.settings.worker.max_attrs,
+                    self.budget,
                 )
             except StoreLockedError:
                 if not said:

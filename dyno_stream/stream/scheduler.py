@@ -46,6 +46,9 @@ class Scheduler:
         self._last_lag = 0.0
 
     def punctuate(self) -> None:
+        # set each turn, not read at scrape time (``set_function``): with --processes the
+        # children's gauges reach /metrics only through the values they set
+        self.metrics.state_cache_bytes.set(self.assignment.restorer.budget.used_state_bytes())
         if self._compaction_due():
             try:
                 self.compact()

@@ -187,6 +187,7 @@ class Worker:
         self.restorer = Restorer(
             s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
         )
+        self.metrics.state_cache_budget_bytes.set(self.restorer.budget.state_bytes)
         self.assignment = Assignment(
             self._consumer,
             self.restorer,

@@ -25,7 +25,9 @@ from dyno_stream.core.errors import (
 )
 from dyno_stream.core.events import Flatten, make_op, parse_event
 from dyno_stream.core.flake import FlakeGenerator, format_flake
+from dyno_stream.core.ops import ItemState
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
+from dyno_stream.store.budget import MemoryBudget, estimate_state_bytes
 
 SEED = "013d58c7276e-0000-188c-786ae2e1f629"
 SEED_MS = 0x013D58C7276E
@@ -1015,10 +1017,12 @@ def test_a_failed_batch_keeps_a_state_not_yet_written(tmp_path: Path) -> None:
 
 def test_evicted_states_are_written(tmp_path: Path) -> None:
     gen = FlakeGenerator(node=9, pid=9)
-    store = DynoStore(tmp_path / "s", state_cache_size=3, flush_interval_s=3600)
+    one = estimate_state_bytes(len(ItemState({"i": 0}, gen(), 1, "0" * 32, 1).encode()))
+    budget = MemoryBudget(64 * 1024 * 1024, state_bytes=3 * one)  # three states' worth
+    store = DynoStore(tmp_path / "s", budget=budget, flush_interval_s=3600)
     for i in range(10):
         store.put_item(f"i{i}", {"i": i}, ts=gen())
-    assert len(store._states.cache) == 3
+    assert list(store._states.cache) == ["i7", "i8", "i9"]  # the most recently written
     assert store._db.get(b"\x00state\x00i0") is not None  # evicted, so written
     _crash(store)
     with DynoStore(tmp_path / "s") as again:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from dyno_stream.core.errors import ConflictError, DynoError, LateOpError, UnknownHashError
 from dyno_stream.core.events import EventModel, Flatten, make_op
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
+from dyno_stream.store.budget import MemoryBudget
 
 NAMES = ["a", "a/b", "ü%\t", "chilts"]
 FIELDS = ["x", "y", "é"]
@@ -257,8 +258,9 @@ class Harness:
         self.ref = {name: RefItem(name) for name in NAMES}
 
     def open(self) -> DynoStore:
-        # a cache smaller than the item set, so states are written behind by eviction too
-        return DynoStore(self.path, state_cache_size=2)
+        # a cache smaller than the item set, so states are written behind by eviction too:
+        # about two small states' worth
+        return DynoStore(self.path, budget=MemoryBudget(8 * 1024 * 1024, state_bytes=2000))
 
     def reopen(self) -> None:
         self.store.close()

@@ -24,7 +24,7 @@ from dyno_stream.stream.delivery import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BATCHES, De
 from dyno_stream.stream.http import Health
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
-from dyno_stream.stream.restorer import Restorer
+from dyno_stream.stream.restorer import RestoreJob, Restorer
 
 TOPIC = "ops"
 Snapshots = Callable[[int, Callable[[], bool], Callable[[int], None]], dict[str, Snapshot] | None]
@@ -347,3 +347,25 @@ def test_batches_in_flight_stay_bounded_in_number(parts: Parts) -> None:
         parts.processor.process([_msg(offset)], running)
     with pytest.raises(PublishError, match="unacknowledged"):
         parts.processor.process([_msg(MAX_IN_FLIGHT_BATCHES)], running)
+
+
+def test_partitions_assigned_divide_the_memory_budget_before_their_stores_open(
+    parts: Parts,
+) -> None:
+    """Each new store opens with its share for every partition the worker holds (not for the
+    stores open so far, which would give the first one the whole budget); a revoke gives the
+    shares back."""
+    budget = parts.restorer.budget
+    start = parts.restorer.start
+    seen_at_start: list[int] = []
+
+    def recording_start(topic: str, partition: int, ops_partitions: int | None) -> RestoreJob:
+        seen_at_start.append(budget.stores)
+        return start(topic, partition, ops_partitions)
+
+    parts.restorer.start = recording_start  # type: ignore[method-assign]
+    parts.assign_and_start(0, 1, 2, 3)
+    assert seen_at_start == [4, 4, 4, 4]
+    assert budget.state_share == budget.state_bytes // 4
+    parts.assignment.on_revoke(parts.consumer, [TopicPartition(TOPIC, p) for p in (1, 2, 3)])
+    assert budget.stores == 1 and budget.state_share == budget.state_bytes

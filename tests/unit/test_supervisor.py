@@ -104,6 +104,14 @@ def test_child_settings_keep_the_group_and_the_data_dir_and_change_what_must_dif
     assert s.worker.processes == 4 and s.worker.http_port == 9464  # the worker's untouched
 
 
+def test_child_settings_divide_the_memory_budget_among_the_children(tmp_path: Path) -> None:
+    s = _settings(tmp_path, memory_mb=1000)
+    assert [child_settings(s, i, 4).worker.memory_mb for i in range(4)] == [250] * 4
+    assert child_settings(s, 0, 1).worker.memory_mb == 1000
+    # never below the setting's least, whatever the count
+    assert child_settings(_settings(tmp_path, memory_mb=32), 0, 8).worker.memory_mb == 16
+
+
 def test_child_settings_give_each_static_member_its_own_stable_instance_id(
     tmp_path: Path,
 ) -> None:
