@@ -56,6 +56,7 @@ from confluent_kafka.admin import (
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core import ops
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, PublishError
+from dyno_stream.core.snapshots import tombstone_headers, tombstone_snapshot
 from dyno_stream.jobs.progress import Reporter
 from dyno_stream.kafka.partitioning import kafka_partition, snapshot_partition
 from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
@@ -363,6 +364,8 @@ class _Newest:
     partition: int
     offset: int
     raw: bytes
+    #: a tombstone's (``raw`` is then its deleted item's snapshot, value null)
+    deleted: bool = False
 
 
 def _loads(raw: bytes) -> Any:
@@ -397,8 +400,15 @@ def _read_snapshots(
             for msgs in read_range(consumer, topic, ranges):
                 for msg in msgs:
                     raw = msg.value()
+                    deleted = raw is None
+                    if raw is None:  # a tombstone: its item deleted at an op's offset
+                        tomb = tombstone_snapshot(msg.key(), msg.headers())
+                        if tomb is None:  # not a worker's: its key's snapshot is gone
+                            newest.pop(msg.key() or b"", None)
+                            continue
+                        raw = orjson.dumps(tomb)
                     snap = _snapshot_fields(raw, state.old_ops)
-                    if snap is None or raw is None:
+                    if snap is None:
                         continue
                     key = snap[0]
                     held = newest.get(key)
@@ -408,7 +418,7 @@ def _read_snapshots(
                         or changes > held.changes
                         or (changes == held.changes and count < held.count)
                     ):
-                        newest[key] = _Newest(changes, count, snap[3], snap[4], raw)
+                        newest[key] = _Newest(changes, count, snap[3], snap[4], raw, deleted)
                 advance(len(msgs))
         return newest
     finally:
@@ -472,12 +482,26 @@ def _copy(
             q = kafka_partition(key, n)
             d = _loads(snap.raw)
             d["source"] = {"topic": state.new_ops, "partition": q, "offset": -1}
-            value = ops.dumps_internal(d)
             to = snapshot_partition(key, q, snapshot_count, placing.co_partitioned)
+            value: bytes | None = None
+            headers: list[tuple[str, str | bytes | None]] | None = None
+            if snap.deleted:  # a tombstone again, so no restore brings it back
+                headers = list(
+                    tombstone_headers(
+                        d["timestamp"], d["changes"], d["hash"], d["count"], state.new_ops, q, -1
+                    )
+                )
+            else:
+                value = ops.dumps_internal(d)
             while True:
                 try:
                     producer.produce(
-                        state.new_snapshots, value, key, partition=to, on_delivery=delivered
+                        state.new_snapshots,
+                        value,
+                        key,
+                        partition=to,
+                        headers=headers,
+                        on_delivery=delivered,
                     )
                     break
                 except BufferError:

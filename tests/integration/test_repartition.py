@@ -24,6 +24,7 @@ from helpers import (
     random_op,
     read_topic,
     run_cli,
+    running_partitions,
     wait_caught_up,
     wait_until,
 )
@@ -285,3 +286,57 @@ def test_repartition_moves_every_item_with_ops_before_during_and_after(
 
 def _topics(s: Settings) -> set[str]:
     return set(AdminClient(s.kafka.librdkafka()).list_topics(timeout=10).topics)
+
+
+def test_repartition_keeps_deleted_items_deleted(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], RunningWorker],
+) -> None:
+    """A deleted item's newest message in the old snapshot topic is its tombstone, and the
+    snapshot before it (with its values) is still there until Kafka compacts the topic; the
+    move copies the tombstone, not that snapshot, so the new workers never restore the item
+    (the review of issue 15 found the snapshot copied: deleted and erased values back)."""
+    s = make_settings(partitions=4)
+    names = [f"gone-{i:02d}" if i % 2 else f"kept-{i:02d}" for i in range(20)]
+    old = start_worker(s)
+    with DynoClient(s) as client:
+        for name in names:
+            client.put_attrs(name, {"secret": f"value of {name}"})
+        client.flush()
+        with MaterializedView(s) as view:  # each item's snapshot published before its tombstone
+            wait_until(
+                lambda: view.wait_until_caught_up(5) and len(view) == len(names),
+                120,
+                lambda: f"view holds {sorted(dict(view))}",
+            )
+        for name in names:
+            if name.startswith("gone"):
+                client.del_item(name)
+        client.flush()
+    with MaterializedView(s) as view:
+        wait_until(
+            lambda: (
+                view.wait_until_caught_up(5)
+                and sorted(dict(view)) == sorted(n for n in names if n.startswith("kept"))
+            ),
+            120,
+            lambda: f"view holds {sorted(dict(view))}",
+        )
+    old.stop()
+    done = run_cli(cli_env(s), "repartition", "--partitions", "8", "--drain-timeout", "3")
+    assert done.returncode == 0, done.stderr
+    moved = _moved_settings(s, 8)
+    copied = read_topic(moved, moved.topics.snapshots)
+    by_key = {r.key.decode(): r.value for r in copied if r.key is not None}
+    assert sorted(by_key) == sorted(names), sorted(by_key)
+    for name, value in by_key.items():
+        assert (value is None) == name.startswith("gone"), (name, value)
+    new = start_worker(moved)
+    wait_until(
+        lambda: len(running_partitions(new.worker)) == 8,
+        120,
+        lambda: f"running {running_partitions(new.worker)}",
+    )
+    for name in names:
+        item = new.worker.reads.item(name)
+        assert (item is None) == name.startswith("gone"), (name, item)
