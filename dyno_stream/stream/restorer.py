@@ -152,17 +152,21 @@ class Restorer:
         worker's disk after another worker moved it on) replays ops whose snapshots that
         worker has published already: newer ones than the replay makes. Committed offsets
         are only ever acknowledged ones, so the replay publishes nothing below it
-        (``PartitionStore.published_through``); a snapshot published never goes back."""
-        if ps.next_offset is None:
-            return
+        (``PartitionStore.published_through``); a snapshot published never goes back.
+
+        A store with no offset after its restore counts as at offset 0: the snapshot topic
+        held nothing of the partition, as when every item was deleted and Kafka then removed
+        the tombstones; the replay would otherwise publish deleted (even erased) values again.
+        """
+        next_offset = ps.next_offset or 0
         committed = self._committed_offset(ps.topic, ps.partition)
-        if committed is not None and committed > ps.next_offset:
+        if committed is not None and committed > next_offset:
             ps.published_through = committed
             log.info(
                 "%s: store at offset %s, the group committed %s: replaying those ops without "
                 "publishing again what the last owner published",
                 ps.label,
-                ps.next_offset,
+                next_offset,
                 committed,
             )
 

@@ -299,6 +299,23 @@ def test_a_replay_below_the_groups_committed_offset_publishes_nothing_stale(
         again.close()
 
 
+def test_a_store_with_nothing_to_restore_replays_quietly_below_the_committed_offset(
+    tmp_path: Path,
+) -> None:
+    """No snapshot of the partition at all (every item deleted, the tombstones removed by
+    Kafka) and the group committed offset 3: the replay from the start publishes nothing
+    below it, so a deleted item's values never come back (found by review of issue 15)."""
+    parts = Parts(_settings(tmp_path), committed=lambda t, p: 3)
+    try:
+        parts.assign_and_start(0)
+        ps = parts.assignment.running()[(TOPIC, 0)]
+        assert ps.published_through == 3
+        parts.processor.process([_msg(0), _msg(1, "y"), _msg(2)], parts.assignment.running())
+        assert parts.producer.produced == []
+    finally:
+        parts.close()
+
+
 def test_small_batches_do_not_wait_for_acknowledgements_while_the_pipeline_has_room(
     parts: Parts,
 ) -> None:
