@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
+from helpers import WorkerProcess, assignment, cli_env, run_cli, wait_until
 
 from dyno_stream.config import Settings
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.item_reads import ItemReads
 from dyno_stream.kafka.members import describe_owners
 from dyno_stream.kafka.topics import ensure_topics
-from conftest import free_port
-from helpers import WorkerProcess, assignment, cli_env, run_cli, wait_until
 
 PARTITIONS = 6
 ITEMS = 1000
@@ -111,7 +111,7 @@ def test_read_your_writes_under_a_backlog(three: tuple[Settings, list[WorkerProc
     """Produce-then-get pairs while a backlog of other ops is in flight: every get sees its
     own op (a counter incremented once per pair, read back at exactly its count)."""
     s, _workers = three
-    backlog, pairs = 30_000, 300
+    backlog, pairs = 100_000, 1000
     stale = 0
     with DynoClient(s) as client:
         for i in range(backlog):
