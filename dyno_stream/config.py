@@ -12,6 +12,7 @@ this module knowing of it. Secrets are ``SecretStr``: they never appear in a rep
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,6 +199,20 @@ class WorkerSettings(_Section):
     #: HTTP endpoint for /metrics, /healthz and item reads; port 0 turns it off.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9464, ge=0, le=65535)
+    #: Where clients reach this worker's HTTP endpoint (host:port), told to the group in
+    #: the consumer's client.id (``kafka.members``) so any client finds an item's worker.
+    #: None: the bound address, with this machine's hostname when bound to 0.0.0.0.
+    advertised_http: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+    #: When set, /items and /rows answer only requests bearing ``Authorization: Bearer
+    #: <token>`` (/metrics and /healthz stay open); clients send it from the same setting.
+    http_token: SecretStr | None = None
+    #: The longest a read waits (for ``?after=``, a moving partition), and the longest a
+    #: client's ``get`` tries before it gives up.
+    read_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Reads served at once; more are answered 503 with Retry-After (each waits on a thread).
+    http_max_reads: int = Field(default=32, ge=1, le=1024)
+    #: The most items one ``GET /items?limit=`` page holds.
+    http_max_page: int = Field(default=1000, ge=1, le=100_000)
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Members of the group this worker runs, each a child process of its own (one Python
@@ -399,9 +414,16 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
-    """The store keeps the offsets that matter; Kafka's committed offsets only show lag."""
-    return {
+#: Between a member's client.id and the HTTP address it advertises (``kafka.members``).
+ADVERTISED_SEP = "@"
+
+
+def consumer_config(settings: Settings, advertised: str | None = None) -> dict[str, Any]:
+    """The store keeps the offsets that matter; Kafka's committed offsets only show lag.
+
+    ``advertised``: the worker's HTTP address, carried in its client.id as
+    ``<client_id>@<host:port>``, which the group's description shows every client."""
+    conf = {
         # Larger fetches per partition than librdkafka's 1 MB: under a backlog the worker
         # waits less for its next batch (5-10% more ops/s in bench_worker.py); memory stays
         # bounded by queued.max.messages.kbytes. [kafka.extra] may set it otherwise.
@@ -414,6 +436,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "isolation.level": "read_committed",
         **_group_config(settings.worker),
     }
+    if advertised is not None:
+        conf["client.id"] = f"{settings.kafka.client_id}{ADVERTISED_SEP}{advertised}"
+    return conf
 
 
 def _group_config(w: WorkerSettings) -> dict[str, Any]:
@@ -430,6 +455,21 @@ def _group_config(w: WorkerSettings) -> dict[str, Any]:
         conf["session.timeout.ms"] = _ms(w.classic_session_timeout_s)
         conf["heartbeat.interval.ms"] = _ms(w.classic_heartbeat_interval_s)
     return conf
+
+
+def advertised_http(w: WorkerSettings, bound_port: int | None = None) -> str | None:
+    """Where clients reach a worker's endpoint: ``advertised_http``, or the bound address
+    (``bound_port`` when the port was the system's choice) with this machine's hostname in
+    place of a wildcard host; None when the worker serves no HTTP."""
+    if w.advertised_http is not None:
+        return w.advertised_http
+    port = bound_port or w.http_port
+    if not port:
+        return None
+    host = w.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def worker_processes(w: WorkerSettings) -> int:

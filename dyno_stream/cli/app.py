@@ -214,6 +214,12 @@ def op(
         str, typer.Argument(help='The change as JSON, e.g. \'{"nick":"chilts"}\'.')
     ] = "{}",
     ts: Annotated[str | None, typer.Option(help="Flake id to use (default: a new one).")] = None,
+    then_get: Annotated[
+        bool,
+        typer.Option(
+            "--then-get", help="Then print the item as this op left it (from its worker)."
+        ),
+    ] = False,
 ) -> None:
     """Produce one op event to the ops topic and print where it landed."""
     from dyno_stream.core.errors import InvalidChangeError
@@ -229,7 +235,13 @@ def op(
     s = kafka_settings()
     with DynoClient(s) as client:
         d = _delivered(client.send(event), s)
-    out.print(f"{d.op} {d.item} ts={d.ts} -> {d.topic}/{d.partition}@{d.offset}")
+        out.print(f"{d.op} {d.item} ts={d.ts} -> {d.topic}/{d.partition}@{d.offset}")
+        if then_get:  # read your own write: the owner answers once it has applied d
+            after = client.get(d.item, after=d)
+            if after is None:
+                err.print(f"no item {d.item!r} after this op (deleted)")
+                raise typer.Exit(EXIT_NOT_FOUND)
+            out.print_json(json.dumps(after, ensure_ascii=False))
 
 
 def _delivered(future: Future[Delivery], s: Settings) -> Delivery:
@@ -488,8 +500,7 @@ def get(
     Exits 3 when there is no such item: never written, or deleted (not found is not an
     error of the tool).
     """
-    from urllib.parse import quote
-
+    from dyno_stream.kafka.item_reads import ItemReads, WorkersUnreachableError
     from dyno_stream.store import DynoStore
     from dyno_stream.views import MaterializedView
 
@@ -506,20 +517,40 @@ def get(
             raise typer.Exit(EXIT_NOT_FOUND)
         out.print_json(json.dumps(snap, ensure_ascii=False))
         return
-    answer = _http_get(f"/items/{quote(item, safe='')}", s)
-    if answer is not None and answer[0] in (200, 404):
-        if answer[0] == 200:
-            out.print_json(answer[1].decode())
-            return
-    else:
-        for path in _local_stores(s):
+    try:
+        found = ItemReads(s, s.kafka.librdkafka()).get(item)
+    except WorkersUnreachableError as exc:
+        stores = _local_stores(s)
+        if not stores:
+            err.print(
+                f"error: {exc}; `dyno-stream get --view {item}` reads the snapshot topic instead"
+            )
+            raise typer.Exit(1) from None
+        found = None
+        for path in stores:  # no worker runs here: read its stores (they are not locked)
             with DynoStore(path) as store:
                 it = store.get_item(item)
                 if it.value is not None:
-                    out.print_json(json.dumps(it.as_dict(store=str(path)), ensure_ascii=False))
-                    return
-    err.print(f"no item {item!r} in the worker's stores")
-    raise typer.Exit(EXIT_NOT_FOUND)
+                    found = it.as_dict(store=str(path))
+                    break
+    if found is None:
+        err.print(f"no item {item!r} in the workers' stores")
+        raise typer.Exit(EXIT_NOT_FOUND)
+    out.print_json(json.dumps(found, ensure_ascii=False))
+
+
+@app.command()
+@friendly
+def ls(
+    prefix: Annotated[str, typer.Option(help="Only items whose name starts with this.")] = "",
+    long: Annotated[bool, typer.Option("--long", "-l", help="Each item as one JSON line.")] = False,
+) -> None:
+    """Every item of every worker, in name order, each once (pages merged, ``GET /items``)."""
+    from dyno_stream.kafka.item_reads import ItemReads
+
+    s = kafka_settings()
+    for it in ItemReads(s, s.kafka.librdkafka()).list(prefix):
+        out.print(json.dumps(it, ensure_ascii=False) if long else it["item"])
 
 
 @app.command()

@@ -52,7 +52,7 @@ from prometheus_client.registry import Collector
 
 from dyno_stream.cli.logs import setup_logging
 from dyno_stream.cli.worker_http import http_get
-from dyno_stream.config import Settings
+from dyno_stream.config import Settings, advertised_http
 from dyno_stream.core.errors import ConfigError, DynoError, KafkaAuthError
 from dyno_stream.stream.http import HttpEndpoint
 
@@ -165,6 +165,7 @@ def child_settings(settings: Settings, index: int, count: int) -> Settings:
 
     - ``processes`` 1: a child runs the worker itself;
     - ``http_port`` 0: a child serves the parent only, on a port of the system's choosing;
+    - ``advertised_http``: the parent's, which reads reach the child through;
     - ``instance_id`` (static membership) gets ``-<index>``: one id per member, the same
       one after a restart, so a restarted child gets its partitions back without a rebalance;
     - ``kafka.client_id`` gets ``-<index>``, so the broker's logs tell children apart;
@@ -175,6 +176,8 @@ def child_settings(settings: Settings, index: int, count: int) -> Settings:
         "processes": 1,
         "http_port": 0,
         "memory_mb": max(16, w.memory_mb // count),  # 16: the setting's least
+        # the parent's address: the children's items are read through the parent's endpoint
+        "advertised_http": advertised_http(w),
     }
     if w.instance_id is not None:
         worker["instance_id"] = f"{w.instance_id}-{index}"

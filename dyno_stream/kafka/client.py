@@ -45,6 +45,7 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
 from dyno_stream.kafka.connection import ConnectionWatch
+from dyno_stream.kafka.item_reads import ItemReads
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import PartitionCountWatch
 
@@ -94,6 +95,8 @@ class DynoClient:
             {**producer_config(self.settings), **self._auth.config(), **producer_overrides}
         )
         self._closed = threading.Event()
+        self._reads: ItemReads | None = None
+        self._reads_lock = threading.Lock()
         # deliveries resolve futures from librdkafka's callbacks, which run inside poll()
         self._poller = threading.Thread(target=self._poll, name="dyno-client", daemon=True)
         self._poller.start()
@@ -231,6 +234,28 @@ class DynoClient:
         the worker has done it, see ``dyno_stream.jobs.erasure.erase``."""
         check_name(name)
         return self.send(Erase(item=name, ts=new_flake() if ts is None else ts))
+
+    def get(
+        self, name: str, after: Delivery | None = None, timeout: float | None = None
+    ) -> dict[str, Any] | None:
+        """The item as the worker owning it holds it, None when there is none (or it was
+        deleted). ``after``: a delivery of this item's op; the answer then includes that op
+        (read your own writes). Waits at most ``timeout`` (``worker.read_timeout_s``) for a
+        partition restoring or moving, or a worker behind; see ``kafka.item_reads``."""
+        check_name(name)
+        return self.reads.get(
+            name, None if after is None else (after.partition, after.offset), timeout
+        )
+
+    @property
+    def reads(self) -> ItemReads:
+        """Reads from the workers (made on first use: an admin connection of its own)."""
+        with self._reads_lock:
+            if self._reads is None:
+                self._reads = ItemReads(
+                    self.settings, {**self.settings.kafka.librdkafka(), **self._auth.config()}
+                )
+            return self._reads
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every op sent so far is acknowledged (or raise ``PublishError``)."""

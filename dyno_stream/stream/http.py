@@ -13,6 +13,7 @@ Endpoints (bound to 127.0.0.1 by default):
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -80,6 +81,22 @@ class HealthReport(Protocol):
 
 ItemReader = Callable[[str], dict[str, Any] | None]
 RowReader = Callable[[str | None], list[tuple[str, str]]]
+#: (status, JSON body, extra headers): a routed read's answer (``stream.reads``)
+Answer = tuple[int, Any, dict[str, str]]
+Query = dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class RoutedReads:
+    """What a worker's endpoint answers beyond ``read_item``: routing, ``after=`` and pages
+    (``stream.reads.StoreReads``); and how reads are guarded."""
+
+    item: Callable[[str, Query], Answer]
+    page: Callable[[Query], Answer]
+    #: /items and /rows need ``Authorization: Bearer <token>`` when set
+    token: str | None = None
+    #: reads served at once; more are answered 503 at once
+    max_reads: int = 32
 
 
 class HttpEndpoint:
@@ -93,6 +110,7 @@ class HttpEndpoint:
         health: HealthReport,
         read_item: ItemReader,
         read_rows: RowReader,
+        routed: RoutedReads | None = None,
     ) -> None:
         endpoint = self
 
@@ -105,11 +123,17 @@ class HttpEndpoint:
 
         self.metrics, self.health = metrics, health
         self.read_item, self.read_rows = read_item, read_rows
+        self.routed = routed
+        self._reads = threading.BoundedSemaphore(routed.max_reads if routed else 1024)
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="dyno-http", daemon=True
         )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
 
     @property
     def address(self) -> str:
@@ -131,30 +155,71 @@ class HttpEndpoint:
             elif url.path == "/healthz":
                 ok, body = self.health.snapshot()
                 self._json(req, 200 if ok else 503, body)
-            elif url.path.startswith("/items/"):
-                name = unquote(url.path[len("/items/") :])
-                item = self.read_item(name)
-                if item is None:
-                    self._json(req, 404, {"error": f"no item {name!r} in this worker's stores"})
+            elif url.path.startswith("/items") or url.path == "/rows":
+                if not self._authorized(req):
+                    self._json(req, 401, {"error": "a bearer token is needed (worker.http_token)"})
+                elif not self._reads.acquire(blocking=False):
+                    self._json(req, 503, {"error": "too many reads at once"}, {"Retry-After": "1"})
                 else:
-                    self._json(req, 200, item)
-            elif url.path == "/rows":
-                only = parse_qs(url.query).get("item", [None])[0]
-                rows = self.read_rows(only)
-                text = "".join(f"{k} = {v}\n" for k, v in rows)
-                self._send(req, 200, text.encode(), "text/plain; charset=utf-8")
+                    try:
+                        self._read(req, url.path, parse_qs(url.query))
+                    finally:
+                        self._reads.release()
             else:
                 self._json(req, 404, {"error": "not found"})
         except Exception as exc:  # an endpoint error must never reach the worker
             self._json(req, 500, {"error": str(exc)})
 
-    def _json(self, req: BaseHTTPRequestHandler, code: int, body: Any) -> None:
-        self._send(req, code, json.dumps(body, ensure_ascii=False).encode(), "application/json")
+    def _authorized(self, req: BaseHTTPRequestHandler) -> bool:
+        token = self.routed.token if self.routed else None
+        if token is None:
+            return True
+        given = req.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def _read(self, req: BaseHTTPRequestHandler, path: str, query: Query) -> None:
+        if path.startswith("/items/"):
+            name = unquote(path[len("/items/") :])
+            if self.routed is not None:
+                self._json(req, *self.routed.item(name, query))
+                return
+            item = self.read_item(name)
+            if item is None:
+                self._json(req, 404, {"error": f"no item {name!r} in this worker's stores"})
+            else:
+                self._json(req, 200, item)
+        elif path == "/items" and self.routed is not None:
+            self._json(req, *self.routed.page(query))
+        elif path == "/rows":
+            only = query.get("item", [None])[0]
+            rows = self.read_rows(only)
+            text = "".join(f"{k} = {v}\n" for k, v in rows)
+            self._send(req, 200, text.encode(), "text/plain; charset=utf-8")
+        else:
+            self._json(req, 404, {"error": "not found"})
+
+    def _json(
+        self,
+        req: BaseHTTPRequestHandler,
+        code: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self._send(req, code, data, "application/json", headers)
 
     @staticmethod
-    def _send(req: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:
+    def _send(
+        req: BaseHTTPRequestHandler,
+        code: int,
+        body: bytes,
+        ctype: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         req.send_response(code)
         req.send_header("Content-Type", ctype)
         req.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            req.send_header(key, value)
         req.end_headers()
         req.wfile.write(body)

@@ -1,31 +1,221 @@
-"""Reads for the HTTP endpoint: an item or rows from whichever open store holds them.
+"""Reads for the HTTP endpoint: an item, a page of items, or rows, from this worker's stores.
 
-Served on the endpoint's threads while the loop writes: each store serializes its own
-reads and writes, and a store closed under a read (its partition revoked) is skipped.
+Served on the endpoint's threads, never on the loop's. A store serializes its reads and
+writes with one lock, which the loop holds for a batch's whole transaction: a read waits
+for at most the batch in progress, and holds the lock itself only for one state lookup, so
+reads never stall the loop. A page iterates a LevelDB snapshot, outside that lock. A store
+closed under a read (its partition revoked) is skipped.
+
+Routing (``answer_item``): an item's partition is the producers' partitioner over its name
+with the ops topic's partition count (``kafka.members``). A worker that holds that partition
+answers; one that does not answers 307 with the owner's address (the group's description);
+while the partition is restoring or has no owner, 503 with ``Retry-After``. ``after=P:O``
+waits until this worker has applied offset O of partition P (its store's ``next_offset`` is
+past it), up to ``read_timeout_s``; then 504 saying how far behind it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Generator, Mapping
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from dyno_stream.core.errors import DynoError
+from dyno_stream.kafka.members import OwnerDirectory, item_partition
 from dyno_stream.store.partition import PartitionStore
+
+#: (status, JSON body, extra headers)
+Answer = tuple[int, Any, dict[str, str]]
+#: How often a read with ``after=`` looks again at the store's offset.
+_AFTER_POLL_S = 0.002
+#: Above every code point: the end of a prefix's name range.
+_NAME_END = "\U0010ffff"
+
+
+@dataclass(frozen=True)
+class After:
+    """``?after=<partition>:<offset>``: a produce's place in the ops topic."""
+
+    partition: int
+    offset: int
+
+    @classmethod
+    def parse(cls, text: str) -> After:
+        """Raises ValueError naming what is wrong."""
+        partition, sep, offset = text.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ValueError(f"after={text!r}: expected <partition>:<offset>, e.g. 3:1042")
+        return cls(int(partition), int(offset))
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def page_bounds(prefix: str, after: str | None) -> tuple[str, str]:
+    """The inclusive name range of a page: from the prefix (or just past ``after``) to the
+    end of the prefix's names."""
+    start = prefix
+    if after is not None and after >= start:
+        start = after + "\x00"
+    return start, prefix + _NAME_END
+
+
+def merge_pages(pages: list[list[str]], limit: int | None = None) -> list[str]:
+    """Names from several sorted pages in one order, each once (a partition that moved
+    between two pages may show an item twice)."""
+    merged = (name for name, _ in itertools.groupby(heapq.merge(*pages)))
+    return list(itertools.islice(merged, limit))
 
 
 class StoreReads:
-    def __init__(self, stores: Callable[[], Mapping[tuple[str, int], PartitionStore]]) -> None:
-        self._stores = stores
+    def __init__(
+        self,
+        stores: Callable[[], Mapping[tuple[str, int], PartitionStore]],
+        states: Callable[[], Mapping[str, str]] = dict,
+        *,
+        topic: str = "",
+        directory: Callable[[], OwnerDirectory | None] = lambda: None,
+        self_address: Callable[[], str | None] = lambda: None,
+        read_timeout_s: float = 10.0,
+        max_page: int = 1000,
+    ) -> None:
+        self._stores, self._states = stores, states
+        self.topic = topic
+        self._directory, self._self_address = directory, self_address
+        self.read_timeout_s, self.max_page = read_timeout_s, max_page
 
     def item(self, name: str) -> dict[str, Any] | None:
         for ps in list(self._stores().values()):
-            try:
-                item = ps.store.get_item(name)
-            except DynoError:
-                continue
-            if item.value is not None:  # not when deleted: its marker holds no value
-                return item.as_dict(partition=ps.label)
+            found = self._read(ps, name)
+            if found is not None:
+                return found
         return None
+
+    @staticmethod
+    def _read(ps: PartitionStore, name: str) -> dict[str, Any] | None:
+        try:
+            item = ps.store.get_item(name)
+        except DynoError:
+            return None
+        if item.value is None:  # deleted: its marker holds no value
+            return None
+        return item.as_dict(partition=ps.label)
+
+    def answer_item(self, name: str, query: Mapping[str, list[str]]) -> Answer:
+        """The answer to ``GET /items/<name>[?after=P:O]`` (see the module's docstring)."""
+        after = None
+        if "after" in query:
+            try:
+                after = After.parse(query["after"][0])
+            except ValueError as exc:
+                return 400, {"error": str(exc)}, {}
+        directory = self._directory()
+        try:
+            owners = directory.owners() if directory is not None else None
+        except DynoError:
+            owners = None  # Kafka unreachable: answer from what this worker holds
+        if owners is None:
+            if after is not None:
+                return self._answer_at(name, after, time.monotonic() + self.read_timeout_s)
+            found = self.item(name)
+            return (200, found, {}) if found else (404, self._not_found(name), {})
+
+        partition = item_partition(name, owners.partitions)
+        if after is not None and after.partition != partition:
+            return 400, {"error": f"after={after}: {name!r} is on partition {partition}"}, {}
+        state = self._states().get(f"{self.topic}/{partition}")
+        if state in ("RUNNING", "PAUSED"):
+            return self._answer_at(
+                name, after or After(partition, -1), time.monotonic() + self.read_timeout_s
+            )
+        retry = {"Retry-After": "1"}
+        if state == "RESTORING":
+            return 503, {"error": f"partition {partition} is restoring here"}, retry
+        owner = owners.by_partition.get(partition)
+        if owner is None or owner == self._self_address():
+            assert directory is not None
+            directory.stale()  # the group has moved on since it was read
+            return 503, {"error": f"partition {partition} is moving: no owner now"}, retry
+        params = {k: v[0] for k, v in query.items()}
+        location = f"http://{owner}/items/{quote(name, safe='')}"
+        if params:
+            location += "?" + urlencode(params)
+        return 307, {"owner": owner, "partition": partition}, {"Location": location}
+
+    def _answer_at(self, name: str, after: After, deadline: float) -> Answer:
+        """The item once this worker's store of ``after.partition`` is past ``after.offset``."""
+        while True:
+            ps = self._stores().get((self.topic, after.partition))
+            if ps is None:
+                return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
+            applied = ps.next_offset or 0
+            if applied > after.offset:
+                found = self._read(ps, name)
+                return (200, found, {}) if found else (404, self._not_found(name), {})
+            if time.monotonic() >= deadline:
+                return (
+                    504,
+                    {
+                        "error": f"offset {after.offset} of partition {after.partition} not "
+                        f"applied within {self.read_timeout_s}s",
+                        "applied_through": applied - 1,
+                        "behind": after.offset + 1 - applied,
+                    },
+                    {},
+                )
+            time.sleep(_AFTER_POLL_S)
+
+    @staticmethod
+    def _not_found(name: str) -> dict[str, str]:
+        return {"error": f"no item {name!r} in this worker's stores"}
+
+    def answer_page(self, query: Mapping[str, list[str]]) -> Answer:
+        """``GET /items?prefix=P&limit=N&after=NAME``: this worker's items in name order,
+        with the partitions the page covers (a restoring one is not: ``incomplete``)."""
+        prefix = query.get("prefix", [""])[0]
+        after = query.get("after", [None])[0]
+        try:
+            limit = int(query.get("limit", [str(self.max_page)])[0])
+        except ValueError:
+            return 400, {"error": "limit: expected a number"}, {}
+        if not 1 <= limit <= self.max_page:
+            return 400, {"error": f"limit: from 1 to {self.max_page}"}, {}
+        start, end = page_bounds(prefix, after)
+        states = self._states()
+        stores = {
+            key: ps
+            for key, ps in self._stores().items()
+            if states.get(ps.label) in ("RUNNING", "PAUSED")
+        }
+        items: list[dict[str, Any]] = []
+        with ExitStack() as stack:
+            streams = [
+                stack.enter_context(closing(_named(ps, start, end))) for ps in stores.values()
+            ]
+            try:
+                for _name, item in itertools.islice(
+                    heapq.merge(*streams, key=lambda pair: pair[0]), limit
+                ):
+                    items.append(item)
+            except DynoError as exc:  # a store closed under the page: its partition left
+                return 503, {"error": str(exc)}, {"Retry-After": "1"}
+        return (
+            200,
+            {
+                "items": items,
+                "next": items[-1]["item"] if len(items) == limit else None,
+                "partitions": sorted(p for _t, p in stores),
+                "incomplete": sorted(
+                    label for label, s in states.items() if s not in ("RUNNING", "PAUSED")
+                ),
+            },
+            {},
+        )
 
     def rows(self, name: str | None) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []
@@ -35,3 +225,10 @@ class StoreReads:
             except DynoError:
                 continue
         return sorted(rows)
+
+
+def _named(
+    ps: PartitionStore, start: str, end: str
+) -> Generator[tuple[str, dict[str, Any]], None, None]:
+    for name, item in ps.store.query(start, end):
+        yield name, item.as_dict(partition=ps.label)

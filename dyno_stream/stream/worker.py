@@ -41,7 +41,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from dyno_stream.config import Settings, consumer_config, producer_config
+from dyno_stream.config import Settings, advertised_http, consumer_config, producer_config
 from dyno_stream.core.errors import (
     DynoError,
     PartitionCountError,
@@ -50,6 +50,7 @@ from dyno_stream.core.errors import (
 )
 from dyno_stream.core.events import Snapshot
 from dyno_stream.kafka.connection import ConnectionWatch
+from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
@@ -61,7 +62,7 @@ from dyno_stream.kafka.topics import (
 )
 from dyno_stream.stream.assignment import Assignment
 from dyno_stream.stream.delivery import Delivery
-from dyno_stream.stream.http import Health, HttpEndpoint
+from dyno_stream.stream.http import Health, HttpEndpoint, RoutedReads
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
 from dyno_stream.stream.reads import StoreReads
@@ -104,8 +105,17 @@ class Worker:
         self._refusal: PartitionCountError | None = None
         self._assignment: Assignment | None = None
         #: the HTTP endpoint's reads, over whatever stores are open (none before ``run``)
+        #: where this worker's endpoint is reached, told to the group (``kafka.members``)
+        self.advertised: str | None = None
+        self._directory: OwnerDirectory | None = None
         self.reads = StoreReads(
-            lambda: {} if self._assignment is None else self._assignment.stores()
+            lambda: {} if self._assignment is None else self._assignment.stores(),
+            lambda: self.health.partition_states,
+            topic=settings.topics.ops,
+            directory=lambda: self._directory,
+            self_address=lambda: self.advertised,
+            read_timeout_s=settings.worker.read_timeout_s,
+            max_page=settings.worker.http_max_page,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -182,7 +192,9 @@ class Worker:
             stop_when=lambda: self._auth.failure is not None,
             on_counts=self._partition_counts_seen,
         ).start()
-        self._consumer = Consumer({**consumer_config(s), **self._auth.config()})
+        # The endpoint first: its bound port goes into the consumer's client.id.
+        self._serve_http()
+        self._consumer = Consumer({**consumer_config(s, self.advertised), **self._auth.config()})
         self.delivery = Delivery(s, self._producer, self.metrics)
         self.restorer = Restorer(
             s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
@@ -201,24 +213,41 @@ class Worker:
             s, self._consumer, self._admin, self.assignment, self.delivery, self.metrics
         )
         self._assignment = self.assignment
-        if s.worker.http_port:
-            self.http = HttpEndpoint(
-                s.worker.http_host,
-                s.worker.http_port,
-                self.metrics,
-                self.health,
-                self.reads.item,
-                self.reads.rows,
-            )
-            self.http.start()
-            log.info(
-                "http endpoint at %s (/metrics /healthz /items/<name> /rows)", self.http.address
-            )
         self._consumer.subscribe(
             [s.topics.ops],
             on_assign=self.assignment.on_assign,
             on_revoke=self.assignment.on_revoke,
             on_lost=self.assignment.on_lost,
+        )
+
+    def _serve_http(self) -> None:
+        """/metrics, /healthz and reads, on threads of their own (``stream.http``); reads
+        route by the group's description, read on a connection of their own."""
+        s = self.settings
+        w = s.worker
+        if not w.http_port:  # a child of ``--processes``: the parent's address, if any
+            self.advertised = w.advertised_http
+            return
+        token = w.http_token.get_secret_value() if w.http_token is not None else None
+        routed = RoutedReads(
+            self.reads.answer_item, self.reads.answer_page, token=token, max_reads=w.http_max_reads
+        )
+        self.http = HttpEndpoint(
+            w.http_host,
+            w.http_port,
+            self.metrics,
+            self.health,
+            self.reads.item,
+            self.reads.rows,
+            routed,
+        )
+        self.advertised = advertised_http(w, self.http.port)
+        self._directory = OwnerDirectory(s, {**s.kafka.librdkafka(), **self._auth.config()})
+        self.http.start()
+        log.info(
+            "http endpoint at %s, advertised as %s (/metrics /healthz /items /rows)",
+            self.http.address,
+            self.advertised,
         )
 
     def _loop(self) -> None:

@@ -1,0 +1,191 @@
+"""Issue 16's pure logic: advertised addresses, an item's partition, ``after=``, pages, and
+a worker's answer to a read (with a real LevelDB store, no broker)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dyno_stream.config import Settings, advertised_http, consumer_config, load_settings
+from dyno_stream.core.events import make_op
+from dyno_stream.core.flake import new_flake
+from dyno_stream.kafka.members import Owners, item_partition, member_address
+from dyno_stream.kafka.partitioning import murmur2
+from dyno_stream.store.partition import PartitionStore
+from dyno_stream.stream.reads import After, StoreReads, merge_pages, page_bounds
+
+
+def _settings(**worker: object) -> Settings:
+    s = load_settings()
+    return s.model_copy(update={"worker": s.worker.model_copy(update=worker)})
+
+
+def test_advertised_address_defaults_to_the_bound_one_with_the_hostname_for_a_wildcard() -> None:
+    assert advertised_http(_settings(http_host="127.0.0.1", http_port=9464).worker) == (
+        "127.0.0.1:9464"
+    )
+    assert advertised_http(_settings(http_host="0.0.0.0", http_port=0).worker, 4711) == (
+        f"{socket.gethostname()}:4711"
+    )
+    assert advertised_http(_settings(http_port=0).worker) is None
+    assert advertised_http(_settings(advertised_http="w1.example:80").worker) == "w1.example:80"
+
+
+def test_the_address_rides_in_the_client_id_and_is_read_back() -> None:
+    s = _settings()
+    conf = consumer_config(s, "w1.example:9464")
+    assert conf["client.id"] == f"{s.kafka.client_id}@w1.example:9464"
+    assert member_address(conf["client.id"]) == "w1.example:9464"
+    assert member_address("dyno-stream-1@10.0.0.7:80") == "10.0.0.7:80"
+    assert member_address("dyno-stream") is None  # serves no HTTP
+    assert member_address("someone@not an address") is None
+    assert consumer_config(s)["client.id"] == s.kafka.client_id
+
+
+def test_an_items_partition_is_javas_partitioner_over_its_name() -> None:
+    # Kafka's own test vector (Utils.murmur2): "21" hashes to -973932308
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
+    name = "café-21"
+    expected = (murmur2(name.encode("utf-8")) & 0x7FFFFFFF) % 12
+    assert item_partition(name, 12) == expected
+    assert {item_partition(f"item-{i}", 6) for i in range(200)} == set(range(6))
+
+
+def test_after_is_partition_colon_offset() -> None:
+    assert After.parse("3:1042") == After(3, 1042)
+    for bad in ("3", "x:1", "3:-1", ":1", "3:1:2"):
+        with pytest.raises(ValueError, match="partition>:<offset"):
+            After.parse(bad)
+
+
+def test_page_bounds_and_merge() -> None:
+    assert page_bounds("ab", None) == ("ab", "ab\U0010ffff")
+    assert page_bounds("ab", "abc") == ("abc\x00", "ab\U0010ffff")
+    assert page_bounds("b", "a") == ("b", "b\U0010ffff")  # an after before the prefix
+    pages = [["a", "c", "e"], ["b", "c", "f"], []]
+    assert merge_pages(pages) == ["a", "b", "c", "e", "f"]
+    assert merge_pages(pages, 2) == ["a", "b"]
+
+
+class _Directory:
+    def __init__(self, owners: Owners) -> None:
+        self._owners, self.stale_calls = owners, 0
+
+    def owners(self) -> Owners:
+        return self._owners
+
+    def stale(self) -> None:
+        self.stale_calls += 1
+
+
+def _reads(
+    tmp_path: Path, partitions: int = 4
+) -> tuple[StoreReads, PartitionStore, dict[str, str]]:
+    """A worker holding partition p (where "mine" hashes) and nothing else."""
+    p = item_partition("mine", partitions)
+    ps = PartitionStore.open(tmp_path, "ops", p, sync=False)
+    other = (p + 1) % partitions
+    states = {f"ops/{p}": "RUNNING"}
+    directory = _Directory(Owners(partitions, {p: "me:1", other: "them:2"}))
+    reads = StoreReads(
+        lambda: {("ops", p): ps},
+        lambda: states,
+        topic="ops",
+        directory=lambda: directory,  # type: ignore[arg-type,return-value]
+        self_address=lambda: "me:1",
+        read_timeout_s=0.5,
+    )
+    return reads, ps, states
+
+
+def _apply(ps: PartitionStore, name: str, n: int, next_offset: int) -> None:
+    with ps.transaction() as tx:
+        tx.apply([make_op("putItem", name, {"n": n}, new_flake())])
+        tx.track(next_offset, snapshots={}, dead=[])
+
+
+def test_a_worker_answers_what_it_owns_and_redirects_or_defers_the_rest(tmp_path: Path) -> None:
+    reads, ps, states = _reads(tmp_path)
+    _apply(ps, "mine", 1, 1)
+    code, body, _ = reads.answer_item("mine", {})
+    assert code == 200 and body["value"] == {"n": 1}
+    theirs = next(
+        n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4) == (ps.partition + 1) % 4
+    )
+    code, _body, headers = reads.answer_item(theirs, {"after": [f"{(ps.partition + 1) % 4}:5"]})
+    assert code == 307
+    assert headers["Location"] == f"http://them:2/items/{theirs}?after={(ps.partition + 1) % 4}%3A5"
+    unowned = next(
+        n
+        for n in (f"x{i}" for i in range(200))
+        if item_partition(n, 4) not in (ps.partition, (ps.partition + 1) % 4)
+    )
+    code, _body, headers = reads.answer_item(unowned, {})
+    assert code == 503 and headers["Retry-After"] == "1"  # moving: no owner now
+    states[f"ops/{ps.partition}"] = "RESTORING"
+    code, _body, headers = reads.answer_item("mine", {})
+    assert code == 503 and headers["Retry-After"] == "1"
+    ps.close()
+
+
+def test_after_waits_until_the_offset_is_applied_then_answers(tmp_path: Path) -> None:
+    reads, ps, _ = _reads(tmp_path)
+    p = ps.partition
+    _apply(ps, "mine", 1, 5)  # offsets 0..4 applied
+    threading.Timer(0.1, _apply, (ps, "mine", 2, 8)).start()
+    started = time.monotonic()
+    code, body, _ = reads.answer_item("mine", {"after": [f"{p}:6"]})
+    assert code == 200 and body["value"] == {"n": 2}, body
+    assert time.monotonic() - started >= 0.05  # it waited for the write
+    code, body, _ = reads.answer_item("mine", {"after": [f"{p}:20"]})
+    assert code == 504
+    assert body["applied_through"] == 7 and body["behind"] == 13
+    assert reads.answer_item("mine", {"after": ["nonsense"]})[0] == 400
+    assert reads.answer_item("mine", {"after": [f"{(p + 1) % 4}:1"]})[0] == 400
+    ps.close()
+
+
+def test_a_page_is_in_name_order_and_says_where_to_go_on(tmp_path: Path) -> None:
+    reads, ps, _ = _reads(tmp_path)
+    for i, name in enumerate(["b", "a2", "a1", "a3", "c"]):
+        _apply(ps, name, i, i + 1)
+    code, body, _ = reads.answer_page({"prefix": ["a"], "limit": ["2"]})
+    assert code == 200
+    assert [it["item"] for it in body["items"]] == ["a1", "a2"] and body["next"] == "a2"
+    code, body, _ = reads.answer_page({"prefix": ["a"], "limit": ["2"], "after": ["a2"]})
+    assert [it["item"] for it in body["items"]] == ["a3"] and body["next"] is None
+    assert body["partitions"] == [ps.partition]
+    assert reads.answer_page({"limit": ["100000"]})[0] == 400
+    ps.close()
+
+
+def test_a_token_guards_items_but_not_health_or_metrics() -> None:
+    import urllib.error
+    import urllib.request
+
+    from dyno_stream.stream.http import Health, HttpEndpoint, RoutedReads
+    from dyno_stream.stream.metrics import WorkerMetrics
+
+    routed = RoutedReads(lambda name, q: (200, {"item": name}, {}), lambda q: (200, {}, {}), "s3")
+    health = Health(state="running")
+    endpoint = HttpEndpoint(
+        "127.0.0.1", 0, WorkerMetrics(), health, lambda n: None, lambda n: [], routed
+    )
+    endpoint.start()
+    try:
+        base = endpoint.address
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/items/x", timeout=5)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{base}/items/x", headers={"Authorization": "Bearer s3"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+        for open_path in ("/healthz", "/metrics"):
+            with urllib.request.urlopen(f"{base}{open_path}", timeout=5) as answer:
+                assert answer.status == 200
+    finally:
+        endpoint.stop()
