@@ -172,3 +172,37 @@ def test_kcat_producer_and_consumer_interoperate(
         )
         == 0
     )
+
+
+def test_kcat_reads_a_deleted_items_tombstone(
+    make_settings: Callable[..., Settings],
+    start_worker: Callable[[Settings], Any],
+    kafka_bootstrap: str,
+) -> None:
+    """Issue 15: the tombstone as a plain Kafka client sees it: the item's key, a null value
+    and the headers saying where it was deleted (kcat's JSON envelope; the README's example
+    prints the same with -Z -f)."""
+    kcat()
+    s = make_settings(partitions=2)
+    start_worker(s)
+    with DynoClient(s) as client:
+        client.put_attrs("kc-gone", {"secret": "x"}).result(30)
+        deleted = client.del_item("kc-gone").result(30)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        tombs = [
+            env
+            for env in kcat_read(kafka_bootstrap, s.topics.snapshots)
+            if env["key"] == "kc-gone" and env["payload"] is None
+        ]
+        if tombs or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(tombs) == 1, tombs
+    headers = tombs[0]["headers"]  # kcat -J: a flat list, name then value
+    pairs = dict(zip(headers[::2], headers[1::2], strict=True))
+    assert pairs["dyno.source.topic"] == s.topics.ops
+    assert pairs["dyno.source.partition"] == str(deleted.partition)
+    assert pairs["dyno.source.offset"] == str(deleted.offset)
+    assert tombs[0]["partition"] == deleted.partition
+    assert "secret" not in json.dumps(tombs[0])

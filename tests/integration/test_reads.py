@@ -5,6 +5,8 @@ read-your-writes under a backlog, and listing every item once."""
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from helpers import WorkerProcess, assignment, cli_env, run_cli, wait_until
 
 from dyno_stream.config import Settings
 from dyno_stream.kafka.client import DynoClient
-from dyno_stream.kafka.item_reads import ItemReads
+from dyno_stream.kafka.item_reads import ItemReads, ReadTimeoutError, WorkersUnreachableError
 from dyno_stream.kafka.members import describe_owners
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -137,3 +139,54 @@ def test_listing_returns_every_item_once(three: tuple[Settings, list[WorkerProce
     r = run_cli(cli_env(s, DYNO_WORKER__HTTP_PORT=str(s.worker.http_port)), "ls", "--prefix", "ls-")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == listed
+
+
+def test_gets_during_partition_moves_answer_right_or_retry_never_wrong(
+    three: tuple[Settings, list[WorkerProcess]], tmp_path: Path
+) -> None:
+    """A reader keeps asking for 200 items while a worker leaves (its partitions restored by
+    the others from the snapshot topic) and a new one joins: every answer is the item's
+    value; a read that cannot be answered in time raises, it never says "no such item"."""
+    s, workers = three
+    names = [f"moving-{i:03d}" for i in range(200)]
+    with DynoClient(s) as client:
+        for d in [client.put_item(name, {"n": i}) for i, name in enumerate(names)]:
+            d.result(30)
+        assert client.get(names[-1], after=d.result(30)) is not None
+        answers: list[tuple[str, dict[str, Any] | None]] = []
+        errors: list[Exception] = []
+        moving = threading.Event()
+        moving.set()
+
+        def read() -> None:
+            while moving.is_set():
+                for name in names:
+                    try:
+                        answers.append((name, client.get(name, timeout=5)))
+                    except (ReadTimeoutError, WorkersUnreachableError) as exc:
+                        errors.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            before = len(answers)
+            leaving = workers[2]
+            leaving.proc.send_signal(signal.SIGTERM)
+            assert leaving.wait_exit(60) == 0, leaving.tail()
+            wait_until(
+                lambda: sum(len(w.partitions()) for w in workers[:2]) == PARTITIONS,
+                90,
+                lambda: assignment(workers),
+            )
+            joining = WorkerProcess(
+                s, "w3", tmp_path, env={"DYNO_WORKER__HTTP_PORT": str(free_port())}
+            )
+            workers.append(joining)  # cleaned up by the fixture
+            wait_until(lambda: bool(joining.partitions()), 90, lambda: assignment(workers))
+            wait_until(lambda: len(answers) > before + 2 * len(names), 120, lambda: "reads")
+        finally:
+            moving.clear()
+            reader.join(60)
+    wrong = [(n, a) for n, a in answers if a is None or a["value"] != {"n": int(n[7:])}]
+    assert not wrong, wrong[:5]
+    assert len(answers) > 2 * len(names), (len(answers), errors[:3])
