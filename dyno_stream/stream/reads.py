@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from dyno_stream.core.errors import DynoError
+from dyno_stream.core.errors import DynoError, StoreClosedError
 from dyno_stream.kafka.members import OwnerDirectory, item_partition
 from dyno_stream.store.partition import PartitionStore
 
@@ -91,15 +91,22 @@ class StoreReads:
 
     def item(self, name: str) -> dict[str, Any] | None:
         for ps in list(self._stores().values()):
-            found = self._read(ps, name)
+            try:
+                found = self._read(ps, name)
+            except StoreClosedError:  # its partition left meanwhile: not where the item is
+                continue
             if found is not None:
                 return found
         return None
 
     @staticmethod
     def _read(ps: PartitionStore, name: str) -> dict[str, Any] | None:
+        """The item in ``ps`` (None: not there, or deleted). Raises ``StoreClosedError`` when
+        the store closed under the read (its partition revoked): that is not "no item"."""
         try:
             item = ps.store.get_item(name)
+        except StoreClosedError:
+            raise
         except DynoError:
             return None
         if item.value is None:  # deleted: its marker holds no value
@@ -155,7 +162,10 @@ class StoreReads:
                 return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
             applied = ps.next_offset or 0
             if applied > after.offset:
-                found = self._read(ps, name)
+                try:
+                    found = self._read(ps, name)
+                except StoreClosedError:  # revoked under the read: ask the owner again
+                    return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
                 return (200, found, {}) if found else (404, self._not_found(name), {})
             if time.monotonic() >= deadline:
                 return (

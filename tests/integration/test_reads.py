@@ -150,9 +150,9 @@ def test_gets_during_partition_moves_answer_right_or_retry_never_wrong(
     s, workers = three
     names = [f"moving-{i:03d}" for i in range(200)]
     with DynoClient(s) as client:
-        for d in [client.put_item(name, {"n": i}) for i, name in enumerate(names)]:
-            d.result(30)
-        assert client.get(names[-1], after=d.result(30)) is not None
+        sent = [client.put_item(name, {"n": i}) for i, name in enumerate(names)]
+        for name, d in zip(names, sent, strict=True):  # every item applied before the moves
+            assert client.get(name, after=d.result(30)) is not None, name
         answers: list[tuple[str, dict[str, Any] | None]] = []
         errors: list[Exception] = []
         moving = threading.Event()
