@@ -49,6 +49,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: The placement rules ``[kafka] partitioner`` may name (``kafka.partitioning``).
+Partitioner = Literal["murmur2", "crc32"]
+#: librdkafka's name for each rule (its ``partitioner`` setting), for the producers we make.
+LIBRDKAFKA_PARTITIONER: dict[str, str] = {"murmur2": "murmur2_random", "crc32": "consistent_random"}
+
+
 class KafkaSettings(_Section):
     """How to reach the Kafka cluster."""
 
@@ -62,11 +68,27 @@ class KafkaSettings(_Section):
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
     client_id: str = "dyno-stream"
+    #: The placement rule: the ops partition of an item is murmur2 of its name (Java's
+    #: default, and every dyno-stream producer's) or crc32 (librdkafka's default, for a fleet
+    #: of kcat/confluent-kafka producers). The worker forwards ops found off the rule.
+    partitioner: Partitioner = "murmur2"
     #: Any other librdkafka setting, by its own name (passed through unchanged).
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
     #: How long a command of the CLI waits for a broker to answer before it gives up with
     #: one line saying so (a worker waits for ever: it rides out an outage).
     connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("extra")
+    @classmethod
+    def _placement_is_a_setting(
+        cls, v: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        if "partitioner" in v:
+            raise ValueError(
+                "the placement rule is [kafka] partitioner (murmur2 or crc32), not "
+                "kafka.extra.partitioner: every producer, read and job of dyno-stream follows it"
+            )
+        return v
 
     def librdkafka(self) -> dict[str, Any]:
         """The settings as librdkafka names them (secrets revealed: pass to clients only),
@@ -401,13 +423,14 @@ def _error_line(error: Any) -> str:
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
-    """Idempotent, acks=all, and Java's partitioner, so every client places an item alike."""
+    """Idempotent, acks=all, and the placement rule's partitioner (``[kafka] partitioner``),
+    so every client of ours places an item where the worker expects it."""
     return {
         **settings.kafka.librdkafka(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
-        "partitioner": "murmur2_random",
+        "partitioner": LIBRDKAFKA_PARTITIONER[settings.kafka.partitioner],
         # as large as the snapshot and dead-letter topics take (see topics.py)
         "message.max.bytes": MAX_MESSAGE_BYTES,
         "message.timeout.ms": int(settings.worker.publish_timeout_s * 1000),

@@ -1,6 +1,9 @@
 """The dead-letter wire format: an event the worker could not apply, kept byte for byte with
 its original key and headers, plus headers that say why and where it came from.
 
+A message found off its placement rule's partition is a letter too, one that is forwarded to
+its rule partition of the ops topic (``forward_to``) rather than to the dead-letter topic.
+
 A dead letter is also what a partition store keeps pending until Kafka acknowledges it
 (``encode``/``decode``), so it survives a crash between the write batch and the publish.
 """
@@ -22,6 +25,12 @@ H_OFFSET = "dyno.source.offset"
 #: Set instead of the original bytes when a dead letter with them is more than Kafka takes
 #: (``MAX_MESSAGE_BYTES``): the value is dropped, this header holds its length.
 H_TRUNCATED = "dyno.error.truncated"
+#: On a forwarded message: where it was first produced, and the partitioner that evidently
+#: placed it there.
+H_FORWARDED_FROM = "dyno.forwarded.from"
+H_FORWARDED_PARTITIONER = "dyno.forwarded.partitioner"
+#: The reason of a message forwarded to its rule partition.
+WRONG_PARTITION = "wrong-partition"
 
 Headers = list[tuple[str, bytes]]
 #: Headers as confluent-kafka's produce() takes them.
@@ -43,6 +52,8 @@ class DeadLetter:
     field: str | None = None
     #: headers the error adds (``DynoError.headers``: a clock-skew letter's two times)
     details: Headers = dataclasses.field(default_factory=list)  # (`field` is taken above)
+    #: the ops partition to forward the message to, for a message off its rule partition
+    forward_to: int | None = None
 
     def kafka_headers(self) -> KafkaHeaders:
         extra: KafkaHeaders = [
@@ -55,6 +66,11 @@ class DeadLetter:
         if self.field is not None:
             extra.append((H_FIELD, self.field.encode("utf-8", "replace")))
         return [*self.headers, *extra, *self.details]
+
+    def forward_headers(self) -> KafkaHeaders:
+        """A forwarded message's headers: its own, and where it came from."""
+        source = f"{self.topic}/{self.partition}@{self.offset}".encode()
+        return [*self.headers, (H_FORWARDED_FROM, source), *self.details]
 
     def encode(self) -> bytes:
         def b64(v: bytes | None) -> str | None:
@@ -72,6 +88,7 @@ class DeadLetter:
                 "message": self.message,
                 "field": self.field,
                 "details": [[k, b64(v)] for k, v in self.details],
+                "forward_to": self.forward_to,
             }
         ).encode()
 
@@ -94,4 +111,5 @@ class DeadLetter:
             d["field"],
             # pending rows written before details existed have none
             [(k, unb64(v) or b"") for k, v in d.get("details", [])],
+            d.get("forward_to"),
         )

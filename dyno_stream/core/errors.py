@@ -109,6 +109,13 @@ class KeyMismatchError(ValidationError):
     reason = "key-mismatch"
 
 
+class WrongPartitionError(InputError):
+    """A message off the partition its key's placement rule gives (``[kafka] partitioner``):
+    forwarded to that partition, never applied where it landed."""
+
+    reason = "wrong-partition"
+
+
 class ClockSkewError(ValidationError):
     """An op or flatten command whose flake is too far ahead of its time.
 

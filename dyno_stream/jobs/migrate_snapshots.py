@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, PublishError
 from dyno_stream.jobs.progress import Reporter
-from dyno_stream.kafka.partitioning import kafka_partition
+from dyno_stream.kafka.partitioning import rule_partition
 from dyno_stream.kafka.reading import (
     NewestRead,
     read_newest_snapshots,
@@ -125,7 +125,7 @@ def migrate_snapshots(
             if src is not None and src.topic == t.ops and 0 <= src.partition < ops_count:
                 partition = src.partition
             else:
-                partition = kafka_partition(kept.key, ops_count)
+                partition = rule_partition(kept.key, ops_count, settings.kafka.partitioner)
                 report.by_key += 1
             placed[partition] += 1
             while True:
@@ -190,8 +190,8 @@ class PlacementCheck:
 def check_placement(settings: Settings, reporter: Reporter) -> PlacementCheck:
     """Read the snapshot topic and count the items whose newest snapshot is not in its
     source partition: a topic written before snapshots were placed explicitly holds each
-    where its key hashes, which is its ops partition only when every producer of ops used
-    Java's partitioner."""
+    where its key hashes, which is its ops partition only when every producer of ops placed
+    by the placement rule."""
     t = settings.topics
     admin = AdminClient(settings.kafka.librdkafka())
     ops_count, count = ops_partition_counts(admin, settings, timeout=30)

@@ -58,7 +58,7 @@ from dyno_stream.core import ops
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, PublishError
 from dyno_stream.core.snapshots import tombstone_headers, tombstone_snapshot
 from dyno_stream.jobs.progress import Reporter
-from dyno_stream.kafka.partitioning import kafka_partition, snapshot_partition
+from dyno_stream.kafka.partitioning import rule_partition, snapshot_partition
 from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
 from dyno_stream.kafka.topics import SnapshotPartitioning, ensure_topics, snapshot_partitioning
 
@@ -479,7 +479,7 @@ def _copy(
     snapshot_count = placing.snapshot_partitions or n
     with reporter.task(f"copying snapshots to {state.new_snapshots}", len(newest)) as advance:
         for i, (key, snap) in enumerate(newest.items(), 1):
-            q = kafka_partition(key, n)
+            q = rule_partition(key, n, settings.kafka.partitioner)
             d = _loads(snap.raw)
             d["source"] = {"topic": state.new_ops, "partition": q, "offset": -1}
             to = snapshot_partition(key, q, snapshot_count, placing.co_partitioned)

@@ -6,8 +6,8 @@ keyed by the item name, so all of an item's ops share a partition and keep their
 returns a :class:`concurrent.futures.Future` of its :class:`Delivery`; ``flush()`` waits for
 all of them.
 
-The producer uses Java's partitioner (``murmur2_random``): a Java or kcat producer configured
-the same way places an item on the same partition. That placement holds only while the ops
+The producer places each item by the placement rule (``[kafka] partitioner``, murmur2 by
+default, as Java's clients do; ``kafka.partitioning``). That placement holds only while the ops
 topic keeps its partition count, so the client checks the count against the recorded one
 (the snapshot topic's, see ``kafka.topics``) before its first send and every few seconds, and
 refuses to send with :class:`~dyno_stream.core.errors.PartitionCountError` when they differ.

@@ -4,7 +4,7 @@ Each worker puts the HTTP address it advertises (``[worker] advertised_http``) i
 consumer's client.id, as ``<client_id>@<host:port>``. ``describe_consumer_groups`` gives every
 member's client id and assignment, under KIP-848's ``consumer`` protocol as under the classic
 one: with the ops topic's partition count (metadata), that says which address holds the
-partition an item's name hashes to (Java's partitioner, ``kafka.partitioning``). Nothing more
+partition an item's name belongs to (the placement rule, ``kafka.partitioning``). Nothing more
 to run or keep: a member that leaves drops out of the description with its partitions.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from dyno_stream.config import ADVERTISED_SEP, Settings
+from dyno_stream.config import ADVERTISED_SEP, Partitioner, Settings
 from dyno_stream.core.errors import KafkaServiceError
-from dyno_stream.kafka.partitioning import kafka_partition
+from dyno_stream.kafka.partitioning import rule_partition
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 #: How long a directory trusts what it read before reading the group again.
@@ -35,9 +35,9 @@ def member_address(client_id: str) -> str | None:
     return address if sep and _ADDRESS.match(address) else None
 
 
-def item_partition(name: str, partitions: int) -> int:
-    """The ops partition an item's ops go to (the producers' partitioner over its name)."""
-    return kafka_partition(name.encode("utf-8"), partitions)
+def item_partition(name: str, partitions: int, partitioner: Partitioner) -> int:
+    """The ops partition an item belongs to: the placement rule over its name."""
+    return rule_partition(name.encode("utf-8"), partitions, partitioner)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,12 @@ class Owners:
     partition's advertised address."""
 
     partitions: int
+    partitioner: Partitioner
     by_partition: dict[int, str] = field(default_factory=dict)
+
+    def partition_of(self, name: str) -> int:
+        """The ops partition the item ``name`` belongs to."""
+        return item_partition(name, self.partitions, self.partitioner)
 
     def addresses(self) -> list[str]:
         return sorted(set(self.by_partition.values()))
@@ -70,7 +75,7 @@ def describe_owners(admin: AdminClient, settings: Settings, timeout: float = 5.0
         for tp in member.assignment.topic_partitions:
             if tp.topic == topic:
                 by_partition[tp.partition] = address
-    return Owners(partitions, by_partition)
+    return Owners(partitions, settings.kafka.partitioner, by_partition)
 
 
 class OwnerDirectory:
@@ -100,5 +105,5 @@ class OwnerDirectory:
         """The item's partition, and the address of the worker holding it (None: no member
         advertising an address holds it now)."""
         owners = self.owners()
-        partition = item_partition(name, owners.partitions)
+        partition = owners.partition_of(name)
         return partition, owners.by_partition.get(partition)

@@ -185,6 +185,18 @@ class Delivery:
         publication.snapshots += 1
 
     def dead_letter(self, letter: DeadLetter, publication: Publication) -> None:
+        """Produce a dead letter; a letter with ``forward_to`` goes back to the ops topic, to
+        its rule partition, as it came (key, bytes, headers)."""
+        if letter.forward_to is not None:
+            self._produce(
+                letter.topic,
+                letter.key,
+                letter.value,
+                publication,
+                letter.forward_headers(),
+                partition=letter.forward_to,
+            )
+            return
         topic, headers = self.settings.topics.dead_letter, letter.kafka_headers()
         try:
             self._produce(topic, letter.key, letter.value, publication, headers)

@@ -50,6 +50,13 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.forwarded = Counter(
+            "dyno_events_forwarded",
+            "Events found off their placement rule's partition and forwarded to it, by the "
+            "partitioner that evidently placed them",
+            ["partitioner"],
+            registry=r,
+        )
         self.snapshots_published = Counter(
             "dyno_snapshots_published", "Item snapshots acknowledged by Kafka", registry=r
         )

@@ -2,11 +2,15 @@
 transaction per partition -> snapshots and dead letters handed to delivery.
 
 Bad events never stop it: each becomes a dead letter with its reason, written with the batch
-(pending until Kafka takes it) and counted.
+(pending until Kafka takes it) and counted. A message off its item's partition (a producer
+with another partitioner than ``[kafka] partitioner``) is never applied where it landed, so
+no item splits across stores: it is forwarded to its rule partition the same way, counted,
+and said once per partitioner that placed it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 import time
@@ -25,7 +29,10 @@ from confluent_kafka import (
 )
 
 from dyno_stream.config import Settings
-from dyno_stream.core.deadletter import DeadLetter
+from dyno_stream.core.deadletter import (
+    H_FORWARDED_PARTITIONER,
+    DeadLetter,
+)
 from dyno_stream.core.errors import (
     DynoError,
     InvalidChangeError,
@@ -33,6 +40,7 @@ from dyno_stream.core.errors import (
     OversizedEventError,
     StoreError,
     ValidationError,
+    WrongPartitionError,
 )
 from dyno_stream.core.events import (
     H_EXPIRE_IF_HASH,
@@ -44,6 +52,7 @@ from dyno_stream.core.events import (
 )
 from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
+from dyno_stream.kafka.partitioning import PlacementRule, evident_partitioner
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.delivery import Delivery, PartitionKey
 from dyno_stream.stream.metrics import WorkerMetrics
@@ -84,13 +93,23 @@ class PartitionShare:
 class BatchProcessor:
     """Validates and applies batches; what to publish goes to ``delivery``."""
 
-    def __init__(self, settings: Settings, delivery: Delivery, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        delivery: Delivery,
+        metrics: WorkerMetrics,
+        placement: PlacementRule,
+    ) -> None:
         self.settings = settings
         self.delivery = delivery
         self.metrics = metrics
+        self.placement = placement
         self._limits = Limits.from_settings(settings.worker)
         self._max_skew_ms = settings.worker.max_clock_skew_s * 1000
         self._said_create_time = False
+        #: the partitioners already said to place messages off the rule (one line each)
+        self._said_misplaced: set[str] = set()
+        self._said_unchecked = False
 
     def process(
         self, messages: list[Message], running: Mapping[PartitionKey, PartitionStore]
@@ -125,6 +144,9 @@ class BatchProcessor:
             self.metrics.ops_applied.labels(op).inc(n)
         for share in shares:
             for letter in share.dead:
+                if letter.forward_to is not None:
+                    self._forwarded(letter)
+                    continue
                 self.metrics.dead_lettered.labels(letter.reason).inc()
                 log.warning(
                     "dead letter",
@@ -203,9 +225,18 @@ class BatchProcessor:
                 "topic with message.timestamp.type=LogAppendTime to bound it by the broker's",
                 ps.label,
             )
+        placement, partition = self.placement, ps.partition
         for msg in messages:
             offset = msg.offset()
             assert offset is not None  # always set on a consumed message
+            key = msg.key()
+            if key is not None:
+                home = placement.home(key)
+                if home is not None and home != partition:
+                    dead.append(self._forward(msg, key, home))
+                    continue
+                if home is None:
+                    self._unchecked(ps)
             try:
                 event = self._validate(msg)
                 # The clock-skew bound (dyno_stream.kafka.clock), inline: it runs for every op.
@@ -246,6 +277,57 @@ class BatchProcessor:
         share.consumed_ms = consumed_ms(messages[-1])
         self.metrics.clock_skew.observe_many(skews)
         return share
+
+    def _forward(self, msg: Message, key: bytes, home: int) -> DeadLetter:
+        """The letter that forwards a misplaced message to its rule partition."""
+        partitions = self.placement.partitions
+        assert partitions is not None  # ``home`` came from it
+        _topic, partition, _offset = where(msg)
+        placed_by = evident_partitioner(key, partition, partitions)
+        letter = dead_letter(
+            msg,
+            WrongPartitionError(
+                f"key {key[:100]!r} belongs on partition {home} by the placement rule "
+                f"({self.placement.partitioner}), not {partition} (placed by {placed_by})"
+            ),
+        )
+        return dataclasses.replace(
+            letter,
+            details=[(H_FORWARDED_PARTITIONER, placed_by.encode())],
+            forward_to=home,
+        )
+
+    def _forwarded(self, letter: DeadLetter) -> None:
+        """Count a forwarded message, and say once per partitioner what to change."""
+        placed_by = dict(letter.details).get(H_FORWARDED_PARTITIONER, b"unknown").decode()
+        self.metrics.forwarded.labels(placed_by).inc()
+        if placed_by in self._said_misplaced:
+            return
+        self._said_misplaced.add(placed_by)
+        rule = self.placement.partitioner
+        log.warning(
+            "ops arrive on partitions placed by %s, not by the placement rule ([kafka] "
+            "partitioner = %r): each is forwarded to its rule partition (%s, first at "
+            "%s/%d@%d), which costs a second trip through Kafka. Set the producers' "
+            "partitioner to %s, or the rule to match them (crc32 is librdkafka's default: "
+            "kcat, confluent-kafka); dyno_events_forwarded_total counts them",
+            placed_by,
+            rule,
+            letter.message,
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            "murmur2_random" if rule == "murmur2" else "consistent_random",
+        )
+
+    def _unchecked(self, ps: PartitionStore) -> None:
+        if not self._said_unchecked:
+            self._said_unchecked = True
+            log.warning(
+                "%s: the ops topic's partition count is not known yet, so messages are applied "
+                "without checking their placement until it is",
+                ps.label,
+            )
 
     def _too_far_ahead(self, field: str, flake: str, kind: int, message_ms: int) -> DynoError:
         against = f"the message's {TIMESTAMP_TYPES.get(kind, 'timestamp')}"

@@ -6,7 +6,7 @@ for at most the batch in progress, and holds the lock itself only for one state 
 reads never stall the loop. A page iterates a LevelDB snapshot, outside that lock. A store
 closed under a read (its partition revoked) is skipped.
 
-Routing (``answer_item``): an item's partition is the producers' partitioner over its name
+Routing (``answer_item``): an item's partition is the placement rule over its name
 with the ops topic's partition count (``kafka.members``). A worker that holds that partition
 answers; one that does not answers 307 with the owner's address (the group's description);
 while the partition is restoring or has no owner, 503 with ``Retry-After``. ``after=P:O``
@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from dyno_stream.core.errors import DynoError, StoreClosedError
-from dyno_stream.kafka.members import OwnerDirectory, item_partition
+from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.store.partition import PartitionStore
 
 #: (status, JSON body, extra headers)
@@ -132,7 +132,7 @@ class StoreReads:
             found = self.item(name)
             return (200, found, {}) if found else (404, self._not_found(name), {})
 
-        partition = item_partition(name, owners.partitions)
+        partition = owners.partition_of(name)
         if after is not None and after.partition != partition:
             return 400, {"error": f"after={after}: {name!r} is on partition {partition}"}, {}
         state = self._states().get(f"{self.topic}/{partition}")

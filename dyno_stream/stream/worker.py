@@ -51,6 +51,7 @@ from dyno_stream.core.errors import (
 from dyno_stream.core.events import Snapshot
 from dyno_stream.kafka.connection import ConnectionWatch
 from dyno_stream.kafka.members import OwnerDirectory
+from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
@@ -103,6 +104,8 @@ class Worker:
         self.http: HttpEndpoint | None = None
         self._outage: _Outage | None = None
         self._refusal: PartitionCountError | None = None
+        #: where each item's messages belong; the count comes with the partition checks
+        self.placement = PlacementRule(settings.kafka.partitioner)
         self._assignment: Assignment | None = None
         #: the HTTP endpoint's reads, over whatever stores are open (none before ``run``)
         #: where this worker's endpoint is reached, told to the group (``kafka.members``)
@@ -208,7 +211,7 @@ class Worker:
             self.health,
             partition_count=self._check_partitions,
         )
-        self.processor = BatchProcessor(s, self.delivery, self.metrics)
+        self.processor = BatchProcessor(s, self.delivery, self.metrics, self.placement)
         self.scheduler = Scheduler(
             s, self._consumer, self._admin, self.assignment, self.delivery, self.metrics
         )
@@ -380,6 +383,7 @@ class Worker:
         A metadata answer also says that Kafka answers (the end of an outage)."""
         self.connection.answered()
         if now is not None:
+            self.placement.count(now)
             self.metrics.ops_partitions.set(now)
         if recorded is not None:
             self.metrics.ops_partitions_recorded.set(recorded)

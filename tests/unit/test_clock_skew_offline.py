@@ -20,6 +20,7 @@ from prometheus_client.exposition import generate_latest
 from dyno_stream.core.deadletter import DeadLetter
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
 from dyno_stream.kafka.clock import describe_ms
+from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
@@ -61,7 +62,9 @@ def test_a_message_without_a_timestamp_is_not_checked(tmp_path: Path) -> None:
     from dyno_stream.config import load_settings
 
     settings, metrics = load_settings(), WorkerMetrics()
-    processor = BatchProcessor(settings, Delivery(settings, FakeProducer(), metrics), metrics)
+    processor = BatchProcessor(
+        settings, Delivery(settings, FakeProducer(), metrics), metrics, PlacementRule("murmur2", 1)
+    )
     ps = PartitionStore.open(tmp_path, "t", 0, sync=False)
     try:
         far = flake_at(time.time() + YEAR_S)

@@ -10,7 +10,13 @@ import pytest
 from helpers import REPO
 from pydantic import BaseModel
 
-from dyno_stream.config import CLASSIC_ONLY_PROPERTIES, Settings, consumer_config, load_settings
+from dyno_stream.config import (
+    CLASSIC_ONLY_PROPERTIES,
+    Settings,
+    consumer_config,
+    load_settings,
+    producer_config,
+)
 from dyno_stream.core.errors import ConfigError
 
 
@@ -186,3 +192,13 @@ def test_group_settings_that_cannot_work_are_config_errors(
     with pytest.raises(ConfigError) as err:
         load_settings(**overrides)
     assert named in str(err.value)
+
+
+def test_the_placement_rule_sets_our_producers_partitioner_and_nothing_else_may() -> None:
+    assert producer_config(load_settings())["partitioner"] == "murmur2_random"
+    crc32 = load_settings(kafka={"partitioner": "crc32"})
+    assert producer_config(crc32)["partitioner"] == "consistent_random"
+    with pytest.raises(ConfigError, match=r"\[kafka\] partitioner"):
+        load_settings(kafka={"extra": {"partitioner": "consistent_random"}})
+    with pytest.raises(ConfigError, match="partitioner"):
+        load_settings(kafka={"partitioner": "random"})

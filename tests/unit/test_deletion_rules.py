@@ -29,6 +29,7 @@ from dyno_stream.core.snapshots import (
     tombstone_snapshot,
 )
 from dyno_stream.jobs.compaction import compact_offline
+from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store import DynoStore
 from dyno_stream.store.compaction_policy import choose, summaries
 from dyno_stream.store.partition import PartitionStore
@@ -279,7 +280,7 @@ def test_a_batch_publishes_tombstones_and_drops_expiries_of_changed_items(
     )
     producer, metrics = FakeProducer(), WorkerMetrics()
     delivery = Delivery(s, producer, metrics)
-    processor = BatchProcessor(s, delivery, metrics)
+    processor = BatchProcessor(s, delivery, metrics, PlacementRule("murmur2", 1))
     ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
     running = {("ops", 0): ps}
     try:

@@ -51,8 +51,8 @@ def test_an_items_partition_is_javas_partitioner_over_its_name() -> None:
     assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
     name = "café-21"
     expected = (murmur2(name.encode("utf-8")) & 0x7FFFFFFF) % 12
-    assert item_partition(name, 12) == expected
-    assert {item_partition(f"item-{i}", 6) for i in range(200)} == set(range(6))
+    assert item_partition(name, 12, "murmur2") == expected
+    assert {item_partition(f"item-{i}", 6, "murmur2") for i in range(200)} == set(range(6))
 
 
 def test_after_is_partition_colon_offset() -> None:
@@ -86,11 +86,11 @@ def _reads(
     tmp_path: Path, partitions: int = 4
 ) -> tuple[StoreReads, PartitionStore, dict[str, str]]:
     """A worker holding partition p (where "mine" hashes) and nothing else."""
-    p = item_partition("mine", partitions)
+    p = item_partition("mine", partitions, "murmur2")
     ps = PartitionStore.open(tmp_path, "ops", p, sync=False)
     other = (p + 1) % partitions
     states = {f"ops/{p}": "RUNNING"}
-    directory = _Directory(Owners(partitions, {p: "me:1", other: "them:2"}))
+    directory = _Directory(Owners(partitions, "murmur2", {p: "me:1", other: "them:2"}))
     reads = StoreReads(
         lambda: {("ops", p): ps},
         lambda: states,
@@ -114,7 +114,9 @@ def test_a_worker_answers_what_it_owns_and_redirects_or_defers_the_rest(tmp_path
     code, body, _ = reads.answer_item("mine", {})
     assert code == 200 and body["value"] == {"n": 1}
     theirs = next(
-        n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4) == (ps.partition + 1) % 4
+        n
+        for n in (f"x{i}" for i in range(100))
+        if item_partition(n, 4, "murmur2") == (ps.partition + 1) % 4
     )
     code, _body, headers = reads.answer_item(theirs, {"after": [f"{(ps.partition + 1) % 4}:5"]})
     assert code == 307
@@ -122,7 +124,7 @@ def test_a_worker_answers_what_it_owns_and_redirects_or_defers_the_rest(tmp_path
     unowned = next(
         n
         for n in (f"x{i}" for i in range(200))
-        if item_partition(n, 4) not in (ps.partition, (ps.partition + 1) % 4)
+        if item_partition(n, 4, "murmur2") not in (ps.partition, (ps.partition + 1) % 4)
     )
     code, _body, headers = reads.answer_item(unowned, {})
     assert code == 503 and headers["Retry-After"] == "1"  # moving: no owner now

@@ -18,6 +18,7 @@ from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.errors import PublishError
 from dyno_stream.core.events import Snapshot, Source
 from dyno_stream.core.flake import new_flake
+from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
 from dyno_stream.stream.delivery import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BATCHES, Delivery
@@ -68,7 +69,9 @@ class Parts:
         self.assignment = Assignment(
             self.consumer, self.restorer, self.delivery, self.metrics, self.health
         )
-        self.processor = BatchProcessor(settings, self.delivery, self.metrics)
+        self.processor = BatchProcessor(
+            settings, self.delivery, self.metrics, PlacementRule("murmur2", 2)
+        )
 
     def assign_and_start(self, *partitions: int) -> None:
         self.assignment.on_assign(self.consumer, [TopicPartition(TOPIC, p) for p in partitions])
@@ -386,3 +389,31 @@ def test_partitions_assigned_divide_the_memory_budget_before_their_stores_open(
     assert budget.state_share == budget.state_bytes // 4
     parts.assignment.on_revoke(parts.consumer, [TopicPartition(TOPIC, p) for p in (1, 2, 3)])
     assert budget.stores == 1 and budget.state_share == budget.state_bytes
+
+
+def test_a_message_off_its_rule_partition_is_forwarded_there_not_applied(parts: Parts) -> None:
+    """ "y" belongs on partition 0 of 2 by murmur2 (crc32 puts it on 1, as kcat would): it is
+    forwarded to partition 0 with its bytes and headers, kept pending until Kafka takes it,
+    and never applied to partition 1's store."""
+    parts.assign_and_start(0, 1)
+    parts.producer.mode = "hold"
+    misplaced = _msg(0, "y", 1)
+    parts.processor.process([misplaced, _msg(1, "d", 1)], parts.assignment.running())
+    ps1 = parts.assignment.running()[(TOPIC, 1)]
+    assert ps1.store.get_item("y").value is None  # not applied where it landed
+    assert list(ps1.store.rows("y")) == []
+    assert _pending(ps1) == {"d": 1}
+    [(_key, letter)] = ps1.pending_dead_letters()  # survives a crash until acknowledged
+    assert (letter.reason, letter.forward_to) == ("wrong-partition", 0)
+    [forward] = [m for m in parts.producer.produced if m.key == b"y"]
+    assert (forward.topic, forward.partition, forward.value) == (TOPIC, 0, misplaced.value())
+    headers = dict(forward.headers or [])
+    assert headers["dyno.forwarded.from"] == f"{TOPIC}/1@0".encode()
+    assert headers["dyno.forwarded.partitioner"] == b"crc32"
+    assert [m.topic for m in parts.producer.produced].count("dead") == 0
+
+    parts.producer.mode = "ack"
+    parts.delivery.complete(wait=True)
+    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    assert parts.consumer.commits[-1] == [(TOPIC, 1, 2)]
+    assert parts.metrics.forwarded.labels("crc32")._value.get() == 1
