@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from dyno_stream.cli.worker_http import http_get
-from dyno_stream.config import Settings, load_settings
+from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core.deadletter import H_MESSAGE, H_REASON
 from dyno_stream.core.errors import ConfigError, DynoError
 from dyno_stream.devtools.broker import LocalBroker
@@ -212,7 +212,7 @@ def _seed_example(out: Console, s: Settings, proc: subprocess.Popen[bytes], log:
 
     out.rule("5. a bad event goes to the dead-letter topic")
     bad = b'{"item":"chilts","op":"incAttrBy","ts":"not-a-flake","change":{"field":"n"}}'
-    producer = Producer(s.kafka.librdkafka())
+    producer = Producer(producer_config(s))  # placed by the rule, as any producer should
     producer.produce(s.topics.ops, bad, b"chilts")
     producer.flush(10)
     dlq = TopicReader(s, s.topics.dead_letter)
