@@ -283,9 +283,11 @@ def erase(
     """Erase an item: its worker removes every row and cached state of it at once, keeps
     only its deleted marker (no value) and publishes its tombstone.
 
-    Exits 0 when sent (with --wait: confirmed), 1 on an error or a refusal, 3 when --wait
-    saw no confirmation within --timeout (the worker down or behind: it erases the item
-    when it reaches the command).
+    With --wait, exits 0 once the worker's answer says its store removed the item's rows
+    ("erased NAME: N rows removed from TOPIC/PARTITION"); 3 when its store held no row of
+    the item (no such item), or when no answer came within --timeout (the worker down or
+    behind: it erases the item when it reaches the command); 1 on an error or a refusal.
+    Without --wait, exits 0 once the command is sent.
     """
     from dyno_stream.jobs.erasure import erase as send_erase
 
@@ -293,10 +295,22 @@ def erase(
     done = send_erase(s, item, wait=wait, timeout=timeout)
     d = done.delivery
     where = f"{d.topic}/{d.partition}@{d.offset}"
+    partition = f"{d.topic}/{d.partition}"
     if not wait:
         out.print(f"erase {d.item} ts={d.ts} -> {where}")
     elif done.confirmed:
-        out.print(f"erased {d.item} ({where}): confirmed by its worker")
+        out.print(f"erased {d.item}: {done.rows} rows removed from {partition}")
+    elif done.nothing_held:
+        err.print(
+            f"no such item {d.item!r}: the store of {partition} held no row of it, nothing erased"
+        )
+        raise typer.Exit(EXIT_NOT_FOUND)
+    elif done.answered:
+        err.print(
+            f"erase of {d.item!r} ({where}) applied, but the worker's answer does not say "
+            "how many rows it removed (a worker older than this command?): not confirmed"
+        )
+        raise typer.Exit(1)
     elif done.refused is not None:
         err.print(f"erase of {d.item!r} ({where}) refused by the worker: {done.refused}")
         raise typer.Exit(1)

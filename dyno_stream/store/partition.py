@@ -12,7 +12,8 @@ space, the bookkeeping that must move in step with them:
   ``store.compaction_policy.fold_cutoff``): an op still waiting in Kafka behind a lagging
   worker is never made late by a fold that the wall clock alone would allow.
 - ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
-  them, until their snapshots are acknowledged by Kafka (one row per batch).
+  them (and, for an item the batch erased, the rows the erasure removed: its tombstone says
+  so), until their snapshots are acknowledged by Kafka (one row per batch).
 - ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
 - ``ops-partitions``: the ops topic's partition count when the store was built. Items are
   placed by ``hash(key) % partitions``, so a store is only right for that count
@@ -190,8 +191,18 @@ class PartitionStore:
         keys = []
         for key, raw in self.store.iter_meta(PENDING_SNAPSHOTS_PREFIX):  # in batch order
             keys.append(key)
-            items.update(json.loads(raw))
+            items.update((entry[0], entry[1]) for entry in json.loads(raw))
         return items, keys
+
+    def pending_erasures(self) -> dict[str, int]:
+        """Of the items left unpublished, those a batch erased: the rows it removed (summed
+        over the pending batches), for their tombstones' ``dyno.erased.rows``."""
+        erased: dict[str, int] = {}
+        for _, raw in self.store.iter_meta(PENDING_SNAPSHOTS_PREFIX):
+            for entry in json.loads(raw):
+                if len(entry) > 2:
+                    erased[entry[0]] = erased.get(entry[0], 0) + entry[2]
+        return erased
 
     def pending_dead_letters(self) -> list[tuple[bytes, DeadLetter]]:
         return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
@@ -236,6 +247,12 @@ class PartitionTransaction:
         """Apply the batch's ops; the names of the items that changed (``DynoStore.apply``)."""
         return self._tx.apply(events, on_error)
 
+    @property
+    def erased(self) -> dict[int, int]:
+        """Per erase command applied: its index among the events applied, and the item rows
+        it removed (``StoreTransaction.erased``)."""
+        return self._tx.erased
+
     def track(
         self,
         next_offset: int,
@@ -244,6 +261,7 @@ class PartitionTransaction:
         dead: list[DeadLetter],
         acknowledged: Iterable[bytes] = (),
         consumed_ms: int | None = None,
+        erased: dict[str, int] | None = None,
     ) -> list[bytes]:
         """Record the batch's bookkeeping in the same write; the keys of its pending rows.
 
@@ -251,6 +269,8 @@ class PartitionTransaction:
         each with the offset of its last op; ``dead`` the batch's dead letters; and
         ``acknowledged`` the pending rows of earlier batches that Kafka has taken since
         (deleted now: step 4a). ``consumed_ms`` is the newest message's Kafka timestamp.
+        ``erased``: of those items, the ones the batch erased, with the rows removed (kept
+        in the pending row, so a tombstone published again after a crash still says it).
         """
         rows: dict[bytes, bytes | None] = dict.fromkeys(acknowledged)
         rows[OFFSET_KEY] = str(next_offset).encode()
@@ -259,7 +279,10 @@ class PartitionTransaction:
         pending = []
         if snapshots:
             key = PENDING_SNAPSHOTS_PREFIX + f"\x00{next_offset:020d}".encode()
-            rows[key] = ops.dumps_internal(list(snapshots.items()))
+            gone = erased or {}
+            rows[key] = ops.dumps_internal(
+                [[n, o, gone[n]] if n in gone else [n, o] for n, o in snapshots.items()]
+            )
             pending.append(key)
         for d in dead:
             key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()

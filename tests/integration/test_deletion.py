@@ -37,6 +37,7 @@ from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.snapshots import (
+    H_ERASED_ROWS,
     H_ITEM_CHANGES,
     H_SOURCE_OFFSET,
     H_SOURCE_PARTITION,
@@ -156,7 +157,14 @@ def test_erase_removes_every_row_at_once_and_confirms(
         )
         res = cli(s, port, "erase", "person", "--wait")
         assert res.returncode == 0, (res.stdout, res.stderr)
-        assert "confirmed" in res.stdout
+        # the confirmation names the partition that held the rows, and how many it removed
+        newest = [r for r in read_topic(s, s.topics.snapshots) if r.key == b"person"][-1]
+        assert newest.value is None, "the snapshot topic's newest record is not a tombstone"
+        assert newest.headers[H_ERASED_ROWS] == b"30"
+        partition = int(newest.headers[H_SOURCE_PARTITION])
+        assert (
+            res.stdout.strip() == f"erased person: 30 rows removed from {s.topics.ops}/{partition}"
+        )
         # at once, not waiting for the lateness window: one marker row, no value
         rows = cli(s, port, "dump", "--item", "person").stdout.splitlines()
         assert len(rows) == 1 and rows[0].startswith("person/"), rows
@@ -168,9 +176,33 @@ def test_erase_removes_every_row_at_once_and_confirms(
         raw = b"".join(p.read_bytes() for p in s.worker.data_dir.rglob("*") if p.is_file())
         assert [x for x in secrets if x.encode() in raw] == []
         assert tombstones(s, "person"), "no tombstone published"
-        # an erase of an item nobody has ever written: confirmed too
-        again = cli(s, port, "erase", "nobody", "--wait")
-        assert again.returncode == 0, again.stderr
+    finally:
+        worker.stop()
+
+
+def test_erase_of_an_item_no_store_holds_exits_3_no_such_item(
+    make_settings: Callable[..., Settings], start_worker: Callable[..., Any]
+) -> None:
+    """Never written, or already erased (its store holds only the marker): the worker
+    applies the command and answers that it removed 0 rows; nothing is confirmed."""
+    s, port = http_settings(make_settings)
+    worker = start_worker(s)
+    try:
+        with DynoClient(s) as client:
+            client.put_item("someone", {"v": 1}).result(30)
+
+        def no_such_item(name: str) -> None:
+            res = cli(s, port, "erase", name, "--wait")
+            assert res.returncode == 3, (name, res.stdout, res.stderr)
+            assert f"no such item {name!r}" in res.stderr and "nothing erased" in res.stderr
+            assert res.stdout == ""
+            newest = [r for r in read_topic(s, s.topics.snapshots) if r.key == name.encode()]
+            assert newest[-1].headers[H_ERASED_ROWS] == b"0", newest
+
+        no_such_item("nobody")
+        first = cli(s, port, "erase", "someone", "--wait")
+        assert first.returncode == 0 and "1 rows removed" in first.stdout, first
+        no_such_item("someone")
     finally:
         worker.stop()
 
