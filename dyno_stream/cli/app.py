@@ -24,7 +24,13 @@ from rich.text import Text
 
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.core.errors import ConfigError, DynoError, KafkaServiceError, PublishError
+from dyno_stream.core.errors import (
+    ConfigError,
+    DynoError,
+    KafkaServiceError,
+    PublishError,
+    StoreError,
+)
 from dyno_stream.kafka.client import Delivery
 
 app = typer.Typer(
@@ -496,8 +502,10 @@ def _http_get(path: str, s: Settings) -> tuple[int, bytes] | None:
 
 
 def _local_stores(s: Settings) -> list[Path]:
-    root = s.worker.data_dir / s.topics.ops
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    """The partition stores under the data dir; never a copy set aside for a restore."""
+    from dyno_stream.store.partition import partition_stores
+
+    return partition_stores(s.worker.data_dir, s.topics.ops)
 
 
 @app.command()
@@ -540,13 +548,19 @@ def get(
                 f"error: {exc}; `dyno-stream get --view {item}` reads the snapshot topic instead"
             )
             raise typer.Exit(1) from None
-        found = None
+        found, holders = None, []
         for path in stores:  # no worker runs here: read its stores (they are not locked)
             with DynoStore(path) as store:
                 it = store.get_item(item)
-                if it.value is not None:
-                    found = it.as_dict(store=str(path))
-                    break
+            if it.timestamp is not None:  # it holds the item, present or deleted
+                holders.append(str(path))
+                found = None if it.value is None else it.as_dict(store=str(path))
+        if len(holders) > 1:
+            raise StoreError(
+                f"{item!r} is in {len(holders)} partition stores ({', '.join(holders)}): its "
+                "ops reached more than one partition (producers placing keys differently?); "
+                "no answer is right"
+            ) from None
     if found is None:
         err.print(f"no item {item!r} in the workers' stores")
         raise typer.Exit(EXIT_NOT_FOUND)
