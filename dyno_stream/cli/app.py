@@ -24,7 +24,13 @@ from rich.text import Text
 
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.core.errors import ConfigError, DynoError, KafkaServiceError, PublishError
+from dyno_stream.core.errors import (
+    ConfigError,
+    DynoError,
+    KafkaServiceError,
+    PublishError,
+    StoreError,
+)
 from dyno_stream.kafka.client import Delivery
 
 app = typer.Typer(
@@ -283,9 +289,11 @@ def erase(
     """Erase an item: its worker removes every row and cached state of it at once, keeps
     only its deleted marker (no value) and publishes its tombstone.
 
-    Exits 0 when sent (with --wait: confirmed), 1 on an error or a refusal, 3 when --wait
-    saw no confirmation within --timeout (the worker down or behind: it erases the item
-    when it reaches the command).
+    With --wait, exits 0 once the worker's answer says its store removed the item's rows
+    ("erased NAME: N rows removed from TOPIC/PARTITION"); 3 when its store held no row of
+    the item (no such item), or when no answer came within --timeout (the worker down or
+    behind: it erases the item when it reaches the command); 1 on an error or a refusal.
+    Without --wait, exits 0 once the command is sent.
     """
     from dyno_stream.jobs.erasure import erase as send_erase
 
@@ -293,10 +301,22 @@ def erase(
     done = send_erase(s, item, wait=wait, timeout=timeout)
     d = done.delivery
     where = f"{d.topic}/{d.partition}@{d.offset}"
+    partition = f"{d.topic}/{d.partition}"
     if not wait:
         out.print(f"erase {d.item} ts={d.ts} -> {where}")
     elif done.confirmed:
-        out.print(f"erased {d.item} ({where}): confirmed by its worker")
+        out.print(f"erased {d.item}: {done.rows} rows removed from {partition}")
+    elif done.nothing_held:
+        err.print(
+            f"no such item {d.item!r}: the store of {partition} held no row of it, nothing erased"
+        )
+        raise typer.Exit(EXIT_NOT_FOUND)
+    elif done.answered:
+        err.print(
+            f"erase of {d.item!r} ({where}) applied, but the worker's answer does not say "
+            "how many rows it removed (a worker older than this command?): not confirmed"
+        )
+        raise typer.Exit(1)
     elif done.refused is not None:
         err.print(f"erase of {d.item!r} ({where}) refused by the worker: {done.refused}")
         raise typer.Exit(1)
@@ -482,8 +502,10 @@ def _http_get(path: str, s: Settings) -> tuple[int, bytes] | None:
 
 
 def _local_stores(s: Settings) -> list[Path]:
-    root = s.worker.data_dir / s.topics.ops
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    """The partition stores under the data dir; never a copy set aside for a restore."""
+    from dyno_stream.store.partition import partition_stores
+
+    return partition_stores(s.worker.data_dir, s.topics.ops)
 
 
 @app.command()
@@ -526,13 +548,19 @@ def get(
                 f"error: {exc}; `dyno-stream get --view {item}` reads the snapshot topic instead"
             )
             raise typer.Exit(1) from None
-        found = None
+        found, holders = None, []
         for path in stores:  # no worker runs here: read its stores (they are not locked)
             with DynoStore(path) as store:
                 it = store.get_item(item)
-                if it.value is not None:
-                    found = it.as_dict(store=str(path))
-                    break
+            if it.timestamp is not None:  # it holds the item, present or deleted
+                holders.append(str(path))
+                found = None if it.value is None else it.as_dict(store=str(path))
+        if len(holders) > 1:
+            raise StoreError(
+                f"{item!r} is in {len(holders)} partition stores ({', '.join(holders)}): its "
+                "ops reached more than one partition (producers placing keys differently?); "
+                "no answer is right"
+            ) from None
     if found is None:
         err.print(f"no item {item!r} in the workers' stores")
         raise typer.Exit(EXIT_NOT_FOUND)

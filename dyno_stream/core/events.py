@@ -326,6 +326,12 @@ class TombstoneHeaders(_Model):
     item_changes: str = Field(alias="dyno.item.changes", description="Ops ever applied.")
     item_hash: str = Field(alias="dyno.item.hash", description="Chain hash after the last op.")
     item_count: str = Field(alias="dyno.item.count", description="Rows the store holds.")
+    erased_rows: str | None = Field(
+        None,
+        alias="dyno.erased.rows",
+        description="Only on the answer to an erase command: the item's rows the store "
+        "removed (decimal; 0: the store held nothing of the item).",
+    )
 
 
 _TYPE_TAGS = {"int", "float", "str", "bool", "none"}

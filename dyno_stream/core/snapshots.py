@@ -28,6 +28,10 @@ H_ITEM_TIMESTAMP = "dyno.item.timestamp"
 H_ITEM_CHANGES = "dyno.item.changes"
 H_ITEM_HASH = "dyno.item.hash"
 H_ITEM_COUNT = "dyno.item.count"
+#: Header of the worker's answer to an erase command (its tombstone, or the snapshot of an
+#: item written again in the same batch): how many of the item's rows the store removed.
+#: 0 says the store held nothing of the item (``WriteBatch.erase``).
+H_ERASED_ROWS = "dyno.erased.rows"
 
 
 def tombstone_headers(
@@ -43,6 +47,19 @@ def tombstone_headers(
         (H_ITEM_HASH, hash_.encode()),
         (H_ITEM_COUNT, str(count).encode()),
     ]
+
+
+def read_erased_rows(headers: MessageHeaders) -> int | None:
+    """The rows an erasure removed, as its answer's ``H_ERASED_ROWS`` says; None when the
+    message says nothing of an erasure."""
+    pairs = (headers.items() if isinstance(headers, dict) else headers) or []
+    for k, v in pairs:
+        if k == H_ERASED_ROWS and v is not None:
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
 
 
 def tombstone_snapshot(key: bytes | None, headers: MessageHeaders) -> SnapshotDict | None:

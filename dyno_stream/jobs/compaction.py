@@ -47,7 +47,7 @@ from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
 from dyno_stream.core.events import H_EXPIRE_IF_HASH, DelItem, Flatten
 from dyno_stream.core.flake import new_flake
-from dyno_stream.core.snapshots import SnapshotDict, parse_message
+from dyno_stream.core.snapshots import SnapshotDict, parse_message, read_erased_rows
 from dyno_stream.jobs.progress import Reporter
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_reader
@@ -153,6 +153,8 @@ class Command:
     offset: int
     answer: SnapshotDict | None = None  # the item's snapshot that includes the command
     refused: str | None = None  # or the reason its dead letter gives
+    #: an erase command's answer: the item rows the store removed (``H_ERASED_ROWS``)
+    erased_rows: int | None = None
 
     @property
     def answered(self) -> bool:
@@ -215,6 +217,7 @@ def await_answers(
                     src = None if snap is None else snap["source"]
                     if src and src["partition"] == cmd.partition and src["offset"] >= cmd.offset:
                         cmd.answer = snap
+                        cmd.erased_rows = read_erased_rows(msg.headers())
                         waiting -= 1
                     continue
                 given = msg.headers() or []  # a consumed message's are a list of pairs

@@ -79,6 +79,10 @@ class StoreTransaction:
     def __init__(self, batch: WriteBatch) -> None:
         self.batch = batch
         self.internal: dict[bytes, bytes | None] = {}
+        #: per erase command applied: its index among every event given to ``apply`` (in
+        #: order, over all calls), and the item rows it removed (``WriteBatch.erase``)
+        self.erased: dict[int, int] = {}
+        self._given = 0
 
     def apply(
         self, events: Iterable[EventModel], on_error: ErrorHandler | None = None
@@ -87,6 +91,7 @@ class StoreTransaction:
         first-touched order. See :meth:`DynoStore.apply` for ``on_error``."""
         batch = self.batch
         touched: dict[str, None] = {}
+        first, i = self._given, -1
         for i, event in enumerate(events):
             try:
                 if isinstance(event, Flatten):
@@ -96,7 +101,7 @@ class StoreTransaction:
                         else batch.flatten_before(event.item, event.before, event.hash)
                     )
                 elif isinstance(event, Erase):
-                    batch.erase(event.item, event.ts)
+                    self.erased[first + i] = batch.erase(event.item, event.ts)
                     changed = True
                 else:
                     changed = batch.apply_op(event)
@@ -107,6 +112,7 @@ class StoreTransaction:
                 continue
             if changed:
                 touched[event.item] = None
+        self._given = first + i + 1
         return list(touched)
 
     def put_internal(self, rows: Rows) -> None:
@@ -274,12 +280,14 @@ class DynoStore:
             if tx.batch.erased:
                 self._compact_erased(db, tx.batch.erased)
 
-    def erase(self, name: str, ts: str | None = None) -> str:
+    def erase(self, name: str, ts: str | None = None) -> tuple[str, int]:
         """Remove every row of the item at once, leaving its deleted marker
-        (``WriteBatch.erase``); returns the erasure's flake."""
+        (``WriteBatch.erase``); returns the erasure's flake and the rows removed (0: the
+        store held nothing of the item)."""
         flake = self._flakes() if ts is None else ts
-        self.apply([Erase(item=name, ts=flake)])
-        return flake
+        with self.transaction() as tx:
+            tx.apply([Erase(item=name, ts=flake)])
+        return flake, tx.erased[0]
 
     def _compact_erased(self, db: Any, names: list[str]) -> None:
         """Let LevelDB rewrite the erased items' key ranges, so their old values leave its

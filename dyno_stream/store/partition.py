@@ -12,11 +12,17 @@ space, the bookkeeping that must move in step with them:
   ``store.compaction_policy.fold_cutoff``): an op still waiting in Kafka behind a lagging
   worker is never made late by a fold that the wall clock alone would allow.
 - ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
-  them, until their snapshots are acknowledged by Kafka (one row per batch).
+  them (and, for an item the batch erased, the rows the erasure removed: its tombstone says
+  so), until their snapshots are acknowledged by Kafka (one row per batch).
 - ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
 - ``ops-partitions``: the ops topic's partition count when the store was built. Items are
   placed by ``hash(key) % partitions``, so a store is only right for that count
   (``check_partitions``).
+
+A store found behind what the ops topic keeps is set aside (``set_aside``: renamed
+``<store>.stale-<time>``) and the partition restored into a new one. The copy set aside is
+never read (``partition_stores`` leaves it out) and is deleted once the partition's new
+store is ready (``remove_stale_copies``): it may hold values erased since.
 
 The commit order of one batch (see ``stream.processing`` and ``stream.delivery``)::
 
@@ -40,6 +46,9 @@ shutdown or an idle moment waits for all of them.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +64,8 @@ from dyno_stream.store.budget import MemoryBudget
 from dyno_stream.store.dynostore import DynoStore, ErrorHandler, StoreTransaction
 from dyno_stream.store.items import Item
 
+log = logging.getLogger("dyno_stream.store.partition")
+
 OFFSET_KEY = META_PREFIX + b"offset"
 CONSUMED_TIME_KEY = META_PREFIX + b"consumed-time"
 PARTITION_KEY = META_PREFIX + b"partition"
@@ -64,6 +75,57 @@ PENDING_SNAPSHOTS_PREFIX = META_PREFIX + b"pending\x00snapshots"
 PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
 #: After a restore from snapshots: per item, the ops offset its snapshot already includes.
 RESTORED_PREFIX = META_PREFIX + b"restored\x00"
+
+
+#: What a store set aside for a restore has after its name: ``0003.stale-1765000000``.
+STALE_MARK = ".stale-"
+
+
+def store_path(data_dir: Path, topic: str, partition: int) -> Path:
+    """Where the store of an ops partition lives: ``<data_dir>/<topic>/<partition:04d>``."""
+    return data_dir / topic / f"{partition:04d}"
+
+
+def partition_stores(data_dir: Path, topic: str) -> list[Path]:
+    """The partition stores of ``topic`` under ``data_dir``, in partition order. A copy set
+    aside for a restore is never one of them: it is behind, and may hold erased values."""
+    root = data_dir / topic
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a store that is behind (``<store>.stale-<time>``) so that its partition can be
+    restored into a new one; the copy is deleted once that one is ready
+    (``remove_stale_copies``)."""
+    stale = path.with_name(f"{path.name}{STALE_MARK}{int(time.time())}")
+    path.rename(stale)
+    return stale
+
+
+def remove_stale_copies(root: Path, store: str = "") -> list[Path]:
+    """Delete the stores set aside under ``root`` (a topic's directory): the copies of
+    ``store`` (a partition's directory name), or every one. Returns those deleted.
+
+    A copy left by a restore that did not finish (a crash, the partition moved) goes at the
+    next of these. One that cannot be deleted is logged as an error each time, never read.
+    """
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.glob(f"{store or '*'}{STALE_MARK}*")):
+        shutil.rmtree(path, ignore_errors=True)  # another process may be deleting it too
+        if path.exists():
+            log.error(
+                "could not delete %s, a store set aside for a restore: it may hold values "
+                "erased since; delete it by hand",
+                path,
+            )
+            continue
+        log.info("deleted %s, a store set aside for a restore", path)
+        removed.append(path)
+    return removed
 
 
 def read_consumed_ms(store: DynoStore) -> int | None:
@@ -107,7 +169,7 @@ class PartitionStore:
     ) -> PartitionStore:
         """Open (or create) the partition's store; ``budget`` is the worker's, shared with
         its other partitions (None: a budget of the store's own)."""
-        path = data_dir / topic / f"{partition:04d}"
+        path = store_path(data_dir, topic, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
         store = DynoStore(path, sync=sync, max_attrs=max_attrs, budget=budget)
         ident = f"{topic}/{partition}".encode()
@@ -190,8 +252,18 @@ class PartitionStore:
         keys = []
         for key, raw in self.store.iter_meta(PENDING_SNAPSHOTS_PREFIX):  # in batch order
             keys.append(key)
-            items.update(json.loads(raw))
+            items.update((entry[0], entry[1]) for entry in json.loads(raw))
         return items, keys
+
+    def pending_erasures(self) -> dict[str, int]:
+        """Of the items left unpublished, those a batch erased: the rows it removed (summed
+        over the pending batches), for their tombstones' ``dyno.erased.rows``."""
+        erased: dict[str, int] = {}
+        for _, raw in self.store.iter_meta(PENDING_SNAPSHOTS_PREFIX):
+            for entry in json.loads(raw):
+                if len(entry) > 2:
+                    erased[entry[0]] = erased.get(entry[0], 0) + entry[2]
+        return erased
 
     def pending_dead_letters(self) -> list[tuple[bytes, DeadLetter]]:
         return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
@@ -236,6 +308,12 @@ class PartitionTransaction:
         """Apply the batch's ops; the names of the items that changed (``DynoStore.apply``)."""
         return self._tx.apply(events, on_error)
 
+    @property
+    def erased(self) -> dict[int, int]:
+        """Per erase command applied: its index among the events applied, and the item rows
+        it removed (``StoreTransaction.erased``)."""
+        return self._tx.erased
+
     def track(
         self,
         next_offset: int,
@@ -244,6 +322,7 @@ class PartitionTransaction:
         dead: list[DeadLetter],
         acknowledged: Iterable[bytes] = (),
         consumed_ms: int | None = None,
+        erased: dict[str, int] | None = None,
     ) -> list[bytes]:
         """Record the batch's bookkeeping in the same write; the keys of its pending rows.
 
@@ -251,6 +330,8 @@ class PartitionTransaction:
         each with the offset of its last op; ``dead`` the batch's dead letters; and
         ``acknowledged`` the pending rows of earlier batches that Kafka has taken since
         (deleted now: step 4a). ``consumed_ms`` is the newest message's Kafka timestamp.
+        ``erased``: of those items, the ones the batch erased, with the rows removed (kept
+        in the pending row, so a tombstone published again after a crash still says it).
         """
         rows: dict[bytes, bytes | None] = dict.fromkeys(acknowledged)
         rows[OFFSET_KEY] = str(next_offset).encode()
@@ -259,7 +340,10 @@ class PartitionTransaction:
         pending = []
         if snapshots:
             key = PENDING_SNAPSHOTS_PREFIX + f"\x00{next_offset:020d}".encode()
-            rows[key] = ops.dumps_internal(list(snapshots.items()))
+            gone = erased or {}
+            rows[key] = ops.dumps_internal(
+                [[n, o, gone[n]] if n in gone else [n, o] for n, o in snapshots.items()]
+            )
             pending.append(key)
         for d in dead:
             key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()

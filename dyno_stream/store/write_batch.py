@@ -227,18 +227,25 @@ class WriteBatch:
             folded = st.copy()  # keep the state's exact value object
         return self._fold(name, rows, upto, folded)
 
-    def erase(self, name: str, flake: str) -> None:
+    def erase(self, name: str, flake: str) -> int:
         """Remove every row of the item and leave only its deleted marker: a history row at
         the erasure's time (or the item's last op, if later) holding null, its chain hash and
         changes carried on past the erasure (no attribute value is kept). The state
         row is rewritten in this same write, not behind it: no value of the item is left in
         a row or in the state cache once the batch lands. An op older than the marker is
-        then late; a newer one starts the item again from an empty value."""
+        then late; a newer one starts the item again from an empty value.
+
+        Returns the rows removed, not counting a deleted marker replaced (it holds no value):
+        0 says the store held nothing of the item, which is how an erasure of an item that
+        lives elsewhere (or nowhere) is told from one that removed it. The marker is written
+        even then, so an op from before the erasure still on its way stays out."""
         if not is_flake(flake):
             raise InvalidFlakeError("ts", f"{flake!r} is not a flake id")
         st = self.state(name)
-        for key, *_ in self.item_rows(name):
+        removed = 0
+        for key, _, op, text in self.item_rows(name):
             self.put(name, key, None)
+            removed += op != HISTORY or not text.endswith(":null")
         at = max(flake, st.timestamp or flake)
         hash_ = ops.chain_hash(st.hash, name, at, "erase", "{}")
         marker = ItemState({}, at, st.changes + 1, hash_, 1, at, deleted=True)
@@ -247,6 +254,7 @@ class WriteBatch:
         self.states[name] = marker
         self.rows[state_key(name)] = marker.encode()
         self.erased.append(name)
+        return removed
 
     def _fold(self, name: str, rows: list[ItemRow], upto: int, folded: ItemState) -> bool:
         if upto < 0 or (upto == 0 and rows[0][2] == HISTORY):

@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from dyno_stream.config import Settings
 from dyno_stream.core.deadletter import H_TRUNCATED, DeadLetter, KafkaHeaders
 from dyno_stream.core.errors import PublishError
-from dyno_stream.core.snapshots import tombstone_headers
+from dyno_stream.core.snapshots import H_ERASED_ROWS, tombstone_headers
 from dyno_stream.store import Item
 from dyno_stream.store.partition import PartitionStore, snapshot_bytes
 from dyno_stream.stream.clients import MessageProducer, OpsConsumer
@@ -125,12 +125,18 @@ class Delivery:
                 self.producer.poll(0.1)
 
     def snapshot(
-        self, ps: PartitionStore, item: Item, offset: int, publication: Publication
+        self,
+        ps: PartitionStore,
+        item: Item,
+        offset: int,
+        publication: Publication,
+        erased: int | None = None,
     ) -> None:
         """Publish the item's snapshot as of ``offset`` (the last op of it applied); for an
-        item whose last op deleted it, its tombstone (``tombstone``)."""
+        item whose last op deleted it, its tombstone (``tombstone``). For an item the batch
+        erased, ``erased`` is the rows removed: the answer says so (``H_ERASED_ROWS``)."""
         if item.deleted and item.timestamp is not None and item.hash is not None:
-            self.tombstone(ps, item, offset, publication)
+            self.tombstone(ps, item, offset, publication, erased)
             return
         value = snapshot_bytes(item, ps.topic, ps.partition, offset)
         # to the ops partition that made it: a restore of partition p reads partition p only
@@ -142,6 +148,7 @@ class Delivery:
                 item.name.encode(),
                 value,
                 publication,
+                headers=None if erased is None else [(H_ERASED_ROWS, str(erased).encode())],
                 partition=partition,
             )
             publication.snapshots += 1
@@ -165,15 +172,23 @@ class Delivery:
             self.metrics.dead_lettered.labels("snapshot-too-large").inc()
 
     def tombstone(
-        self, ps: PartitionStore, item: Item, offset: int, publication: Publication
+        self,
+        ps: PartitionStore,
+        item: Item,
+        offset: int,
+        publication: Publication,
+        erased: int | None = None,
     ) -> None:
         """Publish the tombstone of a deleted item: key = its name, value = null, and in
         headers where it was deleted and its history's summary (no value): Kafka's log
-        compaction then drops its snapshots, a view drops it, a restore keeps it deleted."""
+        compaction then drops its snapshots, a view drops it, a restore keeps it deleted.
+        An erased item's also says how many rows the erasure removed."""
         assert item.timestamp is not None and item.hash is not None
         headers = tombstone_headers(
             item.timestamp, item.changes, item.hash, item.count, ps.topic, ps.partition, offset
         )
+        if erased is not None:
+            headers.append((H_ERASED_ROWS, str(erased).encode()))
         self._produce(
             self.settings.topics.snapshots,
             item.name.encode(),
@@ -208,6 +223,7 @@ class Delivery:
         """Publish again what a crashed run (or a broker outage) left unacknowledged in the
         partition's store: its pending rows go once Kafka has taken it. Does not wait."""
         snapshots, keys = ps.pending_snapshots()
+        erased = ps.pending_erasures() if snapshots else {}
         dead = ps.pending_dead_letters()
         if not snapshots and not dead:
             return 0
@@ -223,7 +239,8 @@ class Delivery:
         # holds (a restore would then replay those ops again, as late dead letters).
         applied = (ps.next_offset or 0) - 1
         for item in ps.store.current(snapshots):
-            self.snapshot(ps, item, max(applied, snapshots[item.name]), publication)
+            offset = max(applied, snapshots[item.name])
+            self.snapshot(ps, item, offset, publication, erased.get(item.name))
         for _, letter in dead:
             self.dead_letter(letter, publication)
         publication.clear[(ps.topic, ps.partition)] = [*keys, *(k for k, _ in dead)]

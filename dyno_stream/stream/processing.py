@@ -83,6 +83,8 @@ class PartitionShare:
     flattened: list[str] = field(default_factory=list)
     #: indexes in ``events`` of its erase commands (each is logged once applied)
     erased: list[int] = field(default_factory=list)
+    #: per item erased: the rows its erasures removed, which its answer says (0: none held)
+    erased_rows: dict[str, int] = field(default_factory=dict)
     #: expiry delItems dropped (the item changed since the pass saw it): item -> offset,
     #: each answered with the item's snapshot as of that offset
     unexpired: dict[str, int] = field(default_factory=dict)
@@ -132,7 +134,8 @@ class BatchProcessor:
             touched = self._apply(share, applied, self.delivery.acknowledged(tp))
             # publish, without waiting (acknowledgements complete it, oldest batch first)
             for item in ps.store.current(touched):
-                self.delivery.snapshot(ps, item, touched[item.name], publication)
+                erased = share.erased_rows.get(item.name)
+                self.delivery.snapshot(ps, item, touched[item.name], publication, erased)
             for letter in share.dead:
                 self.delivery.dead_letter(letter, publication)
             publication.clear[tp] = share.pending
@@ -379,18 +382,30 @@ class BatchProcessor:
                     if share.last_offset + 1 <= quiet:
                         touched = {}
                     share.dead = [d for d in share.dead if d.offset >= quiet]
+                removed = tx.erased  # the rows each erase command removed
+                for i in share.erased:
+                    if i in removed and share.events[i].item in touched:
+                        name = share.events[i].item
+                        share.erased_rows[name] = share.erased_rows.get(name, 0) + removed[i]
                 share.pending = tx.track(
                     share.last_offset + 1,
                     snapshots=touched,
                     dead=share.dead,
                     acknowledged=acknowledged,
                     consumed_ms=share.consumed_ms,
+                    erased=share.erased_rows,
                 )
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
         for i in share.erased:
-            if i not in failed:  # said without the item's values
-                log.info("erased %r (%s@%d)", share.events[i].item, ps.label, share.offsets[i])
+            if i in removed:  # said without the item's values
+                log.info(
+                    "erased %r (%s@%d): %d rows removed",
+                    share.events[i].item,
+                    ps.label,
+                    share.offsets[i],
+                    removed[i],
+                )
         applied.update(map(_op_of, share.events))  # a flatten's op is "flatten"
         for i in failed:
             applied[share.events[i].op] -= 1

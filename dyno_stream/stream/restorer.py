@@ -8,7 +8,9 @@ thread of its own:
 2. checks it against the ops topic's partition count (``PartitionStore.check_partitions``);
 3. restores it when it is missing or behind what the ops topic still keeps: each item's
    newest snapshot, read from the snapshot topic's partition of the same number, becomes
-   its history row, and the ops after it are replayed by the loop as usual.
+   its history row, and the ops after it are replayed by the loop as usual. A store that
+   is behind is set aside first (``<store>.stale-<time>``), and deleted once the new store
+   is ready: it may hold values erased since, and nothing reads it.
 
 The loop keeps polling and processing the other partitions meanwhile, and starts the
 partition from its store's offset once its job is done (``stream.assignment``). A revoke
@@ -33,7 +35,7 @@ from dyno_stream.config import Settings
 from dyno_stream.core.errors import StoreLockedError
 from dyno_stream.core.events import Snapshot
 from dyno_stream.store.budget import MemoryBudget
-from dyno_stream.store.partition import PartitionStore
+from dyno_stream.store.partition import PartitionStore, remove_stale_copies, set_aside
 from dyno_stream.stream.metrics import WorkerMetrics
 
 log = logging.getLogger("dyno_stream.stream.restorer")
@@ -138,6 +140,9 @@ class Restorer:
             ps = self._restore_if_needed(job, ps)
             if ps is not None:
                 self._note_published(ps)
+                # ready: a copy set aside for this restore, or left by one a crash or a
+                # revoke cut short, is never needed again
+                remove_stale_copies(ps.store.path.parent, ps.store.path.name)
         except BaseException:
             if ps is not None:
                 ps.close()  # release its LevelDB lock for the next owner
@@ -201,17 +206,16 @@ class Restorer:
         if ps.next_offset is not None and ps.next_offset >= low:
             return ps  # current: the ops from its offset on are all still in Kafka
         if ps.next_offset is not None:
-            stale = ps.store.path.with_name(f"{ps.store.path.name}.stale-{int(time.time())}")
+            ps.close()
+            stale = set_aside(ps.store.path)
             log.warning(
-                "store of %s is at offset %s but the ops topic starts at %s: moving "
-                "it to %s and restoring",
+                "store of %s is at offset %s but the ops topic starts at %s: moved it to "
+                "%s (deleted once the partition is restored) and restoring",
                 ps.label,
                 ps.next_offset,
                 low,
                 stale,
             )
-            ps.close()
-            ps.store.path.rename(stale)
             reopened = self._open(job)
             if reopened is None:
                 return None

@@ -61,6 +61,7 @@ from dyno_stream.kafka.topics import (
     ensure_topics,
     ops_partition_counts,
 )
+from dyno_stream.store.partition import remove_stale_copies
 from dyno_stream.stream.assignment import Assignment
 from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.http import Health, HttpEndpoint, RoutedReads
@@ -151,6 +152,8 @@ class Worker:
         if s.topics.create_missing:
             ensure_topics(s)
         s.worker.data_dir.mkdir(parents=True, exist_ok=True)
+        # stores set aside by restores a crash cut short, of partitions now anywhere
+        remove_stale_copies(s.worker.data_dir / s.topics.ops)
         self._connect()
         # Everything allocated so far (modules, pydantic's validators) lives as long as the
         # process: keep the collector from walking it again and again (latency tails).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 from helpers import (
     REPO,
     Record,
@@ -37,6 +40,7 @@ from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.snapshots import (
+    H_ERASED_ROWS,
     H_ITEM_CHANGES,
     H_SOURCE_OFFSET,
     H_SOURCE_PARTITION,
@@ -156,7 +160,14 @@ def test_erase_removes_every_row_at_once_and_confirms(
         )
         res = cli(s, port, "erase", "person", "--wait")
         assert res.returncode == 0, (res.stdout, res.stderr)
-        assert "confirmed" in res.stdout
+        # the confirmation names the partition that held the rows, and how many it removed
+        newest = [r for r in read_topic(s, s.topics.snapshots) if r.key == b"person"][-1]
+        assert newest.value is None, "the snapshot topic's newest record is not a tombstone"
+        assert newest.headers[H_ERASED_ROWS] == b"30"
+        partition = int(newest.headers[H_SOURCE_PARTITION])
+        assert (
+            res.stdout.strip() == f"erased person: 30 rows removed from {s.topics.ops}/{partition}"
+        )
         # at once, not waiting for the lateness window: one marker row, no value
         rows = cli(s, port, "dump", "--item", "person").stdout.splitlines()
         assert len(rows) == 1 and rows[0].startswith("person/"), rows
@@ -168,9 +179,33 @@ def test_erase_removes_every_row_at_once_and_confirms(
         raw = b"".join(p.read_bytes() for p in s.worker.data_dir.rglob("*") if p.is_file())
         assert [x for x in secrets if x.encode() in raw] == []
         assert tombstones(s, "person"), "no tombstone published"
-        # an erase of an item nobody has ever written: confirmed too
-        again = cli(s, port, "erase", "nobody", "--wait")
-        assert again.returncode == 0, again.stderr
+    finally:
+        worker.stop()
+
+
+def test_erase_of_an_item_no_store_holds_exits_3_no_such_item(
+    make_settings: Callable[..., Settings], start_worker: Callable[..., Any]
+) -> None:
+    """Never written, or already erased (its store holds only the marker): the worker
+    applies the command and answers that it removed 0 rows; nothing is confirmed."""
+    s, port = http_settings(make_settings)
+    worker = start_worker(s)
+    try:
+        with DynoClient(s) as client:
+            client.put_item("someone", {"v": 1}).result(30)
+
+        def no_such_item(name: str) -> None:
+            res = cli(s, port, "erase", name, "--wait")
+            assert res.returncode == 3, (name, res.stdout, res.stderr)
+            assert f"no such item {name!r}" in res.stderr and "nothing erased" in res.stderr
+            assert res.stdout == ""
+            newest = [r for r in read_topic(s, s.topics.snapshots) if r.key == name.encode()]
+            assert newest[-1].headers[H_ERASED_ROWS] == b"0", newest
+
+        no_such_item("nobody")
+        first = cli(s, port, "erase", "someone", "--wait")
+        assert first.returncode == 0 and "1 rows removed" in first.stdout, first
+        no_such_item("someone")
     finally:
         worker.stop()
 
@@ -332,3 +367,66 @@ def test_expiry_deletes_only_items_idle_past_the_limit(
         assert cli(s, port, "get", "idle-3").returncode == 3
     finally:
         worker.stop()
+
+
+def test_an_erased_value_in_a_store_set_aside_is_never_read_and_the_copy_is_deleted(
+    make_settings: Callable[..., Settings], start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A store behind the ops topic's start is set aside (``<store>.stale-<time>``) and its
+    partition restored; an erasure replayed after the restore leaves the erased value only
+    in the copy. The copy is deleted once the restore is done, and ``get`` without a
+    running worker never reads one (a copy a failed deletion left behind included)."""
+    s = make_settings()
+    store_dir = s.worker.data_dir / s.topics.ops
+    secret = uuid.uuid4().hex
+    worker = start_worker(s)
+    try:
+        with DynoClient(s) as client:
+            client.put_item("person", {"secret": secret}).result(30)
+            client.put_item("other", {"v": 1}).result(30)
+        wait_until(lambda: worker.worker.reads.item("other") is not None, WAIT_S, lambda: "applied")
+    finally:
+        worker.stop()
+    before = tmp_path / "before-the-erasure"
+    shutil.copytree(store_dir / "0000", before)
+
+    # no worker runs: one more op, then the erasure; retention then drops every op before it
+    with DynoClient(s) as client:
+        client.put_item("filler", {"v": 1}).result(30)
+        erased = client.erase("person").result(30)
+    admin = AdminClient(s.kafka.librdkafka())
+    for fut in admin.delete_records([TopicPartition(s.topics.ops, 0, erased.offset)]).values():
+        fut.result(30)
+
+    worker = start_worker(s)  # its store (at offset 2) is behind the topic's start (3)
+    try:
+
+        def tombstone_of_the_erasure() -> bool:
+            return any(
+                int(t.headers[H_SOURCE_OFFSET]) == erased.offset for t in tombstones(s, "person")
+            )
+
+        wait_until(tombstone_of_the_erasure, WAIT_S, lambda: "the erasure was not replayed")
+    finally:
+        worker.stop()
+    (tomb,) = [t for t in tombstones(s, "person") if t.headers[H_ERASED_ROWS] == b"1"]
+    assert int(tomb.headers[H_SOURCE_OFFSET]) == erased.offset  # restored, then erased
+
+    env = cli_env(s, DYNO_WORKER__READ_TIMEOUT_S="1")  # no worker: get reads the stores
+    res = run_cli(env, "get", "person")
+    assert res.returncode == 3 and secret not in res.stdout + res.stderr, res
+    assert "no item 'person'" in res.stderr
+    assert [p.name for p in store_dir.iterdir()] == ["0000"], "the copy set aside was kept"
+
+    # a copy left behind (say its deletion failed): still never read
+    shutil.copytree(before, store_dir / "0000.stale-1")
+    res = run_cli(env, "get", "person")
+    assert res.returncode == 3 and secret not in res.stdout + res.stderr, res
+    other = run_cli(env, "get", "other")
+    assert other.returncode == 0 and json.loads(other.stdout)["store"] == str(store_dir / "0000")
+
+    # an item in two partition stores (its ops split across partitions): no answer is right
+    shutil.rmtree(store_dir / "0000.stale-1")
+    shutil.copytree(before, store_dir / "0001")
+    res = run_cli(env, "get", "other")
+    assert res.returncode == 1 and "'other' is in 2 partition stores" in res.stderr, res

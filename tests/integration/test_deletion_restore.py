@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from helpers import REPO, WorkerProcess, read_topic, wait_until
 
 from dyno_stream.config import Settings
-from dyno_stream.core.snapshots import parse_message
+from dyno_stream.core.snapshots import H_ERASED_ROWS, parse_message
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.topics import ensure_topics
@@ -196,6 +196,8 @@ def test_a_worker_killed_between_an_erasure_and_its_tombstone_resurrects_nothing
         # the last word on the item is its tombstone, from the erasure's offset
         assert records[-1].value is None, records[-1]
         assert int(records[-1].headers["dyno.source.offset"]) == erased.offset
+        # published again from the pending row, it still says the rows the erasure removed
+        assert records[-1].headers[H_ERASED_ROWS] == b"20", records[-1].headers
 
         # and a new disk restores it as deleted, with nothing of its values
         w3 = WorkerProcess(s, "w3", tmp_path)

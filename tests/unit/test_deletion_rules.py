@@ -23,6 +23,7 @@ from dyno_stream.core.errors import LateOpError
 from dyno_stream.core.events import H_EXPIRE_IF_HASH, Erase, Snapshot, make_op
 from dyno_stream.core.flake import FlakeGenerator, new_flake
 from dyno_stream.core.snapshots import (
+    H_ERASED_ROWS,
     DeletedSnapshot,
     NewestSnapshots,
     tombstone_headers,
@@ -142,7 +143,8 @@ def test_erase_removes_every_row_and_the_state_at_once(tmp_path: Path) -> None:
         kept = uuid.uuid4().hex
         store.put_item("other", {"v": kept})
         assert store.get_item("p").value is not None
-        at = store.erase("p")
+        at, removed = store.erase("p")
+        assert removed == 50  # every op row
         assert rows(store, "p") == [(f"p/{at}/history", rows(store, "p")[0][1])]
         assert rows(store, "p")[0][1].endswith(":51:null")
         item = store.get_item("p")
@@ -156,11 +158,49 @@ def test_erase_removes_every_row_and_the_state_at_once(tmp_path: Path) -> None:
         assert kept.encode() in raw  # the search can find what is there
 
 
-def test_erase_of_an_unknown_item_leaves_a_marker(tmp_path: Path) -> None:
+def test_erase_of_an_unknown_item_leaves_a_marker_and_says_it_removed_nothing(
+    tmp_path: Path,
+) -> None:
     with DynoStore(tmp_path / "s") as store:
-        store.apply([Erase(item="never", ts="013d58c7276e-0000-188c-786ae2e1f629")])
+        with store.transaction() as tx:
+            tx.apply([Erase(item="never", ts="013d58c7276e-0000-188c-786ae2e1f629")])
+        assert tx.erased == {0: 0}
         item = store.get_item("never")
         assert item.deleted and item.count == 1 and item.changes == 1
+
+
+def test_the_rows_an_erasure_removed_are_the_transactions_result(tmp_path: Path) -> None:
+    """Counted per erase command, over the rows as the batch leaves them; a deleted marker
+    replaced is not a row removed (it holds no value)."""
+    with DynoStore(tmp_path / "s") as store:
+        store.put_item("folded", {"a": 1})
+        store.put_attrs("folded", {"b": 2})
+        item = store.get_item("folded")
+        assert item.hash is not None
+        store.flatten("folded", item.hash)  # one history row holding the value
+        store.put_item("deleted", {"a": 1})
+        store.del_item("deleted")  # two rows, no value in the state
+        store.put_item("gone", {"a": 1})
+        store.del_item("gone")
+        gone = store.get_item("gone")
+        assert gone.hash is not None
+        store.flatten("gone", gone.hash)  # only a deleted marker left
+        with store.transaction() as tx:
+            tx.apply([make_op("putItem", "new", {"x": 1}, new_flake())])  # index 0
+            tx.apply(
+                [
+                    Erase(item="folded", ts=new_flake()),  # 1
+                    Erase(item="deleted", ts=new_flake()),  # 2
+                    Erase(item="gone", ts=new_flake()),  # 3
+                    Erase(item="new", ts=new_flake()),  # 4: its row staged in this batch
+                    Erase(item="new", ts=new_flake()),  # 5: only the marker of 4 left
+                    make_op("putItem", "new", {"again": 1}, new_flake()),  # 6
+                    Erase(item="new", ts=new_flake()),  # 7
+                ]
+            )
+        assert tx.erased == {1: 1, 2: 2, 3: 0, 4: 1, 5: 0, 7: 1}
+        for name in ("folded", "deleted", "gone", "new"):
+            assert store.get_item(name).deleted and len(rows(store, name)) == 1, name
 
 
 def tomb(item: str, changes: int, count: int, offset: int) -> list[tuple[str, bytes]]:
@@ -318,7 +358,44 @@ def test_a_batch_publishes_tombstones_and_drops_expiries_of_changed_items(
         headers = dict(out[b"y"].headers or [])
         assert headers["dyno.source.offset"] == b"5"
         assert [r.getMessage() for r in caplog.records if "erased" in r.getMessage()] == [
-            "erased 'w' (ops/0@8)"
+            "erased 'w' (ops/0@8): 1 rows removed"
         ]
+        # the answer says how many rows the store removed; a plain deletion's says nothing
+        assert dict(out[b"w"].headers or [])[H_ERASED_ROWS] == b"1"
+        assert H_ERASED_ROWS not in headers
+    finally:
+        ps.close()
+
+
+def test_an_erasure_answers_with_the_rows_removed_also_after_a_crash(tmp_path: Path) -> None:
+    """An erasure's answer (its tombstone) says the rows removed, 0 for an item the store
+    never held; published again from the pending row (a crash before Kafka took it), it
+    still says so."""
+    s = load_settings(
+        topics={"ops": "ops", "snapshots": "snaps", "dead_letter": "dead"},
+        worker={"data_dir": str(tmp_path), "commit_interval_s": 0},
+    )
+    producer, metrics = FakeProducer(), WorkerMetrics()
+    processor = BatchProcessor(s, Delivery(s, producer, metrics), metrics)
+    ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
+    try:
+        batch = [_message(i, "p", "putAttrs", {f"k{i}": i}) for i in range(3)]
+        processor.process(batch, {("ops", 0): ps})
+        producer.produced.clear()
+        producer.mode = "hold"  # Kafka does not take the answers: they stay pending
+        processor.process(
+            [_message(3, "p", "erase", None), _message(4, "nobody", "erase", None)],
+            {("ops", 0): ps},
+        )
+        said = {p.key: dict(p.headers or [])[H_ERASED_ROWS] for p in producer.produced}
+        assert said == {b"p": b"3", b"nobody": b"0"}
+        assert ps.pending_erasures() == {"p": 3, "nobody": 0}
+        assert ps.pending_snapshots()[0] == {"p": 3, "nobody": 4}
+
+        again = FakeProducer()  # the worker started again, on the same store
+        Delivery(s, again, WorkerMetrics()).republish_pending(ps)
+        said = {p.key: dict(p.headers or [])[H_ERASED_ROWS] for p in again.produced}
+        assert said == {b"p": b"3", b"nobody": b"0"}
+        assert all(p.value is None for p in again.produced)  # tombstones
     finally:
         ps.close()

@@ -275,6 +275,43 @@ def test_ops_deleted_while_restoring_are_said_and_the_partition_starts_past_them
     assert "ops 11-49 of ops/0 were deleted while it was restored" in caplog.text
 
 
+def test_a_store_behind_is_set_aside_restored_and_the_copies_deleted(tmp_path: Path) -> None:
+    """Behind the ops topic's start: set aside, restored into a new store; once that is
+    ready, the copy and one a restore cut short left earlier are deleted. Another
+    partition's leftover goes when a worker starts (``remove_stale_copies`` of the topic)."""
+    s = _settings(tmp_path)
+    first = Parts(s)
+    first.assign_and_start(0)
+    first.processor.process([_msg(0), _msg(1)], first.assignment.running())
+    first.delivery.complete(wait=True)
+    first.close()  # the store stays at offset 2
+    root = tmp_path / TOPIC
+    for leftover in ("0000.stale-1", "0001.stale-1"):
+        (root / leftover).mkdir()
+        (root / leftover / "CURRENT").write_text("a store's file")
+    snapshot = Snapshot(
+        item="x",
+        value={"n": 7},
+        timestamp=new_flake(),
+        changes=7,
+        hash="h",
+        count=1,
+        source=Source(topic=TOPIC, partition=0, offset=9),
+    )
+    again = Parts(s, lambda p, c, on: {"x": snapshot}, lambda t, p: 5)
+    try:
+        again.assign_and_start(0)
+        ps = again.assignment.running()[(TOPIC, 0)]
+        assert ps.next_offset == 10 and ps.store.get_item("x").value == {"n": 7}  # restored
+        assert sorted(p.name for p in root.iterdir()) == ["0000", "0001.stale-1"]
+    finally:
+        again.close()
+    from dyno_stream.store.partition import remove_stale_copies
+
+    assert remove_stale_copies(root) == [root / "0001.stale-1"]
+    assert [p.name for p in root.iterdir()] == ["0000"]
+
+
 def test_a_replay_below_the_groups_committed_offset_publishes_nothing_stale(
     tmp_path: Path,
 ) -> None:
