@@ -19,8 +19,14 @@ status that says what happened (``exit_status``).
   outlive it: a restarted child would otherwise start its counters from 0 and the sum would
   fall. Gauges say how they combine (``stream.metrics``); ``mark_process_dead`` drops an
   exited child's gauges.
-- ``/healthz``, ``/items/<name>`` and ``/rows`` at the configured address ask the children
-  over their own endpoints (127.0.0.1, a port the system picks, listed in ``/healthz``).
+- ``/healthz``, ``/items`` and ``/rows`` at the configured address ask the children over
+  their own endpoints (127.0.0.1, a port the system picks, listed in ``/healthz``). Reads
+  are answered as one worker answers them: the parent's endpoint is a worker's
+  (``stream.http``: the token, the read limit), and each child answers with a worker's
+  routing (``stream.reads``: 307 to another worker, 503 while restoring or moving,
+  ``after=``), saying when it holds no store of the item's partition (``NOT_HERE``). The
+  parent asks the children in turn and passes on the first answer that is not that; a
+  listing's page merges every child's.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -51,10 +57,11 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from dyno_stream.cli.logs import setup_logging
-from dyno_stream.cli.worker_http import http_get
+from dyno_stream.cli.worker_http import http_answer, http_get
 from dyno_stream.config import Settings, advertised_http
 from dyno_stream.core.errors import ConfigError, DynoError, KafkaAuthError
-from dyno_stream.stream.http import HttpEndpoint
+from dyno_stream.stream.http import Answer, HttpEndpoint, Query, RoutedReads
+from dyno_stream.stream.reads import NOT_HERE, merge_page_answers
 
 if TYPE_CHECKING:  # imported by a child only: the parent runs no worker
     from dyno_stream.stream.worker import Worker
@@ -72,8 +79,11 @@ EXIT_UNCLEAN_STOP = 3
 #: How long the parent waits for the children after passing a signal on, beyond the
 #: longest the worker itself may wait for Kafka (``publish_timeout_s``) while stopping.
 STOP_MARGIN_S = 30.0
-#: How long a /healthz, /items or /rows request of the parent waits for each child.
+#: How long a /healthz, /items or /rows request of the parent waits for each child (beyond
+#: ``read_timeout_s``, for reads, which a child may wait that long to answer).
 CHILD_HTTP_TIMEOUT_S = 2.0
+#: The headers of a child's answer that the parent passes on.
+_PASSED_ON = ("Location", "Retry-After")
 
 
 # -- what to do when a child exits (pure) ----------------------------------------------------
@@ -245,7 +255,13 @@ def child_main(settings: Settings, index: int, serve_http: bool, conn: Connectio
     endpoint = None
     if serve_http:
         endpoint = HttpEndpoint(
-            "127.0.0.1", 0, worker.metrics, worker.health, worker.reads.item, worker.reads.rows
+            "127.0.0.1",
+            0,
+            worker.metrics,
+            worker.health,
+            worker.reads.item,
+            worker.reads.rows,
+            worker.member_reads(),
         )
         endpoint.start()
         reports.send("http", endpoint.address)
@@ -384,6 +400,9 @@ class Supervisor:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
         registry.register(_SupervisorCollector(self))
+        routed = RoutedReads(
+            self._answer_item, self._answer_page, token=self._token, max_reads=w.http_max_reads
+        )
         try:
             self.http = HttpEndpoint(
                 w.http_host,
@@ -392,6 +411,7 @@ class Supervisor:
                 _ChildrenHealth(self),
                 self._read_item,
                 self._read_rows,
+                routed,
             )
         except OSError as exc:
             raise ConfigError(f"cannot serve HTTP at {w.http_host}:{w.http_port}: {exc}") from None
@@ -553,21 +573,87 @@ class Supervisor:
             if url is not None and child.alive:
                 yield child, url
 
-    def _read_item(self, name: str) -> dict[str, Any] | None:
+    @property
+    def _token(self) -> str | None:
+        token = self.settings.worker.http_token
+        return token.get_secret_value() if token is not None else None
+
+    def _ask(self, url: str, timeout: float) -> tuple[int, Any, dict[str, str], bool] | None:
+        """A child's answer to a read: status, JSON body, the headers passed on, and whether
+        it says only that the child holds no store of the partition; None: no answer."""
+        token = self._token
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        try:
+            code, body, got = http_answer(url, timeout, headers)
+            parsed = json.loads(body)
+        except (OSError, ValueError) as exc:  # exited, restarting, or cut off mid-answer
+            log.debug("no answer from %s: %s", url, exc)
+            return None
+        passed = {key: got[key] for key in _PASSED_ON if got[key] is not None}
+        return code, parsed, passed, got[NOT_HERE] is not None
+
+    def _unanswered(self, answered: int) -> Answer:
+        silent = self.count - answered
+        what = f"{silent} of {self.count} member processes did not answer"
+        return 503, {"error": f"{what} (starting or restarting)"}, {"Retry-After": "1"}
+
+    def _answer_item(self, name: str, query: Query) -> Answer:
+        """``GET /items/<name>``: the answer of the child holding the item's partition (or
+        a 307 elsewhere); when none holds it, what they all said (503: moving), once every
+        child has answered: else 503, never a "no such item" that a silent child might
+        have contradicted."""
+        path = f"/items/{quote(name, safe='')}"
+        if query:
+            path += "?" + urlencode(query, doseq=True)
+        timeout = self.settings.worker.read_timeout_s + CHILD_HTTP_TIMEOUT_S
+        answered, not_here = 0, None
         for _child, url in self._live_endpoints():
-            code, body = http_get(
-                f"{url}/items/{quote(name, safe='')}", timeout=CHILD_HTTP_TIMEOUT_S
-            )
-            if code == 200:
-                item: dict[str, Any] = json.loads(body)
-                return item
-        return None
+            got = self._ask(url + path, timeout)
+            if got is None:
+                continue
+            answered += 1
+            code, body, headers, elsewhere = got
+            if not elsewhere:
+                return code, body, headers
+            not_here = code, body, headers
+        if not_here is not None and answered == self.count:
+            return not_here
+        return self._unanswered(answered)
+
+    def _answer_page(self, query: Query) -> Answer:
+        """``GET /items?...``: every child's page of the same query, merged. A child that did
+        not answer leaves its partitions out of ``partitions``: the reader sees them missing."""
+        path = "/items?" + urlencode(query, doseq=True)
+        timeout = self.settings.worker.read_timeout_s + CHILD_HTTP_TIMEOUT_S
+        pages: list[dict[str, Any]] = []
+        for _child, url in self._live_endpoints():
+            got = self._ask(url + path, timeout)
+            if got is None:
+                continue
+            code, body, headers, _elsewhere = got
+            if code != 200:  # a bad query, or a store closed under the page
+                return code, body, headers
+            pages.append(body)
+        if not pages:
+            return self._unanswered(0)
+        # a child has checked the limit already
+        limit = int(query.get("limit", [str(self.settings.worker.http_max_page)])[0])
+        return 200, merge_page_answers(pages, limit), {}
+
+    def _read_item(self, name: str) -> dict[str, Any] | None:
+        code, body, _headers = self._answer_item(name, {})
+        return body if code == 200 else None
 
     def _read_rows(self, only: str | None) -> list[tuple[str, str]]:
         query = "" if only is None else f"?item={quote(only, safe='')}"
+        token = self._token
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         rows: list[tuple[str, str]] = []
         for _child, url in self._live_endpoints():
-            code, body = http_get(f"{url}/rows{query}", timeout=CHILD_HTTP_TIMEOUT_S)
+            try:
+                code, body, _ = http_answer(f"{url}/rows{query}", CHILD_HTTP_TIMEOUT_S, headers)
+            except OSError:  # exited meanwhile: its stores are read by whoever takes them
+                continue
             if code == 200:
                 for line in body.decode().splitlines():
                     key, _, value = line.partition(" = ")

@@ -12,6 +12,12 @@ answers; one that does not answers 307 with the owner's address (the group's des
 while the partition is restoring or has no owner, 503 with ``Retry-After``. ``after=P:O``
 waits until this worker has applied offset O of partition P (its store's ``next_offset`` is
 past it), up to ``read_timeout_s``; then 504 saying how far behind it is.
+
+A member process of ``worker --processes`` (``siblings``) shares its advertised address with
+its siblings, so the group names that address for partitions a sibling holds. Its answers
+for a partition it holds no store of carry the ``NOT_HERE`` header: the parent, which asks
+each child in turn, takes the first answer without it (``merge_page_answers`` joins their
+pages), so the parent answers as one worker holding every child's partitions would.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ Answer = tuple[int, Any, dict[str, str]]
 _AFTER_POLL_S = 0.002
 #: Above every code point: the end of a prefix's name range.
 _NAME_END = "\U0010ffff"
+#: The header of an answer that says only "this process holds no store of the item's
+#: partition" (``siblings``): a sibling process may hold it.
+NOT_HERE = "X-Dyno-Not-Here"
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,23 @@ def merge_pages(pages: list[list[str]], limit: int | None = None) -> list[str]:
     return list(itertools.islice(merged, limit))
 
 
+def merge_page_answers(pages: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """One page (``answer_page``'s body) from the pages of several processes asked the same
+    query: the first ``limit`` items in name order, each once, and the partitions all of
+    them cover. ``next`` is the last item whenever any process has more after it."""
+    streams = [page["items"] for page in pages]
+    merged = heapq.merge(*streams, key=lambda it: str(it["item"]))
+    once = (next(group) for _name, group in itertools.groupby(merged, key=lambda it: it["item"]))
+    items = list(itertools.islice(once, limit))
+    more = len(items) == limit or any(page["next"] is not None for page in pages)
+    return {
+        "items": items,
+        "next": items[-1]["item"] if items and more else None,
+        "partitions": sorted({p for page in pages for p in page["partitions"]}),
+        "incomplete": sorted({label for page in pages for label in page["incomplete"]}),
+    }
+
+
 class StoreReads:
     def __init__(
         self,
@@ -83,11 +109,14 @@ class StoreReads:
         self_address: Callable[[], str | None] = lambda: None,
         read_timeout_s: float = 10.0,
         max_page: int = 1000,
+        siblings: bool = False,
     ) -> None:
         self._stores, self._states = stores, states
         self.topic = topic
         self._directory, self._self_address = directory, self_address
         self.read_timeout_s, self.max_page = read_timeout_s, max_page
+        #: a member process of ``worker --processes``: see the module's docstring
+        self.siblings = siblings
 
     def item(self, name: str) -> dict[str, Any] | None:
         for ps in list(self._stores().values()):
@@ -130,7 +159,7 @@ class StoreReads:
             if after is not None:
                 return self._answer_at(name, after, time.monotonic() + self.read_timeout_s)
             found = self.item(name)
-            return (200, found, {}) if found else (404, self._not_found(name), {})
+            return (200, found, {}) if found else (404, self._not_found(name), self._not_here())
 
         partition = owners.partition_of(name)
         if after is not None and after.partition != partition:
@@ -146,8 +175,10 @@ class StoreReads:
         owner = owners.by_partition.get(partition)
         if owner is None or owner == self._self_address():
             assert directory is not None
-            directory.stale()  # the group has moved on since it was read
-            return 503, {"error": f"partition {partition} is moving: no owner now"}, retry
+            if owner is None or not self.siblings:  # else a sibling's, as the group says
+                directory.stale()  # the group has moved on since it was read
+            error = {"error": f"partition {partition} is moving: no owner now"}
+            return 503, error, {**retry, **self._not_here()}
         params = {k: v[0] for k, v in query.items()}
         location = f"http://{owner}/items/{quote(name, safe='')}"
         if params:
@@ -159,7 +190,8 @@ class StoreReads:
         while True:
             ps = self._stores().get((self.topic, after.partition))
             if ps is None:
-                return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
+                error = {"error": f"partition {after.partition} left"}
+                return 503, error, {"Retry-After": "1", **self._not_here()}
             applied = ps.next_offset or 0
             if applied > after.offset:
                 try:
@@ -183,6 +215,10 @@ class StoreReads:
     @staticmethod
     def _not_found(name: str) -> dict[str, str]:
         return {"error": f"no item {name!r} in this worker's stores"}
+
+    def _not_here(self) -> dict[str, str]:
+        """The header of an answer that a sibling process may answer otherwise."""
+        return {NOT_HERE: "1"} if self.siblings else {}
 
     def answer_page(self, query: Mapping[str, list[str]]) -> Answer:
         """``GET /items?prefix=P&limit=N&after=NAME``: this worker's items in name order,

@@ -234,10 +234,6 @@ class Worker:
         if not w.http_port:  # a child of ``--processes``: the parent's address, if any
             self.advertised = w.advertised_http
             return
-        token = w.http_token.get_secret_value() if w.http_token is not None else None
-        routed = RoutedReads(
-            self.reads.answer_item, self.reads.answer_page, token=token, max_reads=w.http_max_reads
-        )
         self.http = HttpEndpoint(
             w.http_host,
             w.http_port,
@@ -245,7 +241,7 @@ class Worker:
             self.health,
             self.reads.item,
             self.reads.rows,
-            routed,
+            self.routed_reads(),
         )
         self.advertised = advertised_http(w, self.http.port)
         self._directory = OwnerDirectory(s, {**s.kafka.librdkafka(), **self._auth.config()})
@@ -255,6 +251,26 @@ class Worker:
             self.http.address,
             self.advertised,
         )
+
+    def routed_reads(self) -> RoutedReads:
+        """What the endpoint answers for ``/items``, and how it guards reads (the token, the
+        read limit)."""
+        w = self.settings.worker
+        token = w.http_token.get_secret_value() if w.http_token is not None else None
+        return RoutedReads(
+            self.reads.answer_item, self.reads.answer_page, token=token, max_reads=w.http_max_reads
+        )
+
+    def member_reads(self) -> RoutedReads:
+        """``routed_reads`` for a member process of ``worker --processes``, whose endpoint
+        only its parent asks: routed by the group's description as a worker's own, with the
+        parent's address (``advertised_http``) as its own, shared with its siblings
+        (``StoreReads.siblings``). Ready before ``run``: the parent may ask at once."""
+        s = self.settings
+        self.advertised = s.worker.advertised_http
+        self.reads.siblings = True
+        self._directory = OwnerDirectory(s, {**s.kafka.librdkafka(), **self._auth.config()})
+        return self.routed_reads()
 
     def _loop(self) -> None:
         """Poll -> start restored partitions -> process (or ride out an outage) -> commit ->

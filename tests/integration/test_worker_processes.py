@@ -8,10 +8,15 @@ worker, against the real broker, sharing one data dir.
   group rebalances, and nothing is lost or applied twice.
 - A child that cannot start is given up after its start-up failures in a row: exit status
   1, with a line naming the child and its error.
+- Reads at the parent's address are answered as a single worker answers them: ``ls`` lists
+  every item once, ``get`` finds the items of both children's partitions, ``op --then-get``
+  reads its own write behind a backlog, the token guards reads (the children's endpoints
+  too), a partition held by another worker is a 307 to it, and the read limit holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,21 +31,25 @@ from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from conftest import free_port
 from helpers import (
     Produced,
     WorkerProcess,
     check_against_reference,
+    cli_env,
     high_watermark,
     last_snapshots_by_offset,
     random_op,
+    run_cli,
     wait_caught_up,
     wait_until,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from dyno_stream.cli.worker_http import http_get
+from dyno_stream.cli.worker_http import http_answer, http_get
 from dyno_stream.config import Settings
 from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.members import item_partition
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.views import MaterializedView
 
@@ -281,3 +290,153 @@ def test_a_child_that_cannot_start_is_given_up_with_its_error(
         assert "worker stopped: child" in log  # the last line says why, too
     finally:
         worker.cleanup()
+
+
+TOKEN = "procs-s3cret"
+
+
+def _held(worker: Processes) -> list[set[int]]:
+    """Each child's partitions, by number."""
+    return [
+        {int(label.rsplit("/", 1)[1]) for label in c.get("partitions", [])}
+        for c in worker.children()
+    ]
+
+
+def test_reads_at_the_parent_are_answered_as_a_single_worker_answers_them(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """``ls``, ``get`` and ``op --then-get`` at the address of ``worker --processes 2``, with
+    ``http_token`` set; a read without the token is refused, at the parent and the children."""
+    s = make_settings(partitions=PARTITIONS)
+    ensure_topics(s)
+    # each batch waits a second for more ops once it has one: an op is applied that late
+    worker = Processes(s, tmp_path, DYNO_WORKER__HTTP_TOKEN=TOKEN, DYNO_WORKER__BATCH_LINGER_S="1")
+    env = cli_env(
+        s,
+        DYNO_WORKER__HTTP_PORT=str(worker.port),
+        DYNO_WORKER__HTTP_TOKEN=TOKEN,
+        DYNO_WORKER__READ_TIMEOUT_S="120",  # the CLI's patience, behind the backlog below
+    )
+    names = [f"proc-{i:03d}" for i in range(200)]
+    try:
+        wait_until(worker.split, 120, lambda: f"{worker.health()}{worker.tail()}")
+        with DynoClient(s) as client:
+            for i, name in enumerate(names):
+                client.put_item(name, {"n": i})
+            client.flush(60)
+        applied = lambda: total(worker.url, "dyno_ops_applied_total") >= len(names)  # noqa: E731
+        wait_until(applied, 120, worker.tail)
+
+        # ls: every item once, in name order, from the pages of both children merged
+        r = run_cli(env, "ls", "--prefix", "proc-")
+        assert r.returncode == 0, r.stderr + worker.tail()
+        assert r.stdout.split() == names
+
+        # get: an item of each child's partitions; an item never written is "no such item"
+        held = _held(worker)
+        assert len(held) == 2 and all(held), worker.children()
+        for partitions in held:
+            name = next(n for n in names if item_partition(n, PARTITIONS) in partitions)
+            r = run_cli(env, "get", name)
+            assert r.returncode == 0, r.stderr + worker.tail()
+            assert json.loads(r.stdout)["value"] == {"n": int(name[5:])}
+        assert run_cli(env, "get", "proc-never-written").returncode == 3
+
+        # op --then-get: the op's result, though the child applies it up to a second after
+        # it arrives (batch_linger_s): the command's read comes sooner, and waits for it
+        r = run_cli(env, "op", "proc-007", "incAttrBy", '{"field":"n","by":1000}', "--then-get")
+        assert r.returncode == 0, r.stderr + worker.tail()
+        assert json.loads(r.stdout.split("\n", 1)[1])["value"] == {"n": 1007}, r.stdout
+
+        # the token: refused without it (401), at the parent and at each child's own port
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        for base in [worker.url, *(c["http"] for c in worker.children())]:
+            for path in ("/items/proc-001", "/items?prefix=proc-", "/rows?item=proc-001"):
+                code, body, _ = http_answer(f"{base}{path}", 30)
+                assert code == 401, (base, path, code, body[:200])
+        code, body, _ = http_answer(f"{worker.url}/items/proc-001", 30, bearer)
+        assert code == 200 and json.loads(body)["value"] == {"n": 1}, body[:200]
+    finally:
+        worker.cleanup()
+
+
+def test_the_parent_redirects_to_another_worker_and_limits_reads_at_once(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """With a single worker in the group too: the parent answers 307 at that worker for an
+    item of its partition; with ``http_max_reads`` 1, a read while another waits (``after=``
+    an offset not yet written) is answered 503 ``too many reads at once``."""
+    s = make_settings(partitions=PARTITIONS)
+    ensure_topics(s)
+    limits = {"DYNO_WORKER__HTTP_MAX_READS": "1", "DYNO_WORKER__READ_TIMEOUT_S": "30"}
+    worker = Processes(s, tmp_path, **limits)
+    solo_port = free_port()
+    solo = WorkerProcess(
+        s, "solo", tmp_path, env={"DYNO_WORKER__HTTP_PORT": str(solo_port), **limits}
+    )
+    stop = threading.Event()
+    try:
+
+        def three_members() -> bool:
+            held = [p for p in _held(worker) if p]
+            return (
+                len(held) == 2
+                and bool(solo.partitions())
+                and (len(held[0] | held[1] | solo.partitions()) == PARTITIONS)
+            )
+
+        wait_until(three_members, 120, lambda: f"{worker.health()}{worker.tail()}{solo.tail()}")
+        theirs = next(
+            f"solo-{i}"
+            for i in range(1000)
+            if item_partition(f"solo-{i}", PARTITIONS) in solo.partitions()
+        )
+        child_partition = min(_held(worker)[0])
+        ours = next(
+            f"ours-{i}"
+            for i in range(1000)
+            if item_partition(f"ours-{i}", PARTITIONS) == child_partition
+        )
+        reader = s.model_copy(
+            update={"worker": s.worker.model_copy(update={"http_port": worker.port})}
+        )
+        with DynoClient(reader) as client:
+            for name in (theirs, ours):
+                d = client.put_item(name, {"at": name}).result(30)
+                item = client.get(name, after=d, timeout=60)
+                assert item is not None and item["value"] == {"at": name}, (name, item)
+
+        # 307 at the worker that holds the partition, once the children's directory says so
+        location = f"http://127.0.0.1:{solo_port}/items/{theirs}"
+
+        def redirected() -> bool:
+            code, _body, headers = http_answer(f"{worker.url}/items/{theirs}", 30)
+            return code == 307 and headers["Location"] == location
+
+        wait_until(redirected, 30, lambda: str(http_answer(f"{worker.url}/items/{theirs}", 30)))
+
+        # the read limit: one read waits on an offset not yet written; another is refused
+        def hold() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    url = f"{worker.url}/items/{ours}?after={child_partition}:{10**12}"
+                    http_answer(url, 60)
+
+        threading.Thread(target=hold, daemon=True).start()
+        answers: list[tuple[int, bytes]] = []
+
+        def refused() -> bool:
+            code, body, headers = http_answer(f"{worker.url}/items/{ours}", 30)
+            answers.append((code, body[:200]))
+            return (
+                code == 503
+                and json.loads(body)["error"] == "too many reads at once"
+                and headers["Retry-After"] == "1"
+            )
+
+        wait_until(refused, 30, lambda: f"answers: {answers[-5:]}")
+    finally:
+        stop.set()
+        worker.cleanup()
+        solo.cleanup()

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,14 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.members import Owners, item_partition, member_address
 from dyno_stream.kafka.partitioning import murmur2
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.reads import After, StoreReads, merge_pages, page_bounds
+from dyno_stream.stream.reads import (
+    NOT_HERE,
+    After,
+    StoreReads,
+    merge_page_answers,
+    merge_pages,
+    page_bounds,
+)
 
 
 def _settings(**worker: object) -> Settings:
@@ -191,3 +199,54 @@ def test_a_token_guards_items_but_not_health_or_metrics() -> None:
                 assert answer.status == 200
     finally:
         endpoint.stop()
+
+
+def test_a_member_process_says_when_a_sibling_may_hold_the_partition(tmp_path: Path) -> None:
+    """Under ``worker --processes`` every child advertises the parent's address: a partition
+    the group gives that address but this child holds no store of is a sibling's. The answer
+    says so (``NOT_HERE``) and leaves the directory as it is; what this child holds, and a
+    partition owned by another worker, are answered as a worker answers them."""
+    reads, ps, _states = _reads(tmp_path)
+    reads.siblings = True
+    directory = reads._directory()
+    assert directory is not None
+    p = ps.partition
+    _apply(ps, "mine", 1, 1)
+    code, _body, headers = reads.answer_item("mine", {})
+    assert code == 200 and _body["value"] == {"n": 1} and NOT_HERE not in headers
+    theirs = next(n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4) == (p + 1) % 4)
+    assert reads.answer_item(theirs, {})[0] == 307
+    sibling = Owners(4, {q: "me:1" for q in range(4)})
+    directory._owners = sibling  # type: ignore[attr-defined]
+    siblings = next(n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4) != p)
+    code, _body, headers = reads.answer_item(siblings, {})
+    assert code == 503 and headers[NOT_HERE] == "1" and headers["Retry-After"] == "1"
+    assert directory.stale_calls == 0  # type: ignore[attr-defined]
+    q = item_partition(siblings, 4)
+    code, _body, headers = reads.answer_item(siblings, {"after": [f"{q}:3"]})
+    assert code == 503 and headers[NOT_HERE] == "1"
+    # a single worker's answer to the same read: no header, and the directory read again
+    reads.siblings = False
+    code, _body, headers = reads.answer_item(siblings, {})
+    assert code == 503 and NOT_HERE not in headers
+    assert directory.stale_calls == 1  # type: ignore[attr-defined]
+    ps.close()
+
+
+def test_pages_of_several_processes_merge_into_one() -> None:
+    def page(names: list[str], nxt: str | None, parts: list[int], inc: list[str]) -> dict[str, Any]:
+        items = [{"item": n} for n in names]
+        return {"items": items, "next": nxt, "partitions": parts, "incomplete": inc}
+
+    a = page(["a", "c", "e"], "e", [0, 2], [])
+    b = page(["b", "c"], None, [1, 2], ["ops/3"])  # partition 2 moved between the two pages
+    merged = merge_page_answers([a, b], 3)
+    assert [it["item"] for it in merged["items"]] == ["a", "b", "c"] and merged["next"] == "c"
+    assert merged["partitions"] == [0, 1, 2] and merged["incomplete"] == ["ops/3"]
+    # fewer than the limit once the duplicate is gone, but a process has more: go on
+    merged = merge_page_answers([a, b], 5)
+    assert [it["item"] for it in merged["items"]] == ["a", "b", "c", "e"]
+    assert merged["next"] == "e"
+    done = merge_page_answers([page(["a"], None, [0], []), page([], None, [1], [])], 5)
+    assert done["items"] == [{"item": "a"}] and done["next"] is None
+    assert merge_page_answers([page([], None, [0], [])], 5)["next"] is None
