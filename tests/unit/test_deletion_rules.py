@@ -376,7 +376,9 @@ def test_an_erasure_answers_with_the_rows_removed_also_after_a_crash(tmp_path: P
         worker={"data_dir": str(tmp_path), "commit_interval_s": 0},
     )
     producer, metrics = FakeProducer(), WorkerMetrics()
-    processor = BatchProcessor(s, Delivery(s, producer, metrics), metrics)
+    processor = BatchProcessor(
+        s, Delivery(s, producer, metrics), metrics, PlacementRule("murmur2", 1)
+    )
     ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
     try:
         batch = [_message(i, "p", "putAttrs", {f"k{i}": i}) for i in range(3)]

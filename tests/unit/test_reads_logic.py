@@ -214,15 +214,19 @@ def test_a_member_process_says_when_a_sibling_may_hold_the_partition(tmp_path: P
     _apply(ps, "mine", 1, 1)
     code, _body, headers = reads.answer_item("mine", {})
     assert code == 200 and _body["value"] == {"n": 1} and NOT_HERE not in headers
-    theirs = next(n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4) == (p + 1) % 4)
+    theirs = next(
+        n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4, "murmur2") == (p + 1) % 4
+    )
     assert reads.answer_item(theirs, {})[0] == 307
-    sibling = Owners(4, {q: "me:1" for q in range(4)})
+    sibling = Owners(4, "murmur2", {q: "me:1" for q in range(4)})
     directory._owners = sibling  # type: ignore[attr-defined]
-    siblings = next(n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4) != p)
+    siblings = next(
+        n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4, "murmur2") != p
+    )
     code, _body, headers = reads.answer_item(siblings, {})
     assert code == 503 and headers[NOT_HERE] == "1" and headers["Retry-After"] == "1"
     assert directory.stale_calls == 0  # type: ignore[attr-defined]
-    q = item_partition(siblings, 4)
+    q = item_partition(siblings, 4, "murmur2")
     code, _body, headers = reads.answer_item(siblings, {"after": [f"{q}:3"]})
     assert code == 503 and headers[NOT_HERE] == "1"
     # a single worker's answer to the same read: no header, and the directory read again
