@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-memory bench-scale bench-processes faults schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test test-unit lint docs bench bench-store bench-compare bench-memory bench-scale bench-processes faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ jars: $(STAMP)
 demo: $(STAMP) jars
 	$(BIN)/dyno-stream demo
 
-test: $(STAMP) jars debs lint
+test: $(STAMP) jars debs lint docs
 	$(BIN)/pytest
 
 # docker-compose (debs) validates docker-compose.yml in tests/unit/test_compose.py
@@ -50,10 +50,16 @@ test-unit: $(STAMP) debs
 	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check dyno_stream tests bench
-	$(BIN)/ruff format --check dyno_stream tests bench
+	$(BIN)/ruff check dyno_stream tests bench docs/hooks.py
+	$(BIN)/ruff format --check dyno_stream tests bench docs/hooks.py
 	$(BIN)/mypy dyno_stream
 	$(BIN)/lint-imports
+
+# The documentation site: docs/ with the CLI and settings references generated from the code
+# and every benchmark figure read from bench/results/ (docs/hooks.py); --strict makes a
+# warning (a broken link, a figure missing from its results file) fail. Output: site/
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 worker: $(STAMP) jars
 	$(BIN)/dyno-stream broker start
@@ -108,4 +114,4 @@ schemas: $(STAMP)
 	$(BIN)/dyno-stream schemas export
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .dyno .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .dyno .pytest_cache .mypy_cache .ruff_cache site
