@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine (see README):
+# Two commands do all the set-up on a fresh machine (see README.md and docs/quick-start.md):
 #   make demo       the worker on the local Kafka broker, with the seed's example
 #   make test       the whole test suite, Kafka integration tests included
 # and one gives a fast signal while developing:
@@ -92,7 +92,7 @@ bench-memory: $(STAMP) jars
 	$(BIN)/python bench/bench_memory.py $(ARGS)
 
 # Workers 1 -> 2 -> 3 -> 2 -> 1 under 8,000 ops/s, each on its own disk, then on one shared
-# disk (bench/results/scale-separate.json, scale-shared.json; the README's scale-out figures)
+# disk (bench/results/scale-separate.json, scale-shared.json; the benchmarks page's scale-out figures)
 bench-scale: $(STAMP) jars
 	$(BIN)/python bench/bench_scale.py --disks separate $(ARGS)
 	$(BIN)/python bench/bench_scale.py --disks shared $(ARGS)
@@ -103,7 +103,7 @@ bench-processes: $(STAMP) jars
 
 # The fault suite at full size (CI runs it reduced, within `make test`): 200,000 ops with 20
 # SIGKILLs, 3 broker restarts, failing disks, 50,000 poison events (random seed, printed).
-# The figures land in bench/results/faults.json (the README's reliability section).
+# The figures land in bench/results/faults.json (the benchmarks page's faults section).
 faults: $(STAMP) jars
 	rm -f bench/results/faults.json
 	DYNO_FAULTS_FULL=1 DYNO_FAULTS_REPORT=bench/results/faults.json \
