@@ -3,8 +3,8 @@
 The demo starts a local broker of its own (``DYNO_BROKER_HOME`` and ``DYNO_BROKER_PORT`` put
 it in a temporary home on free ports, so it never meets a developer's broker or the session's)
 and a worker in another process, and stops both. The demo block of docs/quick-start.md is
-read here and each of its lines must appear in the demo's output, in order; flakes and hashes differ per
-run, so they are matched by their pattern, and how they relate is checked instead.
+read here and each of its lines must appear in the demo's output, in order; flakes and
+hashes differ per run, so they are matched by their pattern, and how they relate is checked instead.
 """
 
 from __future__ import annotations
