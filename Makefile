@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine (see README):
+# Two commands do all the set-up on a fresh machine (see README.md and docs/quick-start.md):
 #   make demo       the worker on the local Kafka broker, with the seed's example
 #   make test       the whole test suite, Kafka integration tests included
 # and one gives a fast signal while developing:
@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: debs jars demo test test-unit lint bench bench-store bench-compare bench-memory bench-scale bench-processes faults schemas worker broker-start broker-stop clean
+.PHONY: debs jars demo test test-unit lint docs bench bench-store bench-compare bench-memory bench-scale bench-processes faults schemas worker broker-start broker-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ jars: $(STAMP)
 demo: $(STAMP) jars
 	$(BIN)/dyno-stream demo
 
-test: $(STAMP) jars debs lint
+test: $(STAMP) jars debs lint docs
 	$(BIN)/pytest
 
 # docker-compose (debs) validates docker-compose.yml in tests/unit/test_compose.py
@@ -50,10 +50,16 @@ test-unit: $(STAMP) debs
 	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check dyno_stream tests bench
-	$(BIN)/ruff format --check dyno_stream tests bench
+	$(BIN)/ruff check dyno_stream tests bench docs/hooks.py
+	$(BIN)/ruff format --check dyno_stream tests bench docs/hooks.py
 	$(BIN)/mypy dyno_stream
 	$(BIN)/lint-imports
+
+# The documentation site: docs/ with the CLI and settings references generated from the code
+# and every benchmark figure read from bench/results/ (docs/hooks.py); --strict makes a
+# warning (a broken link, a figure missing from its results file) fail. Output: site/
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 worker: $(STAMP) jars
 	$(BIN)/dyno-stream broker start
@@ -86,7 +92,7 @@ bench-memory: $(STAMP) jars
 	$(BIN)/python bench/bench_memory.py $(ARGS)
 
 # Workers 1 -> 2 -> 3 -> 2 -> 1 under 8,000 ops/s, each on its own disk, then on one shared
-# disk (bench/results/scale-separate.json, scale-shared.json; the README's scale-out figures)
+# disk (bench/results/scale-separate.json, scale-shared.json; the benchmarks page's scale-out figures)
 bench-scale: $(STAMP) jars
 	$(BIN)/python bench/bench_scale.py --disks separate $(ARGS)
 	$(BIN)/python bench/bench_scale.py --disks shared $(ARGS)
@@ -97,7 +103,7 @@ bench-processes: $(STAMP) jars
 
 # The fault suite at full size (CI runs it reduced, within `make test`): 200,000 ops with 20
 # SIGKILLs, 3 broker restarts, failing disks, 50,000 poison events (random seed, printed).
-# The figures land in bench/results/faults.json (the README's reliability section).
+# The figures land in bench/results/faults.json (the benchmarks page's faults section).
 faults: $(STAMP) jars
 	rm -f bench/results/faults.json
 	DYNO_FAULTS_FULL=1 DYNO_FAULTS_REPORT=bench/results/faults.json \
@@ -108,4 +114,4 @@ schemas: $(STAMP)
 	$(BIN)/dyno-stream schemas export
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .dyno .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .dyno .pytest_cache .mypy_cache .ruff_cache site

@@ -493,7 +493,7 @@ def kill_plan(kills: int, rnd: random.Random) -> list[str]:
 
 def record_figures(test: str, **figures: Any) -> None:
     """Print a fault test's figures, and keep them in ``$DYNO_FAULTS_REPORT`` (JSON) when set,
-    with the totals the README's reliability section quotes."""
+    with the totals the benchmarks page (docs/benchmarks.md) reads."""
     print(f"\n{test}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
     path = os.environ.get("DYNO_FAULTS_REPORT")
     if not path:

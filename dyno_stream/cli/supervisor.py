@@ -1,32 +1,12 @@
 """``dyno-stream worker --processes N``: N members of the consumer group, a child process each.
 
-Why processes: the worker is CPU-bound in one Python thread (the interpreter's lock), so a
-second core only helps a second process. The parent holds no Kafka client and no store. It
-starts the children, restarts one that exits with a growing pause, passes SIGTERM/SIGINT on
-to them all, serves one ``/metrics`` and ``/healthz`` for the whole worker, and exits with a
-status that says what happened (``exit_status``).
+The worker is CPU-bound in one Python thread, so a second core only helps a second process.
+The parent holds no Kafka client and no store: it starts the children (spawned, sharing the
+data dir), restarts one that exits with a growing pause, passes SIGTERM/SIGINT on to them,
+serves one ``/metrics`` (prometheus-client's multiprocess mode) and ``/healthz`` for the
+whole worker, and exits with a status that says what happened (``exit_status``).
 
-- Children are started by multiprocessing's "spawn" (a fresh interpreter: no librdkafka
-  thread or LevelDB handle copied by a fork). ``child_settings`` is the one place that says
-  what differs between a child's settings and the worker's.
-- They share the data dir. A store belongs to a partition, not to a process: a partition
-  that moves from one child to another reopens its store once the old owner has closed it
-  (the restorer waits while its LevelDB lock is held), with nothing to restore.
-- Metrics: prometheus-client's multiprocess mode. Each child writes its values to files of
-  its own in a directory the parent makes (``PROMETHEUS_MULTIPROC_DIR``), and the parent's
-  ``/metrics`` sums them (``MultiProcessCollector``). Chosen over one port per child so that
-  a scraper keeps one target whatever ``processes`` is, and so that a child's counters
-  outlive it: a restarted child would otherwise start its counters from 0 and the sum would
-  fall. Gauges say how they combine (``stream.metrics``); ``mark_process_dead`` drops an
-  exited child's gauges.
-- ``/healthz``, ``/items`` and ``/rows`` at the configured address ask the children over
-  their own endpoints (127.0.0.1, a port the system picks, listed in ``/healthz``). Reads
-  are answered as one worker answers them: the parent's endpoint is a worker's
-  (``stream.http``: the token, the read limit), and each child answers with a worker's
-  routing (``stream.reads``: 307 to another worker, 503 while restoring or moving,
-  ``after=``), saying when it holds no store of the item's partition (``NOT_HERE``). The
-  parent asks the children in turn and passes on the first answer that is not that; a
-  listing's page merges every child's.
+Why spawn, a shared data dir and summed metrics: ``docs/design/supervisor.md``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """One exception hierarchy for the whole package, classified by what failed.
 
-Every error a caller can provoke derives from :class:`DynoError`, so a service can catch one
-type; below it, one family per thing that can fail::
-
-    DynoError
-    ├── InputError          an event or call that cannot be applied (dead-lettered by a worker)
-    │   ├── ValidationError     wrong shape: names, flakes, changes, JSON, limits, keys, clock
-    │   └── HistoryError        does not fit the item's history: late, conflict, unknown hash
-    ├── StoreError          LevelDB: closed, refused a write, could not be opened
-    ├── KafkaServiceError   Kafka: refused login, unacknowledged publish, admin/metadata
-    ├── ConfigError         a setting that cannot work
-    └── LocalBrokerError    the development broker (devtools) could not be fetched or started
-
-The worker maps each class to a dead-letter ``reason`` (see ``reason``), which is why each
-carries a short machine-readable code besides its message.
+Every error a caller can provoke derives from :class:`DynoError`; below it one family per
+thing that can fail (input, store, Kafka, configuration, the development broker). The worker
+maps each class to a dead-letter ``reason``, which is why each carries a short code besides
+its message. The tree: ``docs/design/errors.md``.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """Limits on one event: configurable, enforced by the worker, each with its own reason.
 
-Why limits: the ops topic is open to any producer, and a single event must not be able to make
-a worker slow (a change nested thousands deep walked on every replay), huge (an item with a
-million attributes rewritten on every op) or crash. Each limit is a ``[worker]`` setting and a
-broken one sends the event to the dead-letter topic with its own reason:
-
-============== ==================== =============================================
-setting        reason               checked
-============== ==================== =============================================
-max_event_bytes ``oversized``       on the raw bytes, before parsing (the worker)
-max_name_bytes ``name-too-long``    on the parsed event (``Limits.check``)
-max_depth      ``too-deep``         on the parsed event (``Limits.check``)
-max_attrs      ``too-many-attrs``   when the op is applied (``check_attrs``, the store)
-============== ==================== =============================================
-
-The checks sit on the worker's hot path, so each is arranged to cost next to nothing for an
-ordinary event: the name's length is only measured when it could be too long, and a change is
-only walked for its depth when its JSON text holds more brackets than the limit allows (a change
-with n objects and arrays is at most n deep). Events the parser refuses are looked at again by
-``explain`` (the error path only), so that an event beyond a limit is reported as such even
-when the parser or the wire contract refused it first: a name over the store's 1,024 bytes is
-``name-too-long`` and a change nested past the parser's own limit is ``too-deep``.
+The ops topic is open to any producer, and one event must not make a worker slow, huge or
+crash. Each limit is a ``[worker]`` setting (``max_event_bytes``, ``max_name_bytes``,
+``max_depth``, ``max_attrs``); a broken one dead-letters the event with its own reason. The
+checks sit on the hot path, so each costs next to nothing for an ordinary event; ``explain``
+(the error path only) reports an event beyond a limit as such even when the parser refused it
+first. Where each is checked and why it is cheap: ``docs/design/limits.md``.
 """
 
 from __future__ import annotations

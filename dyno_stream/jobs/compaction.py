@@ -1,32 +1,11 @@
 """Compaction: flatten long histories, as a cron job beside running workers or offline.
 
-Online (``dyno-stream compact``) never opens a worker's LevelDB (the worker holds its lock)
-and never writes to it behind the worker's back. It follows the seed's contract, "flatten to
-a hash the caller has seen":
-
-1. read the snapshot topic to its end, keeping each item's newest snapshot (most changes);
-2. choose items by policy (at least ``min_rows`` rows, a name prefix, at most ``max_items``);
-3. send each a flatten command ``{"item", "op": "flatten", "hash", "before"}`` through the
-   ops topic, keyed by item, so the worker that owns the item folds it *in order* with the
-   ops around it: only rows older than ``before`` (now minus the allowed lateness) and not
-   past ``hash`` are folded;
-4. wait until the workers' group has consumed past those commands, and read the new
-   snapshots to report the rows removed.
-
-Ops arriving during a pass are never lost or reordered (they queue behind or before the
-command on the item's partition), and two passes at once do no harm: the second command
-finds nothing older left to fold, or a hash the first already folded, and does nothing.
-
-Offline (``--db PATH``) folds a store no worker holds, then runs LevelDB's compaction so the
-disk space really comes back.
-
-Lateness: an op whose flake is older than its item's history row can no longer be placed;
-the worker sends it to the dead-letter topic with reason ``late``. With the default allowed
-lateness of one hour, any op that reaches Kafka within an hour of its flake is applied. Every
-pass keeps that promise by folding only rows older than the lateness before a time up to
-which every op of the partition is known to have been consumed (``fold_cutoff``), never
-before the wall clock alone: a worker behind its backlog has ops waiting in Kafka that
-reached it on time.
+Online (``dyno-stream compact``) never opens a worker's LevelDB: it reads the snapshot topic,
+chooses items by policy and sends each a flatten command through the ops topic, so the worker
+that owns the item folds it in order with the ops around it. Offline (``--db PATH``) folds a
+store no worker holds, then compacts LevelDB so the disk space comes back. Every pass folds
+only rows older than the lateness before a time up to which the partition is surely consumed
+(``fold_cutoff``). The steps and the lateness guarantee: ``docs/design/compaction.md``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """Erasure on request: ``dyno-stream erase ITEM [--wait]``.
 
-An ``erase`` command goes through the ops topic, keyed by the item, so the worker that owns
-the item applies it in order with the item's other ops: it removes every row and the cached
-state of the item at once (not waiting for the lateness window), keeps only the deleted
-marker (no attribute value), publishes the tombstone and logs the erasure without the item's
-values. The worker answers the command as it answers a flatten command: with the item's
-tombstone, whose source offset is the command's or later (or, for a command it refuses, a
-dead letter naming the command's offset). Waiting reads those answers
+An ``erase`` command goes through the ops topic, keyed by the item, so its owner applies it
+in order with the item's other ops: every row and the cached state go at once, the deleted
+marker stays, and the tombstone answers the command. Its ``dyno.erased.rows`` header counts
+the rows the partition's store removed: 0 means that store held nothing of the item, and
+the command line says "no such item" rather than confirming. Waiting reads those answers
 (``compaction.await_answers``), never the group's committed offsets.
-
-The answer proves the erasure only with what it says the store removed: its
-``dyno.erased.rows`` header is the count of the item's rows the partition's store deleted.
-0 means that store held nothing of the item (never written, already erased, or written to
-another partition than the one its name hashes to): the erasure removed nothing, and the
-command line says "no such item" rather than confirming.
 """
 
 from __future__ import annotations

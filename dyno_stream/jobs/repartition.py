@@ -1,33 +1,11 @@
 """Moving a deployment to new topics with another partition count (``dyno-stream repartition``).
 
-Kafka places a key at ``hash(key) % partitions``, and every partition's store holds the
-histories of the items that hash to it. Adding partitions to the ops topic in place moves
-items' later ops to partitions whose stores know nothing of them, so the workers refuse it
-(see ``topics.check_partition_count``). This tool moves the deployment instead, to new topics
-named after the count (``dyno.ops`` -> ``dyno.ops.p8``, ``dyno.snapshots.p8``):
-
-1. **fence**: the old ops topic's ``max.message.bytes`` is set to 0, so the broker refuses
-   every op sent to it from then on, from any client (a ``DynoClient``'s future fails with
-   ``PublishError``: reported, never lost silently). A probe message proves the fence holds.
-2. **drain**: wait (``drain_timeout``) until the workers' group has committed every offset
-   of the old topic; what they have not applied by then is forwarded in step 5.
-3. **read**: the group's committed offsets, then each item's newest snapshot (in that order:
-   an op below a committed offset is in a snapshot read after it).
-4. **copy**: create the new topics (co-partitioned, ``N`` partitions) and write each item's
-   newest snapshot to the new snapshot topic, at the partition its key has in the new ops
-   topic (its ops' partition: ``partitioning.snapshot_partition``), with its ``source``
-   rewritten to ``{new ops topic, that partition, -1}``: a worker restoring the partition
-   reads that snapshot partition alone, takes it as the item's history and replays the new
-   ops topic from offset 0.
-5. **forward**: every op of the old topic that no snapshot holds (past the item's snapshot
-   offset and the group's committed offset; every op of a partition added in place) is sent
-   to the new ops topic, key, value and headers unchanged.
-
-Each step's outcome is written to a state file before the next starts, so a run that crashed
-resumes where it stopped; forwarding resumes from the last flushed offsets, and an op sent
-twice is a no-op in the store (same flake, op and change). Then the workers and clients are
-pointed at the new topics (the command prints the settings) and restarted: the workers
-restore each new partition from the new snapshot topic with the existing restore code.
+Adding partitions in place moves items' later ops to stores that know nothing of them, so the
+workers refuse it; this tool moves the deployment to new topics named after the count
+(``dyno.ops`` -> ``dyno.ops.p8``) in five steps: fence the old ops topic, drain, read the
+newest snapshots, copy them co-partitioned into the new snapshot topic, forward the ops no
+snapshot holds. Each step's outcome is saved in a state file, so a crashed run resumes.
+The steps in detail: ``docs/design/repartition.md``.
 """
 
 from __future__ import annotations

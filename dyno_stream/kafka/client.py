@@ -1,22 +1,10 @@
 """Producing ops: the seed's methods, sent to the ops topic as validated events.
 
-Each method stamps a flake (unless given one), validates the op with the same pydantic models
-the worker uses (so a bad op fails here, at the caller, with the field named), and sends it
-keyed by the item name, so all of an item's ops share a partition and keep their order. Each
-returns a :class:`concurrent.futures.Future` of its :class:`Delivery`; ``flush()`` waits for
-all of them.
-
-The producer places each item by the placement rule (``[kafka] partitioner``, murmur2 by
-default, as Java's clients do; ``kafka.partitioning``). That placement holds only while the ops
-topic keeps its partition count, so the client checks the count against the recorded one
-(the snapshot topic's, see ``kafka.topics``) before its first send and every few seconds, and
-refuses to send with :class:`~dyno_stream.core.errors.PartitionCountError` when they differ.
-
-Clock skew (see ``dyno_stream.kafka.clock``): an op whose ``ts`` is more than
-``worker.max_clock_skew_s`` ahead of this machine's clock is refused here with
-``ClockSkewError``, as the worker would dead-letter it; and each acknowledgement from a
-``LogAppendTime`` ops topic tells the broker's time, so a local clock more than a few seconds
-off the broker's is logged as a warning (``clock_watch.offset_s`` holds the last measure).
+Each method stamps a flake, validates the op with the worker's own models (a bad op fails
+here, with the field named), and sends it keyed by the item name under the placement rule
+(``[kafka] partitioner``), returning a Future of its :class:`Delivery`. The client refuses to
+send when the ops topic's partition count changed (``PartitionCountError``) or an explicit
+``ts`` is too far ahead (``ClockSkewError``). Why: ``docs/design/producer.md``.
 """
 
 from __future__ import annotations

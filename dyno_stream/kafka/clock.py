@@ -1,22 +1,11 @@
 """Clock skew: how far ahead of its time an op's flake may be, and how we tell.
 
-Items are ordered by flake, so an op stamped by a producer whose clock runs a year fast sorts
-after every honest op for a year: the item stays at that op's value, and compaction can never
-fold the row (it is never older than the lateness cut-off). Systems that order by time bound
-the skew they accept; so do we, with ``[worker] max_clock_skew_s`` (60 s by default):
-
-- **The worker** compares an op's flake time (a flatten command's ``before``) with the Kafka
-  message's own timestamp, never with its own clock, so replaying old data decides the same
-  way. The ops topic is created with ``message.timestamp.type=LogAppendTime``: the broker
-  stamps each message as it appends it, so the bound holds against the broker's clock whatever
-  the producer's clock says. On a topic with ``CreateTime`` (Kafka's default, e.g. a topic
-  made by hand) the timestamp is the producer's own: the check then only catches a flake that
-  disagrees with the producer's message time (a wrong flake source, a forged flake), not a
-  producer whose whole clock is wrong; the worker logs this once. A message without a
-  timestamp (``TIMESTAMP_NOT_AVAILABLE``, only from pre-0.10 message formats) is not checked.
-- An op far in the *past* is not skew: it is placed, or it is ``late`` (``LateOpError``).
-- **The client** refuses to send an op whose explicit ``ts`` is beyond the bound of its local
-  clock, and learns the broker's clock from its acknowledgements (``BrokerClockWatch``).
+Items are ordered by flake, so an op from a producer whose clock runs a year fast would
+freeze its item for a year. ``[worker] max_clock_skew_s`` bounds it: the worker compares an
+op's flake time with the Kafka message's own timestamp (``LogAppendTime``: the broker's
+clock), never its own clock; the client refuses an explicit ``ts`` beyond the bound and
+learns the broker's clock from its acknowledgements (``BrokerClockWatch``). An op far in the
+past is not skew. Details: ``docs/design/clock-skew.md``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """Topic administration: create the ops, snapshot and dead-letter topics when missing.
 
-The snapshot topic is a changelog of materialized items, so it is created compacted
-(``cleanup.policy=compact``): Kafka then keeps at least the last snapshot of every item.
-The ops topic is created with ``message.timestamp.type=LogAppendTime``: each op's message
-carries the broker's time of append, which the worker's clock-skew bound is measured against
-(see ``dyno_stream.kafka.clock``), whatever the producer's clock says.
-
-It is also created with as many partitions as the ops topic has (the configured count only
-when the ops topic does not exist yet), and each snapshot goes to the partition of the ops
-that made it: the two topics are *co-partitioned*, so restoring ops partition p reads only
-snapshot partition p (``snapshot_partitioning`` tells whether an existing pair is). Its
-partition count is also the record of the count the deployment was built with: a record every
-worker and client can read from the cluster's metadata, without a store
-(``ops_partition_counts``). Each partition store keeps the count too (``store.partition``).
+The snapshot topic is created compacted and co-partitioned with the ops topic (a snapshot goes
+to the partition of the ops that made it); the ops topic with ``LogAppendTime``. The snapshot
+topic's partition count is also the record of the count the deployment was built with, which
+every worker and client can read (``ops_partition_counts``). Why: ``docs/design/topics.md``.
 """
 
 from __future__ import annotations

@@ -1,39 +1,11 @@
 """One memory budget for every partition store of a worker (``[worker] memory_mb``).
 
-A worker keeps, per partition store, decoded item states (the state cache, ``states``) and
-LevelDB's own memory: a block cache, write buffers (the memtable being filled and the one
-being written out) and a table cache (one entry per open table file, ``max_open_files``).
-Sized per store, they grew with the number of partitions: 64 partitions could cache 6,400,000
-states. The budget caps their sum whatever the number of stores:
-
-- ``STATE_FRACTION`` of it goes to the state caches, divided in equal shares among the stores
-  the worker holds. Each store keeps its own least recently written states within its share
-  and evicts the rest (writing a dirty one to its state row first). Shares change at once
-  when the worker gains or loses partitions: the stores over their new share evict then,
-  on the thread that re-divides (for an assignment, the loop's, in the rebalance callback).
-  Only the states written since the last flush (``flush_interval_s``) need a write; the
-  others are dropped.
-
-  Why shares and not one LRU list across the stores: a dirty state evicted must be written
-  into its own store, under that store's lock, with its journal. With one list, the thread
-  committing a batch in store A would evict B's states, taking B's lock while holding A's;
-  the restorer and HTTP threads take the same locks in other orders (deadlocks), and every
-  touched state would pay a second ordered-dict move on the hot path. Items are spread over
-  partitions by a hash of their name, so under a keyed load the partitions' working sets are
-  alike and equal shares lose little. A partition that idles keeps its share, though: the
-  cost of this design.
-
-- The rest goes to LevelDB, divided by the number of stores: a quarter each to the block
-  cache and the write buffer (two memtables at most: half), a quarter to the table cache.
-  plyvel opens each database with caches of its own (no cache shared between databases), and
-  its options are fixed at open: a store gets the share of the moment it opens. Stores
-  opened before the worker gained partitions keep their larger share until they close; the
-  budget does not reopen them (a reopen flushes, closes and replays LevelDB's log while the
-  partition waits, for memory LevelDB fills only as it reads and writes), so LevelDB's part
-  can exceed its share by what those stores were given, at most ``MAX_BLOCK_CACHE`` +
-  2 x ``MAX_WRITE_BUFFER`` each. The worker tells the budget how many partitions it holds
-  (``hold``) as soon as they are assigned, before their stores open, so a worker given 64
-  partitions at once never opens its first store with the whole budget.
+``STATE_FRACTION`` of it goes to the item-state caches in equal shares of the stores held
+(each evicts its least recently written states beyond its share); the rest to LevelDB, a
+quarter each per store to the block cache and write buffer, a quarter to the table cache.
+Shares are re-divided when partitions are assigned (``hold``), before their stores open.
+Why equal shares and not one LRU list, and why open stores keep their LevelDB share:
+``docs/design/memory-budget.md``.
 """
 
 from __future__ import annotations

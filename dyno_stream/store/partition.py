@@ -1,46 +1,12 @@
 """Per-partition state and the commit order that makes the worker exactly-once in effect.
 
-Each assigned partition of the ops topic has its own :class:`DynoStore` (so a partition can
-move to another worker with its data). Beside the items, the store keeps, in its internal key
-space, the bookkeeping that must move in step with them:
-
-- ``offset``: the next offset to consume. It is written in the same LevelDB batch as the ops,
-  so after a crash the store's own offset is the truth: an op is either applied and counted,
-  or neither, and it is never applied twice.
-- ``consumed-time``: the Kafka timestamp (ms) of the newest message consumed, written with the
-  offset. Compaction folds only rows older than this minus the allowed lateness (see
-  ``store.compaction_policy.fold_cutoff``): an op still waiting in Kafka behind a lagging
-  worker is never made late by a fold that the wall clock alone would allow.
-- ``pending/snapshots/<offset>``: the items a batch changed and the offsets that changed
-  them (and, for an item the batch erased, the rows the erasure removed: its tombstone says
-  so), until their snapshots are acknowledged by Kafka (one row per batch).
-- ``pending/dead/<offset>``: dead letters of a batch, until acknowledged.
-- ``ops-partitions``: the ops topic's partition count when the store was built. Items are
-  placed by ``hash(key) % partitions``, so a store is only right for that count
-  (``check_partitions``).
-
-A store found behind what the ops topic keeps is set aside (``set_aside``: renamed
-``<store>.stale-<time>``) and the partition restored into a new one. The copy set aside is
-never read (``partition_stores`` leaves it out) and is deleted once the partition's new
-store is ready (``remove_stale_copies``): it may hold values erased since.
-
-The commit order of one batch (see ``stream.processing`` and ``stream.delivery``)::
-
-    1. validate the raw events                   (nothing written yet)
-    2. one transaction: ops + offset + pending   (one atomic LevelDB batch per partition,
-       rows + deletion of acknowledged ones       ``PartitionStore.transaction``)
-    3. produce snapshots and dead letters        (not waiting: the next batch starts now)
-    4. once every message of the batch is acknowledged (in batch order):
-       a. its pending rows are deleted           (with the partition's next write batch)
-       b. its offsets are committed to Kafka     (at most every commit_interval_s; only lag
-                                                  tools read them: the store is the truth)
-
-A crash before 2 replays the batch; between 2 and 4a the worker publishes the pending
-snapshots and dead letters again when it next opens the partition (duplicates are possible,
-loss is not, and a snapshot is always read from the store, so a duplicate is never stale).
-Step 3 does not wait: waiting for the broker's acknowledgements after every batch left the
-worker idle for a round trip per batch. At most a few batches are in flight; a revoke, a
-shutdown or an idle moment waits for all of them.
+Each assigned partition has its own :class:`DynoStore`; beside the items it keeps, in the same
+LevelDB write batches, the next offset, the newest consumed Kafka timestamp, the pending
+snapshots and dead letters of each batch until Kafka acknowledges them, and the ops topic's
+partition count it was built for. A batch is validated, applied in one transaction with its
+offset and pending rows, published without waiting, and cleared once acknowledged; a crash
+at any step leads to a replay or a republish, never a loss or a double apply. The rows and
+the order, step by step: ``docs/design/commit-order.md``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """The materialized states: a cache of decoded item states, written behind their rows, and the
 crash journal that makes writing them late safe.
 
-Each item has a state row (``\\x00state\\x00<name>``: value, hash, counts) beside its op rows;
-it is what makes ``get_item`` cost the same for an item with one row or ten thousand, and it
-always reads as the replay of the rows (a property test holds it to that).
-
-States are written behind the rows: a batch updates them in memory, and they reach LevelDB
-every ``flush_interval_s``, when evicted from the cache (kept within the store's share of
-the worker's memory budget, ``budget``), before a scan, and on close.
-Encoding and writing each touched item's state in every batch cost as much as writing its
-ops. A batch that dirties a state for the first time records the item's name in the dirty
-journal (``\\x00meta\\x00dirty\\x00<n>``), in the same write batch as its rows; a flush writes
-the states and deletes the journal. Opening a store after a crash replays the journal's items
-from their rows (``recover_states``), so whatever state rows were lost, every item reads
-exactly as its rows say.
+Each item's state row makes ``get_item`` cost the same for one row or ten thousand. A batch
+updates states in memory; they reach LevelDB every ``flush_interval_s``, on eviction, before a
+scan and on close. A batch that first dirties a state names the item in a journal row of the
+same write batch, and opening a store after a crash replays those items from their rows
+(``recover_states``). Details: ``docs/design/states.md``.
 """
 
 from __future__ import annotations

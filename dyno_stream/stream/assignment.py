@@ -1,18 +1,10 @@
 """Assignment: the partitions the group gives this worker, and the state of each.
 
-Rebalances are incremental (``incremental_assign`` / ``incremental_unassign``): only the
-partitions that move are touched, and every other partition keeps its open store and keeps
-being processed through the rebalance.
-
-Each partition this worker owns is in one state, shown on ``/healthz``::
-
-    RESTORING  assigned and paused; the restorer readies its store beside the loop
-    RUNNING    consumed from its store's offset and processed
-    PAUSED     its store is open but nothing is processed (Kafka is not taking snapshots)
-
-A partition starts (RESTORING -> RUNNING, PAUSED -> RUNNING) by being assigned again at its
-store's offset: the messages fetched while it was paused or restoring were dropped by the
-batch processor, and are consumed again from there.
+Rebalances are incremental: only the partitions that move are touched; every other partition
+keeps its open store and keeps being processed. Each owned partition is RESTORING (paused,
+its store readied by the restorer), RUNNING or PAUSED (Kafka is not taking snapshots), as
+``/healthz`` shows. A partition starts by being assigned again at its store's offset.
+The states: ``docs/design/worker.md``.
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram(
             "dyno_batch_seconds",
-            # what Worker._process times: no Kafka acknowledgement or commit is awaited, except
-            # an older batch's when three are already in flight
+            # what BatchProcessor.process times: no Kafka acknowledgement or commit is awaited,
+            # except an older batch's when the batches in flight are past their bound
             "Seconds to validate, apply and produce one consumed batch (its snapshots and dead"
             " letters handed to the producer, not yet acknowledged)",
             registry=r,

@@ -1,23 +1,12 @@
 """Reads for the HTTP endpoint: an item, a page of items, or rows, from this worker's stores.
 
-Served on the endpoint's threads, never on the loop's. A store serializes its reads and
-writes with one lock, which the loop holds for a batch's whole transaction: a read waits
-for at most the batch in progress, and holds the lock itself only for one state lookup, so
-reads never stall the loop. A page iterates a LevelDB snapshot, outside that lock. A store
-closed under a read (its partition revoked) is skipped.
-
-Routing (``answer_item``): an item's partition is the placement rule over its name
-with the ops topic's partition count (``kafka.members``). A worker that holds that partition
-answers; one that does not answers 307 with the owner's address (the group's description);
-while the partition is restoring or has no owner, 503 with ``Retry-After``. ``after=P:O``
-waits until this worker has applied offset O of partition P (its store's ``next_offset`` is
-past it), up to ``read_timeout_s``; then 504 saying how far behind it is.
-
-A member process of ``worker --processes`` (``siblings``) shares its advertised address with
-its siblings, so the group names that address for partitions a sibling holds. Its answers
-for a partition it holds no store of carry the ``NOT_HERE`` header: the parent, which asks
-each child in turn, takes the first answer without it (``merge_page_answers`` joins their
-pages), so the parent answers as one worker holding every child's partitions would.
+Served on the endpoint's threads, never on the loop's; a read waits for at most the batch in
+progress. Routing (``answer_item``): the placement rule gives the item's partition; a worker
+holding it answers, others answer 307 with the owner's address, 503 while it is restoring or
+has no owner. ``after=P:O`` waits until offset O of partition P is applied (504 past
+``read_timeout_s``). A member process of ``worker --processes`` marks answers for partitions
+it holds no store of (``NOT_HERE``) so the parent, asking each child, answers as one worker.
+The details: ``docs/design/reads.md``.
 """
 
 from __future__ import annotations

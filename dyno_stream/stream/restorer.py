@@ -1,25 +1,10 @@
 """The restorer: readies a newly assigned partition beside the worker's loop.
 
-A partition assigned to this worker is paused and handed to the restorer, which, on a
-thread of its own:
-
-1. opens the partition's store, waiting while another worker on a shared disk still holds
-   its lock (``StoreLockedError``; the previous owner closes it once its revoke is done);
-2. checks it against the ops topic's partition count (``PartitionStore.check_partitions``);
-3. restores it when it is missing or behind what the ops topic still keeps: each item's
-   newest snapshot, read from the snapshot topic's partition of the same number, becomes
-   its history row, and the ops after it are replayed by the loop as usual. A store that
-   is behind is set aside first (``<store>.stale-<time>``), and deleted once the new store
-   is ready: it may hold values erased since, and nothing reads it.
-
-The loop keeps polling and processing the other partitions meanwhile, and starts the
-partition from its store's offset once its job is done (``stream.assignment``). A revoke
-cancels the job: the snapshot read stops within a fraction of a second, and the restore's
-items and offset are written in one batch or not at all, so nothing half-written is left
-for the next owner to trust (a store without an offset is restored again).
-
-Kafka Streams' ``StoreChangelogReader`` and quixstreams' ``state/recovery.py`` do the same
-with the same states (restoring, then running).
+On a thread of its own it opens the partition's store (waiting while a previous owner on a
+shared disk holds its lock), checks the ops topic's partition count, and restores the store
+from the snapshot topic's partition of the same number when it is missing or behind. The
+loop keeps processing the other partitions meanwhile. A revoke cancels the job; the restore
+writes its items and offset in one batch or not at all. The steps: ``docs/design/worker.md``.
 """
 
 from __future__ import annotations

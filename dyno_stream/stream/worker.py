@@ -1,22 +1,12 @@
 """The stream worker: Kafka ops -> validate -> apply -> snapshot -> commit.
 
 One worker process consumes the ops topic in a consumer group. The loop is short; each step
-belongs to one part:
-
-- ``Assignment`` (``stream.assignment``): the partitions the group gives this worker, each
-  RESTORING, RUNNING or PAUSED; incremental rebalances touch only the partitions that move;
-- ``Restorer`` (``stream.restorer``): readies a new partition's store on its own thread, the
-  partition paused meanwhile, so the loop never stops for a restore;
-- ``BatchProcessor`` (``stream.processing``): validates a batch and applies each partition's
-  share in one store transaction with its offset and pending rows;
-- ``Delivery`` (``stream.delivery``): snapshots and dead letters on their way to Kafka,
-  completed in batch order, then offsets committed;
-- ``Scheduler`` (``stream.scheduler``): compaction when due, lag;
-- ``StoreReads`` (``stream.reads``): the HTTP endpoint's item and row reads.
-
-The commit order of a batch, and what a crash at each step leads to, is in
-``store.partition``. Bad events never stop the worker: each goes to the dead-letter topic
-with its reason and is counted.
+belongs to one part: ``Assignment`` (partitions and their states), ``Restorer`` (a new
+partition's store, on its own thread), ``BatchProcessor`` (validate, apply in one store
+transaction), ``Delivery`` (snapshots and dead letters on their way, then offsets committed),
+``Scheduler`` (compaction, lag) and ``StoreReads`` (HTTP reads). Bad events never stop the
+worker: each goes to the dead-letter topic with its reason. The parts and the commit order:
+``docs/design/worker.md`` and ``docs/design/commit-order.md``.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def test_storage_formats_with_a_kept_id_that_starts_with_a_dash(tmp_path: Path) 
 
 @pytest.mark.kafka
 def test_cli_broker_start_status_stop(tmp_path: Path) -> None:
-    """The README's ``dyno-stream broker start|stop|status``, as a user types them, in a home
+    """The docs' ``dyno-stream broker start|stop|status``, as a user types them, in a home
     and on ports of the test's own (``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT``)."""
     home = (tmp_path / "home").resolve()
     port = free_port_pair()

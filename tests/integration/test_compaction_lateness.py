@@ -1,12 +1,12 @@
 """Compaction never makes an on-time op late, whatever the worker's lag (issue 18).
 
-The README promises that an op reaching Kafka within the allowed lateness (one hour) of its
-flake's time is applied. Each scenario here is a worker two hours behind its partition: the
-ops reach Kafka now, with flakes of the last hour, and the worker's clock (``time.time``) runs
-two hours ahead, as it would on a worker that had been down or behind a large backlog for two
-hours. A fold measured by the wall clock alone folds op B (flake t+5 min) while op A (flake
-t, reached Kafka at t+10 min: on time) still waits in Kafka, and A becomes a ``late`` dead
-letter.
+docs/operations/compaction.md promises that an op reaching Kafka within the allowed lateness
+(one hour) of its flake's time is applied. Each scenario here is a worker two hours behind its
+partition: the ops reach Kafka now, with flakes of the last hour, and the worker's clock
+(``time.time``) runs two hours ahead, as it would on a worker that had been down or behind a
+large backlog for two hours. A fold measured by the wall clock alone folds op B (flake t+5 min)
+while op A (flake t, reached Kafka at t+10 min: on time) still waits in Kafka, and A becomes a
+``late`` dead letter.
 
 Real broker, real worker, LevelDB on disk.
 """

@@ -3,7 +3,7 @@
 items and the lateness rules around a deletion.
 
 The tombstone is read back with a plain confluent-kafka consumer: kcat is not installed on
-every machine these tests run on (the README shows the kcat command that reads the same).
+every machine these tests run on (the producing page shows the kcat command that reads the same).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""``dyno-stream demo`` as a user runs it, held to what the README shows.
+"""``dyno-stream demo`` as a user runs it, held to what the quick start shows.
 
 The demo starts a local broker of its own (``DYNO_BROKER_HOME`` and ``DYNO_BROKER_PORT`` put
 it in a temporary home on free ports, so it never meets a developer's broker or the session's)
-and a worker in another process, and stops both. The README's demo block is read here and
-each of its lines must appear in the demo's output, in order; flakes and hashes differ per
-run, so they are matched by their pattern, and how they relate is checked instead.
+and a worker in another process, and stops both. The demo block of docs/quick-start.md is
+read here and each of its lines must appear in the demo's output, in order; flakes and
+hashes differ per run, so they are matched by their pattern, and how they relate is checked instead.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ FLAKE = r"[0-9a-f]{12}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 HASH = r"[0-9a-f]{32}"
 
 
-def readme_demo_lines() -> list[str]:
-    """The lines of the README's block that shows the demo's output."""
-    text = (REPO / "README.md").read_text()
+def quick_start_demo_lines() -> list[str]:
+    """The lines of the quick start's block that shows the demo's output."""
+    text = (REPO / "docs" / "quick-start.md").read_text()
     after = text.split("`make demo` starts the broker", 1)[1]
     block = after.split("```\n", 2)[1]
     return [line.strip() for line in block.splitlines() if line.strip()]
@@ -67,7 +67,7 @@ def test_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
     assert not LocalBroker(home=home).is_running(), "the demo left its broker running"
 
     out = [line.strip() for line in proc.stdout.splitlines()]
-    expected = readme_demo_lines()
+    expected = quick_start_demo_lines()
     assert len(expected) >= 5, expected
     found: list[str] = []
     at = 0
@@ -76,7 +76,7 @@ def test_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
         while at < len(out) and not pattern.fullmatch(out[at]):
             at += 1
         assert at < len(out), (
-            f"the README's line {want!r} is not in the demo's output "
+            f"the quick start's line {want!r} is not in the demo's output "
             + (f"(after {found[-1]!r})" if found else "")
             + f":\n{proc.stdout}"
         )
@@ -84,7 +84,7 @@ def test_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
         at += 1
 
     # what the patterns cannot say: the rows' flakes rise, the flatten names the chain hash
-    # of the three rows (the README's formula), and the history row carries it at the newest
+    # of the three rows (the store page's formula), and the history row carries it at the newest
     # op's flake
     rows = [re.fullmatch(rf"chilts/({FLAKE})/(\w+) = (.*)", r) for r in found[:3]]
     assert all(rows), found[:3]

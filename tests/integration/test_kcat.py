@@ -180,7 +180,7 @@ def test_kcat_reads_a_deleted_items_tombstone(
     kafka_bootstrap: str,
 ) -> None:
     """Issue 15: the tombstone as a plain Kafka client sees it: the item's key, a null value
-    and the headers saying where it was deleted (kcat's JSON envelope; the README's example
+    and the headers saying where it was deleted (kcat's JSON envelope; the producing page's example
     prints the same with -Z -f)."""
     kcat()
     s = make_settings(partitions=2)

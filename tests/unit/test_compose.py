@@ -1,5 +1,5 @@
-"""docker-compose.yml is valid and wired as the README says (no Docker engine runs here, so
-Debian's docker-compose validates and resolves the file; `make test` installs it)."""
+"""docker-compose.yml is valid and wired as docs/operations/docker.md says (no Docker engine
+runs here, so Debian's docker-compose validates and resolves the file; `make test` installs it)."""
 
 from __future__ import annotations
 

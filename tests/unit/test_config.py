@@ -55,7 +55,7 @@ def _toml_keys(text: str) -> dict[str, set[str]]:
 
 
 def test_shipped_config_file_lists_every_setting_with_its_default() -> None:
-    """The README says config/dyno-stream.toml holds every setting: each field of each
+    """The docs say config/dyno-stream.toml holds every setting: each field of each
     section is there (commented out where its default is "unset"), and what is set is the
     default."""
     text = (REPO / "config" / "dyno-stream.toml").read_text()

@@ -1,21 +1,11 @@
 """A real Apache Kafka broker for development, demos, tests and CI, run from Maven Central jars.
 
-Why this exists: our machines have Java and Maven and reach Maven Central, but have neither
-Docker nor the Apache download site. So instead of a container or a tarball we resolve the
-broker's own jars (``org.apache.kafka:kafka_2.13`` plus a log4j binding, listed in the packaged
-``pom.xml`` beside this module) once into a cache, and start ``kafka.Kafka`` with ``java`` as a
-single-node KRaft broker (broker and controller in one process). It is the same broker as in
-production, so tests exercise real Kafka semantics rather than a fake.
-
-:class:`LocalBroker` formats storage, starts the JVM detached from the calling process (so a
-CLI can start it and exit), records its pid in its home directory, waits until it answers,
-and stops it again. Every call is idempotent, so scripts can call ``start`` blindly. Its
-collaborators live beside it: the jar cache (``jars.py``), the java command lines
-(``jvm.py``), the rendered ``server.properties`` (``server_config.py``), the secured
-listeners (``security.py``) and the process, port and log helpers (``processes.py``).
-
-Environment overrides (read when a :class:`LocalBroker` is made / the cache is resolved):
-``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT`` and ``DYNO_KAFKA_CACHE``.
+Our machines have Java and Maven and reach Maven Central, but neither Docker nor the Apache
+download site: so the broker's own jars are resolved once into a cache and ``kafka.Kafka``
+runs with ``java`` as a single-node KRaft broker. :class:`LocalBroker` formats storage,
+starts the JVM detached, records its pid, waits until it answers, and stops it; every call is
+idempotent. Overrides: ``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT``, ``DYNO_KAFKA_CACHE``.
+Its collaborators and why: ``docs/design/local-broker.md``.
 """
 
 from __future__ import annotations
