@@ -39,7 +39,7 @@ from dyno_stream.views import MaterializedView
 
 def _doctor(s: Settings, table: bool = True) -> tuple[int, dict[str, dict[str, Any]], str]:
     """Exit status, findings by check, and the table, of ``dyno-stream doctor``."""
-    env = cli_env(s, COLUMNS="200")
+    env = cli_env(s, COLUMNS="150")
     out = run_cli(env, "doctor", "--json")
     assert out.returncode in (0, 1), out.stderr
     findings = {f["check"]: f for f in json.loads(out.stdout)}
