@@ -440,7 +440,8 @@ class Doctor:
             self.add("dead letters", "pass", f"none in {topic} over the last hour")
             return
         counts = ", ".join(f"{r} {n:,}" for r, n in reasons.most_common())
-        detail = f"over the last hour in {topic}: {counts}"
+        first = f" (the first {read:,} read)" if ends else ""
+        detail = f"over the last hour in {topic}{first}: {counts}"
         fixes = []
         if "clock-skew" in reasons:
             worst = f"up to {_duration(max(ahead_ms))} ahead" if ahead_ms else "ahead"
