@@ -14,4 +14,9 @@ in pyproject.toml, checked by ``make lint``)::
 the benchmarks; nothing at runtime imports it.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the installed package's version: pyproject.toml is its one source
+    __version__ = version("dyno-stream")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree never installed
+    __version__ = "0+unknown"

@@ -45,6 +45,30 @@ schemas_app = typer.Typer(help="The JSON Schema of the wire contract.", no_args_
 app.add_typer(broker_app, name="broker")
 app.add_typer(schemas_app, name="schemas")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from dyno_stream import __version__
+
+        print(f"dyno-stream {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the release (the package version) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB)."""
+
+
 # no markup: item names and messages are printed exactly as they are, one line each
 out = Console(highlight=False, markup=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)

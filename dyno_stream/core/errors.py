@@ -173,6 +173,13 @@ class StoreLockedError(StoreError):
     reason = "locked"
 
 
+class StoreFormatError(StoreError):
+    """A store this release cannot read as it is: written by a newer release (a newer store
+    format), or with a format row that is not a version. Refused, never read as another."""
+
+    reason = "store-format"
+
+
 class KafkaServiceError(DynoError):
     """Kafka did not do what was asked: it refused our login, did not acknowledge a publish,
     or did not answer an admin or metadata request in time."""

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import plyvel
 
+from dyno_stream import __version__
 from dyno_stream.core import ops
 from dyno_stream.core.errors import (
     DynoError,
@@ -47,7 +48,13 @@ from dyno_stream.core.keys import (
 from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.budget import MemoryBudget
 from dyno_stream.store.items import Changeset, HistoryChangeset, Item
-from dyno_stream.store.states import VERSION_KEY, StateCache, adopt_rows, recover_states
+from dyno_stream.store.states import (
+    VERSION_KEY,
+    StateCache,
+    adopt_rows,
+    check_format,
+    recover_states,
+)
 from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 
 _STATE_END = STATE_PREFIX[:-1] + b"\x01"
@@ -165,8 +172,11 @@ class DynoStore:
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
             with writing(self.path):  # a full disk at open says so, naming the store
-                if self._db.get(VERSION_KEY) is None:
-                    adopt_rows(self._db, self.path)
+                found = self._db.get(VERSION_KEY)
+                if found is None:  # a new store, or one level-dyno wrote
+                    adopt_rows(self._db, self.path, __version__)
+                else:
+                    check_format(self._db, self.path, found, __version__)
                 recover_states(self._db)
         except BaseException:
             self._db.close()  # release LevelDB's lock, so the open can be tried again

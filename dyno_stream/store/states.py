@@ -19,21 +19,27 @@ from typing import Any
 import orjson
 
 from dyno_stream.core import ops
-from dyno_stream.core.errors import DynoError, StoreError, StoreWriteError
+from dyno_stream.core.errors import DynoError, StoreError, StoreFormatError, StoreWriteError
 from dyno_stream.core.flake import is_flake
 from dyno_stream.core.keys import META_PREFIX, check_name, split_key, state_key
 from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.budget import MemoryBudget, estimate_state_bytes
 from dyno_stream.store.write_batch import Rows, WriteBatch, replay_rows, writing
 
-FORMAT_VERSION = b"1"
+#: The store format this release writes and the newest it reads. Every release's format is
+#: in CHANGELOG.md; a change to what the rows mean raises it, with an upgrade step from the
+#: one before in ``check_format``.
+STORE_FORMAT = 1
+FORMAT_VERSION = str(STORE_FORMAT).encode()
 VERSION_KEY = META_PREFIX + b"format"
+#: The release (package version) that last opened the store: named when a release refuses it
+RELEASE_KEY = META_PREFIX + b"release"
 _JOURNAL_PREFIX = META_PREFIX + b"dirty\x00"
 
 log = logging.getLogger("dyno_stream.store")
 
 
-def adopt_rows(db: Any, path: Path) -> None:
+def adopt_rows(db: Any, path: Path, release: str) -> None:
     """First open of this database by dyno-stream: build the materialized states.
 
     A store level-dyno wrote holds only item rows; replaying each item once here makes it
@@ -66,6 +72,39 @@ def adopt_rows(db: Any, path: Path) -> None:
         for name, st in states.items():
             wb.put(state_key(name), st.encode())
         wb.put(VERSION_KEY, FORMAT_VERSION)
+        wb.put(RELEASE_KEY, release.encode())
+
+
+def check_format(db: Any, path: Path, raw: bytes, release: str) -> None:
+    """Accept a store of this release's format or an older one (upgraded to this one), and
+    refuse one of a newer format: its rows may mean what this release cannot know, and a
+    store misread would answer wrongly rather than fail."""
+    try:
+        found = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        found = 0
+    if found < 1:
+        raise StoreFormatError(
+            f"{path}: its store format row ({raw!r}) is not a format version: this is not "
+            f"a store dyno-stream wrote, or it is damaged; move it aside (the worker then "
+            f"restores the partition from the snapshot topic)"
+        )
+    if found > STORE_FORMAT:
+        writer = db.get(RELEASE_KEY)
+        by = "a newer release" if writer is None else f"dyno-stream {writer.decode()}"
+        raise StoreFormatError(
+            f"{path} is a store of format {found}, written by {by}; this release "
+            f"(dyno-stream {release}) reads store formats up to {STORE_FORMAT}. Run a release "
+            f"that reads format {found} (CHANGELOG.md names each release's store format), or "
+            f"move the store aside: the worker then restores the partition from the snapshot "
+            f"topic"
+        )
+    # found < STORE_FORMAT: each format's upgrade step runs here, in order (format 1 is the
+    # first: there is none yet); then the row says this release's format
+    if found != STORE_FORMAT or db.get(RELEASE_KEY) != release.encode():
+        with db.write_batch(sync=True) as wb:
+            wb.put(VERSION_KEY, FORMAT_VERSION)
+            wb.put(RELEASE_KEY, release.encode())
 
 
 def recover_states(db: Any) -> None:
