@@ -14,6 +14,7 @@ dead letters, reported here).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import urllib.error
@@ -27,7 +28,7 @@ from typing import Any, Literal
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
 
-from dyno_stream.config import Settings
+from dyno_stream.config import LIBRDKAFKA_PARTITIONER, Settings
 from dyno_stream.core.deadletter import H_REASON
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, DynoError
 from dyno_stream.kafka.api_versions import broker_apis
@@ -41,8 +42,8 @@ Status = Literal["pass", "warn", "fail"]
 DEAD_LETTER_WINDOW_S = 3600.0
 #: The most dead letters read (the newest hour of a flood is counted up to this).
 DEAD_LETTER_MAX = 100_000
-#: The header a forwarded (misplaced) message carries: the partitioner that placed it.
-H_FORWARDED_PARTITIONER = "dyno.forwarded.partitioner"
+#: A member's count of forwarded ops on its /metrics, by the partitioner that placed them.
+_FORWARDED = re.compile(r'^dyno_events_forwarded_total\{partitioner="([^"]*)"\} (\S+)$', re.M)
 #: Free space in data_dir below these is a warning, below half of them a failure.
 FREE_WARN_FRACTION, FREE_WARN_BYTES = 0.10, 1 << 30
 
@@ -88,6 +89,8 @@ class Doctor:
         self.findings: list[Finding] = []
         self._admin: AdminClient | None = None
         self._topics: dict[str, Any] = {}
+        #: members' advertised addresses that answered ``/healthz``
+        self._reached: list[str] = []
         self._configs: dict[str, dict[str, str]] = {}
 
     def add(self, check: str, status: Status, detail: str, fix: str = "") -> None:
@@ -103,6 +106,7 @@ class Doctor:
                 self.offsets_and_retention()
                 self.clock()
             self.members()
+            self.placement()
             if self.s.topics.dead_letter in self._topics:
                 self.dead_letters()
         self.disk()
@@ -351,6 +355,8 @@ class Doctor:
                 continue
             ok, what = self._healthz(address)
             (reached if ok else unreachable).append(f"{address} ({what})")
+            if ok:
+                self._reached.append(address)
         detail = f"group {group}: members {len(members)}"
         if reached:
             detail += "; reached " + ", ".join(reached)
@@ -374,6 +380,37 @@ class Doctor:
         else:
             self.add("members", "pass", detail)
 
+    def placement(self) -> None:
+        """Ops the workers forwarded to their rule partition since they started, by the
+        partitioner that placed them (``dyno_events_forwarded_total`` on each member's
+        ``/metrics``): producers whose partitioner is not the placement rule."""
+        if not self._reached:
+            return
+        by: Counter[str] = Counter()
+        for address in self._reached:
+            try:
+                url = f"http://{address}/metrics"
+                with urllib.request.urlopen(url, timeout=self.http_timeout) as resp:
+                    text = resp.read().decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            for m in _FORWARDED.finditer(text):
+                by[m.group(1)] += int(float(m.group(2)))
+        rule = self.s.kafka.partitioner
+        if not sum(by.values()):
+            self.add("placement", "pass", f"no op forwarded: producers place by {rule}")
+            return
+        counts = ", ".join(f"{k} {n:,}" for k, n in by.most_common())
+        self.add(
+            "placement",
+            "warn",
+            f"ops off their rule partition ({rule}), forwarded since the workers started: "
+            f"placed by {counts}",
+            f"set those producers' partitioner to {LIBRDKAFKA_PARTITIONER[rule]} (kcat -X "
+            f"partitioner=..., confluent-kafka's 'partitioner'), or [kafka] partitioner to "
+            "theirs if every producer uses it; each forward costs a second trip through Kafka",
+        )
+
     def _healthz(self, address: str) -> tuple[bool, str]:
         try:
             with urllib.request.urlopen(
@@ -396,7 +433,6 @@ class Doctor:
         topic = self.s.topics.dead_letter
         since_ms = int((self.now() - DEAD_LETTER_WINDOW_S) * 1000)
         reasons: Counter[str] = Counter()
-        partitioners: Counter[str] = Counter()
         ahead_ms: list[int] = []
         consumer = topic_reader(self.s, "doctor")
         try:
@@ -418,10 +454,7 @@ class Doctor:
                     headers = _headers(msg.headers())
                     reason = (headers.get(H_REASON) or b"unknown").decode(errors="replace")
                     reasons[reason] += 1
-                    if reason == "wrong-partition":
-                        placed = headers.get(H_FORWARDED_PARTITIONER) or b"unknown"
-                        partitioners[placed.decode(errors="replace")] += 1
-                    elif reason == "clock-skew":
+                    if reason == "clock-skew":
                         try:
                             flake = int(headers.get(H_FLAKE_TIME) or b"")
                             appended = int(headers.get(H_MESSAGE_TIME) or b"")
@@ -448,13 +481,6 @@ class Doctor:
             detail += f"; clock-skew: producers whose clocks run {worst} of the broker"
             fixes.append(
                 "clock-skew: run NTP (chrony) on the producing hosts; those ops were refused"
-            )
-        if "wrong-partition" in reasons:
-            by = ", ".join(f"{k} {n:,}" for k, n in partitioners.most_common())
-            detail += f"; wrong-partition: producers placing by {by}"
-            fixes.append(
-                "wrong-partition: set the producers' partitioner to the placement rule's "
-                "([kafka] partitioner)"
             )
         fixes.append(
             f"read them (their reason is the {H_REASON} header): "

@@ -32,7 +32,9 @@ from helpers import (
 )
 
 from dyno_stream.config import Settings
+from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.client import DynoClient
+from dyno_stream.kafka.partitioning import crc32_partition, kafka_partition
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.views import MaterializedView
 
@@ -57,6 +59,11 @@ def _worker(s: Settings, name: str, tmp_path: Path, advertised: str | None = Non
     if advertised is not None:
         env["DYNO_WORKER__ADVERTISED_HTTP"] = advertised
     return WorkerProcess(s, name, tmp_path, env=env, default_group_timing=True)
+
+
+def _misplaced(name: str, partitions: int) -> bool:
+    key = name.encode()
+    return crc32_partition(key, partitions) != kafka_partition(key, partitions)
 
 
 def _member_joined(s: Settings) -> bool:
@@ -105,6 +112,22 @@ def test_a_healthy_deployment_passes(
         assert "lag 0 ops over 2 partitions" in findings["lag and retention"]["detail"]
         assert "reached 127.0.0.1:" in findings["members"]["detail"]
         assert "healthz 200" in findings["members"]["detail"]
+        assert findings["placement"]["status"] == "pass", findings["placement"]
+
+        # ops from confluent-kafka at its default partitioner (CRC32): forwarded, and said
+        off_rule = [n for n in (f"crc-{i}" for i in range(20)) if _misplaced(n, 2)][:3]
+        plain = Producer({"bootstrap.servers": s.kafka.bootstrap_servers})
+        for name in off_rule:
+            op = op_bytes(name, "putItem", new_flake(), {"v": 1})
+            plain.produce(s.topics.ops, op, name.encode())
+        assert plain.flush(30) == 0
+        with DynoClient(s) as client:
+            wait_until(lambda: all(client.get(n) is not None for n in off_rule), 60, worker.tail)
+        status, findings, table = _doctor(s)
+        assert status == 0, table  # a warning, not a failure
+        assert findings["placement"]["status"] == "warn", findings["placement"]
+        assert "placed by crc32 3" in findings["placement"]["detail"]
+        assert "murmur2_random" in findings["placement"]["fix"]
     finally:
         view.close()
         worker.proc.send_signal(signal.SIGTERM)
