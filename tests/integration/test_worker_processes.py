@@ -337,7 +337,7 @@ def test_reads_at_the_parent_are_answered_as_a_single_worker_answers_them(
         held = _held(worker)
         assert len(held) == 2 and all(held), worker.children()
         for partitions in held:
-            name = next(n for n in names if item_partition(n, PARTITIONS) in partitions)
+            name = next(n for n in names if item_partition(n, PARTITIONS, "murmur2") in partitions)
             r = run_cli(env, "get", name)
             assert r.returncode == 0, r.stderr + worker.tail()
             assert json.loads(r.stdout)["value"] == {"n": int(name[5:])}
@@ -390,13 +390,13 @@ def test_the_parent_redirects_to_another_worker_and_limits_reads_at_once(
         theirs = next(
             f"solo-{i}"
             for i in range(1000)
-            if item_partition(f"solo-{i}", PARTITIONS) in solo.partitions()
+            if item_partition(f"solo-{i}", PARTITIONS, "murmur2") in solo.partitions()
         )
         child_partition = min(_held(worker)[0])
         ours = next(
             f"ours-{i}"
             for i in range(1000)
-            if item_partition(f"ours-{i}", PARTITIONS) == child_partition
+            if item_partition(f"ours-{i}", PARTITIONS, "murmur2") == child_partition
         )
         reader = s.model_copy(
             update={"worker": s.worker.model_copy(update={"http_port": worker.port})}
