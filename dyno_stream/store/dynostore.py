@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +35,7 @@ from dyno_stream.core.errors import (
     StoreWriteError,
 )
 from dyno_stream.core.events import Erase, EventModel, Flatten, make_op
+from dyno_stream.core.expectations import Expectation
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
     INTERNAL,
@@ -81,14 +82,21 @@ class StoreTransaction:
         self.internal: dict[bytes, bytes | None] = {}
 
     def apply(
-        self, events: Iterable[EventModel], on_error: ErrorHandler | None = None
+        self,
+        events: Iterable[EventModel],
+        on_error: ErrorHandler | None = None,
+        expectations: Mapping[int, Expectation] | None = None,
     ) -> list[str]:
         """Apply ops and flatten commands in order; the names of the items that changed, in
-        first-touched order. See :meth:`DynoStore.apply` for ``on_error``."""
+        first-touched order. See :meth:`DynoStore.apply` for ``on_error``. ``expectations``
+        holds, by index in ``events``, what a conditional op expects of its item, checked
+        against the item as the ops before it in this batch left it."""
         batch = self.batch
         touched: dict[str, None] = {}
         for i, event in enumerate(events):
             try:
+                if expectations and i in expectations and not isinstance(event, Flatten):
+                    expectations[i].check(event.item, event.ts, batch.state(event.item))
                 if isinstance(event, Flatten):
                     changed = (
                         batch.flatten(event.item, event.hash)
@@ -108,6 +116,10 @@ class StoreTransaction:
             if changed:
                 touched[event.item] = None
         return list(touched)
+
+    def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Internal rows under ``prefix`` as stored before this transaction."""
+        return self.batch.stored(prefix)
 
     def put_internal(self, rows: Rows) -> None:
         """Internal rows (keys starting ``\\x00``; value None deletes) for the same write."""

@@ -121,6 +121,9 @@ class StoreReads:
                 after = After.parse(query["after"][0])
             except ValueError as exc:
                 return 400, {"error": str(exc)}, {}
+        outcome = "outcome" in query
+        if outcome and after is None:
+            return 400, {"error": "outcome: says what became of the op at after=P:O"}, {}
         directory = self._directory()
         try:
             owners = directory.owners() if directory is not None else None
@@ -128,7 +131,7 @@ class StoreReads:
             owners = None  # Kafka unreachable: answer from what this worker holds
         if owners is None:
             if after is not None:
-                return self._answer_at(name, after, time.monotonic() + self.read_timeout_s)
+                return self._answer_at(name, after, time.monotonic() + self.read_timeout_s, outcome)
             found = self.item(name)
             return (200, found, {}) if found else (404, self._not_found(name), {})
 
@@ -138,7 +141,10 @@ class StoreReads:
         state = self._states().get(f"{self.topic}/{partition}")
         if state in ("RUNNING", "PAUSED"):
             return self._answer_at(
-                name, after or After(partition, -1), time.monotonic() + self.read_timeout_s
+                name,
+                after or After(partition, -1),
+                time.monotonic() + self.read_timeout_s,
+                outcome,
             )
         retry = {"Retry-After": "1"}
         if state == "RESTORING":
@@ -154,14 +160,22 @@ class StoreReads:
             location += "?" + urlencode(params)
         return 307, {"owner": owner, "partition": partition}, {"Location": location}
 
-    def _answer_at(self, name: str, after: After, deadline: float) -> Answer:
-        """The item once this worker's store of ``after.partition`` is past ``after.offset``."""
+    def _answer_at(self, name: str, after: After, deadline: float, outcome: bool = False) -> Answer:
+        """The item once this worker's store of ``after.partition`` is past ``after.offset``;
+        409 when the store refused that op of the item (never the item without it), and
+        with ``outcome`` 410 when the store does not know (``PartitionStore.outcomes_from``)."""
         while True:
             ps = self._stores().get((self.topic, after.partition))
             if ps is None:
                 return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
             applied = ps.next_offset or 0
             if applied > after.offset:
+                unknown = _unknown_outcome(ps, after) if outcome else None
+                if unknown is not None:
+                    return 410, {"error": unknown}, {}
+                refused = ps.refusal(after.offset) if after.offset >= 0 else None
+                if refused is not None and refused.get("item") == name:
+                    return 409, _refused(after, refused), {}
                 try:
                     found = self._read(ps, name)
                 except StoreClosedError:  # revoked under the read: ask the owner again
@@ -235,6 +249,31 @@ class StoreReads:
             except DynoError:
                 continue
         return sorted(rows)
+
+
+def _unknown_outcome(ps: PartitionStore, after: After) -> str | None:
+    known = ps.outcomes_from
+    if known is not None and after.offset >= known:
+        return None
+    since = "no offset yet" if known is None else f"offset {known}"
+    return (
+        f"the outcome of {after} is not known here: {ps.label}'s store records refusals "
+        f"from {since} (older ones were its last owner's, or pruned)"
+    )
+
+
+def _refused(after: After, refused: dict[str, Any]) -> dict[str, Any]:
+    details = refused.get("details", {})
+    actual = {
+        k.removeprefix("dyno.actual."): int(v) if v.isdigit() else v
+        for k, v in details.items()
+        if k.startswith("dyno.actual.")
+    }
+    return {
+        "error": f"the op at {after} was refused ({refused['reason']}): {refused['message']}",
+        "refused": refused["reason"],
+        "actual": actual,
+    }
 
 
 def _named(
