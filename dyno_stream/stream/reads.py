@@ -11,7 +11,9 @@ with the ops topic's partition count (``kafka.members``). A worker that holds th
 answers; one that does not answers 307 with the owner's address (the group's description);
 while the partition is restoring or has no owner, 503 with ``Retry-After``. ``after=P:O``
 waits until this worker has applied offset O of partition P (its store's ``next_offset`` is
-past it), up to ``read_timeout_s``; then 504 saying how far behind it is.
+past it), up to ``read_timeout_s``; then 504 saying how far behind it is. If the store refused
+that op of the item, 409 with the reason (never the item without it); with ``outcome``, 410
+when the store cannot tell (``PartitionStore.outcomes_from``).
 """
 
 from __future__ import annotations
