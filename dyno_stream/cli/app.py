@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.text import Text
 
 from dyno_stream.cli.dead_letters import dead_letters_app
+from dyno_stream.cli.history import history
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.errors import ConfigError, DynoError, KafkaServiceError, PublishError
@@ -40,6 +41,7 @@ schemas_app = typer.Typer(help="The JSON Schema of the wire contract.", no_args_
 app.add_typer(broker_app, name="broker")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.command()(history)
 
 # no markup: item names and messages are printed exactly as they are, one line each
 out = Console(highlight=False, markup=False, soft_wrap=True)
@@ -517,6 +519,13 @@ def get(
         bool,
         typer.Option("--view", help="Answer from the snapshot topic (no worker store needed)."),
     ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="The item as it stood then: an ISO 8601 time or milliseconds since the epoch.",
+        ),
+    ] = None,
 ) -> None:
     """Print an item as a worker's store holds it (value, timestamp, changes, hash, count).
 
@@ -540,8 +549,11 @@ def get(
             raise typer.Exit(EXIT_NOT_FOUND)
         out.print_json(json.dumps(snap, ensure_ascii=False))
         return
+    from dyno_stream.cli.history import time_ms
+
+    at = None if as_of is None else time_ms(as_of)
     try:
-        found = ItemReads(s, s.kafka.librdkafka()).get(item)
+        found = ItemReads(s, s.kafka.librdkafka()).get(item, as_of_ms=at)
     except WorkersUnreachableError as exc:
         stores = _local_stores(s)
         if not stores:
@@ -552,7 +564,7 @@ def get(
         found = None
         for path in stores:  # no worker runs here: read its stores (they are not locked)
             with DynoStore(path) as store:
-                it = store.get_item(item)
+                it = store.get_item(item) if at is None else store.as_of(item, at)
                 if it.value is not None:
                     found = it.as_dict(store=str(path))
                     break

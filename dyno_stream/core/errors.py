@@ -195,6 +195,12 @@ class OpRefusedError(DynoError):
         self.refused, self.actual = refused, actual
 
 
+class HistoryFoldedError(DynoError):
+    """An item's state at a time its rows no longer hold: folded by a flatten (or erased)."""
+
+    reason = "history-folded"
+
+
 class StoreError(DynoError):
     """LevelDB could not do what was asked: the store is closed, refused a write, or could not
     be opened (a lock another process holds, a path that is not a store)."""

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -70,6 +71,12 @@ class Delivery:
     topic: str
     partition: int
     offset: int
+
+
+def epoch_ms(when: datetime | float) -> int:
+    """Milliseconds since the epoch of a datetime (naive: local time) or of seconds."""
+    seconds = when.timestamp() if isinstance(when, datetime) else when
+    return int(seconds * 1000)
 
 
 @dataclass(frozen=True)
@@ -334,16 +341,34 @@ class DynoClient:
         return self.send(Erase(item=name, ts=new_flake() if ts is None else ts))
 
     def get(
-        self, name: str, after: Delivery | None = None, timeout: float | None = None
+        self,
+        name: str,
+        after: Delivery | None = None,
+        timeout: float | None = None,
+        *,
+        as_of: datetime | float | None = None,
     ) -> dict[str, Any] | None:
         """The item as the worker owning it holds it, None when there is none (or it was
         deleted). ``after``: a delivery of this item's op; the answer then includes that op
-        (read your own writes). Waits at most ``timeout`` (``worker.read_timeout_s``) for a
-        partition restoring or moving, or a worker behind; see ``kafka.item_reads``."""
+        (read your own writes). ``as_of`` (a datetime, or seconds since the epoch): the item
+        as it stood then; ``HistoryFoldedError`` when its history no longer reaches back
+        that far (``[compaction] keep_history_s``). Waits at most ``timeout``
+        (``worker.read_timeout_s``) for a partition restoring or moving, or a worker
+        behind; see ``kafka.item_reads``."""
         check_name(name)
         return self.reads.get(
-            name, None if after is None else (after.partition, after.offset), timeout
+            name,
+            None if after is None else (after.partition, after.offset),
+            timeout,
+            as_of_ms=None if as_of is None else epoch_ms(as_of),
         )
+
+    def history(self, name: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The item's rows in its owner's store, oldest first: each op's ``ts``, ``op``,
+        ``change`` and the ``changes`` and chain ``hash`` after it ([] for no item)."""
+        check_name(name)
+        found = self.reads.get(name, None, timeout, history=True)
+        return [] if found is None else list(found["history"])
 
     def outcome(self, delivery: Delivery, timeout: float | None = None) -> Outcome:
         """What the owning worker made of the op ``delivery`` names: applied (with the item

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import DynoError, OpRefusedError
+from dyno_stream.core.errors import DynoError, HistoryFoldedError, OpRefusedError
 from dyno_stream.kafka.members import OwnerDirectory
 
 #: The longest one request waits for a worker to answer (a read with ``after=`` waits on
@@ -84,6 +84,8 @@ class ItemReads:
         after: tuple[int, int] | None = None,
         timeout: float | None = None,
         outcome: bool = False,
+        as_of_ms: int | None = None,
+        history: bool = False,
     ) -> dict[str, Any] | None:
         """The item as its owning worker holds it (None: no such item, or deleted); with
         ``after=(partition, offset)``, once that worker has applied that offset, raising
@@ -94,6 +96,10 @@ class ItemReads:
         query = {} if after is None else {"after": f"{after[0]}:{after[1]}"}
         if outcome:
             query["outcome"] = "1"
+        if as_of_ms is not None:  # the item as it stood then; 410: its rows no longer hold it
+            query["as_of"] = str(as_of_ms)
+        if history:  # its rows, each with the chain hash after it
+            query["history"] = "1"
         last = "no worker address known (none advertised, [worker] http_port 0)"
         answered = False
         address: str | None = None
@@ -125,6 +131,8 @@ class ItemReads:
                         raise OpRefusedError(
                             refused["error"], refused["refused"], refused.get("actual", {})
                         )
+                    if code == 410 and as_of_ms is not None:
+                        raise HistoryFoldedError(_error(body))
                     if code in (401, 400, 410):
                         raise DynoError(f"worker at {address}: {_error(body)}")
                     last = f"worker at {address} answered {code}: {_error(body)}"

@@ -43,10 +43,12 @@ from dyno_stream.core.keys import (
     check_name,
     item_prefix,
     row_key,
+    split_key,
     state_key,
 )
 from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.budget import MemoryBudget
+from dyno_stream.store.history import HistoryEntry, item_history, state_as_of
 from dyno_stream.store.items import Changeset, HistoryChangeset, Item
 from dyno_stream.store.states import VERSION_KEY, StateCache, adopt_rows, recover_states
 from dyno_stream.store.write_batch import Rows, WriteBatch, writing
@@ -415,6 +417,24 @@ class DynoStore:
     def get_item(self, name: str) -> Item:
         check_name(name)
         return Item.from_state(name, self._state(name))
+
+    def _item_rows(self, name: str) -> list[tuple[str, str, str]]:
+        """The item's rows as ``(flake, op, stored json)``, in key order."""
+        check_name(name)
+        out = []
+        for key, value in self._open_db().iterator(prefix=item_prefix(name)):
+            _, flake, op = split_key(key)
+            out.append((flake, op, value.decode("utf-8")))
+        return out
+
+    def history(self, name: str) -> list[HistoryEntry]:
+        """The item's rows, each with the chain hash and changes after it (``store.history``)."""
+        return item_history(name, self._item_rows(name))
+
+    def as_of(self, name: str, time_ms: int) -> Item:
+        """The item as it stood at ``time_ms`` (its ops up to then); raises
+        ``HistoryFoldedError`` when its rows no longer hold that time."""
+        return Item.from_state(name, state_as_of(name, self._item_rows(name), time_ms))
 
     def current(self, names: Iterable[str]) -> list[Item]:
         """Items as of the last write, served from the state cache where possible.

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from dyno_stream.core.errors import DynoError, StoreClosedError
+from dyno_stream.core.errors import DynoError, HistoryFoldedError, StoreClosedError
 from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.store.partition import PartitionStore
 
@@ -37,6 +37,23 @@ Answer = tuple[int, Any, dict[str, str]]
 _AFTER_POLL_S = 0.002
 #: Above every code point: the end of a prefix's name range.
 _NAME_END = "\U0010ffff"
+
+
+@dataclass(frozen=True)
+class View:
+    """What a read asks of an item: as it is (the default), as it stood at a time
+    (``?as_of=<ms since the epoch>``), or its history (``?history=1``)."""
+
+    as_of_ms: int | None = None
+    history: bool = False
+
+    @classmethod
+    def parse(cls, query: Mapping[str, list[str]]) -> View:
+        """Raises ValueError naming what is wrong."""
+        as_of = query.get("as_of", [None])[0]
+        if as_of is not None and not as_of.isdigit():
+            raise ValueError(f"as_of={as_of!r}: expected milliseconds since the epoch")
+        return cls(None if as_of is None else int(as_of), "history" in query)
 
 
 @dataclass(frozen=True)
@@ -91,10 +108,10 @@ class StoreReads:
         self._directory, self._self_address = directory, self_address
         self.read_timeout_s, self.max_page = read_timeout_s, max_page
 
-    def item(self, name: str) -> dict[str, Any] | None:
+    def item(self, name: str, view: View | None = None) -> dict[str, Any] | None:
         for ps in list(self._stores().values()):
             try:
-                found = self._read(ps, name)
+                found = self._read(ps, name, view)
             except StoreClosedError:  # its partition left meanwhile: not where the item is
                 continue
             if found is not None:
@@ -102,12 +119,25 @@ class StoreReads:
         return None
 
     @staticmethod
-    def _read(ps: PartitionStore, name: str) -> dict[str, Any] | None:
-        """The item in ``ps`` (None: not there, or deleted). Raises ``StoreClosedError`` when
-        the store closed under the read (its partition revoked): that is not "no item"."""
+    def _read(ps: PartitionStore, name: str, view: View | None = None) -> dict[str, Any] | None:
+        """The item in ``ps`` (None: not there, or deleted), as ``view`` asks. Raises
+        ``StoreClosedError`` when the store closed under the read (its partition revoked):
+        that is not "no item"; and ``HistoryFoldedError`` for a time its rows no longer hold."""
         try:
-            item = ps.store.get_item(name)
-        except StoreClosedError:
+            if view is not None and view.history:
+                entries = ps.store.history(name)
+                if not entries:
+                    return None
+                return {
+                    "item": name,
+                    "history": [e.as_dict() for e in entries],
+                    "partition": ps.label,
+                }
+            if view is not None and view.as_of_ms is not None:
+                item = ps.store.as_of(name, view.as_of_ms)
+            else:
+                item = ps.store.get_item(name)
+        except (StoreClosedError, HistoryFoldedError):
             raise
         except DynoError:
             return None
@@ -126,6 +156,23 @@ class StoreReads:
         outcome = "outcome" in query
         if outcome and after is None:
             return 400, {"error": "outcome: says what became of the op at after=P:O"}, {}
+        try:
+            view = View.parse(query)
+        except ValueError as exc:
+            return 400, {"error": str(exc)}, {}
+        try:
+            return self._answer_routed(name, query, after, outcome, view)
+        except HistoryFoldedError as exc:
+            return 410, {"error": str(exc)}, {}
+
+    def _answer_routed(
+        self,
+        name: str,
+        query: Mapping[str, list[str]],
+        after: After | None,
+        outcome: bool,
+        view: View,
+    ) -> Answer:
         directory = self._directory()
         try:
             owners = directory.owners() if directory is not None else None
@@ -133,8 +180,10 @@ class StoreReads:
             owners = None  # Kafka unreachable: answer from what this worker holds
         if owners is None:
             if after is not None:
-                return self._answer_at(name, after, time.monotonic() + self.read_timeout_s, outcome)
-            found = self.item(name)
+                return self._answer_at(
+                    name, after, time.monotonic() + self.read_timeout_s, outcome, view
+                )
+            found = self.item(name, view)
             return (200, found, {}) if found else (404, self._not_found(name), {})
 
         partition = owners.partition_of(name)
@@ -147,6 +196,7 @@ class StoreReads:
                 after or After(partition, -1),
                 time.monotonic() + self.read_timeout_s,
                 outcome,
+                view,
             )
         retry = {"Retry-After": "1"}
         if state == "RESTORING":
@@ -162,7 +212,14 @@ class StoreReads:
             location += "?" + urlencode(params)
         return 307, {"owner": owner, "partition": partition}, {"Location": location}
 
-    def _answer_at(self, name: str, after: After, deadline: float, outcome: bool = False) -> Answer:
+    def _answer_at(
+        self,
+        name: str,
+        after: After,
+        deadline: float,
+        outcome: bool = False,
+        view: View | None = None,
+    ) -> Answer:
         """The item once this worker's store of ``after.partition`` is past ``after.offset``;
         409 when the store refused that op of the item (never the item without it), and
         with ``outcome`` 410 when the store does not know (``PartitionStore.outcomes_from``)."""
@@ -179,7 +236,7 @@ class StoreReads:
                 if refused is not None and refused.get("item") == name:
                     return 409, _refused(after, refused), {}
                 try:
-                    found = self._read(ps, name)
+                    found = self._read(ps, name, view)
                 except StoreClosedError:  # revoked under the read: ask the owner again
                     return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
                 return (200, found, {}) if found else (404, self._not_found(name), {})
