@@ -24,6 +24,7 @@ from rich.text import Text
 
 from dyno_stream.cli.dead_letters import dead_letters_app
 from dyno_stream.cli.history import history
+from dyno_stream.cli.verify import verify
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.errors import ConfigError, DynoError, KafkaServiceError, PublishError
@@ -42,6 +43,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.command()(history)
+app.command()(verify)
 
 # no markup: item names and messages are printed exactly as they are, one line each
 out = Console(highlight=False, markup=False, soft_wrap=True)
