@@ -330,6 +330,9 @@ class CompactionSettings(_Section):
     min_rows: int = Field(default=10, ge=2)
     #: Only rows older than this many seconds are folded (ops may arrive this late).
     lateness_s: float = Field(default=3600.0, ge=0)
+    #: Ops stay unfolded at least this many seconds, so an item's state at any time within
+    #: it can be read (``get --as-of``, ``history``); beside the lateness, the longer wins.
+    keep_history_s: float = Field(default=0.0, ge=0)
     #: Only items whose name starts with this.
     prefix: str = ""
     #: At most this many items per pass (the longest histories first).
@@ -343,6 +346,11 @@ class CompactionSettings(_Section):
     interval_s: float = Field(default=0.0, ge=0)
     #: ... or on this cron schedule (e.g. "0 3 * * *"); takes precedence over interval_s.
     cron: str | None = None
+
+    @property
+    def fold_after_s(self) -> float:
+        """How old a row must be to fold: the lateness, or the history kept if longer."""
+        return max(self.lateness_s, self.keep_history_s)
 
     @field_validator("cron")
     @classmethod

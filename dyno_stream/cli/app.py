@@ -22,6 +22,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from dyno_stream.cli.dead_letters import dead_letters_app
+from dyno_stream.cli.history import history
+from dyno_stream.cli.verify import verify
 from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.errors import (
@@ -44,6 +47,9 @@ broker_app = typer.Typer(
 schemas_app = typer.Typer(help="The JSON Schema of the wire contract.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(dead_letters_app, name="dead-letters")
+app.command()(history)
+app.command()(verify)
 
 
 def _print_version(value: bool) -> None:
@@ -74,6 +80,8 @@ out = Console(highlight=False, markup=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 #: ``get`` exits with this when the item does not exist or was deleted
 EXIT_NOT_FOUND = 3
+#: The worker refused the op (``op --then-get``): an expectation that failed, a late op.
+EXIT_REFUSED = 4
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -247,13 +255,24 @@ def op(
     then_get: Annotated[
         bool,
         typer.Option(
-            "--then-get", help="Then print the item as this op left it (from its worker)."
+            "--then-get",
+            help="Then print the item as this op left it (from its worker); exit 4 if the "
+            "worker refused the op.",
         ),
     ] = False,
+    expect_hash: Annotated[
+        str | None,
+        typer.Option(help="Apply only if the item's chain hash is this then (conditional op)."),
+    ] = None,
+    expect_changes: Annotated[
+        int | None,
+        typer.Option(help="Apply only if the item has this many changes then (0: absent)."),
+    ] = None,
 ) -> None:
     """Produce one op event to the ops topic and print where it landed."""
-    from dyno_stream.core.errors import InvalidChangeError
+    from dyno_stream.core.errors import InvalidChangeError, OpRefusedError
     from dyno_stream.core.events import make_op
+    from dyno_stream.core.expectations import Expectation
     from dyno_stream.core.flake import new_flake
     from dyno_stream.kafka.client import DynoClient
 
@@ -262,12 +281,20 @@ def op(
     except json.JSONDecodeError as exc:
         raise InvalidChangeError("change", f"not JSON: {exc}") from None
     event = make_op(opname, item, value, ts or new_flake())
+    conditional = expect_hash is not None or expect_changes is not None
+    headers = Expectation(expect_hash, expect_changes).headers() if conditional else None
     s = kafka_settings()
     with DynoClient(s) as client:
-        d = _delivered(client.send(event), s)
+        d = _delivered(client.send(event, headers), s)
         out.print(f"{d.op} {d.item} ts={d.ts} -> {d.topic}/{d.partition}@{d.offset}")
         if then_get:  # read your own write: the owner answers once it has applied d
-            after = client.get(d.item, after=d)
+            try:
+                after = client.get(d.item, after=d)
+            except OpRefusedError as exc:
+                err.print(str(exc))
+                if exc.actual:
+                    err.print(f"actual: {json.dumps(exc.actual)}")
+                raise typer.Exit(EXIT_REFUSED) from None
             if after is None:
                 err.print(f"no item {d.item!r} after this op (deleted)")
                 raise typer.Exit(EXIT_NOT_FOUND)
@@ -540,6 +567,13 @@ def get(
         bool,
         typer.Option("--view", help="Answer from the snapshot topic (no worker store needed)."),
     ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="The item as it stood then: an ISO 8601 time or milliseconds since the epoch.",
+        ),
+    ] = None,
 ) -> None:
     """Print an item as a worker's store holds it (value, timestamp, changes, hash, count).
 
@@ -563,8 +597,11 @@ def get(
             raise typer.Exit(EXIT_NOT_FOUND)
         out.print_json(json.dumps(snap, ensure_ascii=False))
         return
+    from dyno_stream.cli.history import time_ms
+
+    at = None if as_of is None else time_ms(as_of)
     try:
-        found = ItemReads(s, s.kafka.librdkafka()).get(item)
+        found = ItemReads(s, s.kafka.librdkafka()).get(item, as_of_ms=at)
     except WorkersUnreachableError as exc:
         stores = _local_stores(s)
         if not stores:
@@ -575,7 +612,7 @@ def get(
         found, holders = None, []
         for path in stores:  # no worker runs here: read its stores (they are not locked)
             with DynoStore(path) as store:
-                it = store.get_item(item)
+                it = store.get_item(item) if at is None else store.as_of(item, at)
             if it.timestamp is not None:  # it holds the item, present or deleted
                 holders.append(str(path))
                 found = None if it.value is None else it.as_dict(store=str(path))

@@ -72,6 +72,19 @@ class DeadLetter:
         source = f"{self.topic}/{self.partition}@{self.offset}".encode()
         return [*self.headers, (H_FORWARDED_FROM, source), *self.details]
 
+    def refusal(self) -> bytes:
+        """What a partition store keeps of the refusal (``store.partition``): enough for a
+        reader to learn that the op it waits for was refused, and why."""
+        return json.dumps(
+            {
+                "item": None if self.key is None else self.key.decode("utf-8", "replace"),
+                "reason": self.reason,
+                "message": self.message,
+                "details": {k: v.decode("utf-8", "replace") for k, v in self.details},
+                **({"forwarded_to": self.forward_to} if self.forward_to is not None else {}),
+            }
+        ).encode()
+
     def encode(self) -> bytes:
         def b64(v: bytes | None) -> str | None:
             return None if v is None else base64.b64encode(v).decode()

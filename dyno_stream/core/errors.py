@@ -12,6 +12,10 @@ from __future__ import annotations
 #: compared with, in milliseconds since the epoch (decimal text).
 H_FLAKE_TIME = "dyno.error.flake_time"
 H_MESSAGE_TIME = "dyno.error.message_time"
+#: Dead-letter headers of an ``expectation-failed`` op: the item's chain hash and changes
+#: count when the op was refused.
+H_ACTUAL_HASH = "dyno.actual.hash"
+H_ACTUAL_CHANGES = "dyno.actual.changes"
 
 
 class DynoError(Exception):
@@ -151,6 +155,39 @@ class UnknownHashError(HistoryError):
     """``flatten`` was asked for a hash that is not in the item's history chain."""
 
     reason = "unknown-hash"
+
+
+class ExpectationFailedError(HistoryError):
+    """A conditional op whose item is not as it expected (``core.expectations``): refused,
+    with the item's actual chain hash and changes count in its dead letter's headers."""
+
+    reason = "expectation-failed"
+
+    def __init__(self, message: str, actual_hash: str, actual_changes: int) -> None:
+        super().__init__(message)
+        self.actual_hash, self.actual_changes = actual_hash, actual_changes
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (H_ACTUAL_HASH, self.actual_hash.encode()),
+            (H_ACTUAL_CHANGES, str(self.actual_changes).encode()),
+        ]
+
+
+class OpRefusedError(DynoError):
+    """The owning worker refused the op a read waited for (``DynoClient.outcome``, ``op
+    --then-get``): ``reason`` is its dead letter's, ``actual`` the item's hash and changes
+    for an ``expectation-failed`` refusal."""
+
+    def __init__(self, message: str, refused: str, actual: dict[str, object]) -> None:
+        super().__init__(message)
+        self.refused, self.actual = refused, actual
+
+
+class HistoryFoldedError(DynoError):
+    """An item's state at a time its rows no longer hold: folded by a flatten (or erased)."""
+
+    reason = "history-folded"
 
 
 class StoreError(DynoError):

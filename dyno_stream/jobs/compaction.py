@@ -234,7 +234,7 @@ def compact_online(
     # The command queues behind every op already in the partition, and an op appended after
     # it reached Kafka after ``now``: the wall clock is the right basis here.
     now = time.time()
-    cutoff = fold_cutoff(now, now, policy.lateness_s)
+    cutoff = fold_cutoff(now, now, policy.fold_after_s)
     expiring = idle(latest.values(), policy, now)
     expires = {c.name for c in expiring}
     chosen, summary.examined = choose(latest.values(), policy, cutoff)
@@ -346,7 +346,7 @@ def compact_offline(
     summary.bytes_before = _disk_bytes(path)
     rep = Reporter(console)
     with DynoStore(path) as store:
-        cutoff = _offline_cutoff(store, policy.lateness_s)
+        cutoff = _offline_cutoff(store, policy.fold_after_s)
         if cutoff is None:
             summary.details = [
                 f"{path}: a worker's partition store that has consumed no batch since it was "

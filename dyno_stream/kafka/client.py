@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -25,10 +26,12 @@ from dyno_stream.core import ops
 from dyno_stream.core.deadletter import KafkaHeaders
 from dyno_stream.core.errors import (
     KafkaAuthError,
+    OpRefusedError,
     PublishError,
     ValidationError,
 )
 from dyno_stream.core.events import Erase, EventModel, Flatten, make_op
+from dyno_stream.core.expectations import Expectation
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
@@ -56,6 +59,26 @@ class Delivery:
     topic: str
     partition: int
     offset: int
+
+
+def epoch_ms(when: datetime | float) -> int:
+    """Milliseconds since the epoch of a datetime (naive: local time) or of seconds."""
+    seconds = when.timestamp() if isinstance(when, datetime) else when
+    return int(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the owning worker made of an op (``DynoClient.outcome``)."""
+
+    applied: bool
+    #: the item as the op left it (None: deleted, or refused)
+    item: dict[str, Any] | None = None
+    #: the refusal's reason, e.g. ``expectation-failed``
+    refused: str | None = None
+    #: for ``expectation-failed``: the item's ``hash`` and ``changes`` when it was refused
+    actual: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
 
 
 class DynoClient:
@@ -170,40 +193,122 @@ class DynoClient:
                 self._producer.poll(0.1)
         return future
 
-    def _op(self, op: str, name: str, change: Any, ts: str | None) -> Future[Delivery]:
-        return self.send(make_op(op, name, change, new_flake() if ts is None else ts))
+    def _op(
+        self,
+        op: str,
+        name: str,
+        change: Any,
+        ts: str | None,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
+    ) -> Future[Delivery]:
+        """Send one op; with ``expect_hash``/``expect_changes`` it is conditional: the owning
+        worker applies it only if the item has that chain hash and changes count then
+        (``core.expectations``); ``outcome(delivery)`` says whether it did."""
+        headers = None
+        if expect_hash is not None or expect_changes is not None:
+            headers = Expectation(expect_hash, expect_changes).headers()
+        event = make_op(op, name, change, new_flake() if ts is None else ts)
+        return self.send(event, headers)
 
-    def put_item(self, name: str, value: dict[str, Any], ts: str | None = None) -> Future[Delivery]:
-        return self._op(ops.PUT_ITEM, name, value, ts)
+    def put_item(
+        self,
+        name: str,
+        value: dict[str, Any],
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
+    ) -> Future[Delivery]:
+        return self._op(ops.PUT_ITEM, name, value, ts, expect_hash, expect_changes)
 
-    def del_item(self, name: str, ts: str | None = None) -> Future[Delivery]:
-        return self._op(ops.DEL_ITEM, name, {}, ts)
+    def del_item(
+        self,
+        name: str,
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
+    ) -> Future[Delivery]:
+        return self._op(ops.DEL_ITEM, name, {}, ts, expect_hash, expect_changes)
 
     def put_attrs(
-        self, name: str, attrs: dict[str, Any], ts: str | None = None
+        self,
+        name: str,
+        attrs: dict[str, Any],
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
     ) -> Future[Delivery]:
-        return self._op(ops.PUT_ATTRS, name, attrs, ts)
+        return self._op(ops.PUT_ATTRS, name, attrs, ts, expect_hash, expect_changes)
 
-    def del_attrs(self, name: str, attrs: list[str], ts: str | None = None) -> Future[Delivery]:
-        return self._op(ops.DEL_ATTRS, name, attrs, ts)
+    def del_attrs(
+        self,
+        name: str,
+        attrs: list[str],
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
+    ) -> Future[Delivery]:
+        return self._op(ops.DEL_ATTRS, name, attrs, ts, expect_hash, expect_changes)
 
     def inc_attr_by(
-        self, name: str, field: str, by: float = 1, ts: str | None = None
+        self,
+        name: str,
+        field: str,
+        by: float = 1,
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
     ) -> Future[Delivery]:
-        return self._op(ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts)
+        return self._op(
+            ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts, expect_hash, expect_changes
+        )
 
     def dec_attr_by(
-        self, name: str, field: str, by: float = 1, ts: str | None = None
+        self,
+        name: str,
+        field: str,
+        by: float = 1,
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
     ) -> Future[Delivery]:
-        return self._op(ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts)
+        return self._op(
+            ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts, expect_hash, expect_changes
+        )
 
-    def append(self, name: str, field: str, text: str, ts: str | None = None) -> Future[Delivery]:
-        return self._op(ops.APPEND, name, {"field": field, "str": text}, ts)
+    def append(
+        self,
+        name: str,
+        field: str,
+        text: str,
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
+    ) -> Future[Delivery]:
+        return self._op(
+            ops.APPEND, name, {"field": field, "str": text}, ts, expect_hash, expect_changes
+        )
 
     def add_to_set(
-        self, name: str, field: str, value: Any, ts: str | None = None
+        self,
+        name: str,
+        field: str,
+        value: Any,
+        ts: str | None = None,
+        *,
+        expect_hash: str | None = None,
+        expect_changes: int | None = None,
     ) -> Future[Delivery]:
-        return self._op(ops.ADD_TO_SET, name, {"field": field, "value": value}, ts)
+        return self._op(
+            ops.ADD_TO_SET, name, {"field": field, "value": value}, ts, expect_hash, expect_changes
+        )
 
     def flatten(self, name: str, hash: str) -> Future[Delivery]:
         """Ask the workers to fold the item's history up to the row with this chain hash."""
@@ -224,16 +329,48 @@ class DynoClient:
         return self.send(Erase(item=name, ts=new_flake() if ts is None else ts))
 
     def get(
-        self, name: str, after: Delivery | None = None, timeout: float | None = None
+        self,
+        name: str,
+        after: Delivery | None = None,
+        timeout: float | None = None,
+        *,
+        as_of: datetime | float | None = None,
     ) -> dict[str, Any] | None:
         """The item as the worker owning it holds it, None when there is none (or it was
         deleted). ``after``: a delivery of this item's op; the answer then includes that op
-        (read your own writes). Waits at most ``timeout`` (``worker.read_timeout_s``) for a
-        partition restoring or moving, or a worker behind; see ``kafka.item_reads``."""
+        (read your own writes). ``as_of`` (a datetime, or seconds since the epoch): the item
+        as it stood then; ``HistoryFoldedError`` when its history no longer reaches back
+        that far (``[compaction] keep_history_s``). Waits at most ``timeout``
+        (``worker.read_timeout_s``) for a partition restoring or moving, or a worker
+        behind; see ``kafka.item_reads``."""
         check_name(name)
         return self.reads.get(
-            name, None if after is None else (after.partition, after.offset), timeout
+            name,
+            None if after is None else (after.partition, after.offset),
+            timeout,
+            as_of_ms=None if as_of is None else epoch_ms(as_of),
         )
+
+    def history(self, name: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The item's rows in its owner's store, oldest first: each op's ``ts``, ``op``,
+        ``change`` and the ``changes`` and chain ``hash`` after it ([] for no item)."""
+        check_name(name)
+        found = self.reads.get(name, None, timeout, history=True)
+        return [] if found is None else list(found["history"])
+
+    def outcome(self, delivery: Delivery, timeout: float | None = None) -> Outcome:
+        """What the owning worker made of the op ``delivery`` names: applied (with the item
+        as it left it), or refused (``refused`` is the reason; for a conditional op,
+        ``actual`` the item's hash and changes). The answer comes from the owner's store
+        once it has reached the op; raises when the owner cannot tell (an op older than
+        its store's record of refusals), or does not answer within ``timeout``."""
+        try:
+            item = self.reads.get(
+                delivery.item, (delivery.partition, delivery.offset), timeout, outcome=True
+            )
+        except OpRefusedError as exc:
+            return Outcome(False, None, exc.refused, exc.actual, str(exc))
+        return Outcome(True, item)
 
     @property
     def reads(self) -> ItemReads:

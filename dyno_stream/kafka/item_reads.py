@@ -6,7 +6,9 @@ address configured (``[worker] http_host``/``http_port``). A worker answers 200/
 
 - 307 ``Location``: another worker owns the partition now; followed, the directory re-read;
 - 503 ``Retry-After``: the partition is restoring or moving; tried again after that long;
-- 504: ``after=`` not applied within the worker's read timeout; tried again.
+- 504: ``after=`` not applied within the worker's read timeout; tried again;
+- 409: the op at ``after=`` was refused (:class:`OpRefusedError`, with the reason);
+- 410: with ``outcome``, the worker cannot tell what became of that op.
 
 All within the caller's timeout, after which :class:`ReadTimeoutError` says what the last
 answer was; :class:`WorkersUnreachableError` when no worker answered at all.
@@ -24,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import DynoError
+from dyno_stream.core.errors import DynoError, HistoryFoldedError, OpRefusedError
 from dyno_stream.kafka.members import OwnerDirectory
 
 #: The longest one request waits for a worker to answer (a read with ``after=`` waits on
@@ -77,13 +79,27 @@ class ItemReads:
         return partition, owner or self._configured
 
     def get(
-        self, name: str, after: tuple[int, int] | None = None, timeout: float | None = None
+        self,
+        name: str,
+        after: tuple[int, int] | None = None,
+        timeout: float | None = None,
+        outcome: bool = False,
+        as_of_ms: int | None = None,
+        history: bool = False,
     ) -> dict[str, Any] | None:
         """The item as its owning worker holds it (None: no such item, or deleted); with
-        ``after=(partition, offset)``, once that worker has applied that offset."""
+        ``after=(partition, offset)``, once that worker has applied that offset, raising
+        :class:`OpRefusedError` if it refused that op of the item. ``outcome``: raise
+        rather than answer when the worker cannot tell whether it refused it."""
         timeout = self.settings.worker.read_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         query = {} if after is None else {"after": f"{after[0]}:{after[1]}"}
+        if outcome:
+            query["outcome"] = "1"
+        if as_of_ms is not None:  # the item as it stood then; 410: its rows no longer hold it
+            query["as_of"] = str(as_of_ms)
+        if history:  # its rows, each with the chain hash after it
+            query["history"] = "1"
         last = "no worker address known (none advertised, [worker] http_port 0)"
         answered = False
         address: str | None = None
@@ -110,7 +126,14 @@ class ItemReads:
                         return item
                     if code == 404:
                         return None
-                    if code in (401, 400):
+                    if code == 409:
+                        refused = json.loads(body)
+                        raise OpRefusedError(
+                            refused["error"], refused["refused"], refused.get("actual", {})
+                        )
+                    if code == 410 and as_of_ms is not None:
+                        raise HistoryFoldedError(_error(body))
+                    if code in (401, 400, 410):
                         raise DynoError(f"worker at {address}: {_error(body)}")
                     last = f"worker at {address} answered {code}: {_error(body)}"
                     if code == 307 and "Location" in headers:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +36,7 @@ from dyno_stream.core.errors import (
     StoreWriteError,
 )
 from dyno_stream.core.events import Erase, EventModel, Flatten, make_op
+from dyno_stream.core.expectations import Expectation
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
     INTERNAL,
@@ -43,10 +44,12 @@ from dyno_stream.core.keys import (
     check_name,
     item_prefix,
     row_key,
+    split_key,
     state_key,
 )
 from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.budget import MemoryBudget
+from dyno_stream.store.history import HistoryEntry, item_history, state_as_of
 from dyno_stream.store.items import Changeset, HistoryChangeset, Item
 from dyno_stream.store.states import (
     VERSION_KEY,
@@ -92,15 +95,22 @@ class StoreTransaction:
         self._given = 0
 
     def apply(
-        self, events: Iterable[EventModel], on_error: ErrorHandler | None = None
+        self,
+        events: Iterable[EventModel],
+        on_error: ErrorHandler | None = None,
+        expectations: Mapping[int, Expectation] | None = None,
     ) -> list[str]:
         """Apply ops and flatten commands in order; the names of the items that changed, in
-        first-touched order. See :meth:`DynoStore.apply` for ``on_error``."""
+        first-touched order. See :meth:`DynoStore.apply` for ``on_error``. ``expectations``
+        holds, by index in ``events``, what a conditional op expects of its item, checked
+        against the item as the ops before it in this batch left it."""
         batch = self.batch
         touched: dict[str, None] = {}
         first, i = self._given, -1
         for i, event in enumerate(events):
             try:
+                if expectations and i in expectations and not isinstance(event, Flatten):
+                    expectations[i].check(event.item, event.ts, batch.state(event.item))
                 if isinstance(event, Flatten):
                     changed = (
                         batch.flatten(event.item, event.hash)
@@ -121,6 +131,10 @@ class StoreTransaction:
                 touched[event.item] = None
         self._given = first + i + 1
         return list(touched)
+
+    def iter_meta(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Internal rows under ``prefix`` as stored before this transaction."""
+        return self.batch.stored(prefix)
 
     def put_internal(self, rows: Rows) -> None:
         """Internal rows (keys starting ``\\x00``; value None deletes) for the same write."""
@@ -421,6 +435,24 @@ class DynoStore:
     def get_item(self, name: str) -> Item:
         check_name(name)
         return Item.from_state(name, self._state(name))
+
+    def _item_rows(self, name: str) -> list[tuple[str, str, str]]:
+        """The item's rows as ``(flake, op, stored json)``, in key order."""
+        check_name(name)
+        out = []
+        for key, value in self._open_db().iterator(prefix=item_prefix(name)):
+            _, flake, op = split_key(key)
+            out.append((flake, op, value.decode("utf-8")))
+        return out
+
+    def history(self, name: str) -> list[HistoryEntry]:
+        """The item's rows, each with the chain hash and changes after it (``store.history``)."""
+        return item_history(name, self._item_rows(name))
+
+    def as_of(self, name: str, time_ms: int) -> Item:
+        """The item as it stood at ``time_ms`` (its ops up to then); raises
+        ``HistoryFoldedError`` when its rows no longer hold that time."""
+        return Item.from_state(name, state_as_of(name, self._item_rows(name), time_ms))
 
     def current(self, names: Iterable[str]) -> list[Item]:
         """Items as of the last write, served from the state cache where possible.

@@ -15,15 +15,17 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dyno_stream.core import ops
 from dyno_stream.core.deadletter import DeadLetter
 from dyno_stream.core.errors import PartitionCountError, StoreError
 from dyno_stream.core.events import EventModel, Snapshot
+from dyno_stream.core.expectations import Expectation
 from dyno_stream.core.keys import META_PREFIX
 from dyno_stream.core.snapshots import DeletedSnapshot
 from dyno_stream.store.budget import MemoryBudget
@@ -41,6 +43,11 @@ PENDING_SNAPSHOTS_PREFIX = META_PREFIX + b"pending\x00snapshots"
 PENDING_DEAD_PREFIX = META_PREFIX + b"pending\x00dead\x00"
 #: After a restore from snapshots: per item, the ops offset its snapshot already includes.
 RESTORED_PREFIX = META_PREFIX + b"restored\x00"
+#: Refused messages by offset (20 digits), and the offset the store's record of them starts at.
+REFUSED_PREFIX = META_PREFIX + b"refused\x00"
+OUTCOMES_FROM_KEY = META_PREFIX + b"outcomes-from"
+#: How many offsets back refusals are kept (a dead letter's row is a few hundred bytes).
+REFUSALS_KEPT = 1_000_000
 
 
 #: What a store set aside for a restore has after its name: ``0003.stale-1765000000``.
@@ -122,6 +129,8 @@ class PartitionStore:
     #: ops below this offset were applied and published by the partition's last owner: a
     #: replay of them publishes nothing (``stream.restorer``); None once passed
     published_through: int | None = None
+    #: the first offset whose outcome (applied or refused) this store knows; None: none yet
+    outcomes_from: int | None = None
 
     @classmethod
     def open(
@@ -149,6 +158,7 @@ class PartitionStore:
         restored = {
             k[len(RESTORED_PREFIX) :].decode(): int(v) for k, v in store.iter_meta(RESTORED_PREFIX)
         }
+        outcomes_from = store.get_meta(OUTCOMES_FROM_KEY)
         return cls(
             topic,
             partition,
@@ -156,6 +166,7 @@ class PartitionStore:
             None if raw is None else int(raw),
             consumed_ms=read_consumed_ms(store),
             restored=restored,
+            outcomes_from=None if outcomes_from is None else int(outcomes_from),
         )
 
     def check_partitions(self, now: int) -> None:
@@ -192,11 +203,15 @@ class PartitionStore:
         assert all(s.source is not None for s in snapshots)
         through = {s.item: s.source.offset for s in snapshots if s.source is not None}
         start = max(low, min(through.values()) + 1)  # nothing below the topic's start
-        internal_rows: dict[bytes, bytes | None] = {OFFSET_KEY: str(start).encode()}
+        # the refusals before ``start`` are the last owner's: not known here
+        internal_rows: dict[bytes, bytes | None] = {
+            OFFSET_KEY: str(start).encode(),
+            OUTCOMES_FROM_KEY: str(start).encode(),
+        }
         for name, off in through.items():
             internal_rows[RESTORED_PREFIX + name.encode()] = str(off).encode()
         n = self.store.restore(items, internal_rows)
-        self.next_offset = start
+        self.next_offset = self.outcomes_from = start
         self.restored = through
         return n
 
@@ -231,6 +246,12 @@ class PartitionStore:
                     erased[entry[0]] = erased.get(entry[0], 0) + entry[2]
         return erased
 
+    def refusal(self, offset: int) -> dict[str, Any] | None:
+        """The refusal of the message at ``offset``: its item, reason, message and headers
+        (None: not refused, or not known: see ``outcomes_from``)."""
+        raw = self.store.get_meta(REFUSED_PREFIX + f"{offset:020d}".encode())
+        return None if raw is None else dict(json.loads(raw))
+
     def pending_dead_letters(self) -> list[tuple[bytes, DeadLetter]]:
         return [(k, DeadLetter.decode(v)) for k, v in self.store.iter_meta(PENDING_DEAD_PREFIX)]
 
@@ -239,8 +260,9 @@ class PartitionStore:
         """One batch's write (step 2 of the commit order): its ops, the offset and what is
         pending publication, atomically. The store's offset moves only once it has landed."""
         with self.store.transaction() as stx:
-            tx = PartitionTransaction(stx)
+            tx = PartitionTransaction(stx, self.outcomes_from)
             yield tx
+        self.outcomes_from = tx.outcomes_from
         if tx.next_offset is not None:
             self.next_offset = tx.next_offset
             if self.published_through is not None and tx.next_offset >= self.published_through:
@@ -263,16 +285,20 @@ class PartitionStore:
 class PartitionTransaction:
     """The writes of one batch of one partition (``PartitionStore.transaction``)."""
 
-    def __init__(self, tx: StoreTransaction) -> None:
+    def __init__(self, tx: StoreTransaction, outcomes_from: int | None = None) -> None:
         self._tx = tx
         self.next_offset: int | None = None
         self.consumed_ms: int | None = None
+        self.outcomes_from = outcomes_from
 
     def apply(
-        self, events: Iterable[EventModel], on_error: ErrorHandler | None = None
+        self,
+        events: Iterable[EventModel],
+        on_error: ErrorHandler | None = None,
+        expectations: Mapping[int, Expectation] | None = None,
     ) -> list[str]:
         """Apply the batch's ops; the names of the items that changed (``DynoStore.apply``)."""
-        return self._tx.apply(events, on_error)
+        return self._tx.apply(events, on_error, expectations)
 
     @property
     def erased(self) -> dict[int, int]:
@@ -289,6 +315,7 @@ class PartitionTransaction:
         acknowledged: Iterable[bytes] = (),
         consumed_ms: int | None = None,
         erased: dict[str, int] | None = None,
+        first_offset: int | None = None,
     ) -> list[bytes]:
         """Record the batch's bookkeeping in the same write; the keys of its pending rows.
 
@@ -298,6 +325,7 @@ class PartitionTransaction:
         (deleted now: step 4a). ``consumed_ms`` is the newest message's Kafka timestamp.
         ``erased``: of those items, the ones the batch erased, with the rows removed (kept
         in the pending row, so a tombstone published again after a crash still says it).
+        ``first_offset``: the batch's first (where a new store's record of refusals starts).
         """
         rows: dict[bytes, bytes | None] = dict.fromkeys(acknowledged)
         rows[OFFSET_KEY] = str(next_offset).encode()
@@ -315,6 +343,20 @@ class PartitionTransaction:
             key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()
             rows[key] = d.encode()
             pending.append(key)
+            rows[REFUSED_PREFIX + f"{d.offset:020d}".encode()] = d.refusal()
+        if self.outcomes_from is None and first_offset is not None:
+            self.outcomes_from = first_offset
+            rows[OUTCOMES_FROM_KEY] = str(first_offset).encode()
+        elif self.outcomes_from is not None and next_offset - self.outcomes_from > (
+            2 * REFUSALS_KEPT
+        ):  # rare: once per million offsets
+            self.outcomes_from = next_offset - REFUSALS_KEPT
+            rows[OUTCOMES_FROM_KEY] = str(self.outcomes_from).encode()
+            end = REFUSED_PREFIX + f"{self.outcomes_from:020d}".encode()
+            for key, _ in self._tx.iter_meta(REFUSED_PREFIX):
+                if key >= end:
+                    break
+                rows[key] = None
         self._tx.put_internal(rows)
         self.next_offset, self.consumed_ms = next_offset, consumed_ms
         return pending

@@ -113,6 +113,10 @@ class WriteBatch:
             self.pending[name] = (escape_name(name) + "/", [])
         return st
 
+    def stored(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The rows under ``prefix`` as stored before this batch, in key order."""
+        return iter(self._db.iterator(prefix=prefix))
+
     def put(self, name: str, key: bytes, value: bytes | None) -> None:
         """Stage a row of ``name`` (a delete when value is None)."""
         self.rows[key] = value

@@ -50,6 +50,7 @@ from dyno_stream.core.events import (
     Flatten,
     parse_event,
 )
+from dyno_stream.core.expectations import Expectation
 from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.partitioning import PlacementRule, evident_partitioner
@@ -90,6 +91,10 @@ class PartitionShare:
     unexpired: dict[str, int] = field(default_factory=dict)
     #: the keys of its rows pending publication, written in its transaction
     pending: list[bytes] = field(default_factory=list)
+    #: conditional ops: what each expects of its item, by index in ``events``
+    expectations: dict[int, Expectation] = field(default_factory=dict)
+    #: the offset of the partition's first message in the batch
+    first_offset: int = -1
 
 
 class BatchProcessor:
@@ -265,10 +270,18 @@ class BatchProcessor:
                 share.flattened.append(event.item)
                 if type(event) is Erase:
                     share.erased.append(len(events))
-            elif type(event) is DelItem and msg.headers():
-                if_hash = _expiry_condition(msg)
-                if if_hash is not None:
-                    expiring.append((len(events), if_hash))
+            elif msg.headers():
+                try:
+                    expectation = Expectation.from_headers(_header_pairs(msg))
+                except DynoError as exc:
+                    dead.append(dead_letter(msg, exc))
+                    continue
+                if expectation is not None:
+                    share.expectations[len(events)] = expectation
+                elif type(event) is DelItem:
+                    if_hash = _expiry_condition(msg)
+                    if if_hash is not None:
+                        expiring.append((len(events), if_hash))
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
@@ -277,6 +290,7 @@ class BatchProcessor:
         last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
         assert last is not None
         share.last_offset = last
+        share.first_offset = messages[0].offset() or 0
         share.consumed_ms = consumed_ms(messages[-1])
         self.metrics.clock_skew.observe_many(skews)
         return share
@@ -364,7 +378,7 @@ class BatchProcessor:
 
         try:
             with ps.transaction() as tx:
-                changed = tx.apply(share.events, on_error)
+                changed = tx.apply(share.events, on_error, share.expectations)
                 events, offsets = share.events, share.offsets
                 if failed:
                     events = [e for i, e in enumerate(events) if i not in failed]
@@ -394,6 +408,7 @@ class BatchProcessor:
                     acknowledged=acknowledged,
                     consumed_ms=share.consumed_ms,
                     erased=share.erased_rows,
+                    first_offset=share.first_offset,
                 )
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
@@ -412,10 +427,14 @@ class BatchProcessor:
         return touched
 
 
+def _header_pairs(msg: Message) -> list[tuple[str, bytes | str | None]]:
+    raw = msg.headers() or []
+    return list(raw.items() if isinstance(raw, dict) else raw)
+
+
 def _expiry_condition(msg: Message) -> str | None:
     """The hash a delItem sent by expiry is conditional on (``H_EXPIRE_IF_HASH``), if any."""
-    raw = msg.headers() or []
-    for key, value in raw.items() if isinstance(raw, dict) else raw:
+    for key, value in _header_pairs(msg):
         if key == H_EXPIRE_IF_HASH and value is not None:
             return value.decode() if isinstance(value, bytes) else value
     return None
@@ -447,6 +466,7 @@ def _drop_changed_expiries(share: PartitionShare, expiring: list[tuple[int, str]
     share.offsets = [share.offsets[i] for i in keep]
     share.messages = [share.messages[i] for i in keep]
     share.erased = [moved[i] for i in share.erased]
+    share.expectations = {moved[i]: e for i, e in share.expectations.items()}
 
 
 def dead_letter(msg: Message, exc: DynoError) -> DeadLetter:

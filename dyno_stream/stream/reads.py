@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from dyno_stream.core.errors import DynoError, StoreClosedError
+from dyno_stream.core.errors import DynoError, HistoryFoldedError, StoreClosedError
 from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.store.partition import PartitionStore
 
@@ -33,6 +33,23 @@ _NAME_END = "\U0010ffff"
 #: The header of an answer that says only "this process holds no store of the item's
 #: partition" (``siblings``): a sibling process may hold it.
 NOT_HERE = "X-Dyno-Not-Here"
+
+
+@dataclass(frozen=True)
+class View:
+    """What a read asks of an item: as it is (the default), as it stood at a time
+    (``?as_of=<ms since the epoch>``), or its history (``?history=1``)."""
+
+    as_of_ms: int | None = None
+    history: bool = False
+
+    @classmethod
+    def parse(cls, query: Mapping[str, list[str]]) -> View:
+        """Raises ValueError naming what is wrong."""
+        as_of = query.get("as_of", [None])[0]
+        if as_of is not None and not as_of.isdigit():
+            raise ValueError(f"as_of={as_of!r}: expected milliseconds since the epoch")
+        return cls(None if as_of is None else int(as_of), "history" in query)
 
 
 @dataclass(frozen=True)
@@ -107,10 +124,10 @@ class StoreReads:
         #: a member process of ``worker --processes``: see the module's docstring
         self.siblings = siblings
 
-    def item(self, name: str) -> dict[str, Any] | None:
+    def item(self, name: str, view: View | None = None) -> dict[str, Any] | None:
         for ps in list(self._stores().values()):
             try:
-                found = self._read(ps, name)
+                found = self._read(ps, name, view)
             except StoreClosedError:  # its partition left meanwhile: not where the item is
                 continue
             if found is not None:
@@ -118,12 +135,25 @@ class StoreReads:
         return None
 
     @staticmethod
-    def _read(ps: PartitionStore, name: str) -> dict[str, Any] | None:
-        """The item in ``ps`` (None: not there, or deleted). Raises ``StoreClosedError`` when
-        the store closed under the read (its partition revoked): that is not "no item"."""
+    def _read(ps: PartitionStore, name: str, view: View | None = None) -> dict[str, Any] | None:
+        """The item in ``ps`` (None: not there, or deleted), as ``view`` asks. Raises
+        ``StoreClosedError`` when the store closed under the read (its partition revoked):
+        that is not "no item"; and ``HistoryFoldedError`` for a time its rows no longer hold."""
         try:
-            item = ps.store.get_item(name)
-        except StoreClosedError:
+            if view is not None and view.history:
+                entries = ps.store.history(name)
+                if not entries:
+                    return None
+                return {
+                    "item": name,
+                    "history": [e.as_dict() for e in entries],
+                    "partition": ps.label,
+                }
+            if view is not None and view.as_of_ms is not None:
+                item = ps.store.as_of(name, view.as_of_ms)
+            else:
+                item = ps.store.get_item(name)
+        except (StoreClosedError, HistoryFoldedError):
             raise
         except DynoError:
             return None
@@ -139,6 +169,26 @@ class StoreReads:
                 after = After.parse(query["after"][0])
             except ValueError as exc:
                 return 400, {"error": str(exc)}, {}
+        outcome = "outcome" in query
+        if outcome and after is None:
+            return 400, {"error": "outcome: says what became of the op at after=P:O"}, {}
+        try:
+            view = View.parse(query)
+        except ValueError as exc:
+            return 400, {"error": str(exc)}, {}
+        try:
+            return self._answer_routed(name, query, after, outcome, view)
+        except HistoryFoldedError as exc:
+            return 410, {"error": str(exc)}, {}
+
+    def _answer_routed(
+        self,
+        name: str,
+        query: Mapping[str, list[str]],
+        after: After | None,
+        outcome: bool,
+        view: View,
+    ) -> Answer:
         directory = self._directory()
         try:
             owners = directory.owners() if directory is not None else None
@@ -146,8 +196,10 @@ class StoreReads:
             owners = None  # Kafka unreachable: answer from what this worker holds
         if owners is None:
             if after is not None:
-                return self._answer_at(name, after, time.monotonic() + self.read_timeout_s)
-            found = self.item(name)
+                return self._answer_at(
+                    name, after, time.monotonic() + self.read_timeout_s, outcome, view
+                )
+            found = self.item(name, view)
             return (200, found, {}) if found else (404, self._not_found(name), self._not_here())
 
         partition = owners.partition_of(name)
@@ -156,7 +208,11 @@ class StoreReads:
         state = self._states().get(f"{self.topic}/{partition}")
         if state in ("RUNNING", "PAUSED"):
             return self._answer_at(
-                name, after or After(partition, -1), time.monotonic() + self.read_timeout_s
+                name,
+                after or After(partition, -1),
+                time.monotonic() + self.read_timeout_s,
+                outcome,
+                view,
             )
         retry = {"Retry-After": "1"}
         if state == "RESTORING":
@@ -174,8 +230,17 @@ class StoreReads:
             location += "?" + urlencode(params)
         return 307, {"owner": owner, "partition": partition}, {"Location": location}
 
-    def _answer_at(self, name: str, after: After, deadline: float) -> Answer:
-        """The item once this worker's store of ``after.partition`` is past ``after.offset``."""
+    def _answer_at(
+        self,
+        name: str,
+        after: After,
+        deadline: float,
+        outcome: bool = False,
+        view: View | None = None,
+    ) -> Answer:
+        """The item once this worker's store of ``after.partition`` is past ``after.offset``;
+        409 when the store refused that op of the item (never the item without it), and
+        with ``outcome`` 410 when the store does not know (``PartitionStore.outcomes_from``)."""
         while True:
             ps = self._stores().get((self.topic, after.partition))
             if ps is None:
@@ -183,8 +248,14 @@ class StoreReads:
                 return 503, error, {"Retry-After": "1", **self._not_here()}
             applied = ps.next_offset or 0
             if applied > after.offset:
+                unknown = _unknown_outcome(ps, after) if outcome else None
+                if unknown is not None:
+                    return 410, {"error": unknown}, {}
+                refused = ps.refusal(after.offset) if after.offset >= 0 else None
+                if refused is not None and refused.get("item") == name:
+                    return 409, _refused(after, refused), {}
                 try:
-                    found = self._read(ps, name)
+                    found = self._read(ps, name, view)
                 except StoreClosedError:  # revoked under the read: ask the owner again
                     return 503, {"error": f"partition {after.partition} left"}, {"Retry-After": "1"}
                 return (200, found, {}) if found else (404, self._not_found(name), {})
@@ -260,6 +331,31 @@ class StoreReads:
             except DynoError:
                 continue
         return sorted(rows)
+
+
+def _unknown_outcome(ps: PartitionStore, after: After) -> str | None:
+    known = ps.outcomes_from
+    if known is not None and after.offset >= known:
+        return None
+    since = "no offset yet" if known is None else f"offset {known}"
+    return (
+        f"the outcome of {after} is not known here: {ps.label}'s store records refusals "
+        f"from {since} (older ones were its last owner's, or pruned)"
+    )
+
+
+def _refused(after: After, refused: dict[str, Any]) -> dict[str, Any]:
+    details = refused.get("details", {})
+    actual = {
+        k.removeprefix("dyno.actual."): int(v) if v.isdigit() else v
+        for k, v in details.items()
+        if k.startswith("dyno.actual.")
+    }
+    return {
+        "error": f"the op at {after} was refused ({refused['reason']}): {refused['message']}",
+        "refused": refused["reason"],
+        "actual": actual,
+    }
 
 
 def _named(

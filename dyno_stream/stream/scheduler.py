@@ -104,7 +104,7 @@ class Scheduler:
         now = time.time()  # before asking for the ends: an op appended after came later
         running = list(self.assignment.running().values())
         cutoffs = {
-            label: fold_cutoff(through, now, c.lateness_s)
+            label: fold_cutoff(through, now, c.fold_after_s)
             for label, through in self._consumed_through(running, now).items()
         }
         stores = [ps for ps in running if ps.label in cutoffs]
