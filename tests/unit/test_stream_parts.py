@@ -4,6 +4,7 @@ and real LevelDB: the commit order, republishing, and partitions restored beside
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -239,14 +240,18 @@ def test_a_revoke_commits_the_stores_offset_and_closes_it(parts: Parts) -> None:
     assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {"x": 0}
 
 
-def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(tmp_path: Path) -> None:
+def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dyno_stream.stream.restorer")
     s = _settings(tmp_path)
     held = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
     parts = Parts(s)
     try:
         parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
-        time.sleep(0.3)
-        parts.assignment.step()  # returns at once: the wait is the restorer's
+        # the restorer has met the lock and waits for it ...
+        wait_until(lambda: "still locked by its last owner" in caplog.text, 10, lambda: caplog.text)
+        parts.assignment.step()  # ... and the loop goes on: the wait is the restorer's
         assert parts.assignment.states() == {f"{TOPIC}/0": "RESTORING"}
         held.close()
         wait_until(
