@@ -2,10 +2,8 @@
 
 A benchmark feeds each op it sends through ``ItemReference.fed`` (which hands the payload on
 to the producer), then holds each item's newest snapshot to it with ``SnapshotCheck``. The
-reference is independent of the store: its own op semantics for the ops the benchmarks send
-(putAttrs, incAttrBy, append, addToSet; the tests' ``Reference`` does the same) and its own
-history hash, ``md5(prev\\nname\\nflake\\nop\\nchange\\n)`` per op in flake order, with the
-change as compact JSON (the wire contract's ``change_json``).
+op semantics and the history hash are ``reference.py``'s, the model the tests use too,
+which is independent of the store's code.
 
 It is compact so a million items fit beside the broker and the workers: per item a tuple of
 ``changes``, the hash's hex text and the value as JSON bytes with sorted keys (canonical, so
@@ -14,18 +12,14 @@ attribute order does not matter), rather than a dict per value.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
+from reference import apply_op, chain_hash, change_json
 
 _EMPTY = b"{}"
-
-
-def _text_of(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical(value: dict[str, Any] | None) -> bytes:
@@ -56,22 +50,13 @@ class ItemReference:
             raise ValueError(f"op {flake} of {name} after {self._last_flake}: not in flake order")
         self._last_flake = flake
         changes, prev, value_json = self.items.get(name, (0, "", _EMPTY))
-        value: dict[str, Any] = orjson.loads(value_json)
-        if op == "putAttrs":
-            value.update(change)
-        elif op == "incAttrBy":
-            value[change["field"]] = value.get(change["field"], 0) + change["by"]
-        elif op == "append":
-            value[change["field"]] = value.get(change["field"], "") + change["str"]
-        elif op == "addToSet":
-            members = dict(value.get(change["field"], {}))
-            members[_text_of(change["value"])] = True
-            value[change["field"]] = members
-        else:
-            raise ValueError(f"the reference has no semantics for {op!r}")
-        change_json = json.dumps(change, separators=(",", ":"), ensure_ascii=False)
-        link = f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n"
-        self.items[name] = (changes + 1, hashlib.md5(link.encode()).hexdigest(), canonical(value))
+        value = orjson.loads(value_json)
+        if op == "append" and isinstance(value.get(change["field"]), dict):
+            # the value is kept with sorted keys, so the object's text would not be the store's
+            raise ValueError(f"{name}: append onto an object is beyond this compact reference")
+        value = apply_op(value, op, change)
+        link = chain_hash(prev, name, flake, op, change_json(op, change))
+        self.items[name] = (changes + 1, link, canonical(value))
         self.ops += 1
 
     def fed(self, payloads: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:

@@ -26,10 +26,13 @@ class Produced:
 @dataclass
 class FakeProducer:
     """Takes messages; ``poll`` acknowledges them (``mode="ack"``), fails them ("fail"), or
-    keeps them waiting ("hold")."""
+    keeps them waiting ("hold"). ``waits`` counts the polls that would block (a timeout other
+    than 0); with ``refuse_waits`` such a poll raises, so a test sees a wait at once."""
 
     mode: Literal["ack", "fail", "hold"] = "ack"
     produced: list[Produced] = field(default_factory=list)
+    waits: int = 0
+    refuse_waits: bool = False
     _waiting: list[tuple[DeliveryReport | None, Message]] = field(default_factory=list)
 
     def produce(
@@ -49,6 +52,10 @@ class FakeProducer:
         self._waiting.append((on_delivery, msg))
 
     def poll(self, timeout: float = -1) -> int:
+        if timeout != 0:
+            self.waits += 1
+            if self.refuse_waits:
+                raise AssertionError(f"the producer was polled with a wait ({timeout} s)")
         if self.mode == "hold":
             return 0
         err = None if self.mode == "ack" else KafkaError(KafkaError._MSG_TIMED_OUT)

@@ -1,8 +1,8 @@
 """Helpers the test modules share.
 
-Running the ``dyno-stream`` command line as a user would; a plain-Python reference model of
-the ops and the ops the tests produce; waiting on and reading the snapshot topic; and worker
-processes (``python -m dyno_stream worker``) that a test can kill and start again.
+Running the ``dyno-stream`` command line as a user would; the reference model
+(bench/reference.py) fed the ops the tests produce; waiting on and reading the snapshot
+topic; and worker processes (``python -m dyno_stream worker``) that a test can kill and start again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reference
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
@@ -37,7 +38,7 @@ from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.core.keys import split_key
-from dyno_stream.core.ops import HISTORY, chain_hash
+from dyno_stream.core.ops import HISTORY
 from dyno_stream.devtools.broker import free_port_pair as free_port_pair  # tests import it here
 from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.reading import topic_reader
@@ -121,39 +122,12 @@ def set_group_config(s: Settings, config: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _text_of(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+class Reference(reference.Replay):
+    """The reference model (bench/reference.py, independent of dyno_stream) of the ops a
+    test produced, fed as op models in flake order."""
 
-
-class Reference:
-    """level-dyno's semantics of the ops these tests produce, in plain Python."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, dict[str, Any]] = {}
-        self.changes: Counter[str] = Counter()
-
-    def apply(self, m: OpModel) -> None:
-        v = self.values.setdefault(m.item, {})
-        self.changes[m.item] += 1
-        change = m.change_value
-        if m.op == "putAttrs":
-            v.update(change)
-        elif m.op == "delAttrs":
-            for f in change:
-                v.pop(f, None)
-        elif m.op == "incAttrBy":
-            v[change["field"]] = v.get(change["field"], 0) + change["by"]
-        elif m.op == "append":
-            v[change["field"]] = v.get(change["field"], "") + change["str"]
-        elif m.op == "addToSet":
-            members = dict(v.get(change["field"], {}))
-            members[_text_of(change["value"])] = True
-            v[change["field"]] = members
-        else:  # pragma: no cover - the generator makes no other op
-            raise AssertionError(m.op)
-
-    def value(self, name: str) -> dict[str, Any] | None:
-        return self.values[name] or None  # an item with no attributes reads as absent
+    def add(self, m: OpModel) -> None:
+        self.apply(m.item, m.ts, m.op, m.change_value)
 
 
 def random_op(rnd: random.Random, i: int, n_items: int, prefix: str = "item") -> OpModel:
@@ -188,7 +162,7 @@ class Produced:
     def reference(self) -> Reference:
         ref = Reference()
         for m in self.models:
-            ref.apply(m)
+            ref.add(m)
         return ref
 
     def partitions(self) -> dict[str, int]:
@@ -197,13 +171,6 @@ class Produced:
             d = f.result(60)
             assert out.setdefault(d.item, d.partition) == d.partition, f"{d.item} on 2 partitions"
         return out
-
-    def replay(self, path: Path) -> dict[str, Item]:
-        """The same ops applied in order to a local DynoStore: the reference hashes."""
-        with DynoStore(path) as store:
-            for i in range(0, len(self.models), 1000):
-                store.apply(self.models[i : i + 1000])
-            return {name: store.get_item(name) for name in {m.item for m in self.models}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,10 +296,9 @@ def counter_total(counter: Any) -> float:
     return total
 
 
-def check_against_reference(
-    got: dict[str, Any], ref: Reference, replay: dict[str, Item], where: str
-) -> None:
-    """``got``: name -> snapshot dict or Item, for every item of the reference."""
+def check_against_reference(got: dict[str, Any], ref: reference.Replay, where: str) -> None:
+    """``got``: name -> snapshot dict or Item, for every item of the reference: its value,
+    changes and hash are the reference's."""
     wrong: list[Any] = []
     for name, changes in ref.changes.items():
         g = got.get(name)
@@ -344,8 +310,7 @@ def check_against_reference(
             if isinstance(g, dict)
             else (g.value, g.changes, g.hash)
         )
-        want = (ref.value(name), changes, replay[name].hash)
-        assert replay[name].value == want[0] and replay[name].changes == changes, name
+        want = (ref.value(name), changes, ref.hashes[name])
         if (value, n, h) != want:
             wrong.append((name, (value, n, h), want))
     assert not wrong, f"{len(wrong)} items in {where} differ from the reference: {wrong[:3]}"
@@ -450,11 +415,17 @@ def assignment(workers: list[WorkerProcess]) -> str:
     return ", ".join(f"{w.name}={sorted(w.partitions())}/alive={w.alive()}" for w in workers)
 
 
-def only_items(ref: Reference, names: set[str]) -> Reference:
-    out = Reference()
-    out.values = {n: ref.values[n] for n in names}
-    out.changes = Counter({n: ref.changes[n] for n in names})
-    return out
+def only_items(ref: reference.Replay, names: set[str]) -> reference.Replay:
+    return ref.only(names)
+
+
+def reference_item(ref: reference.Replay, name: str) -> Item:
+    """An item as the reference model has it (one row per op: nothing flattened), in the
+    shape a store reads back, to publish as a snapshot."""
+    n = ref.changes[name]
+    return Item(
+        name, ref.value(name), ref.timestamps[name], n, ref.hashes[name], n, ref.deleted[name]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +502,8 @@ def prefix_hashes(models: Iterable[OpModel]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for m in models:
         chain = out.setdefault(m.item, [""])
-        chain.append(chain_hash(chain[-1], m.item, m.ts, m.op, m.change_json))
+        text = reference.change_json(m.op, m.change_value)
+        chain.append(reference.chain_hash(chain[-1], m.item, m.ts, m.op, text))
     return out
 
 

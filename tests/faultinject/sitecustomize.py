@@ -15,6 +15,12 @@ a second (a slow disk or network), so that a test can kill, revoke or cut the op
 while a restore of a few thousand items is still running. The wait is taken in 20 ms slices
 between fetches and ends as soon as the restore is cancelled, so cancelling stays prompt.
 
+``DYNO_FAULT_FILE_SIZE_LIMIT=B`` limits every file the process writes to B bytes
+(``RLIMIT_FSIZE``, inherited by its children) and ignores ``SIGXFSZ``, so a write past the
+limit fails with ``EFBIG`` (File too large) instead of killing the process: LevelDB's log
+then refuses a write batch part-way through a backlog, as a full disk would (``ENOSPC``),
+where no tmpfs can be mounted (the tests do not run as root).
+
 ``DYNO_FAULT_ACK_DELAY_S=D`` holds back each delivery report of the process's producers for
 D seconds (a slow broker's acknowledgements), so that a worker always has batches in flight:
 published, not yet acknowledged.
@@ -71,6 +77,15 @@ if _LIMIT is not None:
             return _FaultyBatch(self._db.write_batch(*args, **kwargs))
 
     plyvel.DB = _FaultyDB
+
+_FILE_SIZE_LIMIT = os.environ.get("DYNO_FAULT_FILE_SIZE_LIMIT")
+
+if _FILE_SIZE_LIMIT is not None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(_FILE_SIZE_LIMIT), int(_FILE_SIZE_LIMIT)))
 
 _RESTORE_RATE = os.environ.get("DYNO_FAULT_RESTORE_ITEMS_PER_S")
 

@@ -69,7 +69,7 @@ def test_compare_harness_dyno_side_writes_sane_figures(
 
     assert res["run"]["ops"] == OPS and "quix" not in res
     for name, fig in res["limits"].items():
-        assert fig["ops"] == OPS and fig["ops_per_s"] > 0, name
+        assert fig["ops"] == OPS, name  # its rate is held to the harness's time below
     one, two = res["dyno"]["one"], res["dyno"]["two"]
     assert one["applied_per_worker"] == [OPS]
     # two workers in one group split the partitions: both applied some, none twice

@@ -9,13 +9,13 @@ hashes differ per run, so they are matched by their pattern, and how they relate
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import reference
 from conftest import free_port
 from helpers import REPO, cli_env, free_port_pair
 
@@ -94,7 +94,7 @@ def test_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
     for m in rows:
         assert m is not None
         flake, op, change_json = m.groups()
-        chain = hashlib.md5(f"{chain}\nchilts\n{flake}\n{op}\n{change_json}\n".encode()).hexdigest()
+        chain = reference.chain_hash(chain, "chilts", flake, op, change_json)
     flatten, history = found[3], found[4]
     assert flatten.endswith(f"hash={chain}"), (flatten, chain)
     assert history.startswith(f"chilts/{flakes[-1]}/history = {chain}:3:"), history

@@ -3,8 +3,8 @@ failing disk.
 
 Real parts throughout: worker processes (``python -m dyno_stream worker``), the real Kafka
 broker, LevelDB on disk. Each test streams ops and then holds the outcome to the ops that were
-produced: every item's last snapshot equal to a plain-Python reference model (value and
-``changes`` exact, hash as a ``DynoStore`` replay), every snapshot ever published a true prefix
+produced: every item's last snapshot equal to the reference model (bench/reference.py: value,
+``changes`` and hash exact), every snapshot ever published a true prefix
 of its item's history (``helpers.published``: an op applied twice or skipped changes the hash),
 the stores equal to the model, nothing dead-lettered.
 
@@ -138,7 +138,6 @@ def check_stores(
     s: Settings,
     ref: Reference,
     produced: Produced,
-    tmp: Path,
     *,
     restored: bool = False,
 ) -> None:
@@ -149,7 +148,6 @@ def check_stores(
     ``restored``: the stores were restored from snapshots, so an item holds one row for its
     snapshot and one per op after it (``count <= changes``); the hash still proves every op
     applied once."""
-    replay = produced.replay(tmp)
     part_of = produced.partitions()
     seen = 0
     for p in range(s.topics.partitions):
@@ -158,7 +156,7 @@ def check_stores(
         items = store_items(path)
         mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
         assert set(items) == mine, f"partition {p}: items {len(items)}, expected {len(mine)}"
-        check_against_reference(items, only_items(ref, mine), replay, f"store {p}")
+        check_against_reference(items, only_items(ref, mine), f"store {p}")
         doubled = [
             (n, i.count, i.changes)
             for n, i in items.items()
@@ -286,11 +284,9 @@ def test_worker_sigkilled_at_random_points_loses_nothing_applies_nothing_twice(
             caught_up_s=round(caught_up_at, 1),
         )
         history.check()
-        check_against_reference(
-            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
-        )
+        check_against_reference(history.last, ref, "the last snapshots")
         assert dead_letters(s) == 0, "ops were dead-lettered"
-        check_stores(data_dir, s, ref, produced, tmp_path / "reference-stores")
+        check_stores(data_dir, s, ref, produced)
         # the kills really landed among the ops: most while they were still being produced
         assert during >= kills // 2, kill_log
         # and in every phase the plan promised (a start-up kill came after the group could
@@ -382,13 +378,11 @@ def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
             ops_applied_twice=history.ops_applied_twice,
         )
         history.check()
-        check_against_reference(
-            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
-        )
+        check_against_reference(history.last, ref, "the last snapshots")
         # the impatient client's ops never reached the worker
         assert not [n for n in snapshots if n.startswith("never-")]
         assert dead_letters(s) == 0, "ops were dead-lettered"
-        check_stores(w.data_dir, s, ref, produced, tmp_path / "reference-stores")
+        check_stores(w.data_dir, s, ref, produced)
     finally:
         w.cleanup()
 
@@ -457,10 +451,8 @@ def test_broker_hanging_past_the_publish_timeout_the_worker_waits_it_out(
             ops_applied_twice=history.ops_applied_twice,
         )
         history.check()
-        check_against_reference(
-            history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
-        )
-        check_stores(w.data_dir, s, ref, produced, tmp_path / "reference-stores")
+        check_against_reference(history.last, ref, "the last snapshots")
+        check_stores(w.data_dir, s, ref, produced)
         # the hangs really caught batches in flight (else this test proves nothing)
         assert waited >= 1, "no publish failed: no hang caught a batch in flight"
     finally:
@@ -544,11 +536,9 @@ def run_write_fault(
         worker.cleanup()
     history = published(read_topic(s, s.topics.snapshots), produced.models)
     history.check()
-    check_against_reference(
-        history.last, ref, produced.replay(tmp_path / f"{name}-reference"), "the last snapshots"
-    )
+    check_against_reference(history.last, ref, "the last snapshots")
     assert dead_letters(s) == 0, "ops were dead-lettered"
-    check_stores(data_dir, s, ref, produced, tmp_path / f"{name}-reference-stores")
+    check_stores(data_dir, s, ref, produced)
     return {
         "ops_produced": len(produced.models),
         "ops_behind_at_fault": behind,
@@ -603,14 +593,20 @@ def test_leveldb_write_failure_stops_the_worker_and_a_restart_recovers(
 
 
 def _can_mount() -> bool:
+    """Whether a tmpfs can be mounted (root); ``DYNO_FAULTS_NO_MOUNT=1`` says no, to run the
+    file-size limit's variant of the full disk as root too."""
+    if os.environ.get("DYNO_FAULTS_NO_MOUNT", "") not in ("", "0"):
+        return False
     return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs at ``tmp_path/disk`` (needs root), unmounted at the end."""
+def small_disk(tmp_path: Path) -> Iterator[Path | None]:
+    """A 1 MB tmpfs at ``tmp_path/disk`` when the tests run as root (unmounted at the end),
+    else None."""
     if not _can_mount():
-        pytest.skip("mounting a tmpfs needs root; the injected write fault covers the rest")
+        yield None
+        return
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
@@ -620,23 +616,40 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+#: The file-size limit a worker runs under where no tmpfs can be mounted: a third of what each
+#: store's LevelDB log reaches over the CI backlog (about 800 KB), so a write fails part-way.
+FILE_SIZE_LIMIT = 256 * 1024
+
+
 def test_full_disk_stops_the_worker_and_a_restart_after_growing_it_recovers(
-    make_settings: Callable[..., Settings], tmp_path: Path, small_disk: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, small_disk: Path | None
 ) -> None:
-    """A real full disk: the stores live on a 1 MB tmpfs, grown to 256 MB once the worker
-    has stopped on it."""
+    """The operating system refuses a write of LevelDB's: as root the stores live on a 1 MB
+    tmpfs, grown to 256 MB once the worker has stopped on it (ENOSPC, a full disk); else the
+    worker runs under a 256 KB file-size limit (RLIMIT_FSIZE, set by the fault injector: a
+    write past it fails with EFBIG), which the restarted worker runs without."""
     s = make_settings(partitions=2)
     ensure_topics(s)
     produced = produce_backlog(s, faults_size(8_000, 40_000), 500, SEED + 4, pad=400)
+    env = {"DYNO_WORKER__BATCH_SIZE": "500"}
+    if small_disk is not None:
+        disk = small_disk
 
-    def grow() -> None:
-        subprocess.run(["mount", "-o", "remount,size=256m", "tmpfs", str(small_disk)], check=True)
+        def lift() -> None:
+            subprocess.run(["mount", "-o", "remount,size=256m", "tmpfs", str(disk)], check=True)
 
-    data_dir = small_disk / "data"
-    figures = run_write_fault(
-        s, tmp_path, data_dir, produced, {"DYNO_WORKER__BATCH_SIZE": "500"}, grow, "tmpfs"
-    )
-    record_figures("disk_full", **figures)
+        data_dir, name = small_disk / "data", "tmpfs"
+    else:
+        env |= injected(DYNO_FAULT_FILE_SIZE_LIMIT=str(FILE_SIZE_LIMIT))
+
+        def lift() -> None:
+            pass  # the next worker runs without the limit
+
+        data_dir, name = tmp_path / "data", "file-size-limit"
+    figures = run_write_fault(s, tmp_path, data_dir, produced, env, lift, name)
+    if small_disk is None:  # the worker stopped on the limit, not on anything else
+        assert "File too large" in (tmp_path / f"{name}-faulty.log").read_text(errors="replace")
+    record_figures("disk_full", how=name, **figures)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,11 +747,9 @@ def check_end_state(
         **figures,
     )
     history.check()
-    check_against_reference(
-        history.last, ref, produced.replay(tmp_path / "reference"), "the last snapshots"
-    )
+    check_against_reference(history.last, ref, "the last snapshots")
     assert dead_letters(s) == 0, "ops were dead-lettered"
-    check_stores(stores, s, ref, produced, tmp_path / "reference-stores", restored=True)
+    check_stores(stores, s, ref, produced, restored=True)
 
 
 def stop_at_once(*workers: WorkerProcess) -> None:

@@ -4,9 +4,9 @@ Real broker, real worker processes, nothing mocked. A partition whose store is m
 worker killed and its disk lost, or a fresh worker) or behind what the ops topic still keeps
 is restored from each item's newest snapshot (one ``history`` row per item); the ops after
 each snapshot's source offset are then replayed, and the ops a snapshot already holds are
-skipped. The end state must equal a plain-Python replay of every op produced: value and
-``changes`` exact (no op lost, none applied twice), and the hash equal to a ``DynoStore``
-replay of the same ops.
+skipped. The end state must equal the reference model's replay of every op produced
+(bench/reference.py): value and ``changes`` exact (no op lost, none applied twice), and the
+same hash.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from helpers import (
     last_snapshots_by_offset,
     only_items,
     random_op,
+    reference_item,
     running_partitions,
     store_items,
     wait_caught_up,
@@ -146,15 +147,14 @@ def test_three_worker_processes_one_killed_and_wiped_others_restore(
         codes = [w.wait_exit() for w in survivors]
         assert codes == [0, 0], "".join(w.tail() for w in survivors)
 
-        # the final snapshots: value and changes exact, hash as a DynoStore replay
+        # the final snapshots: value, changes and hash as the reference model says
         assert view.wait_until_caught_up(30), "the view did not read the snapshot topic's end"
-        replay = produced.replay(tmp_path / "reference")
         final = dict(view)
         assert set(final) == set(ref.changes)
-        check_against_reference(final, ref, replay, "the view")
+        check_against_reference(final, ref, "the view")
         assert all(final[n]["source"]["partition"] == part_of[n] for n in final)
         # what compaction would keep (the last snapshot in topic order) is the final one too
-        check_against_reference(last_snapshots_by_offset(s), ref, replay, "the last snapshots")
+        check_against_reference(last_snapshots_by_offset(s), ref, "the last snapshots")
 
         # the stores of the partitions' last owners hold the same items
         for p in range(PARTITIONS):
@@ -162,7 +162,7 @@ def test_three_worker_processes_one_killed_and_wiped_others_restore(
             mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
             assert set(items) == mine, f"partition {p} in {owner[p].name}'s store"
             check_against_reference(
-                items, only_items(ref, mine), replay, f"{owner[p].name}'s store of partition {p}"
+                items, only_items(ref, mine), f"{owner[p].name}'s store of partition {p}"
             )
 
         # restore really happened: each of the victim's partitions was restored from
@@ -232,7 +232,7 @@ def test_fresh_worker_restores_the_same_items_and_applies_new_ops_on_top(
                 names = {n for n, q in produced.partitions().items() if q == p}
                 first.update({n: store.get_item(n) for n in names})
         assert set(first) == set(ref1.changes)
-        check_against_reference(first, ref1, produced.replay(tmp_path / "ref1"), "store 1")
+        check_against_reference(first, ref1, "store 1")
 
         # the fresh worker restores both partitions before it reports them assigned
         w2 = start_worker(s2)
@@ -259,8 +259,7 @@ def test_fresh_worker_restores_the_same_items_and_applies_new_ops_on_top(
         final = dict(view)
     assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
 
-    replay = produced.replay(tmp_path / "ref2")
-    check_against_reference(final, ref, replay, "the view")
+    check_against_reference(final, ref, "the view")
     # the fresh worker applied the new ops only: every old one was in a snapshot
     assert counter_total(w2.worker.metrics.ops_applied) == len(produced.models) - n_first
     new_ops = Counter(m.item for m in produced.models[n_first:])
@@ -270,7 +269,7 @@ def test_fresh_worker_restores_the_same_items_and_applies_new_ops_on_top(
         items = store_items(path)
         mine = {n for n, q in part_of.items() if q == p and ref.value(n) is not None}
         assert set(items) == mine
-        check_against_reference(items, only_items(ref, mine), replay, f"store 2, partition {p}")
+        check_against_reference(items, only_items(ref, mine), f"store 2, partition {p}")
         hist = history_rows(path)
         assert set(hist) == {n for n in first if part_of[n] == p}
         for n, item in items.items():
@@ -340,12 +339,11 @@ def test_store_behind_the_ops_topic_retention_is_set_aside_and_restored(
         final = dict(view)
     assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
 
-    replay = produced.replay(tmp_path / "reference")
-    check_against_reference(final, ref, replay, "the view")
+    check_against_reference(final, ref, "the view")
     assert counter_total(w1b.worker.metrics.ops_applied) == 300
     items = store_items(store_dir / "0000")
     check_against_reference(
-        items, only_items(ref, {n for n in ref.changes if ref.value(n)}), replay, "the new store"
+        items, only_items(ref, {n for n in ref.changes if ref.value(n)}), "the new store"
     )
 
 
@@ -382,10 +380,9 @@ def test_restore_reads_past_a_message_that_is_not_a_snapshot(
 
     w2 = start_worker(s2)
     _wait_assigned(w2, s2, 1, timeout=30)
-    replay = produced.replay(tmp_path / "reference")
     restored = {n: w2.worker.reads.item(n) for n in ref.changes}
     check_against_reference(
-        {n: r for n, r in restored.items() if r is not None}, ref, replay, "the fresh worker"
+        {n: r for n, r in restored.items() if r is not None}, ref, "the fresh worker"
     )
     w2.stop()
     assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
@@ -431,13 +428,13 @@ def test_restore_after_a_crash_that_published_part_of_a_batch(
                     make_op("incAttrBy", "part-0002", {"field": "n", "by": 100}, new_flake()),
                 ],
             )
+        ref_y = produced.reference()
         y_offset = produced.futures[-1].result(30).offset
         assert produced.futures[-2].result(30).offset == y_offset - 1
-        replay = produced.replay(tmp_path / "reference")
         producer = Producer(producer_config(s1))
         producer.produce(
             s1.topics.snapshots,
-            snapshot_bytes(replay["part-0002"], s1.topics.ops, 0, y_offset),
+            snapshot_bytes(reference_item(ref_y, "part-0002"), s1.topics.ops, 0, y_offset),
             b"part-0002",
         )
         assert producer.flush(30) == 0
@@ -455,12 +452,11 @@ def test_restore_after_a_crash_that_published_part_of_a_batch(
         w2.stop()
         assert view.wait_until_caught_up(30)
         final = dict(view)
-    check_against_reference(final, ref, replay, "the view")
+    check_against_reference(final, ref, "the view")
     assert counter_total(w2.worker.metrics.ops_applied) == 1  # X's op, and only it
     assert high_watermark(s1, s1.topics.dead_letter) == (0, 0), "ops were dead-lettered"
     check_against_reference(
         store_items(s2.worker.data_dir / s2.topics.ops / "0000"),
         only_items(ref, {n for n in ref.changes if ref.value(n)}),
-        replay,
         "the restored store",
     )

@@ -2,7 +2,8 @@
 
 The surviving worker takes over the stopped worker's partitions with an empty store for them
 (each worker has its own data dir), so it replays those partitions from their beginning. At
-the end every item's last snapshot must equal a plain-Python replay of the ops produced for it.
+the end every item's last snapshot must equal the reference model's replay of the ops produced
+for it (bench/reference.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from helpers import running_partitions
+from helpers import Reference, running_partitions
 
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
@@ -35,37 +36,6 @@ CATCH_UP_S = 150.0
 
 SET_VALUES: list[Any] = ["red", "green", "blue", 1, True]
 FIELDS = ["a", "b", "n", "s", "tags"]
-
-
-def _text_of(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-
-
-class Reference:
-    """level-dyno's op semantics for the ops this test produces, in plain Python."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, dict[str, Any]] = {}
-        self.changes: dict[str, int] = {}
-
-    def apply(self, name: str, op: str, change: Any) -> None:
-        v = self.values.setdefault(name, {})
-        self.changes[name] = self.changes.get(name, 0) + 1
-        if op == "putAttrs":
-            v.update(change)
-        elif op == "delAttrs":
-            for f in change:
-                v.pop(f, None)
-        elif op == "incAttrBy":
-            v[change["field"]] = v.get(change["field"], 0) + change["by"]
-        elif op == "append":
-            v[change["field"]] = v.get(change["field"], "") + change["str"]
-        elif op == "addToSet":
-            members = dict(v.get(change["field"], {}))
-            members[_text_of(change["value"])] = True
-            v[change["field"]] = members
-        else:  # pragma: no cover - the generator makes no other op
-            raise AssertionError(op)
 
 
 def random_op(rnd: random.Random, i: int) -> tuple[str, str, Any]:
@@ -151,7 +121,7 @@ def test_100k_ops_two_workers_one_stopped_midway(
     assert all(a.ts < b.ts for a, b in itertools.pairwise(models))
     ref = Reference()
     for m in models:
-        ref.apply(m.item, m.op, m.change_value)
+        ref.add(m)
     assert len(ref.changes) == N_ITEMS
     # one item's ops all on one partition
     part_of: dict[str, int] = {}
@@ -212,22 +182,14 @@ def test_100k_ops_two_workers_one_stopped_midway(
         f"{s_a.topics.ops}/{p}" for p in range(PARTITIONS)
     )
 
-    # values and change counts against the plain replay; hashes against a DynoStore replay
+    # values, change counts and hashes against the reference model
     mismatches = []
-    with DynoStore(tmp_path / "reference") as store:
-        for i in range(0, N_OPS, 1000):
-            store.apply(models[i : i + 1000])
-        for name, changes in ref.changes.items():
-            snap = last[name]
-            want_value = ref.values[name] or None  # an item with no attributes reads as absent
-            item = store.get_item(name)
-            if (
-                (snap["value"], snap["changes"]) != (want_value, changes)
-                or snap["hash"] != (item.hash)
-                or snap["source"]["partition"] != part_of[name]
-            ):
-                mismatches.append((name, snap, want_value, changes, item.hash))
-            assert item.value == want_value and item.changes == changes, name
+    for name, changes in ref.changes.items():
+        snap = last[name]
+        want = (ref.value(name), changes, ref.hashes[name], part_of[name])
+        got = (snap["value"], snap["changes"], snap["hash"], snap["source"]["partition"])
+        if got != want:
+            mismatches.append((name, got, want))
     assert not mismatches, f"{len(mismatches)} items differ, e.g. {mismatches[:2]}"
 
     wb.stop()

@@ -4,13 +4,9 @@ figures of a comparison mean something only if it holds, so it must catch each d
 from __future__ import annotations
 
 import copy
-import sys
 from typing import Any
 
-from helpers import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-from bench_compare import median_run, same_work
+from bench_compare import median_run, same_work  # bench/ is on pytest's pythonpath
 
 
 def _runs() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -104,23 +104,30 @@ def test_a_store_that_closes_gives_its_share_back(tmp_path: Path) -> None:
 def test_the_partitions_held_divide_the_budget_before_their_stores_open(tmp_path: Path) -> None:
     """A worker assigned 64 partitions opens its first store with 1/64 of the budget, not
     all of it: the worker tells the budget how many it holds first."""
+    # the README's figures for 256 MiB: 60% (161,061,273 bytes) to the state caches, the
+    # other 107,374,183 to LevelDB; over 64 stores 2,516,582 and 1,677,721 bytes each, and a
+    # quarter of LevelDB's share (419,430) each to the block cache and the write buffer
     budget = MemoryBudget.megabytes(256)
+    assert (budget.state_bytes, budget.leveldb_bytes) == (161_061_273, 107_374_183)
     budget.hold(64)
-    assert budget.state_share == budget.state_bytes // 64
+    assert budget.state_share == 2_516_582
     first = DynoStore(tmp_path / "a", budget=budget)
-    assert first._states.budget.state_share == budget.state_bytes // 64
+    assert first._states.budget.state_share == 2_516_582
     options = budget.leveldb_options()
-    share = budget.leveldb_bytes // 64
-    assert options["write_buffer_size"] == share // 4
-    assert options["lru_cache_size"] == share // 4
-    assert options["max_open_files"] == MIN_OPEN_FILES  # LevelDB's least
+    assert options["write_buffer_size"] == 419_430
+    assert options["lru_cache_size"] == 419_430
+    assert options["max_open_files"] == MIN_OPEN_FILES == 74  # 419,430 / 32 KiB is 12: the least
     # alone in a large budget, a store gets LevelDB's defaults at most
     whole = MemoryBudget.megabytes(1024).leveldb_options()
-    assert whole["write_buffer_size"] == MAX_WRITE_BUFFER
-    assert whole["lru_cache_size"] == MAX_BLOCK_CACHE
+    assert whole["write_buffer_size"] == MAX_WRITE_BUFFER == 4 * MIB
+    assert whole["lru_cache_size"] == MAX_BLOCK_CACHE == 32 * MIB
+    # too small a budget: a quarter of 16 MiB x 40% / 64 is 26,214 bytes, below the least
+    small = MemoryBudget.megabytes(16)
+    small.hold(64)
+    assert small.leveldb_options()["write_buffer_size"] == 256 * 1024
     first.close()
     budget.hold(0)
-    assert budget.state_share == budget.state_bytes
+    assert budget.state_share == 161_061_273
 
 
 def test_trimming_from_another_thread_while_a_store_is_written_loses_nothing(

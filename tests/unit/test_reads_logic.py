@@ -14,8 +14,7 @@ import pytest
 from dyno_stream.config import Settings, advertised_http, consumer_config, load_settings
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.members import Owners, item_partition, member_address
-from dyno_stream.kafka.partitioning import murmur2
+from dyno_stream.kafka.members import Owners, member_address
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.reads import (
     NOT_HERE,
@@ -54,15 +53,6 @@ def test_the_address_rides_in_the_client_id_and_is_read_back() -> None:
     assert consumer_config(s)["client.id"] == s.kafka.client_id
 
 
-def test_an_items_partition_is_javas_partitioner_over_its_name() -> None:
-    # Kafka's own test vector (Utils.murmur2): "21" hashes to -973932308
-    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
-    name = "café-21"
-    expected = (murmur2(name.encode("utf-8")) & 0x7FFFFFFF) % 12
-    assert item_partition(name, 12, "murmur2") == expected
-    assert {item_partition(f"item-{i}", 6, "murmur2") for i in range(200)} == set(range(6))
-
-
 def test_after_is_partition_colon_offset() -> None:
     assert After.parse("3:1042") == After(3, 1042)
     for bad in ("3", "x:1", "3:-1", ":1", "3:1:2"):
@@ -90,11 +80,19 @@ class _Directory:
         self.stale_calls += 1
 
 
+# Item names whose partition of 4 Kafka publishes (their murmur2 hashes are in Kafka's and
+# librdkafka's own tests: tests/unit/test_kafka_placement.py), so the routing below is held to
+# Kafka's placement, not to our function's.
+MINE = "foobar"  # partition 2 of 4
+THEIRS = "abc"  # partition 3
+UNOWNED = "21"  # partition 0
+
+
 def _reads(
     tmp_path: Path, partitions: int = 4
 ) -> tuple[StoreReads, PartitionStore, dict[str, str]]:
-    """A worker holding partition p (where "mine" hashes) and nothing else."""
-    p = item_partition("mine", partitions, "murmur2")
+    """A worker holding partition 2 (where ``MINE`` hashes), partition 3 held by another."""
+    p = 2
     ps = PartitionStore.open(tmp_path, "ops", p, sync=False)
     other = (p + 1) % partitions
     states = {f"ops/{p}": "RUNNING"}
@@ -118,26 +116,16 @@ def _apply(ps: PartitionStore, name: str, n: int, next_offset: int) -> None:
 
 def test_a_worker_answers_what_it_owns_and_redirects_or_defers_the_rest(tmp_path: Path) -> None:
     reads, ps, states = _reads(tmp_path)
-    _apply(ps, "mine", 1, 1)
-    code, body, _ = reads.answer_item("mine", {})
+    _apply(ps, MINE, 1, 1)
+    code, body, _ = reads.answer_item(MINE, {})
     assert code == 200 and body["value"] == {"n": 1}
-    theirs = next(
-        n
-        for n in (f"x{i}" for i in range(100))
-        if item_partition(n, 4, "murmur2") == (ps.partition + 1) % 4
-    )
-    code, _body, headers = reads.answer_item(theirs, {"after": [f"{(ps.partition + 1) % 4}:5"]})
+    code, _body, headers = reads.answer_item(THEIRS, {"after": ["3:5"]})
     assert code == 307
-    assert headers["Location"] == f"http://them:2/items/{theirs}?after={(ps.partition + 1) % 4}%3A5"
-    unowned = next(
-        n
-        for n in (f"x{i}" for i in range(200))
-        if item_partition(n, 4, "murmur2") not in (ps.partition, (ps.partition + 1) % 4)
-    )
-    code, _body, headers = reads.answer_item(unowned, {})
+    assert headers["Location"] == f"http://them:2/items/{THEIRS}?after=3%3A5"
+    code, _body, headers = reads.answer_item(UNOWNED, {})
     assert code == 503 and headers["Retry-After"] == "1"  # moving: no owner now
     states[f"ops/{ps.partition}"] = "RESTORING"
-    code, _body, headers = reads.answer_item("mine", {})
+    code, _body, headers = reads.answer_item(MINE, {})
     assert code == 503 and headers["Retry-After"] == "1"
     ps.close()
 
@@ -145,17 +133,17 @@ def test_a_worker_answers_what_it_owns_and_redirects_or_defers_the_rest(tmp_path
 def test_after_waits_until_the_offset_is_applied_then_answers(tmp_path: Path) -> None:
     reads, ps, _ = _reads(tmp_path)
     p = ps.partition
-    _apply(ps, "mine", 1, 5)  # offsets 0..4 applied
-    threading.Timer(0.1, _apply, (ps, "mine", 2, 8)).start()
+    _apply(ps, MINE, 1, 5)  # offsets 0..4 applied
+    threading.Timer(0.1, _apply, (ps, MINE, 2, 8)).start()
     started = time.monotonic()
-    code, body, _ = reads.answer_item("mine", {"after": [f"{p}:6"]})
+    code, body, _ = reads.answer_item(MINE, {"after": [f"{p}:6"]})
     assert code == 200 and body["value"] == {"n": 2}, body
     assert time.monotonic() - started >= 0.05  # it waited for the write
-    code, body, _ = reads.answer_item("mine", {"after": [f"{p}:20"]})
+    code, body, _ = reads.answer_item(MINE, {"after": [f"{p}:20"]})
     assert code == 504
     assert body["applied_through"] == 7 and body["behind"] == 13
-    assert reads.answer_item("mine", {"after": ["nonsense"]})[0] == 400
-    assert reads.answer_item("mine", {"after": [f"{(p + 1) % 4}:1"]})[0] == 400
+    assert reads.answer_item(MINE, {"after": ["nonsense"]})[0] == 400
+    assert reads.answer_item(MINE, {"after": [f"{(p + 1) % 4}:1"]})[0] == 400
     ps.close()
 
 
@@ -210,23 +198,16 @@ def test_a_member_process_says_when_a_sibling_may_hold_the_partition(tmp_path: P
     reads.siblings = True
     directory = reads._directory()
     assert directory is not None
-    p = ps.partition
-    _apply(ps, "mine", 1, 1)
-    code, _body, headers = reads.answer_item("mine", {})
+    _apply(ps, MINE, 1, 1)
+    code, _body, headers = reads.answer_item(MINE, {})
     assert code == 200 and _body["value"] == {"n": 1} and NOT_HERE not in headers
-    theirs = next(
-        n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4, "murmur2") == (p + 1) % 4
-    )
-    assert reads.answer_item(theirs, {})[0] == 307
+    assert reads.answer_item(THEIRS, {})[0] == 307
     sibling = Owners(4, "murmur2", {q: "me:1" for q in range(4)})
     directory._owners = sibling  # type: ignore[attr-defined]
-    siblings = next(
-        n for n in (f"x{i}" for i in range(100)) if item_partition(n, 4, "murmur2") != p
-    )
+    siblings, q = UNOWNED, 0  # a partition a sibling may hold
     code, _body, headers = reads.answer_item(siblings, {})
     assert code == 503 and headers[NOT_HERE] == "1" and headers["Retry-After"] == "1"
     assert directory.stale_calls == 0  # type: ignore[attr-defined]
-    q = item_partition(siblings, 4, "murmur2")
     code, _body, headers = reads.answer_item(siblings, {"after": [f"{q}:3"]})
     assert code == 503 and headers[NOT_HERE] == "1"
     # a single worker's answer to the same read: no header, and the directory read again

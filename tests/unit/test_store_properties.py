@@ -1,16 +1,15 @@
-"""Property tests: the store against a plain reference replay written here from the spec.
+"""Property tests: the store against the reference model (bench/reference.py).
 
-The reference below deliberately does not import ``dyno_stream.core.ops``: it is its own simple
-reading of the spec's op semantics and hash chain. Random op histories over a few item names
-are delivered shuffled, in random batches through ``apply``, with redeliveries, conflicting ops
-and flattens at random points; the store must read back exactly what the reference computes,
-and the materialized state must always equal a replay of the rows the store holds.
+The reference imports nothing of ``dyno_stream``: it is its own reading of the spec's op
+semantics, hash chain and flatten. Random op histories over a few item names are delivered
+shuffled, in random batches through ``apply``, with redeliveries, conflicting ops and flattens
+at random points; the store must read back exactly what the reference computes, hold exactly
+the rows it says, and its materialized state must always equal a replay of those rows.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -18,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reference as ref
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dyno_stream.core.errors import ConflictError, DynoError, LateOpError, UnknownHashError
 from dyno_stream.core.events import EventModel, Flatten, make_op
-from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
+from dyno_stream.store import DynoStore, Item
 from dyno_stream.store.budget import MemoryBudget
 
 NAMES = ["a", "a/b", "ü%\t", "chilts"]
@@ -32,174 +32,60 @@ BASE_MS = 0x013D58C7276E
 BOGUS_HASH = "0123456789abcdef0123456789abcdef"
 
 Json = Any
-RefOp = tuple[str, Json, str]  # op, change, change json
+Summary = tuple[str | None, str | None, int, str | None, int, bool]
+
+#: what the store does for each of the reference's outcomes: returns True (stored, folded),
+#: False (a duplicate, nothing to fold) or raises
+OFFERED: dict[str, bool | type[DynoError]] = {
+    ref.STORED: True,
+    ref.DUPLICATE: False,
+    ref.LATE: LateOpError,
+    ref.CONFLICT: ConflictError,
+}
+FLATTENED: dict[str, bool | type[DynoError]] = {
+    ref.FOLDED: True,
+    ref.NOTHING: False,
+    ref.UNKNOWN_HASH: UnknownHashError,
+}
 
 
-# -- the reference -----------------------------------------------------------------------------
+def summary(s: ref.State | Item) -> Summary:
+    """(value as compact JSON, so attribute order counts; timestamp, changes, hash, count,
+    deleted)."""
+    value = None if s.value is None else ref.compact(s.value)
+    return value, s.timestamp, s.changes, s.hash, s.count, s.deleted
 
 
-def cjson(value: Json) -> str:
-    """Compact JSON as the spec stores it: separators (",", ":"), raw UTF-8, key order kept."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def expected(item: ref.ItemHistory) -> Summary:
+    return summary(item.state())
 
 
-def as_text(value: Json) -> str:
-    return value if isinstance(value, str) else cjson(value)
-
-
-def is_number(value: Json) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def ref_apply(value: dict[str, Json], op: str, change: Json) -> dict[str, Json]:
-    """One op of the spec, on a copy of ``value``."""
-    value = copy.deepcopy(value)
-    change = copy.deepcopy(change)
-    if op == "putItem":
-        return dict(change)
-    if op == "delItem":
-        return {}
-    if op == "putAttrs":
-        for k, v in change.items():
-            value[k] = v
-        return value
-    if op == "delAttrs":
-        for k in change:
-            value.pop(k, None)
-        return value
-    if op in ("incAttrBy", "decAttrBy"):
-        by = change["by"] if op == "incAttrBy" else -change["by"]
-        old = value.get(change["field"])
-        value[change["field"]] = old + by if is_number(old) else by
-        return value
-    if op == "append":
-        f = change["field"]
-        value[f] = as_text(value[f]) + change["str"] if f in value else change["str"]
-        return value
-    if op == "addToSet":
-        f = change["field"]
-        members: dict[str, Json]
-        if f not in value:
-            members = {}
-        elif isinstance(value[f], dict):
-            members = dict(value[f])
-        elif isinstance(value[f], list):
-            # not in the spec: the implementation keeps a list's scalar members
-            members = {as_text(v): True for v in value[f] if not isinstance(v, dict | list)}
-        else:
-            members = {as_text(value[f]): True}  # an existing scalar becomes a member
-        members[as_text(change["value"])] = True
-        value[f] = members
-        return value
-    raise AssertionError(op)
-
-
-def link(prev: str, name: str, flake: str, op: str, change_json: str) -> str:
-    data = f"{prev}\n{name}\n{flake}\n{op}\n{change_json}\n".encode()
-    return hashlib.md5(data).hexdigest()
-
-
-class RefItem:
-    """An item as the spec defines it: every accepted op, and where its history row lies."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.ops: dict[str, RefOp] = {}  # flake -> op; includes ops folded into history
-        self.base: str | None = None  # flake of the history row
-
-    def chain(self) -> list[tuple[str, str, dict[str, Json], int]]:
-        """(flake, hash, value, changes) after each op in key order."""
-        out = []
-        h, value = "", {}
-        for i, flake in enumerate(sorted(self.ops)):
-            op, change, cj = self.ops[flake]
-            value = ref_apply(value, op, change)
-            h = link(h, self.name, flake, op, cj)
-            out.append((flake, h, value, i + 1))
-        return out
-
-    def offer(self, flake: str, op: str, change: Json, cj: str) -> type[DynoError] | bool:
-        """An op arrives: an error type, False for a duplicate, True when stored."""
-        if self.base is not None and flake <= self.base:
-            return LateOpError
-        if flake in self.ops:
-            if self.ops[flake][0] == op and self.ops[flake][2] == cj:
-                return False
-            return ConflictError
-        self.ops[flake] = (op, change, cj)
-        return True
-
-    def flatten(self, hash_: str) -> type[DynoError] | bool:
-        for flake, h, _, _ in self.chain():
-            if h == hash_ and (self.base is None or flake >= self.base):
-                if flake == self.base:
-                    return False
-                self.base = flake
-                return True
-        return UnknownHashError
-
-    def flatten_before(self, flake: str) -> bool:
-        older = [f for f in self.ops if f < flake]
-        if not older or (self.base is not None and max(older) <= self.base):
-            return False
-        self.base = max(older)
-        return True
-
-    def expected(self) -> tuple[str | None, str | None, int, str | None, int]:
-        """(value json or None, timestamp, changes, hash, count)."""
-        chain = self.chain()
-        if not chain:
-            return None, None, 0, None, 0
-        flake, h, value, changes = chain[-1]
-        count = sum(1 for f in self.ops if self.base is None or f > self.base)
-        count += 0 if self.base is None else 1
-        return (cjson(value) if value else None), flake, changes, h, count
-
-    def expected_history(self) -> list[tuple[str, str, str]]:
-        """(flake, op, json) per row; a history row's json is ``<hash>:<changes>:<value>``."""
-        out = []
-        for flake, h, value, changes in self.chain():
-            if self.base is not None and flake < self.base:
-                continue
-            if flake == self.base:
-                out.append((flake, "history", f"{h}:{changes}:{cjson(value)}"))
-            else:
-                op, _, cj = self.ops[flake]
-                out.append((flake, op, cj))
-        return out
-
-
-def observed(item: Item) -> tuple[str | None, str | None, int, str | None, int]:
-    value = None if item.value is None else cjson(item.value)
-    return value, item.timestamp, item.changes, item.hash, item.count
-
-
-def observed_history(store: DynoStore, name: str) -> list[tuple[str, str, str]]:
+def stored_rows(store: DynoStore, name: str) -> list[tuple[str, str, str]]:
+    """(flake, op, text) of each row the store holds for ``name``, as stored."""
     out = []
-    for row in store.get_history(name):
-        assert row.name == name
-        if isinstance(row, HistoryChangeset):
-            assert row.operation == "history"
-            out.append((row.timestamp, "history", f"{row.hash}:{row.changes}:{cjson(row.value)}"))
-        else:
-            assert isinstance(row, Changeset)
-            out.append((row.timestamp, row.operation, cjson(row.change)))
+    for key, text in store.rows(name):
+        _, flake, op = key.rsplit("/", 2)
+        out.append((flake, op, text))
     return out
 
 
-def replay_history(store: DynoStore, name: str) -> tuple[str | None, str | None, int, str | None]:
-    """Our own replay of the rows the store holds (value json, timestamp, changes, hash)."""
+def replay_rows(name: str, rows: list[tuple[str, str, str]]) -> Summary:
+    """The reference's replay of the rows a store holds (a history row starts it)."""
     value: dict[str, Json] = {}
-    h, changes, ts = "", 0, None
-    for row in store.get_history(name):
-        ts = row.timestamp
-        if isinstance(row, HistoryChangeset):
-            value, h, changes = copy.deepcopy(row.value), row.hash, row.changes
+    h, changes, ts, deleted = "", 0, None, False
+    for flake, op, text in rows:
+        ts = flake
+        if op == ref.HISTORY:
+            h, n, folded = text.split(":", 2)
+            changes, value = int(n), json.loads(folded) or {}
+            deleted = folded == "null"
         else:
-            value = ref_apply(value, row.operation, row.change)
-            h = link(h, name, row.timestamp, row.operation, cjson(row.change))
+            value = ref.apply_op(value, op, json.loads(text))
+            h = ref.chain_hash(h, name, flake, op, text)
             changes += 1
-    return (cjson(value) if value else None), ts, changes, (h or None)
+            deleted = op == "delItem"
+    shown = ref.compact(value) if value else None
+    return shown, ts, changes, (h or None), len(rows), deleted
 
 
 # -- strategies --------------------------------------------------------------------------------
@@ -255,7 +141,7 @@ class Harness:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.store = self.open()
-        self.ref = {name: RefItem(name) for name in NAMES}
+        self.ref = {name: ref.ItemHistory(name) for name in NAMES}
 
     def open(self) -> DynoStore:
         # a cache smaller than the item set, so states are written behind by eviction too:
@@ -276,13 +162,13 @@ class Harness:
         for name in NAMES:
             item = self.store.get_item(name)
             assert item.name == name
-            assert observed(item) == self.ref[name].expected(), name
+            assert summary(item) == expected(self.ref[name]), name
 
     def pick_hash(self, data: st.DataObject, name: str) -> str:
         """A hash the item had at some point (maybe folded away since), or a bogus one."""
-        chain = self.ref[name].chain()
-        i = data.draw(st.integers(0, len(chain)), label="hash index")
-        return chain[i][1] if i < len(chain) else BOGUS_HASH
+        steps = self.ref[name].steps()
+        i = data.draw(st.integers(0, len(steps)), label="hash index")
+        return steps[i].hash if i < len(steps) else BOGUS_HASH
 
     def run_batch(self, data: st.DataObject, entries: list[Op]) -> None:
         saved = copy.deepcopy(self.ref)
@@ -293,15 +179,25 @@ class Harness:
             if data.draw(st.integers(0, 9), label="flatten here") == 0:
                 target = data.draw(st.sampled_from(NAMES), label="flatten item")
                 h = self.pick_hash(data, target)
-                got = self.ref[target].flatten(h)
+                # compaction's flatten: rows older than a cut-off, not past the hash it
+                # published (which may lie after the cut-off)
+                before = None
+                if data.draw(st.booleans(), label="before a cut-off"):
+                    before = flake_of(data.draw(st.integers(0, 401), label="cut-off"))
+                outcome = (
+                    self.ref[target].flatten(h)
+                    if before is None
+                    else self.ref[target].flatten_before(before, h)
+                )
+                got = FLATTENED[outcome]
                 if got is True:
                     touched[target] = None
                 elif got is not False:
                     expected_errors.append((len(events), got))
-                events.append(Flatten(item=target, hash=h))
+                events.append(Flatten(item=target, hash=h, before=before))
             model = make_op(op, name, change, flake)
-            assert model.change_json == cjson(change)
-            result = self.ref[name].offer(flake, op, change, model.change_json)
+            assert model.change_json == ref.change_json(op, change)
+            result = OFFERED[self.ref[name].offer(flake, op, change)]
             if result is True:
                 touched[name] = None
             elif result is not False:
@@ -347,7 +243,7 @@ class Harness:
         name = data.draw(st.sampled_from(NAMES), label="item")
         if action == "flatten":
             h = self.pick_hash(data, name)
-            want = self.ref[name].flatten(h)
+            want = FLATTENED[self.ref[name].flatten(h)]
             if want is True or want is False:
                 assert self.store.flatten(name, h) is want
             else:
@@ -355,7 +251,7 @@ class Harness:
                     self.store.flatten(name, h)
         elif action == "flatten_before":
             flake = flake_of(data.draw(st.integers(0, 401), label="before"))
-            want_b = self.ref[name].flatten_before(flake)
+            want_b = FLATTENED[self.ref[name].flatten_before(flake)]
             assert self.store.flatten_before(name, flake) is want_b
         elif action == "reopen":
             self.reopen()
@@ -367,19 +263,18 @@ class Harness:
         self.reopen()
         self.check_items()
         for name in NAMES:
-            ref = self.ref[name]
             item = self.store.get_item(name)
             # the rows the store holds are exactly the reference's rows ...
-            assert observed_history(self.store, name) == ref.expected_history()
+            rows = stored_rows(self.store, name)
+            assert rows == self.ref[name].rows()
             # ... and the materialized state is their replay
-            value, ts, changes, h = replay_history(self.store, name)
-            assert (value, ts, changes, h) == observed(item)[:4]
+            assert replay_rows(name, rows) == summary(item)
             assert item.count == len(self.store.get_history(name))
-        present = sorted(n for n in NAMES if self.ref[n].expected()[0] is not None)
+        present = sorted(n for n in NAMES if self.ref[n].state().value is not None)
         got = list(self.store.query(min(NAMES), max(NAMES)))
         assert [n for n, _ in got] == present
         for n, item in got:
-            assert observed(item) == self.ref[n].expected()
+            assert summary(item) == expected(self.ref[n])
         assert [n for n, _ in self.store.scan(lambda n, i: True)] == present
         # internal rows never show up as item rows
         assert all(not k.startswith("\x00") for k, _ in self.store.rows())
@@ -445,13 +340,13 @@ def test_same_ops_any_order_same_store(ops: list[tuple[str, tuple[str, Json]]], 
                     order = order[size:]
             one, two = stores
             for name in NAMES:
-                assert observed(one.get_item(name)) == observed(two.get_item(name))
+                assert summary(one.get_item(name)) == summary(two.get_item(name))
             assert list(one.rows()) == list(two.rows())
-            ref = {name: RefItem(name) for name in NAMES}
+            items = {name: ref.ItemHistory(name) for name in NAMES}
             for model in models:
-                ref[model.item].offer(model.ts, model.op, model.change_value, model.change_json)
+                items[model.item].offer(model.ts, model.op, model.change_value)
             for name in NAMES:
-                assert observed(one.get_item(name)) == ref[name].expected()
+                assert summary(one.get_item(name)) == expected(items[name])
         finally:
             for store in stores:
                 store.close()

@@ -4,10 +4,12 @@ and real LevelDB: the commit order, republishing, and partitions restored beside
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message, TopicPartition
@@ -188,13 +190,16 @@ def test_messages_of_a_partition_not_running_are_not_applied(tmp_path: Path) -> 
 
 def test_a_revoke_during_a_restore_stops_it_and_leaves_nothing_to_trust(tmp_path: Path) -> None:
     reading = threading.Event()
+    stopped = threading.Event()
+    test_over = threading.Event()  # ends the restore whatever the code does
 
     def endless_snapshots(
         partition: int, cancelled: Callable[[], bool], on_progress: Callable[[int], None]
     ) -> dict[str, Snapshot] | None:
         reading.set()
-        while not cancelled():
+        while not cancelled() and not test_over.is_set():
             time.sleep(0.01)
+        stopped.set()
         return None
 
     s = _settings(tmp_path)
@@ -202,13 +207,22 @@ def test_a_revoke_during_a_restore_stops_it_and_leaves_nothing_to_trust(tmp_path
     try:
         parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
         assert reading.wait(10)
-        started = time.monotonic()
-        parts.assignment.on_revoke(parts.consumer, [TopicPartition(TOPIC, 0)])
-        assert time.monotonic() - started < 2
+        # the revoke returns only once the restore has stopped: it must cancel it, since the
+        # snapshots never end by themselves
+        revoke = threading.Thread(
+            target=parts.assignment.on_revoke,
+            args=(parts.consumer, [TopicPartition(TOPIC, 0)]),
+            daemon=True,
+        )
+        revoke.start()
+        revoke.join(60)
+        assert not revoke.is_alive(), "the revoke did not cancel the restore"
+        assert stopped.is_set(), "the revoke returned while the restore still ran"
         assert parts.assignment.states() == {}
         assert parts.consumer.calls[-1] == ("unassign", [(TOPIC, 0, -1001)])
         assert parts.consumer.commits == []
     finally:
+        test_over.set()
         parts.close()
     # the store's lock is free for the next owner, and it holds no offset to resume from
     ps = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
@@ -229,14 +243,18 @@ def test_a_revoke_commits_the_stores_offset_and_closes_it(parts: Parts) -> None:
     assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {"x": 0}
 
 
-def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(tmp_path: Path) -> None:
+def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dyno_stream.stream.restorer")
     s = _settings(tmp_path)
     held = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
     parts = Parts(s)
     try:
         parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
-        time.sleep(0.3)
-        parts.assignment.step()  # returns at once: the wait is the restorer's
+        # the restorer has met the lock and waits for it ...
+        wait_until(lambda: "still locked by its last owner" in caplog.text, 10, lambda: caplog.text)
+        parts.assignment.step()  # ... and the loop goes on: the wait is the restorer's
         assert parts.assignment.states() == {f"{TOPIC}/0": "RESTORING"}
         held.close()
         wait_until(
@@ -357,53 +375,91 @@ def test_a_store_with_nothing_to_restore_replays_quietly_below_the_committed_off
 
 
 def test_small_batches_do_not_wait_for_acknowledgements_while_the_pipeline_has_room(
-    parts: Parts,
+    tmp_path: Path,
 ) -> None:
-    """Issue 14: the bound on batches in flight counts events. Three batches of one event
-    each made the loop wait for the oldest's acknowledgement, so a broker slow for a moment
-    stopped the loop under a moderate load (the latency tail)."""
+    """The bound on batches in flight counts events: twenty batches of one event each go out
+    with no acknowledgement and no wait for one (a wait stopped the loop under a moderate
+    load whenever the broker was slow for a moment: the latency tail)."""
+    s = _settings(tmp_path)
+    # a publish timeout no slow machine reaches: only the bound may make the loop wait
+    s = s.model_copy(update={"worker": s.worker.model_copy(update={"publish_timeout_s": 600})})
+    parts = Parts(s)
+    try:
+        parts.assign_and_start(0)
+        parts.producer.mode = "hold"  # no acknowledgement comes
+        parts.producer.refuse_waits = True  # and a poll that waits for one fails at once
+        for offset in range(20):
+            parts.processor.process([_msg(offset, f"item-{offset}")], parts.assignment.running())
+        assert parts.producer.waits == 0
+        parts.producer.refuse_waits = False
+        assert parts.delivery.in_flight == 20
+        parts.producer.mode = "ack"
+        parts.delivery.complete(wait=True)
+        assert parts.delivery.in_flight == 0
+        parts.delivery.clear_acknowledged(parts.assignment.stores().values())
+        assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {}  # all 20 acknowledged
+    finally:
+        parts.close()
+
+
+def _patient_parts(tmp_path: Path, **worker: Any) -> Parts:
+    """Parts whose publish timeout no slow machine reaches, with no acknowledgement coming
+    and a wait for one refused at once (``FakeProducer.refuse_waits``): only the bounds on
+    what is in flight make the loop wait."""
+    s = _settings(tmp_path)
+    s = s.model_copy(
+        update={"worker": s.worker.model_copy(update={"publish_timeout_s": 600, **worker})}
+    )
+    parts = Parts(s)
     parts.assign_and_start(0)
-    parts.producer.mode = "hold"  # no acknowledgement comes: a wait would raise PublishError
-    started = time.monotonic()
-    for offset in range(20):
-        parts.processor.process([_msg(offset, f"item-{offset}")], parts.assignment.running())
-    assert time.monotonic() - started < 0.5  # publish_timeout_s: nothing waited it out
-    assert parts.delivery.in_flight == 20
-    parts.producer.mode = "ack"
-    parts.delivery.complete(wait=True)
-    assert parts.delivery.in_flight == 0
-    parts.delivery.clear_acknowledged(parts.assignment.stores().values())
-    assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {}  # all 20 acknowledged
+    parts.producer.mode = "hold"
+    parts.producer.refuse_waits = True
+    return parts
 
 
 def test_full_batches_in_flight_stay_bounded(tmp_path: Path) -> None:
     """Beyond MAX_IN_FLIGHT full batches' worth of events the loop waits for the oldest, as
-    it did when the bound counted batches: here it waits out publish_timeout_s and gives up."""
-    settings = _settings(tmp_path)
-    settings = settings.model_copy(
-        update={"worker": settings.worker.model_copy(update={"batch_size": 2})}
-    )
-    parts = Parts(settings)
+    it did when the bound counted batches."""
+    parts = _patient_parts(tmp_path, batch_size=2)
     try:
-        parts.assign_and_start(0)
-        parts.producer.mode = "hold"
         running = parts.assignment.running()
         for b in range(MAX_IN_FLIGHT):  # full batches of 2 events: within the bound
             parts.processor.process([_msg(2 * b, "a"), _msg(2 * b + 1, "b")], running)
-        with pytest.raises(PublishError, match="unacknowledged"):
+        assert parts.producer.waits == 0
+        with pytest.raises(AssertionError, match="polled with a wait"):
             parts.processor.process([_msg(2 * MAX_IN_FLIGHT, "a")], running)
     finally:
         parts.close()
 
 
-def test_batches_in_flight_stay_bounded_in_number(parts: Parts) -> None:
-    parts.assign_and_start(0)
-    parts.producer.mode = "hold"
-    running = parts.assignment.running()
-    for offset in range(MAX_IN_FLIGHT_BATCHES):
-        parts.processor.process([_msg(offset)], running)
-    with pytest.raises(PublishError, match="unacknowledged"):
-        parts.processor.process([_msg(MAX_IN_FLIGHT_BATCHES)], running)
+def test_batches_in_flight_stay_bounded_in_number(tmp_path: Path) -> None:
+    parts = _patient_parts(tmp_path)
+    try:
+        running = parts.assignment.running()
+        for offset in range(MAX_IN_FLIGHT_BATCHES):
+            parts.processor.process([_msg(offset)], running)
+        assert parts.producer.waits == 0
+        with pytest.raises(AssertionError, match="polled with a wait"):
+            parts.processor.process([_msg(MAX_IN_FLIGHT_BATCHES)], running)
+    finally:
+        parts.close()
+
+
+def test_a_batch_unacknowledged_past_the_publish_timeout_raises(tmp_path: Path) -> None:
+    """A batch still unacknowledged when the loop waits for it past ``publish_timeout_s``
+    (0 here: at once) gives up: its snapshot stays pending, to be published again."""
+    s = _settings(tmp_path)
+    s = s.model_copy(update={"worker": s.worker.model_copy(update={"publish_timeout_s": 0})})
+    parts = Parts(s)
+    try:
+        parts.assign_and_start(0)
+        parts.producer.mode = "hold"
+        with pytest.raises(PublishError, match="unacknowledged"):
+            parts.processor.process([_msg(0)], parts.assignment.running())
+            parts.delivery.complete(wait=True)
+        assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {"x": 0}
+    finally:
+        parts.close()
 
 
 def test_partitions_assigned_divide_the_memory_budget_before_their_stores_open(
