@@ -13,7 +13,13 @@ from __future__ import annotations
 import pytest
 
 from dyno_stream.kafka.members import item_partition
-from dyno_stream.kafka.partitioning import kafka_partition, murmur2, snapshot_partition
+from dyno_stream.kafka.partitioning import (
+    crc32_partition,
+    kafka_partition,
+    murmur2,
+    rule_partition,
+    snapshot_partition,
+)
 
 # key -> (published hash as a signed 32-bit int, partition of 4, partition of 12)
 VECTORS: dict[bytes, tuple[int, int, int]] = {
@@ -50,7 +56,26 @@ def test_murmur2_is_kafkas(key: bytes) -> None:
 def test_an_items_partition_is_that_of_its_utf8_name() -> None:
     for key, (_, in_4, in_12) in VECTORS.items():
         name = key.decode("utf-8")
-        assert (item_partition(name, 4), item_partition(name, 12)) == (in_4, in_12)
+        got = (item_partition(name, 4, "murmur2"), item_partition(name, 12, "murmur2"))
+        assert got == (in_4, in_12)
+
+
+# CRC-32 (ISO-HDLC, as zlib and librdkafka's rd_crc32) published check values: the catalogue's
+# "123456789" and the common pangram; librdkafka's consistent partitioners take it mod n.
+CRC32_VECTORS = {
+    b"123456789": 0xCBF43926,
+    b"The quick brown fox jumps over the lazy dog": 0x414FA339,
+    b"": 0,
+}
+
+
+def test_the_crc32_rule_is_librdkafkas_consistent_partitioner() -> None:
+    for key, crc in CRC32_VECTORS.items():
+        for n in (4, 12):
+            assert crc32_partition(key, n) == crc % n
+            assert rule_partition(key, n, "crc32") == crc % n
+            assert item_partition(key.decode(), n, "crc32") == crc % n
+        assert rule_partition(key, 12, "murmur2") == kafka_partition(key, 12)
 
 
 def test_a_snapshot_not_co_partitioned_goes_where_its_key_hashes() -> None:
