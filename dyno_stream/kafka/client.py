@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -65,6 +65,14 @@ def epoch_ms(when: datetime | float) -> int:
     """Milliseconds since the epoch of a datetime (naive: local time) or of seconds."""
     seconds = when.timestamp() if isinstance(when, datetime) else when
     return int(seconds * 1000)
+
+
+class Expect(TypedDict, total=False):
+    """What a conditional op expects of its item (``core.expectations``): its chain hash,
+    its changes count (0: absent), or both."""
+
+    expect_hash: str
+    expect_changes: int
 
 
 @dataclass(frozen=True)
@@ -194,20 +202,14 @@ class DynoClient:
         return future
 
     def _op(
-        self,
-        op: str,
-        name: str,
-        change: Any,
-        ts: str | None,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        self, op: str, name: str, change: Any, ts: str | None, **expect: Unpack[Expect]
     ) -> Future[Delivery]:
         """Send one op; with ``expect_hash``/``expect_changes`` it is conditional: the owning
         worker applies it only if the item has that chain hash and changes count then
         (``core.expectations``); ``outcome(delivery)`` says whether it did."""
         headers = None
-        if expect_hash is not None or expect_changes is not None:
-            headers = Expectation(expect_hash, expect_changes).headers()
+        if expect:
+            headers = Expectation(expect.get("expect_hash"), expect.get("expect_changes")).headers()
         event = make_op(op, name, change, new_flake() if ts is None else ts)
         return self.send(event, headers)
 
@@ -216,43 +218,35 @@ class DynoClient:
         name: str,
         value: dict[str, Any],
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(ops.PUT_ITEM, name, value, ts, expect_hash, expect_changes)
+        return self._op(ops.PUT_ITEM, name, value, ts, **expect)
 
     def del_item(
         self,
         name: str,
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(ops.DEL_ITEM, name, {}, ts, expect_hash, expect_changes)
+        return self._op(ops.DEL_ITEM, name, {}, ts, **expect)
 
     def put_attrs(
         self,
         name: str,
         attrs: dict[str, Any],
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(ops.PUT_ATTRS, name, attrs, ts, expect_hash, expect_changes)
+        return self._op(ops.PUT_ATTRS, name, attrs, ts, **expect)
 
     def del_attrs(
         self,
         name: str,
         attrs: list[str],
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(ops.DEL_ATTRS, name, attrs, ts, expect_hash, expect_changes)
+        return self._op(ops.DEL_ATTRS, name, attrs, ts, **expect)
 
     def inc_attr_by(
         self,
@@ -260,13 +254,9 @@ class DynoClient:
         field: str,
         by: float = 1,
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(
-            ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts, expect_hash, expect_changes
-        )
+        return self._op(ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts, **expect)
 
     def dec_attr_by(
         self,
@@ -274,13 +264,9 @@ class DynoClient:
         field: str,
         by: float = 1,
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(
-            ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts, expect_hash, expect_changes
-        )
+        return self._op(ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts, **expect)
 
     def append(
         self,
@@ -288,13 +274,9 @@ class DynoClient:
         field: str,
         text: str,
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(
-            ops.APPEND, name, {"field": field, "str": text}, ts, expect_hash, expect_changes
-        )
+        return self._op(ops.APPEND, name, {"field": field, "str": text}, ts, **expect)
 
     def add_to_set(
         self,
@@ -302,13 +284,9 @@ class DynoClient:
         field: str,
         value: Any,
         ts: str | None = None,
-        *,
-        expect_hash: str | None = None,
-        expect_changes: int | None = None,
+        **expect: Unpack[Expect],
     ) -> Future[Delivery]:
-        return self._op(
-            ops.ADD_TO_SET, name, {"field": field, "value": value}, ts, expect_hash, expect_changes
-        )
+        return self._op(ops.ADD_TO_SET, name, {"field": field, "value": value}, ts, **expect)
 
     def flatten(self, name: str, hash: str) -> Future[Delivery]:
         """Ask the workers to fold the item's history up to the row with this chain hash."""
