@@ -46,6 +46,9 @@ RESTORED_PREFIX = META_PREFIX + b"restored\x00"
 #: Refused messages by offset (20 digits), and the offset the store's record of them starts at.
 REFUSED_PREFIX = META_PREFIX + b"refused\x00"
 OUTCOMES_FROM_KEY = META_PREFIX + b"outcomes-from"
+#: The offset the store's record of refusals reaches, written with every batch's offset: a
+#: store whose offset moved on without it (an older release ran on it) knows nothing since.
+OUTCOMES_THROUGH_KEY = META_PREFIX + b"outcomes-through"
 #: How many offsets back refusals are kept (a dead letter's row is a few hundred bytes).
 REFUSALS_KEPT = 1_000_000
 
@@ -159,6 +162,8 @@ class PartitionStore:
             k[len(RESTORED_PREFIX) :].decode(): int(v) for k, v in store.iter_meta(RESTORED_PREFIX)
         }
         outcomes_from = store.get_meta(OUTCOMES_FROM_KEY)
+        if outcomes_from is not None and store.get_meta(OUTCOMES_THROUGH_KEY) != raw:
+            outcomes_from = None  # refusals since were not recorded: none is known
         return cls(
             topic,
             partition,
@@ -207,6 +212,7 @@ class PartitionStore:
         internal_rows: dict[bytes, bytes | None] = {
             OFFSET_KEY: str(start).encode(),
             OUTCOMES_FROM_KEY: str(start).encode(),
+            OUTCOMES_THROUGH_KEY: str(start).encode(),
         }
         for name, off in through.items():
             internal_rows[RESTORED_PREFIX + name.encode()] = str(off).encode()
@@ -312,6 +318,7 @@ class PartitionTransaction:
         *,
         snapshots: dict[str, int],
         dead: list[DeadLetter],
+        refused: list[DeadLetter] | None = None,
         acknowledged: Iterable[bytes] = (),
         consumed_ms: int | None = None,
         erased: dict[str, int] | None = None,
@@ -326,6 +333,8 @@ class PartitionTransaction:
         ``erased``: of those items, the ones the batch erased, with the rows removed (kept
         in the pending row, so a tombstone published again after a crash still says it).
         ``first_offset``: the batch's first (where a new store's record of refusals starts).
+        ``refused``: the batch's refusals to record, if more than ``dead`` (the letters a
+        replay below the last owner's published offset does not publish again).
         """
         rows: dict[bytes, bytes | None] = dict.fromkeys(acknowledged)
         rows[OFFSET_KEY] = str(next_offset).encode()
@@ -343,6 +352,7 @@ class PartitionTransaction:
             key = PENDING_DEAD_PREFIX + f"{d.offset:020d}".encode()
             rows[key] = d.encode()
             pending.append(key)
+        for d in dead if refused is None else refused:
             rows[REFUSED_PREFIX + f"{d.offset:020d}".encode()] = d.refusal()
         if self.outcomes_from is None and first_offset is not None:
             self.outcomes_from = first_offset
@@ -357,6 +367,7 @@ class PartitionTransaction:
                 if key >= end:
                     break
                 rows[key] = None
+        rows[OUTCOMES_THROUGH_KEY] = rows[OFFSET_KEY]
         self._tx.put_internal(rows)
         self.next_offset, self.consumed_ms = next_offset, consumed_ms
         return pending

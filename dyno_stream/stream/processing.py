@@ -391,6 +391,7 @@ class BatchProcessor:
                 for name, offset in share.unexpired.items():  # answered, unchanged
                     touched[name] = max(offset, touched.get(name, offset))
                 share.dead.sort(key=lambda d: d.offset)
+                refused = share.dead  # every refusal is recorded, published or not
                 quiet = ps.published_through
                 if quiet is not None:  # the last owner published these (restorer.py)
                     if share.last_offset + 1 <= quiet:
@@ -405,6 +406,7 @@ class BatchProcessor:
                     share.last_offset + 1,
                     snapshots=touched,
                     dead=share.dead,
+                    refused=refused,
                     acknowledged=acknowledged,
                     consumed_ms=share.consumed_ms,
                     erased=share.erased_rows,

@@ -20,7 +20,7 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.core.ops import ItemState
 from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store import DynoStore
-from dyno_stream.store.partition import PartitionStore
+from dyno_stream.store.partition import OFFSET_KEY, PartitionStore
 from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
@@ -120,3 +120,44 @@ def test_a_refused_op_is_dead_lettered_and_a_read_after_it_says_so(tmp_path: Pat
     code, body, _ = reads.answer_item("x", {"after": ["0:9"], "outcome": ["1"]})
     assert code == 410 and "not known" in body["error"]
     ps.close()
+
+
+def _processor(tmp_path: Path) -> tuple[BatchProcessor, FakeProducer]:
+    s = load_settings(worker={"data_dir": str(tmp_path)})
+    producer, metrics = FakeProducer(), WorkerMetrics()
+    processor = BatchProcessor(
+        s, Delivery(s, producer, metrics), metrics, PlacementRule("murmur2", 1)
+    )
+    return processor, producer
+
+
+def test_a_refusal_is_recorded_even_when_a_replay_does_not_publish_it(tmp_path: Path) -> None:
+    """Below the last owner's published offset a replay publishes nothing again, but what it
+    refused is still recorded: a read after it must not answer "applied"."""
+    processor, producer = _processor(tmp_path)
+    ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
+    ps.published_through = 100
+    running = {("ops", 0): ps}
+    processor.process([_message(50, "x", new_flake(), [(H_EXPECT_CHANGES, b"7")])], running)
+    processor.delivery.complete(wait=True)
+    assert not [m for m in producer.produced if m.topic == "dyno.dead-letter"]  # quiet
+    reads = StoreReads(lambda: running, lambda: {"ops/0": "RUNNING"}, topic="ops")
+    code, body, _ = reads.answer_item("x", {"after": ["0:50"], "outcome": ["1"]})
+    assert code == 409 and body["refused"] == "expectation-failed", body
+    ps.close()
+
+
+def test_a_store_another_release_moved_on_knows_no_outcome_since(tmp_path: Path) -> None:
+    processor, _ = _processor(tmp_path)
+    ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
+    processor.process([_message(10, "x", new_flake(), [])], {("ops", 0): ps})
+    assert ps.outcomes_from == 10
+    # a release without the record of refusals applies offsets 11..19 to the store
+    ps.store.apply([], internal_rows={OFFSET_KEY: b"20"})
+    ps.close()
+    again = PartitionStore.open(tmp_path, "ops", 0, sync=False)
+    assert again.outcomes_from is None
+    reads = StoreReads(lambda: {("ops", 0): again}, lambda: {"ops/0": "RUNNING"}, topic="ops")
+    code, body, _ = reads.answer_item("x", {"after": ["0:15"], "outcome": ["1"]})
+    assert code == 410, body
+    again.close()
