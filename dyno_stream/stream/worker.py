@@ -50,6 +50,7 @@ from dyno_stream.core.errors import (
 )
 from dyno_stream.core.events import Snapshot
 from dyno_stream.kafka.connection import ConnectionWatch
+from dyno_stream.kafka.group_protocol import GroupProtocolChoice, resolve_group_protocol
 from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
@@ -107,6 +108,8 @@ class Worker:
         #: the HTTP endpoint's reads, over whatever stores are open (none before ``run``)
         #: where this worker's endpoint is reached, told to the group (``kafka.members``)
         self.advertised: str | None = None
+        #: the group protocol in force, once ``run`` has asked the broker
+        self.group_protocol = GroupProtocolChoice("classic", "not started")
         self._directory: OwnerDirectory | None = None
         self.reads = StoreReads(
             lambda: {} if self._assignment is None else self._assignment.stores(),
@@ -147,6 +150,15 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         if s.topics.create_missing:
             ensure_topics(s)
+        # before any member joins: a protocol the broker does not serve joins nothing and
+        # says nothing, so an explicit one it lacks stops the worker here (ConfigError)
+        self.group_protocol = resolve_group_protocol(s)
+        log.info(
+            "group protocol %s: %s",
+            self.group_protocol.protocol,
+            self.group_protocol.reason,
+            extra={"group_protocol": self.group_protocol.protocol},
+        )
         s.worker.data_dir.mkdir(parents=True, exist_ok=True)
         self._connect()
         # Everything allocated so far (modules, pydantic's validators) lives as long as the
@@ -194,7 +206,8 @@ class Worker:
         ).start()
         # The endpoint first: its bound port goes into the consumer's client.id.
         self._serve_http()
-        self._consumer = Consumer({**consumer_config(s, self.advertised), **self._auth.config()})
+        conf = consumer_config(s, self.advertised, protocol=self.group_protocol.protocol)
+        self._consumer = Consumer({**conf, **self._auth.config()})
         self.delivery = Delivery(s, self._producer, self.metrics)
         self.restorer = Restorer(
             s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
