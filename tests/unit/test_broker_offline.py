@@ -173,5 +173,7 @@ def test_a_3x_broker_logs_through_log4j_1_and_names_its_version(tmp_path: Path) 
 def test_an_older_kafka_on_storage_a_newer_one_formatted_is_refused(tmp_path: Path) -> None:
     broker = LocalBroker(home=tmp_path, port=free_port_pair(), kafka_version="3.9.1")
     broker.formatted_by_file.write_text("4.1.2\n")
-    with pytest.raises(LocalBrokerError, match=r"formatted by Kafka 4\.1\.2, newer than the 3\.9\.1"):
+    with pytest.raises(
+        LocalBrokerError, match=r"formatted by Kafka 4\.1\.2, newer than the 3\.9\.1"
+    ):
         broker.start(timeout=5)
