@@ -3,9 +3,10 @@
 KIP-848's protocol (``group.protocol=consumer``) needs a broker whose group coordinator
 serves it: Kafka 4.0 and later, where it is generally available as ConsumerGroupHeartbeat
 (API key 68) version 1. Kafka 3.7 to 3.9 list only version 0, the early-access one that
-librdkafka does not speak, and Kafka 4.x hides the API when the cluster disables the
-protocol. A consumer of that protocol on such a broker joins nothing and says nothing: the
-worker would apply no op, silently.
+librdkafka does not speak. A consumer of that protocol on such a broker joins nothing and
+says nothing: the worker would apply no op, silently. (A 4.x cluster that disables the
+protocol still lists the API, and refuses the first heartbeat instead, a fatal error for the
+consumer: :func:`check_group_error` names the fix.)
 
 The broker's API versions are what its ApiVersions answer lists. confluent-kafka has no call
 for them, but librdkafka logs the whole list under its ``feature`` debug context when it
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from dyno_stream.config import GroupProtocol, Settings
@@ -32,6 +33,7 @@ __all__ = [
     "CONSUMER_GROUP_HEARTBEAT",
     "GroupProtocolChoice",
     "broker_api_versions",
+    "check_group_error",
     "choose_group_protocol",
     "resolve_group_protocol",
 ]
@@ -149,6 +151,23 @@ def choose_group_protocol(
         "worker.group_protocol is 'auto' and the broker does not offer KIP-848 "
         f"({', '.join(lacking)}): classic protocol, cooperative-sticky assignor",
     )
+
+
+def check_group_error(err: KafkaError | None) -> None:
+    """Raise :class:`ConfigError` if ``err`` (a consumer's poll) is the broker refusing
+    KIP-848's heartbeat: a Kafka 4.x cluster lists ConsumerGroupHeartbeat even with the
+    consumer protocol disabled (``group.coordinator.rebalance.protocols=classic``) and
+    refuses the first heartbeat, a fatal error for librdkafka's consumer."""
+    # a consumer's message carries the _FATAL code without the fatal flag set
+    if err is None or not (err.fatal() or err.code() == KafkaError._FATAL):
+        return
+    text = err.str() or ""
+    if "ConsumerGroupHeartbeat" in text:
+        raise ConfigError(
+            f"the broker refused KIP-848's group protocol ({text}): the cluster lists it but "
+            "does not serve it (group.coordinator.rebalance.protocols without 'consumer'); set "
+            "worker.group_protocol to 'classic' (DYNO_WORKER__GROUP_PROTOCOL)"
+        )
 
 
 def resolve_group_protocol(settings: Settings) -> GroupProtocolChoice:

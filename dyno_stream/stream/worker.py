@@ -50,7 +50,11 @@ from dyno_stream.core.errors import (
 )
 from dyno_stream.core.events import Snapshot
 from dyno_stream.kafka.connection import ConnectionWatch
-from dyno_stream.kafka.group_protocol import GroupProtocolChoice, resolve_group_protocol
+from dyno_stream.kafka.group_protocol import (
+    GroupProtocolChoice,
+    check_group_error,
+    resolve_group_protocol,
+)
 from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
@@ -298,6 +302,7 @@ class Worker:
         first = self._consumer.poll(w.batch_timeout_s)
         if first is None:
             return []
+        check_group_error(first.error())  # a group protocol the broker lists but refuses
         if w.batch_size == 1:
             return [first]
         return [first, *self._consumer.consume(w.batch_size - 1, w.batch_linger_s)]

@@ -7,11 +7,13 @@ the lines below are as librdkafka 2.16 writes them for Kafka 3.9.1 and 4.1.2 bro
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError
 
 from dyno_stream.core.errors import ConfigError
 from dyno_stream.kafka.group_protocol import (
     CONSUMER_GROUP_HEARTBEAT,
     _ApiVersionLog,
+    check_group_error,
     choose_group_protocol,
 )
 
@@ -74,3 +76,19 @@ def test_explicit_protocols_the_broker_serves_are_kept() -> None:
     assert choose_group_protocol("consumer", KAFKA_4_1).protocol == "consumer"
     assert choose_group_protocol("classic", KAFKA_4_1).protocol == "classic"
     assert choose_group_protocol("classic", KAFKA_3_9).protocol == "classic"
+
+
+def test_a_refused_kip_848_heartbeat_stops_with_the_setting_named() -> None:
+    """A 4.x cluster with the consumer protocol disabled lists ConsumerGroupHeartbeat but
+    refuses it: librdkafka's fatal error (its text as 2.16 gives it) becomes a ConfigError."""
+    text = (
+        "Fatal error: Broker: API version not supported: ConsumerGroupHeartbeat fatal error: "
+        "Broker: API version not supported"
+    )
+    # as poll() hands it over: the _FATAL code, the fatal flag unset
+    for fatal in (KafkaError(KafkaError._FATAL, text), KafkaError(-150, text, fatal=True)):
+        with pytest.raises(ConfigError, match=r"set worker\.group_protocol to 'classic'"):
+            check_group_error(fatal)
+    check_group_error(None)
+    check_group_error(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+    check_group_error(KafkaError(KafkaError._FATAL, "Fatal error: producer fenced", fatal=True))
