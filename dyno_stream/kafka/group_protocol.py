@@ -16,7 +16,6 @@ them, over the same connection settings (TLS, SASL) as every other client.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from dyno_stream.config import GroupProtocol, Settings
 from dyno_stream.core.errors import ConfigError, KafkaUnreachableError
+from dyno_stream.kafka.security import AuthWatch
 
 __all__ = [
     "CONSUMER_GROUP_HEARTBEAT",
@@ -37,8 +37,6 @@ __all__ = [
     "choose_group_protocol",
     "resolve_group_protocol",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The API key of ConsumerGroupHeartbeat, KIP-848's one request.
 CONSUMER_GROUP_HEARTBEAT: Final = 68
@@ -72,9 +70,11 @@ def broker_api_versions(
     settings: Settings, timeout: float
 ) -> dict[str, dict[int, tuple[int, int]]]:
     """Each broker's API versions (key: (min, max)), as the brokers that answered within
-    ``timeout`` list them; raises :class:`KafkaUnreachableError` when none did."""
+    ``timeout`` list them; raises :class:`KafkaUnreachableError` when none did, and
+    :class:`~dyno_stream.core.errors.KafkaAuthError` for a refused login or TLS handshake."""
     seen = _ApiVersionLog()
-    conf = {**settings.kafka.librdkafka(), "debug": "feature", "logger": seen}
+    auth = AuthWatch(settings.kafka)  # a refused login is said as such, not as "no answer"
+    conf = {**settings.kafka.librdkafka(), **auth.config(), "debug": "feature", "logger": seen}
     admin = AdminClient(conf)
     deadline = time.monotonic() + timeout
     answered = False
@@ -83,11 +83,12 @@ def broker_api_versions(
         try:
             # a metadata answer comes after the connection's ApiVersions exchange, which
             # librdkafka logs as it handles it: the lines are queued by then
-            admin.list_topics(timeout=max(0.1, remaining))
+            admin.list_topics(settings.topics.ops, timeout=max(0.1, remaining))
             answered = True
         except KafkaException:
             pass
-        admin.poll(0)  # serves the queued log lines to ``seen``
+        admin.poll(0)  # serves the queued log lines to ``seen`` (and errors to ``auth``)
+        auth.check()
         if seen.brokers or answered or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
