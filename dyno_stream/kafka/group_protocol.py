@@ -83,7 +83,8 @@ def broker_api_versions(
         try:
             # a metadata answer comes after the connection's ApiVersions exchange, which
             # librdkafka logs as it handles it: the lines are queued by then
-            admin.list_topics(settings.topics.ops, timeout=max(0.1, remaining))
+            # in 1 s slices: a refused login shows between two (see kafka.security)
+            admin.list_topics(settings.topics.ops, timeout=max(0.05, min(1.0, remaining)))
             answered = True
         except KafkaException:
             pass
