@@ -186,3 +186,15 @@ def test_an_explicit_consumer_protocol_on_kafka_3_stops_the_worker_naming_the_se
     assert len(said) == 1, output
     assert "does not offer it" in said[0] and "DYNO_WORKER__GROUP_PROTOCOL" in said[0]
     assert "Traceback" not in res.stderr
+
+
+def test_the_cli_fetches_a_3x_release_into_a_cache_dir_of_its_own(kafka3: str) -> None:
+    """``broker fetch --kafka-version`` (the module's broker fetched the jars already)."""
+    res = run_cli(cli_env(), "broker", "fetch", "--kafka-version", KAFKA_3)
+    assert res.returncode == 0, res.stderr
+    libs = Path(res.stdout.strip())
+    assert libs.parent.name == f"kafka-{KAFKA_3}"
+    assert (libs / f"kafka_2.13-{KAFKA_3}.jar").is_file()
+    assert list(libs.glob("slf4j-reload4j-*.jar")), (
+        "no logging binding: the broker would log nothing"
+    )
