@@ -16,6 +16,7 @@ them, over the same connection settings (TLS, SASL) as every other client.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -27,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from dyno_stream.config import GroupProtocol, Settings
 from dyno_stream.core.errors import ConfigError, KafkaUnreachableError
+from dyno_stream.core.librdkafka_log import LIBRDKAFKA_LOG
 from dyno_stream.kafka.security import AuthWatch
 
 __all__ = [
@@ -50,7 +52,8 @@ _API_LINE: Final = re.compile(r"(\S+?)(?:/\w*)?:\s+ApiKey .*?\((\d+)\) Versions 
 
 
 class _ApiVersionLog:
-    """A confluent-kafka ``logger`` that keeps the API versions librdkafka lists per broker."""
+    """A confluent-kafka ``logger`` that keeps the API versions librdkafka lists per broker;
+    its other lines (a refused connection) go to the log every client shares."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -58,6 +61,9 @@ class _ApiVersionLog:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         text = msg % args if args else msg
+        if level > logging.DEBUG:  # confluent-kafka hands over Python's logging levels
+            LIBRDKAFKA_LOG.log(level, "%s", text)
+            return
         match = _API_LINE.search(text)
         if match is None:
             return
@@ -103,7 +109,8 @@ def broker_api_versions(
             "offers KIP-848's group protocol: set worker.group_protocol to 'consumer' "
             "(Kafka 4.0+) or 'classic' (DYNO_WORKER__GROUP_PROTOCOL)"
         )
-    raise KafkaUnreachableError(settings.kafka.bootstrap_servers, "no answer")
+    why = LIBRDKAFKA_LOG.last_connect_failure or "no answer"
+    raise KafkaUnreachableError(settings.kafka.bootstrap_servers, why.lower())
 
 
 @dataclass(frozen=True)

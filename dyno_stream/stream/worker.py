@@ -44,6 +44,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from dyno_stream.config import Settings, advertised_http, consumer_config, producer_config
 from dyno_stream.core.errors import (
     DynoError,
+    KafkaUnreachableError,
     PartitionCountError,
     PublishError,
     StoreWriteError,
@@ -156,7 +157,7 @@ class Worker:
             ensure_topics(s)
         # before any member joins: a protocol the broker does not serve joins nothing and
         # says nothing, so an explicit one it lacks stops the worker here (ConfigError)
-        self.group_protocol = resolve_group_protocol(s)
+        self.group_protocol = self._resolve_group_protocol()
         log.info(
             "group protocol %s: %s",
             self.group_protocol.protocol,
@@ -194,6 +195,19 @@ class Worker:
             self._shutdown()
         log.info("worker stopped")
         return 0
+
+    def _resolve_group_protocol(self) -> GroupProtocolChoice:
+        """The group protocol the broker serves (``kafka.group_protocol``). A broker that does
+        not answer yet is waited for, said as an outage is, as a running worker rides one
+        out; a stop meanwhile ends the wait with the reason."""
+        while True:
+            try:
+                return resolve_group_protocol(self.settings)
+            except KafkaUnreachableError as exc:
+                self.connection.lost(exc.why)
+                if self._stop.wait(1.0):
+                    raise
+                self.connection.tick()
 
     def _connect(self) -> None:
         """The clients and the parts of the loop (see the module's docstring)."""

@@ -6,10 +6,13 @@ the lines below are as librdkafka 2.16 writes them for Kafka 3.9.1 and 4.1.2 bro
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from confluent_kafka import KafkaError
 
 from dyno_stream.core.errors import ConfigError
+from dyno_stream.core.librdkafka_log import LIBRDKAFKA_LOG
 from dyno_stream.kafka.group_protocol import (
     CONSUMER_GROUP_HEARTBEAT,
     _ApiVersionLog,
@@ -33,11 +36,22 @@ def test_librdkafkas_api_version_lines_are_read_per_broker_address() -> None:
         "kafka-2.example:9093/2:   ApiKey Unknown-74? (74) Versions 0..0",
         "127.0.0.1:29592/1: Updated enabled protocol features +ApiVersion to ApiVersion",
     ):
-        seen.log(7, line, *((0,) if "%d" in line else ()))
+        seen.log(logging.DEBUG, line, *((0,) if "%d" in line else ()))
     assert seen.brokers == {
         "127.0.0.1:29592": {11: (0, 9), 68: (0, 0)},
         "kafka-2.example:9093": {74: (0, 0)},
     }
+
+
+def test_the_probes_other_librdkafka_lines_reach_the_shared_log() -> None:
+    """A refused connection is logged as every client's is, and names the reason a worker
+    gives for a broker that does not answer."""
+    _ApiVersionLog().log(
+        logging.ERROR,
+        "FAIL [dyno-stream#producer-1] [thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: "
+        "Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)",
+    )
+    assert LIBRDKAFKA_LOG.last_connect_failure == "Connection refused"
 
 
 def test_auto_takes_kip_848_where_the_broker_offers_it() -> None:
