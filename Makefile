@@ -36,8 +36,11 @@ debs:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kcat docker-compose >/dev/null; }
 
+# the default Kafka (4.1.x) and 3.9.1, which tests/integration/test_kafka_3.py runs beside it
+KAFKA_3_VERSION ?= 3.9.1
 jars: $(STAMP)
 	$(BIN)/dyno-stream broker fetch >/dev/null
+	$(BIN)/dyno-stream broker fetch --kafka-version $(KAFKA_3_VERSION) >/dev/null
 
 demo: $(STAMP) jars
 	$(BIN)/dyno-stream demo

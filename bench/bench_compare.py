@@ -106,6 +106,7 @@ from dyno_stream.config import Settings, WorkerSettings, consumer_config
 from dyno_stream.core.events import parse_event
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
+from dyno_stream.kafka.group_protocol import resolve_group_protocol
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.budget import MemoryBudget
 
@@ -297,7 +298,9 @@ def same_work(dyno: dict[str, Any], quix: dict[str, Any]) -> dict[str, Any]:
 
 def limit_consume(s: Settings, topic: str, n: int) -> dict[str, float]:
     """confluent-kafka alone: consume(1000) batches with the worker's consumer settings."""
-    consumer = Consumer({**consumer_config(s), "group.id": f"consume-only-{uuid.uuid4().hex}"})
+    protocol = resolve_group_protocol(s).protocol
+    conf = consumer_config(s, protocol=protocol)
+    consumer = Consumer({**conf, "group.id": f"consume-only-{uuid.uuid4().hex}"})
     consumer.subscribe([topic])
     got, size, t0 = 0, 0, 0.0
     deadline = time.monotonic() + 300
@@ -393,7 +396,7 @@ PAUSED_SESSION_MS = 60_000
 
 def long_session(s: Settings) -> None:
     """Give the group (KIP-848's protocol: the broker holds its session) a 60 s session."""
-    if s.worker.group_protocol != "consumer":
+    if resolve_group_protocol(s).protocol != "consumer":
         return
     admin = AdminClient(s.kafka.librdkafka())
     resource = ConfigResource(

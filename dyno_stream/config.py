@@ -167,8 +167,10 @@ class WorkerSettings(_Section):
     #: (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms, or the
     #: group's own consumer.session.timeout.ms). "classic": the protocol older brokers speak,
     #: with the cooperative-sticky assignor, so it is incremental too; the client sets the
-    #: session timeout and heartbeat below.
-    group_protocol: Literal["consumer", "classic"] = "consumer"
+    #: session timeout and heartbeat below. "auto": "consumer" where the broker offers it
+    #: (its ApiVersions list ConsumerGroupHeartbeat v1+), else "classic"; the worker asks
+    #: the broker at start and logs which and why (``kafka.group_protocol``).
+    group_protocol: Literal["auto", "consumer", "classic"] = "auto"
     #: Static membership (group.instance.id): a worker that restarts under the same id
     #: within the session timeout gets its partitions back with no rebalance. Each worker of
     #: the group needs its own; unset: a new member on every start.
@@ -279,14 +281,17 @@ class WorkerSettings(_Section):
 
     @model_validator(mode="after")
     def _group_timing_fits_the_protocol(self) -> WorkerSettings:
-        if self.group_protocol == "consumer":
+        if self.group_protocol != "classic":
+            # under "auto" too: a timing that holds only if the broker turns out old would
+            # be silently ignored on a new one
             for name in ("session_timeout_s", "heartbeat_interval_s"):
                 if getattr(self, name) is not None:
                     raise ValueError(
-                        f"worker.{name} applies to group_protocol='classic' only: under "
-                        "'consumer' (KIP-848) the broker sets it "
-                        f"(group.consumer.{_BROKER_NAME[name]}, or the group's own "
-                        f"consumer.{_BROKER_NAME[name]} via kafka-configs --entity-type groups)"
+                        f"worker.{name} applies to group_protocol='classic' only (it is "
+                        f"{self.group_protocol!r}): under 'consumer' (KIP-848) the broker "
+                        f"sets it (group.consumer.{_BROKER_NAME[name]}, or the group's own "
+                        f"consumer.{_BROKER_NAME[name]} via kafka-configs --entity-type "
+                        "groups); set worker.group_protocol = 'classic' to set it here"
                     )
             return self
         session = self.classic_session_timeout_s
@@ -449,11 +454,25 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 ADVERTISED_SEP = "@"
 
 
-def consumer_config(settings: Settings, advertised: str | None = None) -> dict[str, Any]:
+#: The protocols librdkafka speaks: what ``[worker] group_protocol`` becomes once resolved.
+GroupProtocol = Literal["consumer", "classic"]
+
+
+def consumer_config(
+    settings: Settings, advertised: str | None = None, *, protocol: GroupProtocol | None = None
+) -> dict[str, Any]:
     """The store keeps the offsets that matter; Kafka's committed offsets only show lag.
 
     ``advertised``: the worker's HTTP address, carried in its client.id as
-    ``<client_id>@<host:port>``, which the group's description shows every client."""
+    ``<client_id>@<host:port>``, which the group's description shows every client.
+    ``protocol``: the group protocol in force, which ``group_protocol = "auto"`` needs (the
+    broker decides it: ``kafka.group_protocol.resolve_group_protocol``)."""
+    chosen = settings.worker.group_protocol if protocol is None else protocol
+    if chosen == "auto":
+        raise ConfigError(
+            "worker.group_protocol is 'auto': the broker decides it; pass the protocol "
+            "resolve_group_protocol() found"
+        )
     conf = {
         # Larger fetches per partition than librdkafka's 1 MB: under a backlog the worker
         # waits less for its next batch (5-10% more ops/s in bench_worker.py); memory stays
@@ -465,23 +484,23 @@ def consumer_config(settings: Settings, advertised: str | None = None) -> dict[s
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
-        **_group_config(settings.worker),
+        **_group_config(settings.worker, chosen),
     }
     if advertised is not None:
         conf["client.id"] = f"{settings.kafka.client_id}{ADVERTISED_SEP}{advertised}"
     return conf
 
 
-def _group_config(w: WorkerSettings) -> dict[str, Any]:
+def _group_config(w: WorkerSettings, protocol: GroupProtocol) -> dict[str, Any]:
     """The group's protocol and timing, only what the protocol takes (librdkafka refuses a
     ``group.protocol=consumer`` consumer given any of ``CLASSIC_ONLY_PROPERTIES``)."""
     conf: dict[str, Any] = {
-        "group.protocol": w.group_protocol,
+        "group.protocol": protocol,
         "max.poll.interval.ms": _ms(w.max_poll_interval_s),
     }
     if w.instance_id is not None:
         conf["group.instance.id"] = w.instance_id
-    if w.group_protocol == "classic":
+    if protocol == "classic":
         conf["partition.assignment.strategy"] = "cooperative-sticky"
         conf["session.timeout.ms"] = _ms(w.classic_session_timeout_s)
         conf["heartbeat.interval.ms"] = _ms(w.classic_heartbeat_interval_s)

@@ -41,6 +41,7 @@ from dyno_stream.core.keys import split_key
 from dyno_stream.core.ops import HISTORY
 from dyno_stream.devtools.broker import free_port_pair as free_port_pair  # tests import it here
 from dyno_stream.kafka.client import Delivery, DynoClient
+from dyno_stream.kafka.group_protocol import resolve_group_protocol
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.store import DynoStore, Item
 from dyno_stream.stream.metrics import SKEW_BUCKETS_S, WorkerMetrics
@@ -84,12 +85,15 @@ FAST_HEARTBEAT_S = 0.5
 def fast_group(s: Settings) -> dict[str, str]:
     """Give ``s``'s consumer group a 6 s session, returning the worker's environment for it.
 
-    Classic protocol: the client sets it (the returned variables). KIP-848's: the broker
+    Classic protocol (set or chosen by "auto"): the client sets it (the returned variables,
+    which make the protocol explicit). KIP-848's: the broker
     does, so the group's own config is set on the broker (``consumer.session.timeout.ms``,
     as ``kafka-configs --entity-type groups`` would) and nothing is returned.
     """
-    if s.worker.group_protocol == "classic":
+    if resolve_group_protocol(s).protocol == "classic":
         return {
+            # explicit: the timing below is refused under "auto"
+            "DYNO_WORKER__GROUP_PROTOCOL": "classic",
             "DYNO_WORKER__SESSION_TIMEOUT_S": str(FAST_SESSION_S),
             "DYNO_WORKER__HEARTBEAT_INTERVAL_S": str(FAST_HEARTBEAT_S),
         }

@@ -141,15 +141,25 @@ def kafka_settings() -> Settings:
 
 # -- broker ------------------------------------------------------------------------------------
 
+#: Which Apache Kafka release the local broker runs (its jars are cached per version).
+KafkaVersionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kafka-version",
+        help="Apache Kafka release to run: 4.x, or 3.x from 3.7 (e.g. 3.9.1); default: "
+        "DYNO_KAFKA_VERSION, else the packaged pom's (4.1.2).",
+    ),
+]
+
 
 @broker_app.command("start")
 @friendly
-def broker_start() -> None:
+def broker_start(kafka_version: KafkaVersionOption = None) -> None:
     """Start the local broker (downloads the jars once); prints the bootstrap address."""
     from dyno_stream.devtools.broker import LocalBroker
 
-    b = LocalBroker()
-    err.print(f"starting Kafka broker in {b.home} ...")
+    b = LocalBroker() if kafka_version is None else LocalBroker(kafka_version=kafka_version)
+    err.print(f"starting Kafka {b.kafka_version} broker in {b.home} ...")
     out.print(b.start())
 
 
@@ -179,11 +189,11 @@ def broker_status() -> None:
 
 @broker_app.command("fetch")
 @friendly
-def broker_fetch() -> None:
+def broker_fetch(kafka_version: KafkaVersionOption = None) -> None:
     """Download the broker's jars into the cache (done by start too)."""
     from dyno_stream.devtools.broker import ensure_jars
 
-    out.print(str(ensure_jars()))
+    out.print(str(ensure_jars(version=kafka_version)))
 
 
 # -- worker and topics -------------------------------------------------------------------------

@@ -34,12 +34,18 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from dyno_stream.config import Settings, advertised_http, consumer_config, producer_config
 from dyno_stream.core.errors import (
     DynoError,
+    KafkaUnreachableError,
     PartitionCountError,
     PublishError,
     StoreWriteError,
 )
 from dyno_stream.core.events import Snapshot
 from dyno_stream.kafka.connection import ConnectionWatch
+from dyno_stream.kafka.group_protocol import (
+    GroupProtocolChoice,
+    check_group_error,
+    resolve_group_protocol,
+)
 from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
@@ -101,6 +107,8 @@ class Worker:
         #: the HTTP endpoint's reads, over whatever stores are open (none before ``run``)
         #: where this worker's endpoint is reached, told to the group (``kafka.members``)
         self.advertised: str | None = None
+        #: the group protocol in force, once ``run`` has asked the broker
+        self.group_protocol = GroupProtocolChoice("classic", "not started")
         self._directory: OwnerDirectory | None = None
         self.reads = StoreReads(
             lambda: {} if self._assignment is None else self._assignment.stores(),
@@ -141,6 +149,15 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         if s.topics.create_missing:
             ensure_topics(s)
+        # before any member joins: a protocol the broker does not serve joins nothing and
+        # says nothing, so an explicit one it lacks stops the worker here (ConfigError)
+        self.group_protocol = self._resolve_group_protocol()
+        log.info(
+            "group protocol %s: %s",
+            self.group_protocol.protocol,
+            self.group_protocol.reason,
+            extra={"group_protocol": self.group_protocol.protocol},
+        )
         s.worker.data_dir.mkdir(parents=True, exist_ok=True)
         # stores set aside by restores a crash cut short, of partitions now anywhere
         remove_stale_copies(s.worker.data_dir / s.topics.ops)
@@ -175,6 +192,19 @@ class Worker:
         log.info("worker stopped")
         return 0
 
+    def _resolve_group_protocol(self) -> GroupProtocolChoice:
+        """The group protocol the broker serves (``kafka.group_protocol``). A broker that does
+        not answer yet is waited for, said as an outage is, as a running worker rides one
+        out; a stop meanwhile ends the wait with the reason."""
+        while True:
+            try:
+                return resolve_group_protocol(self.settings)
+            except KafkaUnreachableError as exc:
+                self.connection.lost(exc.why)
+                if self._stop.wait(1.0):
+                    raise
+                self.connection.tick()
+
     def _connect(self) -> None:
         """The clients and the parts of the loop (see the module's docstring)."""
         s = self.settings
@@ -190,7 +220,8 @@ class Worker:
         ).start()
         # The endpoint first: its bound port goes into the consumer's client.id.
         self._serve_http()
-        self._consumer = Consumer({**consumer_config(s, self.advertised), **self._auth.config()})
+        conf = consumer_config(s, self.advertised, protocol=self.group_protocol.protocol)
+        self._consumer = Consumer({**conf, **self._auth.config()})
         self.delivery = Delivery(s, self._producer, self.metrics)
         self.restorer = Restorer(
             s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
@@ -297,6 +328,7 @@ class Worker:
         first = self._consumer.poll(w.batch_timeout_s)
         if first is None:
             return []
+        check_group_error(first.error())  # a group protocol the broker lists but refuses
         if w.batch_size == 1:
             return [first]
         return [first, *self._consumer.consume(w.batch_size - 1, w.batch_linger_s)]

@@ -191,7 +191,7 @@ def test_cli_broker_start_status_stop(tmp_path: Path) -> None:
         started = cli("start")
         assert started.returncode == 0, started.stderr
         assert started.stdout.strip() == bootstrap
-        assert f"starting Kafka broker in {home}" in started.stderr
+        assert f"starting Kafka {KAFKA_VERSION} broker in {home}" in started.stderr
         assert bootstrap_reachable(bootstrap, timeout=10)
 
         running = cli("status")

@@ -124,3 +124,56 @@ def test_cluster_ids_never_start_with_a_dash() -> None:
     ids = [new_cluster_id() for _ in range(5_000)]
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
+
+
+def test_each_kafka_version_gets_its_own_pom_and_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3.x release resolves from pom-3.xml (reload4j logging) with -Dkafka.version, into a
+    cache directory of its own beside the default release's; DYNO_KAFKA_VERSION picks it."""
+    cache = tmp_path / "cache"
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    # the fake Maven records its pom and arguments, and "downloads" the asked version's jar
+    _fake_mvn(
+        bin_dir,
+        'for a in "$@"; do case "$a" in -Dkafka.version=*) v="${a#-Dkafka.version=}";; '
+        '-f) ;; *.xml) cp "$a" "$out.pom";; esac; done\n'
+        'echo "$@" > "$out.args"\n'
+        'mkdir -p "$out" && touch "$out/kafka_2.13-$v.jar"\n',
+    )
+    monkeypatch.setenv("DYNO_KAFKA_VERSION", "3.9.1")
+    libs = ensure_jars(cache)
+    assert libs == cache / "kafka-3.9.1" / "libs"
+    assert (libs / "kafka_2.13-3.9.1.jar").is_file()
+    pom = (cache / "kafka-3.9.1" / "libs.partial.pom").read_text()
+    assert "<artifactId>reload4j</artifactId>" in pom
+    assert "-Dkafka.version=3.9.1" in (cache / "kafka-3.9.1" / "libs.partial.args").read_text()
+    monkeypatch.delenv("DYNO_KAFKA_VERSION")
+    assert ensure_jars(cache) == cache / f"kafka-{KAFKA_VERSION}" / "libs"
+    assert ensure_jars(cache, "3.9.1") == libs  # cached: no second download
+
+
+@pytest.mark.parametrize("version", ["2.8.2", "3.6.0", "5.0.0", "latest", "3.9"])
+def test_a_kafka_version_the_tooling_cannot_run_is_refused_naming_the_setting(
+    tmp_path: Path, version: str
+) -> None:
+    with pytest.raises(LocalBrokerError, match=r"DYNO_KAFKA_VERSION, --kafka-version"):
+        LocalBroker(home=tmp_path, kafka_version=version)
+
+
+def test_a_3x_broker_logs_through_log4j_1_and_names_its_version(tmp_path: Path) -> None:
+    old = LocalBroker(home=tmp_path / "a", port=free_port_pair(), kafka_version="3.9.1")
+    new = LocalBroker(home=tmp_path / "b", port=free_port_pair(), kafka_version="4.1.2")
+    assert old.log_config.name == "log4j.properties"
+    assert new.log_config.name == "log4j2.properties"
+    assert old._server_properties().startswith("# Kafka 3.9.1\n")
+
+
+def test_an_older_kafka_on_storage_a_newer_one_formatted_is_refused(tmp_path: Path) -> None:
+    broker = LocalBroker(home=tmp_path, port=free_port_pair(), kafka_version="3.9.1")
+    broker.formatted_by_file.write_text("4.1.2\n")
+    with pytest.raises(
+        LocalBrokerError, match=r"formatted by Kafka 4\.1\.2, newer than the 3\.9\.1"
+    ):
+        broker.start(timeout=5)

@@ -22,7 +22,7 @@ from dyno_stream.core.errors import ConfigError
 
 def test_consumer_fetches_10_mb_per_partition_unless_kafka_extra_says_otherwise() -> None:
     s = load_settings()
-    conf = consumer_config(s)
+    conf = consumer_config(s, protocol="consumer")
     assert conf["max.partition.fetch.bytes"] == 10 * 1024 * 1024
     assert conf["enable.auto.commit"] is False and conf["group.id"] == s.worker.group_id
 
@@ -33,7 +33,7 @@ def test_consumer_fetches_10_mb_per_partition_unless_kafka_extra_says_otherwise(
             )
         }
     )
-    conf = consumer_config(tuned)
+    conf = consumer_config(tuned, protocol="consumer")
     assert conf["max.partition.fetch.bytes"] == 2_000_000  # a user's own setting wins
     assert conf["group.id"] == s.worker.group_id  # ... but not over what the worker needs
 
@@ -77,11 +77,24 @@ def test_shipped_config_file_lists_every_setting_with_its_default() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_default_group_is_kip_848_and_passes_no_client_side_session_settings() -> None:
+def test_default_group_protocol_is_auto_and_needs_the_brokers_answer() -> None:
+    """ "auto" is the broker's to decide (``kafka.group_protocol``): a consumer config built
+    without the answer is refused, not guessed."""
+    s = load_settings()
+    assert s.worker.group_protocol == "auto"
+    with pytest.raises(ConfigError, match="group_protocol is 'auto'"):
+        consumer_config(s)
+    assert consumer_config(s, protocol="classic")["group.protocol"] == "classic"
+    assert consumer_config(s, protocol="classic")["partition.assignment.strategy"] == (
+        "cooperative-sticky"
+    )
+
+
+def test_kip_848_group_passes_no_client_side_session_settings() -> None:
     """librdkafka refuses to create a group.protocol=consumer consumer given
     session.timeout.ms, heartbeat.interval.ms, partition.assignment.strategy or
-    group.protocol.type (the broker sets them): the default config must carry none."""
-    conf = consumer_config(load_settings())
+    group.protocol.type (the broker sets them): the config must carry none."""
+    conf = consumer_config(load_settings(), protocol="consumer")
     assert conf["group.protocol"] == "consumer"
     assert conf["max.poll.interval.ms"] == 300_000
     assert not set(conf) & set(CLASSIC_ONLY_PROPERTIES)
@@ -123,7 +136,7 @@ def test_a_short_classic_session_keeps_the_default_heartbeat_below_it() -> None:
 
 
 def test_instance_id_under_kip_848() -> None:
-    conf = consumer_config(load_settings(worker={"instance_id": "w1"}))
+    conf = consumer_config(load_settings(worker={"instance_id": "w1"}), protocol="consumer")
     assert conf["group.instance.id"] == "w1"
     assert conf["group.protocol"] == "consumer"
 
@@ -146,6 +159,15 @@ def test_group_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
         # the client cannot set these under KIP-848: say where they are set instead
         ({"worker": {"session_timeout_s": 10}}, "group.consumer.session.timeout.ms"),
         ({"worker": {"heartbeat_interval_s": 1}}, "group.consumer.heartbeat.interval.ms"),
+        # under "auto" too (the default): a classic timing a new broker would ignore
+        (
+            {"worker": {"group_protocol": "auto", "session_timeout_s": 10}},
+            "worker.session_timeout_s applies to group_protocol='classic' only (it is 'auto')",
+        ),
+        (
+            {"worker": {"group_protocol": "consumer", "session_timeout_s": 10}},
+            "set worker.group_protocol = 'classic' to set it here",
+        ),
         (
             {
                 "worker": {

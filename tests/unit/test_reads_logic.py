@@ -44,13 +44,13 @@ def test_advertised_address_defaults_to_the_bound_one_with_the_hostname_for_a_wi
 
 def test_the_address_rides_in_the_client_id_and_is_read_back() -> None:
     s = _settings()
-    conf = consumer_config(s, "w1.example:9464")
+    conf = consumer_config(s, "w1.example:9464", protocol="consumer")
     assert conf["client.id"] == f"{s.kafka.client_id}@w1.example:9464"
     assert member_address(conf["client.id"]) == "w1.example:9464"
     assert member_address("dyno-stream-1@10.0.0.7:80") == "10.0.0.7:80"
     assert member_address("dyno-stream") is None  # serves no HTTP
     assert member_address("someone@not an address") is None
-    assert consumer_config(s)["client.id"] == s.kafka.client_id
+    assert consumer_config(s, protocol="consumer")["client.id"] == s.kafka.client_id
 
 
 def test_after_is_partition_colon_offset() -> None:

@@ -2,13 +2,18 @@
 
 It holds the launcher (:class:`LocalBroker`, a single-node KRaft broker in a home directory,
 with optional SCRAM and TLS listeners), the jar cache it runs from (:func:`ensure_jars`, fed
-by the ``pom.xml`` beside this file, which also pins :data:`KAFKA_VERSION`), the log4j config
-it starts with, and :func:`bootstrap_reachable` to ask whether a cluster answers. It is a
-development fixture for the demo, the tests, the benchmarks and ``dyno-stream broker``:
-nothing at runtime (worker, client, store) may import it.
+by the poms beside this file: ``pom.xml`` pins the default :data:`KAFKA_VERSION`, 4.x;
+``pom-3.xml`` the 3.x line), the log4j config it starts with, and :func:`bootstrap_reachable`
+to ask whether a cluster answers. It is a development fixture for the demo, the tests, the
+benchmarks and ``dyno-stream broker``: nothing at runtime (worker, client, store) may import it.
 """
 
-from dyno_stream.devtools.broker.jars import KAFKA_VERSION, default_cache_root, ensure_jars
+from dyno_stream.devtools.broker.jars import (
+    KAFKA_VERSION,
+    default_cache_root,
+    ensure_jars,
+    kafka_version,
+)
 from dyno_stream.devtools.broker.local import DEFAULT_HEAP, DEFAULT_PORT, BrokerStatus, LocalBroker
 from dyno_stream.devtools.broker.ports import free_port_pair
 from dyno_stream.devtools.broker.processes import bootstrap_reachable
@@ -26,4 +31,5 @@ __all__ = [
     "default_cache_root",
     "ensure_jars",
     "free_port_pair",
+    "kafka_version",
 ]

@@ -1,15 +1,21 @@
-"""The broker's jars and resource files: the packaged pom, the Kafka version it pins, the cache.
+"""The broker's jars and resource files: the packaged poms, the Kafka versions, the cache.
 
 Our machines reach Maven Central but not the Apache download site, so the broker runs from
-its own jars (``org.apache.kafka:kafka_2.13`` plus a log4j binding, listed in the ``pom.xml``
-beside this module), which :func:`ensure_jars` resolves once with Maven into a cache. A
-marker written only after a complete download tells a finished cache from a half one.
+its own jars (``org.apache.kafka:kafka_2.13`` plus a logging binding, listed in a pom beside
+this module), which :func:`ensure_jars` resolves once per Kafka version with Maven into a
+cache. A marker written only after a complete download tells a finished cache from a half one.
+
+Two release lines are supported, each with its pom: Kafka 4.x (``pom.xml``, whose
+``kafka.version`` is the default, :data:`KAFKA_VERSION`) logs through log4j 2; Kafka 3.x
+(``pom-3.xml``, 3.7 and later) through reload4j. Any version of a line is the same pom with
+``-Dkafka.version`` on Maven's command line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -37,22 +43,52 @@ def resource_text(name: str) -> str:
     return (_RESOURCES / name).read_text(encoding="utf-8")
 
 
-def _pom_kafka_version() -> str:
-    """The Kafka version pinned in the packaged pom, so the version lives in one place only."""
-    root = ET.fromstring(resource_text("pom.xml"))
+def _pom_kafka_version(name: str = "pom.xml") -> str:
+    """The Kafka version pinned in a packaged pom, so the version lives in one place only."""
+    root = ET.fromstring(resource_text(name))
     node = root.find(
         "{http://maven.apache.org/POM/4.0.0}properties/"
         "{http://maven.apache.org/POM/4.0.0}kafka.version"
     )
     if node is None or not (node.text or "").strip():
         raise LocalBrokerError(
-            "dyno_stream/devtools/broker/pom.xml has no <kafka.version> property"
+            f"dyno_stream/devtools/broker/{name} has no <kafka.version> property"
         )
     return (node.text or "").strip()
 
 
-#: The Apache Kafka version the local broker runs (from ``dyno_stream/devtools/broker/pom.xml``).
+#: The Apache Kafka version the local broker runs by default (from ``pom.xml`` beside this
+#: module); ``DYNO_KAFKA_VERSION`` or ``--kafka-version`` pick another (:func:`kafka_version`).
 KAFKA_VERSION: Final = _pom_kafka_version()
+
+_VERSION: Final = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+def kafka_version(version: str | None = None) -> str:
+    """The Kafka version to run: ``version``, else ``DYNO_KAFKA_VERSION``, else the default.
+
+    Raises :class:`LocalBrokerError` for a version this tooling cannot start (not x.y.z, or
+    older than 3.7: the single-node KRaft settings it writes need 3.7's group settings).
+    """
+    chosen = version or os.environ.get("DYNO_KAFKA_VERSION") or KAFKA_VERSION
+    match = _VERSION.match(chosen)
+    if match is None or (int(match[1]), int(match[2])) < (3, 7) or int(match[1]) > 4:
+        raise LocalBrokerError(
+            f"Kafka version {chosen!r} is not one the local broker runs: give a release "
+            f"3.7.0 to 4.x.y, such as 3.9.1 or {KAFKA_VERSION} (DYNO_KAFKA_VERSION, "
+            "--kafka-version)"
+        )
+    return chosen
+
+
+def major_version(version: str) -> int:
+    """The release line of ``version`` (3 or 4): it decides the pom and the logging."""
+    return int(version.split(".", 1)[0])
+
+
+def pom_name(version: str) -> str:
+    """The packaged pom that lists ``version``'s runtime jars."""
+    return "pom.xml" if major_version(version) >= 4 else "pom-3.xml"
 
 
 def default_cache_root() -> Path:
@@ -70,17 +106,18 @@ def default_cache_root() -> Path:
     return base / "dyno-stream"
 
 
-def _marker_valid(marker: Path, fingerprint: str, libs: Path) -> bool:
+def _marker_valid(marker: Path, fingerprint: str, libs: Path, version: str) -> bool:
     """Whether a previous download of exactly this pom completed into ``libs``."""
     try:
         first_line = marker.read_text(encoding="utf-8").split("\n", 1)[0].strip()
     except FileNotFoundError:
         return False
-    return first_line == fingerprint and (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+    return first_line == fingerprint and (libs / f"kafka_2.13-{version}.jar").is_file()
 
 
-def ensure_jars(cache_dir: Path | None = None) -> Path:
-    """Make sure the broker's runtime jars are cached, downloading them once; return their dir.
+def ensure_jars(cache_dir: Path | None = None, version: str | None = None) -> Path:
+    """Make sure Kafka ``version``'s runtime jars are cached, downloading them once; return
+    their dir. ``version``: see :func:`kafka_version` (default: :data:`KAFKA_VERSION`).
 
     The jars land in ``<cache root>/kafka-<version>/libs`` where the cache root is ``cache_dir``
     or :func:`default_cache_root`. Maven does the resolving (it knows the transitive runtime
@@ -93,24 +130,30 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
 
     Raises :class:`LocalBrokerError` if Maven is missing or fails (with the tail of its output).
     """
+    version = kafka_version(version)
     root = (cache_dir if cache_dir is not None else default_cache_root()).expanduser()
-    version_dir = root / f"kafka-{KAFKA_VERSION}"
+    version_dir = root / f"kafka-{version}"
     libs = version_dir / "libs"
     marker = version_dir / "libs.complete"
-    pom_text = resource_text("pom.xml")
-    fingerprint = hashlib.sha256(pom_text.encode("utf-8")).hexdigest()
-    if _marker_valid(marker, fingerprint, libs):
+    pom_text = resource_text(pom_name(version))
+    # the version too where it is not the pom's own: a pom serves every version of its line
+    # (-Dkafka.version), and a cache made for the pinned one stays valid as it was made
+    pinned = version == _pom_kafka_version(pom_name(version))
+    fingerprint = hashlib.sha256(
+        pom_text.encode("utf-8") if pinned else f"{version}\n{pom_text}".encode()
+    ).hexdigest()
+    if _marker_valid(marker, fingerprint, libs, version):
         return libs
 
     with file_lock(version_dir / ".lock"):
-        if _marker_valid(marker, fingerprint, libs):  # another process finished meanwhile
+        if _marker_valid(marker, fingerprint, libs, version):  # another finished meanwhile
             return libs
         marker.unlink(missing_ok=True)
         mvn = shutil.which("mvn")
         if mvn is None:
             raise LocalBrokerError(
                 "Maven ('mvn') is not on PATH; it is needed once to download the Kafka "
-                f"{KAFKA_VERSION} broker jars into {libs} (install Maven 3.8+ and Java 17+)"
+                f"{version} broker jars into {libs} (install Maven 3.8+ and Java 17+)"
             )
         staging = version_dir / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,6 +171,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
                 "-f",
                 str(pom),
                 "dependency:copy-dependencies",
+                f"-Dkafka.version={version}",
                 "-DincludeScope=runtime",
                 f"-DoutputDirectory={staging}",
             ]
@@ -146,13 +190,13 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
             except subprocess.TimeoutExpired as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise LocalBrokerError(
-                    f"downloading the Kafka {KAFKA_VERSION} jars with Maven took longer than "
+                    f"downloading the Kafka {version} jars with Maven took longer than "
                     f"{MVN_TIMEOUT_S:.0f}s; is Maven Central reachable?"
                 ) from exc
         if proc.returncode != 0 or not any(staging.glob("*.jar")):
             shutil.rmtree(staging, ignore_errors=True)
             raise LocalBrokerError(
-                f"could not download the Kafka {KAFKA_VERSION} broker jars: "
+                f"could not download the Kafka {version} broker jars: "
                 f"'{shlex.join(cmd)}' exited with {proc.returncode}; its output ends with:\n"
                 f"{tail(proc.stdout or '') or '(no output)'}"
             )

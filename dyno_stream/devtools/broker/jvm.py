@@ -94,7 +94,14 @@ class KafkaJvm:
     #: The working directory of every run: the broker's home.
     home: Path
     logs_dir: Path
+    #: log4j 2's config (Kafka 4.x), or log4j 1's (``log4j.properties``: Kafka 3.x, reload4j)
     log4j_config: Path
+
+    @property
+    def _log_config_option(self) -> str:
+        if self.log4j_config.name == "log4j.properties":
+            return f"-Dlog4j.configuration=file:{self.log4j_config}"
+        return f"-Dlog4j2.configurationFile={self.log4j_config}"
 
     def command(self, heap: str, *main: str) -> list[str]:
         """The java command running ``main`` (class and arguments) with ``heap`` flags."""
@@ -103,7 +110,7 @@ class KafkaJvm:
             *shlex.split(heap),
             *_JVM_OPTS,
             f"-Dkafka.logs.dir={self.logs_dir}",
-            f"-Dlog4j2.configurationFile={self.log4j_config}",
+            self._log_config_option,
             "-cp",
             f"{self.libs}{os.sep}*",
             *main,

@@ -4,8 +4,9 @@ Our machines have Java and Maven and reach Maven Central, but neither Docker nor
 download site: so the broker's own jars are resolved once into a cache and ``kafka.Kafka``
 runs with ``java`` as a single-node KRaft broker. :class:`LocalBroker` formats storage,
 starts the JVM detached, records its pid, waits until it answers, and stops it; every call is
-idempotent. Overrides: ``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT``, ``DYNO_KAFKA_CACHE``.
-Its collaborators and why: ``docs/design/local-broker.md``.
+idempotent. Overrides: ``DYNO_BROKER_HOME``, ``DYNO_BROKER_PORT``, ``DYNO_KAFKA_VERSION``
+(a 3.x or 4.x release), ``DYNO_KAFKA_CACHE``. Its collaborators and why:
+``docs/design/local-broker.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from pathlib import Path
 from typing import Final, Literal
 
 from dyno_stream.core.errors import LocalBrokerError
-from dyno_stream.devtools.broker.jars import ensure_jars, resource_text
+from dyno_stream.devtools.broker.jars import (
+    ensure_jars,
+    kafka_version,
+    major_version,
+    resource_text,
+)
 from dyno_stream.devtools.broker.jvm import KafkaJvm, find_java, kept_cluster_id
 from dyno_stream.devtools.broker.processes import (
     LOG_TAIL_LINES,
@@ -56,6 +62,14 @@ def _default_port() -> int:
     except ValueError:
         raise LocalBrokerError(f"DYNO_BROKER_PORT must be a port number, not {env!r}") from None
     return port
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """``"3.9.1"`` as ``(3, 9, 1)``, to compare releases (anything unreadable sorts first)."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ class LocalBroker:
     #: Port of a TLS listener (SASL_SSL with ``scram_users``, else SSL); needs ``tls``.
     ssl_port: int | None = None
     tls: BrokerTls | None = None
+    #: The Apache Kafka release to run (see :func:`kafka_version`); its jars are cached apart.
+    kafka_version: str = field(default_factory=kafka_version)
     _proc: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -111,6 +127,7 @@ class LocalBroker:
         # directory is ``home`` itself; resolved, so that two instances for the same home (via
         # a symlink, a relative path) agree on the paths matched against the JVM's command line.
         self.home = Path(self.home).expanduser().resolve()
+        self.kafka_version = kafka_version(self.kafka_version)
         if not 1 <= self.port <= 65534:
             raise LocalBrokerError(
                 f"broker port must be in 1..65534 (port+1 is the controller's), not {self.port}"
@@ -201,6 +218,17 @@ class LocalBroker:
         return self.config_dir / "server.properties"
 
     @property
+    def log_config(self) -> Path:
+        """The broker's logging config: log4j 2's for Kafka 4.x, log4j 1's (reload4j) for 3.x."""
+        name = "log4j2.properties" if major_version(self.kafka_version) >= 4 else "log4j.properties"
+        return self.config_dir / name
+
+    @property
+    def formatted_by_file(self) -> Path:
+        """The Kafka version that formatted ``data_dir``: an older release cannot read it."""
+        return self.home / "kafka.version"
+
+    @property
     def log_file(self) -> Path:
         """The broker's own log (log4j, WARN and above)."""
         return self.logs_dir / "server.log"
@@ -277,7 +305,8 @@ class LocalBroker:
                 )
             self.pid_file.unlink(missing_ok=True)  # stale: that process is gone
             self._check_ports_free()
-            libs = ensure_jars(self.cache_dir)
+            self._check_formatted_version()
+            libs = ensure_jars(self.cache_dir, self.kafka_version)
             java = find_java()
             self._write_config()
             self._format_storage(java, libs)
@@ -301,6 +330,21 @@ class LocalBroker:
                 f"{self._logs_tail() or '(empty)'}"
             )
 
+    def _check_formatted_version(self) -> None:
+        """Refuse to start an older Kafka on storage a newer one formatted (its metadata
+        version is beyond what the older release reads): say so, rather than the JVM's
+        stack trace."""
+        try:
+            formatted = self.formatted_by_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return
+        if _version_key(formatted) > _version_key(self.kafka_version):
+            raise LocalBrokerError(
+                f"the broker storage in {self.home} was formatted by Kafka {formatted}, newer "
+                f"than the {self.kafka_version} asked for, which cannot read it: use another "
+                f"home (DYNO_BROKER_HOME) or delete {self.home} while the broker is stopped"
+            )
+
     def _check_running_config(self, pid: int) -> None:
         """Refuse to hand out a running broker whose listeners differ from the ones asked for.
 
@@ -314,7 +358,8 @@ class LocalBroker:
         if running != self._server_properties():
             raise LocalBrokerError(
                 f"the broker in {self.home} already runs (pid {pid}) with other settings "
-                f"(listeners, ports) than asked for; stop it first (dyno-stream broker stop)"
+                "(Kafka version, listeners, ports) than asked for; stop it first "
+                "(dyno-stream broker stop)"
             )
 
     def _secure(self, deadline: float) -> None:
@@ -338,8 +383,9 @@ class LocalBroker:
             )
 
     def _server_properties(self) -> str:
-        """server.properties for a single-node combined broker+controller on loopback."""
-        return render_server_properties(
+        """server.properties for a single-node combined broker+controller on loopback; its
+        first line names the Kafka version, so a running broker of another one is refused."""
+        return f"# Kafka {self.kafka_version}\n" + render_server_properties(
             listeners=self._listeners(),
             controller_port=self.controller_port,
             data_dir=self.data_dir,
@@ -351,9 +397,7 @@ class LocalBroker:
             directory.mkdir(parents=True, exist_ok=True)
         self._security.write_keystore()
         self.server_properties.write_text(self._server_properties(), encoding="utf-8")
-        (self.config_dir / "log4j2.properties").write_text(
-            resource_text("log4j2.properties"), encoding="utf-8"
-        )
+        self.log_config.write_text(resource_text(self.log_config.name), encoding="utf-8")
 
     def _jvm(self, java: str, libs: Path) -> KafkaJvm:
         """How this home runs Kafka's main classes with ``java`` and the jars in ``libs``."""
@@ -362,7 +406,7 @@ class LocalBroker:
             libs,
             home=self.home,
             logs_dir=self.logs_dir,
-            log4j_config=self.config_dir / "log4j2.properties",
+            log4j_config=self.log_config,
         )
 
     def _format_storage(self, java: str, libs: Path) -> None:
@@ -375,6 +419,7 @@ class LocalBroker:
             return
         cluster_id = kept_cluster_id(self.home / "cluster.id", self.data_dir)
         self._jvm(java, libs).format_storage(cluster_id, self.server_properties, self.data_dir)
+        self.formatted_by_file.write_text(self.kafka_version + "\n", encoding="utf-8")
 
     def _launch(self, java: str, libs: Path) -> int:
         """Start the JVM detached (own session, no terminal) and record its pid."""
