@@ -30,9 +30,13 @@ from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, Resou
 
 from dyno_stream.config import LIBRDKAFKA_PARTITIONER, Settings
 from dyno_stream.core.deadletter import H_REASON
-from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, DynoError
-from dyno_stream.kafka.api_versions import broker_apis
+from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ConfigError, DynoError
 from dyno_stream.kafka.clock import CLIENT_WARN_SKEW_S
+from dyno_stream.kafka.group_protocol import (
+    CONSUMER_GROUP_HEARTBEAT,
+    broker_api_versions,
+    choose_group_protocol,
+)
 from dyno_stream.kafka.members import member_address
 from dyno_stream.kafka.reading import topic_reader
 
@@ -126,7 +130,7 @@ class Doctor:
 
     def broker(self) -> bool:
         try:
-            apis = broker_apis(self.s.kafka, self.timeout)
+            brokers = broker_api_versions(self.s, self.timeout)
             meta = self.admin.list_topics(timeout=self.timeout)
         except (DynoError, KafkaException) as exc:
             self.add(
@@ -138,25 +142,26 @@ class Doctor:
             )
             return False
         self._topics = dict(meta.topics)
-        self.add(
-            "broker", "pass", f"{apis.describe()}; brokers in the cluster: {len(meta.brokers)}"
+        heartbeat = {
+            name: apis.get(CONSUMER_GROUP_HEARTBEAT) for name, apis in sorted(brokers.items())
+        }
+        offers = "; ".join(
+            f"{name}: ConsumerGroupHeartbeat v{hb[0]}-v{hb[1]}" if hb else f"{name}: no KIP-848"
+            for name, hb in heartbeat.items()
         )
-        protocol = str(self.s.worker.group_protocol)
-        if apis.kip848:
-            self.add("group protocol", "pass", f"{protocol}: the broker offers both protocols")
-        elif protocol == "consumer":
+        self.add("broker", "pass", f"{offers}; brokers in the cluster: {len(meta.brokers)}")
+        try:
+            choice = choose_group_protocol(str(self.s.worker.group_protocol), brokers)
+        except ConfigError as exc:  # an explicit "consumer" the brokers do not offer
             self.add(
                 "group protocol",
                 "fail",
-                "worker.group_protocol = consumer (KIP-848), which this broker does not offer: "
-                "workers would join no group and apply nothing",
-                'set worker.group_protocol = "classic" (DYNO_WORKER__GROUP_PROTOCOL=classic), '
-                "or run Kafka 4.0+",
+                f"{exc}: workers would join no group and apply nothing",
+                'set worker.group_protocol = "auto" or "classic" '
+                "(DYNO_WORKER__GROUP_PROTOCOL), or run Kafka 4.0+",
             )
         else:
-            self.add(
-                "group protocol", "pass", f"{protocol}: the classic protocol (no KIP-848 here)"
-            )
+            self.add("group protocol", "pass", f"{choice.protocol}: {choice.reason}")
         return True
 
     # -- the topics ---------------------------------------------------------------------------
@@ -175,9 +180,12 @@ class Doctor:
         try:
             resources = [ConfigResource(ResourceType.TOPIC, t) for t in self._names()]
             present = [r for r in resources if r.name in self._topics]
-            for res, fut in self.admin.describe_configs(
-                present, request_timeout=self.timeout
-            ).items():
+            described = (
+                self.admin.describe_configs(present, request_timeout=self.timeout)
+                if present
+                else {}
+            )
+            for res, fut in described.items():
                 self._configs[res.name] = {k: v.value for k, v in fut.result().items()}
         except KafkaException as exc:
             self.add("topic configs", "fail", f"cannot describe the topics' configs: {exc}")

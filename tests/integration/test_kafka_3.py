@@ -188,6 +188,22 @@ def test_an_explicit_consumer_protocol_on_kafka_3_stops_the_worker_naming_the_se
     assert "Traceback" not in res.stderr
 
 
+def test_the_doctor_on_kafka_3_says_which_protocol_the_workers_will_run(s3: Settings) -> None:
+    """Kafka 3.9 lists ConsumerGroupHeartbeat at v0 only (early access, which librdkafka does
+    not speak): "auto" runs the classic protocol, an explicit "consumer" would apply nothing."""
+    ensure_topics(s3)
+    auto = run_cli(cli_env(s3, PYTHONFAULTHANDLER="1"), "doctor", "--json", timeout=120)
+    assert auto.returncode in (0, 1), auto.stdout + auto.stderr
+    found = {f["check"]: f for f in json.loads(auto.stdout)}
+    assert found["group protocol"]["status"] == "pass", found["group protocol"]
+    assert found["group protocol"]["detail"].startswith("classic:"), found["group protocol"]
+    assert "ConsumerGroupHeartbeat v0-v0" in found["broker"]["detail"], found["broker"]
+    consumer = run_cli(cli_env(s3, DYNO_WORKER__GROUP_PROTOCOL="consumer"), "doctor", "--json")
+    assert consumer.returncode == 1, consumer.stdout + consumer.stderr
+    found = {f["check"]: f for f in json.loads(consumer.stdout)}
+    assert found["group protocol"]["status"] == "fail", found["group protocol"]
+
+
 def test_the_cli_fetches_a_3x_release_into_a_cache_dir_of_its_own(kafka3: str) -> None:
     """``broker fetch --kafka-version`` (the module's broker fetched the jars already)."""
     res = run_cli(cli_env(), "broker", "fetch", "--kafka-version", KAFKA_3)
