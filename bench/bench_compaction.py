@@ -25,16 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_worker import (
-    HTTP_PORT,
-    bench_settings,
-    delete_bench_topics,
-    metrics,
-    start_worker,
-    stop,
-    wait_metrics,
-)
 from confluent_kafka import Producer
+from harness.settings import HTTP_PORT, bench_settings, delete_bench_topics
+from harness.workers import metrics, start_worker, stop, wait_metrics
 from rich.console import Console
 from rich.table import Table
 

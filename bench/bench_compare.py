@@ -60,7 +60,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -78,18 +77,6 @@ import confluent_kafka
 import orjson
 import plyvel
 import pydantic
-from bench_worker import (
-    Launch,
-    bench_latency,
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    metrics,
-    produce_all,
-    stop,
-    time_until_applied,
-    wait_metrics,
-)
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
@@ -98,20 +85,26 @@ from confluent_kafka.admin import (
     ConfigResource,
     ResourceType,
 )
+from harness.broker import free_port
+from harness.latency import bench_latency
+from harness.machine import busiest, load, vm_status
+from harness.output import RESULTS
+from harness.runs import MIN_RUN_S, best_of, median_run, same_work, timed
+from harness.settings import bench_settings, delete_bench_topics
+from harness.workers import Launch, metrics, stop, time_until_applied, wait_metrics
+from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.cli.demo import start_worker
 from dyno_stream.config import Settings, WorkerSettings, consumer_config
 from dyno_stream.core.events import parse_event
-from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.budget import MemoryBudget
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-RESULTS = BENCH / "results"
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -119,55 +112,10 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 # -- the machine and what else runs on it --------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def subdir(parent: Path, name: str) -> Path:
     path = parent / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def busiest(seconds: float = 0.5, top: int = 6) -> list[dict[str, Any]]:
-    """The processes that used the most CPU over ``seconds``, from /proc (what ran beside us)."""
-
-    def ticks() -> dict[int, tuple[int, str]]:
-        found = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            found[int(entry.name)] = (int(fields[11]) + int(fields[12]), _short(cmd))
-        return found
-
-    hz = os.sysconf("SC_CLK_TCK")
-    before = ticks()
-    time.sleep(seconds)
-    after = ticks()
-    used = [(t - before[pid][0], cmd) for pid, (t, cmd) in after.items() if pid in before and cmd]
-    used.sort(reverse=True)
-    return [{"cpu": round(t / hz / seconds, 2), "cmd": cmd} for t, cmd in used[:top] if t > 0]
-
-
-def _short(cmd: str) -> str:
-    """A command line, short: a Kafka broker by its config file, not its JVM flags."""
-    args = cmd.split()
-    if "kafka.Kafka" in args:
-        return "kafka broker " + args[-1]
-    return " ".join(args)[:110]
 
 
 class Phases:
@@ -190,43 +138,6 @@ class Phases:
 
 
 # -- the limits ------------------------------------------------------------------------------
-
-
-def best_of(run: Callable[[], dict[str, float]], times: int = 3) -> dict[str, Any]:
-    """The fastest of a few runs, with every run's ops/s: a limit is what the part can do.
-
-    The consume-only loop is bimodal on this machine: the same 200,000 messages take 0.2 s
-    or 1.2 s, the slow runs waiting on fetches at the start (the process uses 0.4 s of CPU
-    either way).
-    """
-    runs = [run() for _ in range(times)]
-    best = max(runs, key=lambda r: r["ops_per_s"])
-    return {**best, "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs]}
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median ops/s (the lower middle of an even count), with every run's
-    ops/s, length and load average (1 minute, before and after), and the spread."""
-    ordered = sorted(runs, key=lambda r: r["ops_per_s"])
-    middle = ordered[(len(ordered) - 1) // 2]
-    return {
-        **middle,
-        "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs],
-        "runs_seconds": [round(r["seconds"], 1) for r in runs],
-        "runs_load": [r.get("load") for r in runs],
-        "spread_ops_per_s": [round(ordered[0]["ops_per_s"]), round(ordered[-1]["ops_per_s"])],
-    }
-
-
-#: A throughput run shorter than this is too short for its figure to settle (issue 14).
-MIN_RUN_S = 10.0
-
-
-def timed(run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``run(*args, **kwargs)``'s figures with the load average (1 minute) before and after."""
-    before = load()[0]
-    figures = run(*args, **kwargs)
-    return {**figures, "load": [before, load()[0]]}
 
 
 def read_back(s: Settings, topic: str, partitions: int) -> dict[str, Any]:
@@ -268,31 +179,6 @@ def read_back(s: Settings, topic: str, partitions: int) -> dict[str, Any]:
         else [0, 0, 0],
         "final": final,
     }
-
-
-def same_work(dyno: dict[str, Any], quix: dict[str, Any]) -> dict[str, Any]:
-    """What the two contenders' runs did, side by side, and whether it is the same work: the
-    same ops applied, none dead-lettered, every item's newest snapshot equal."""
-    a, b = dyno["read_back"]["final"], quix["read_back"]["final"]
-    differing = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
-    checks: dict[str, Any] = {
-        "ops": [dyno["applied"], quix["snapshots"]],
-        "dead_letters": [dyno["dead_letters"], 0],
-        "items": [len(a), len(b)],
-        "items_differing": len(differing),
-        "first_differing": differing[:5],
-        "snapshots": [dyno["read_back"]["snapshots"], quix["read_back"]["snapshots"]],
-        "snapshots_per_item_min_median_max": [
-            dyno["read_back"]["per_item_min_median_max"],
-            quix["read_back"]["per_item_min_median_max"],
-        ],
-    }
-    checks["same"] = (
-        checks["ops"][0] == checks["ops"][1] == dyno["ops"]
-        and checks["dead_letters"] == [0, 0]
-        and not differing
-    )
-    return checks
 
 
 def limit_consume(s: Settings, topic: str, n: int) -> dict[str, float]:
@@ -410,16 +296,6 @@ def long_session(s: Settings) -> None:
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
 
 
-def vm_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in bytes."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(rest.split()[0]) * 1024
-    return found
-
-
 @contextmanager
 def workers(
     bootstrap: str, tmp: Path, name: str, partitions: int, count: int
@@ -480,22 +356,6 @@ def dyno_throughput(
         "batches": m.get("dyno_batch_seconds_count", 0),
         "rss_bytes": rss,
     }
-
-
-def distinct_puts(n: int) -> Iterator[tuple[bytes, bytes]]:
-    """``n`` putAttrs to ``n`` distinct items (about 100 bytes of change each)."""
-    gen = FlakeGenerator(node=9, pid=9)
-    for i in range(n):
-        name = f"mem-{i:07d}"
-        change = {
-            "email": f"{name}@example.com",
-            "city": "Wellington",
-            "plan": "pro",
-            "n": i,
-            "note": "x" * 20,
-        }
-        ev = {"item": name, "op": "putAttrs", "ts": gen(), "change": change}
-        yield name.encode(), orjson.dumps(ev)
 
 
 def state_cache_budget_bytes() -> int:

@@ -16,7 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_worker import op_event
+from harness.workload import op_event
 
 from dyno_stream.core.events import EventModel, parse_event
 from dyno_stream.core.flake import FlakeGenerator

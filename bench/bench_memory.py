@@ -43,17 +43,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_compare import busiest, distinct_puts, free_port, load, vm_status
-from bench_worker import (
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    metrics,
-    produce_all,
-    stop,
-    time_until_applied,
-    wait_metrics,
-)
+from harness.broker import free_port
+from harness.machine import busiest, load, vm_status
+from harness.settings import bench_settings, delete_bench_topics
+from harness.workers import metrics, stop, time_until_applied, wait_metrics
+from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 

@@ -19,16 +19,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_worker import (
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    produce_all,
-    start_worker,
-    stop,
-    time_until_applied,
-    wait_metrics,
-)
+from harness.settings import bench_settings, delete_bench_topics
+from harness.workers import start_worker, stop, time_until_applied, wait_metrics
+from harness.workload import make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 

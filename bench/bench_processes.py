@@ -31,16 +31,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_worker import (
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    metrics,
-    produce_all,
-    stop,
-    wait_metrics,
-)
 from confluent_kafka.admin import AdminClient
+from harness.settings import bench_settings, delete_bench_topics
+from harness.workers import metrics, stop, wait_metrics
+from harness.workload import make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 

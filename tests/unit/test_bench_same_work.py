@@ -1,16 +1,12 @@
-"""bench_compare's check that dyno-stream and quixstreams did the same work (issue 14): the
+"""The bench harness's check that dyno-stream and quixstreams did the same work: the
 figures of a comparison mean something only if it holds, so it must catch each difference."""
 
 from __future__ import annotations
 
 import copy
-import sys
 from typing import Any
 
-from helpers import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-from bench_compare import median_run, same_work
+from harness.runs import median_run, same_work
 
 
 def _runs() -> tuple[dict[str, Any], dict[str, Any]]:
