@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from dyno_stream.devtools.broker import LocalBroker, free_port_pair
-from harness.settings import TAGS, delete_bench_topics
+from harness.settings import TAGS, delete_bench_topics, free_port
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (others on the machine run workers on the default)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["bench_broker", "free_port", "scratch"]
 
 
 @contextmanager
@@ -44,22 +37,17 @@ def bench_broker(
     topics are deleted at exit.
     """
     broker: LocalBroker | None = None
+    own = bootstrap is None and own_in is not None
     if bootstrap is None:
-        if own_in is not None:
-            broker = LocalBroker(home=own_in, port=free_port_pair())
-        else:
-            local = LocalBroker()
-            broker = None if local.is_running() else local
-            bootstrap = local.start(timeout=timeout)
-        if broker is not None:
-            bootstrap = broker.start(timeout=timeout)
-    assert bootstrap is not None
+        local = LocalBroker() if own_in is None else LocalBroker(own_in, port=free_port_pair())
+        broker = None if local.is_running() else local
+        bootstrap = local.start(timeout=timeout)
     try:
         yield bootstrap
     finally:
-        if own_in is None:
-            delete_bench_topics()
+        if own:
+            TAGS.clear()  # its topics go with it
         else:
-            TAGS.clear()
+            delete_bench_topics()
         if broker is not None:
             broker.stop()

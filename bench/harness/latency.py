@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Producer
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.kafka.topics import ensure_topics
-from harness.settings import HTTP_PORT, bench_settings
+from harness.settings import bench_settings
 from harness.workers import Launch, launch_worker
 from harness.workload import op_event
 
@@ -62,7 +62,7 @@ def bench_latency(
     items: int,
     partitions: int,
     launch: Launch = launch_worker,
-    http_port: int = HTTP_PORT,
+    http_port: int | None = None,
     warmup_s: float = 2.0,
     drain: Drain = drain,
 ) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import socket
 import uuid
 from pathlib import Path
 
@@ -10,8 +11,6 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from dyno_stream.config import Settings, load_settings
-
-HTTP_PORT = 9484
 
 #: (bootstrap, tag) of every ``bench_settings`` of this process: their topics go at exit
 TAGS: list[tuple[str, str]] = []
@@ -37,6 +36,14 @@ def delete_bench_topics() -> None:
     TAGS.clear()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def new_tag(bootstrap: str) -> str:
     """A fresh tag for topic and group names, whose topics are deleted at exit."""
     tag = uuid.uuid4().hex[:6]
@@ -47,9 +54,11 @@ def new_tag(bootstrap: str) -> str:
 
 
 def bench_settings(
-    bootstrap: str, data_dir: Path, partitions: int, http_port: int = HTTP_PORT
+    bootstrap: str, data_dir: Path, partitions: int, http_port: int | None = None
 ) -> Settings:
-    """The loaded settings on ``bootstrap`` with topics ``bench-TAG.*`` and group ``bench-TAG``."""
+    """The loaded settings on ``bootstrap`` with topics ``bench-TAG.*`` and group ``bench-TAG``,
+    the worker's HTTP on ``http_port`` (by default a free one: others on this machine run
+    workers on the usual ports)."""
     base = load_settings()
     tag = new_tag(bootstrap)
     return base.model_copy(
@@ -67,7 +76,7 @@ def bench_settings(
                 update={
                     "group_id": f"bench-{tag}",
                     "data_dir": data_dir,
-                    "http_port": http_port,
+                    "http_port": free_port() if http_port is None else http_port,
                     "log_level": "WARNING",
                 }
             ),
