@@ -45,12 +45,11 @@ from harness.broker import bench_broker, free_port, scratch
 from harness.machine import busiest, load, vm_status
 from harness.output import write_json
 from harness.settings import bench_settings
-from harness.workers import metrics, stop, time_until_applied, wait_metrics
+from harness.workers import metrics, spawn_worker, stop, time_until_applied, wait_metrics
 from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -72,13 +71,8 @@ def settings_for(bootstrap: str, data_dir: Path, partitions: int) -> Settings:
 
 def start(s: Settings, log: Path, memory_mb: int | None) -> subprocess.Popen[bytes]:
     """A ``dyno-stream worker`` process on ``s``, with ``memory_mb`` (None: the default)."""
-    env = {**os.environ, **settings_env(s)}
-    if memory_mb is not None:
-        env["DYNO_WORKER__MEMORY_MB"] = str(memory_mb)
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dyno_stream", "worker"], env=env, stdout=fh, stderr=fh
-        )
+    extra = {} if memory_mb is None else {"DYNO_WORKER__MEMORY_MB": str(memory_mb)}
+    return spawn_worker(s, log, extra)
 
 
 def wait_running(url: str, proc: subprocess.Popen[bytes], partitions: int) -> dict[str, float]:

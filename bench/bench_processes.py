@@ -24,7 +24,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -34,12 +33,11 @@ from confluent_kafka.admin import AdminClient
 from harness.broker import bench_broker, scratch
 from harness.output import write_json
 from harness.settings import bench_settings
-from harness.workers import metrics, stop, wait_metrics
+from harness.workers import metrics, spawn_worker, stop, wait_metrics
 from harness.workload import make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
@@ -110,16 +108,8 @@ def one_run(
     s: Settings, tmp: Path, processes: int, n: int, broker_pid: int | None
 ) -> dict[str, Any]:
     ensure_topics(s)
-    env = {
-        **os.environ,
-        **settings_env(s),
-        "DYNO_WORKER__PROCESSES": str(processes),
-    }
     log = tmp / f"worker-{processes}-{s.worker.group_id}.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dyno_stream", "worker"], env=env, stdout=fh, stderr=fh
-        )
+    proc = spawn_worker(s, log, {"DYNO_WORKER__PROCESSES": str(processes)})
     url = f"http://127.0.0.1:{s.worker.http_port}"
     load_before = os.getloadavg()
     try:

@@ -1026,6 +1026,10 @@ def print_report(
             "-" if f.settled_after_s is None else f"{f.settled_after_s:.1f}",
         )
     out.print(table)
+    print_end_state(end)
+
+
+def print_end_state(end: EndState) -> None:
     state = Table(title="end state against the reference")
     columns = ("items", "equal", "differ", "missing", "ops", "failed", "lost", "twice", "dead")
     for col in (*columns, "caught up at s"):

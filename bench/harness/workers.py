@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from dyno_stream.cli.demo import start_worker
+from dyno_stream.cli.demo import settings_env, start_worker
 from dyno_stream.config import Settings
 
 __all__ = [
     "Launch",
     "launch_worker",
     "metrics",
+    "spawn_worker",
     "start_worker",
     "stop",
     "summed",
@@ -72,6 +75,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def spawn_worker(
+    s: Settings, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A ``dyno-stream worker`` process on ``s`` with ``extra_env`` on top (settings it has no
+    field for here, such as ``DYNO_WORKER__PROCESSES``), its output appended to ``log``."""
+    env = {**os.environ, **settings_env(s), **(extra_env or {})}
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dyno_stream", "worker"], env=env, stdout=fh, stderr=fh
+        )
 
 
 def launch_worker(s: Settings, tmp: Path) -> Callable[[], None]:
