@@ -967,7 +967,8 @@ class Comparison:
 
     def latency(self) -> dict[str, Any]:
         """Each contender's latency at each rate."""
-        args, found = self.args, {}
+        args = self.args
+        found: dict[str, Any] = {}
         for rate in args.rates:
             at = found[str(rate)] = {}
             contenders: list[tuple[str, str, dict[str, Any]]] = [
