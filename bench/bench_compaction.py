@@ -204,6 +204,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--online-ops-per-item", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--skip-online", action="store_true")
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     return ap.parse_args()
 
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         off = bench_offline(tmp, args.items, args.ops_per_item)
         on: dict[str, float] | None = None
         if not args.skip_online:
-            with bench_broker() as bootstrap:
+            with bench_broker(args.bootstrap) as bootstrap:
                 on = bench_online(
                     bootstrap, tmp, args.online_items, args.online_ops_per_item, args.partitions
                 )

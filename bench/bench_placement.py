@@ -57,6 +57,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--ops", type=int, default=200_000)
     ap.add_argument("--items", type=int, default=1_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path)
     return ap.parse_args()
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, float]]], li
     """Each placement's runs, alternated, and the load average after each run."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in PLACED_BY}
     loads: list[float] = []
-    with bench_broker() as bootstrap, scratch("dyno-bench-placement-") as tmp:
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-bench-placement-") as tmp:
         for _ in range(args.runs):
             for name, placed_by in PLACED_BY.items():
                 runs[name].append(one_run(bootstrap, tmp, placed_by, args.ops, args.items))

@@ -196,6 +196,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--processes", default="1,2", help="process counts, comma-separated")
     ap.add_argument("--runs", type=int, default=5, help="runs of each process count")
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path)
     return ap.parse_args()
 
@@ -203,8 +204,9 @@ def parse() -> argparse.Namespace:
 def run(args: argparse.Namespace, counts: list[int]) -> list[dict[str, Any]]:
     """The ops written once, then each process count in turn, ``--runs`` times."""
     results: list[dict[str, Any]] = []
-    with bench_broker() as bootstrap, scratch("dyno-bench-procs-") as tmp:
-        broker_pid = LocalBroker().status().pid
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-bench-procs-") as tmp:
+        # the broker's CPU is counted when it is the local one
+        broker_pid = None if args.bootstrap else LocalBroker().status().pid
         base = bench_settings(bootstrap, tmp, args.partitions)
         ensure_topics(base)
         took = produce_all(base, base.topics.ops, make_payloads(args.ops, args.items))

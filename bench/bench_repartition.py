@@ -233,6 +233,7 @@ def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--bootstrap", help="a running broker (default: one of its own)")
     ap.add_argument("--json", type=Path, default=RESULTS, help="merge the figures in here")
     return ap.parse_args()
 
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     with (
         scratch("dyno-bench-repartition-") as tmp,
-        bench_broker(own_in=tmp / "broker") as bootstrap,
+        bench_broker(args.bootstrap, own_in=tmp / "broker") as bootstrap,
     ):
         for n in args.items:
             load_before = os.getloadavg()

@@ -184,6 +184,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--items", type=int, default=100_000, help="items per partition")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--default-gc", action="store_true", help="Python's GC thresholds")
+    ap.add_argument("--bootstrap", help="a running broker (default: one of its own)")
     ap.add_argument("--json", type=Path, default=RESULTS)
     return ap.parse_args()
 
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     the wall-clock and CPU seconds of each run."""
     with (
         scratch("dyno-bench-restore-") as tmp,
-        bench_broker(own_in=tmp / "broker") as bootstrap,
+        bench_broker(args.bootstrap, own_in=tmp / "broker") as bootstrap,
     ):
         s = bench_settings(bootstrap, tmp / "data", PARTITIONS)
         ensure_topics(s)

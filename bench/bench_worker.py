@@ -57,12 +57,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path)
     return ap.parse_args()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    with bench_broker() as bootstrap, scratch("dyno-bench-") as tmp:
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-bench-") as tmp:
         tp = bench_throughput(bootstrap, tmp, args.ops, args.items, args.partitions)
         lat = bench_latency(bootstrap, tmp, args.rate, args.seconds, args.items, args.partitions)
     return {"throughput": tp, "latency": lat}
