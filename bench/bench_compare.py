@@ -534,7 +534,7 @@ def quix_throughput(
 
 
 def quix_launch(python: str) -> Launch:
-    """A bench_worker ``Launch`` of the quix app, for the latency benchmark."""
+    """A harness ``Launch`` of the quix app, for the latency benchmark."""
 
     def launch(s: Settings, tmp: Path) -> Callable[[], None]:
         status = tmp / "quix-lat"

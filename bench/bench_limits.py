@@ -2,7 +2,7 @@
 
 The worker checks each valid event's size (one ``len``, before parsing) and then calls
 ``Limits.check`` on the parsed model (name length, nesting depth). This times that call,
-over the worker benchmark's workload (``bench_worker.op_event``: about 100-byte changes,
+over the worker benchmark's workload (``harness.workload.op_event``: about 100-byte changes,
 a quarter of them putAttrs, the ops whose change can nest), parsed as the worker parses it.
 Prints the cost per event of each of five runs; ``--json`` keeps them.
 """
