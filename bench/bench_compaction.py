@@ -19,29 +19,21 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_worker import (
-    HTTP_PORT,
-    bench_settings,
-    delete_bench_topics,
-    metrics,
-    start_worker,
-    stop,
-    wait_metrics,
-)
 from confluent_kafka import Producer
+from harness.broker import bench_broker, scratch
+from harness.output import write_json
+from harness.settings import bench_settings
+from harness.workers import metrics, start_worker, stop, wait_metrics
 from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.config import CompactionSettings
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import FlakeGenerator
-from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.jobs.compaction import Summary, compact_offline, compact_online
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import DynoStore
@@ -105,8 +97,8 @@ class Phases(logging.Handler):
 
     def split(self) -> dict[str, float]:
         read0 = self.at("reading snapshots (")
-        send0 = self.at("sending flatten commands (")
-        send1 = self.at("sending flatten commands:")
+        send0 = self.at("sending commands (")
+        send1 = self.at("sending commands:")
         answers0 = self.at("waiting for the workers' answers (")
         answers1 = self.at("waiting for the workers' answers:")
         return {
@@ -174,7 +166,7 @@ def bench_online(
                     producer.poll(0.05)
             n += 1
     assert producer.flush(120) == 0
-    url = f"http://127.0.0.1:{HTTP_PORT}"
+    url = f"http://127.0.0.1:{s.worker.http_port}"
     proc = start_worker(s, tmp / "online-worker.log")
     try:
         wait_metrics(url, proc)
@@ -204,7 +196,7 @@ def bench_online(
     }
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=10_000, help="offline: items")
     ap.add_argument("--ops-per-item", type=int, default=100, help="offline: ops per item")
@@ -212,29 +204,27 @@ def main() -> None:
     ap.add_argument("--online-ops-per-item", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--skip-online", action="store_true")
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Offline, then (unless skipped) online on the local broker, and the load around them."""
     load_before = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-compact-"))
-    broker: LocalBroker | None = None
-    started = False
-    try:
+    with scratch("dyno-bench-compact-") as tmp:
         off = bench_offline(tmp, args.items, args.ops_per_item)
         on: dict[str, float] | None = None
         if not args.skip_online:
-            broker = LocalBroker()
-            started = not broker.is_running()
-            bootstrap = broker.start()
-            on = bench_online(
-                bootstrap, tmp, args.online_items, args.online_ops_per_item, args.partitions
-            )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        delete_bench_topics()  # while the broker still runs
-        if broker is not None and started:
-            broker.stop()
-    load_after = os.getloadavg()
+            with bench_broker(args.bootstrap) as bootstrap:
+                on = bench_online(
+                    bootstrap, tmp, args.online_items, args.online_ops_per_item, args.partitions
+                )
+    return {"offline": off, "online": on, "load": [load_before, os.getloadavg()]}
 
+
+def report(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    off, on, (load_before, load_after) = res["offline"], res["online"], res["load"]
     table = Table(
         title="dyno-stream compaction",
         caption=f"load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
@@ -253,23 +243,31 @@ def main() -> None:
     )
     table.add_row("  (building the store)", f"{off['build_s']:.1f} s")
     if on is not None:
-        table.add_row(
-            f"online: one pass over {on['items']:,.0f} items "
-            f"({args.online_ops_per_item} ops each, {args.partitions} partitions, 1 worker)",
-            f"{on['seconds']:.2f} s",
-        )
-        table.add_row("  reading the snapshot topic", f"{on['read_s']:.2f} s")
-        table.add_row("  sending the flatten commands", f"{on['send_s']:.2f} s")
-        table.add_row("  the workers apply them; their answers read", f"{on['answers_s']:.2f} s")
-        table.add_row(
-            "  chosen / flattened / unconfirmed",
-            f"{on['chosen']:,.0f} / {on['flattened']:,.0f} / {on['unconfirmed']:,.0f}",
-        )
-        table.add_row("  rows (summary)", f"{on['rows_before']:,.0f} -> {on['rows_after']:,.0f}")
-        table.add_row(f"  (worker applying {on['ops']:,.0f} ops first)", f"{on['apply_s']:.1f} s")
+        online_rows(args, on, table)
     Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"offline": off, "online": on}, indent=2))
+    write_json(args.json, {"offline": off, "online": on})
+
+
+def online_rows(args: argparse.Namespace, on: dict[str, float], table: Table) -> None:
+    table.add_row(
+        f"online: one pass over {on['items']:,.0f} items "
+        f"({args.online_ops_per_item} ops each, {args.partitions} partitions, 1 worker)",
+        f"{on['seconds']:.2f} s",
+    )
+    table.add_row("  reading the snapshot topic", f"{on['read_s']:.2f} s")
+    table.add_row("  sending the flatten commands", f"{on['send_s']:.2f} s")
+    table.add_row("  the workers apply them; their answers read", f"{on['answers_s']:.2f} s")
+    table.add_row(
+        "  chosen / flattened / unconfirmed",
+        f"{on['chosen']:,.0f} / {on['flattened']:,.0f} / {on['unconfirmed']:,.0f}",
+    )
+    table.add_row("  rows (summary)", f"{on['rows_before']:,.0f} -> {on['rows_after']:,.0f}")
+    table.add_row(f"  (worker applying {on['ops']:,.0f} ops first)", f"{on['apply_s']:.1f} s")
+
+
+def main() -> None:
+    args = parse()
+    report(args, run(args))
 
 
 if __name__ == "__main__":

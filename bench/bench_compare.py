@@ -58,9 +58,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -78,18 +76,6 @@ import confluent_kafka
 import orjson
 import plyvel
 import pydantic
-from bench_worker import (
-    Launch,
-    bench_latency,
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    metrics,
-    produce_all,
-    stop,
-    time_until_applied,
-    wait_metrics,
-)
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
@@ -98,21 +84,26 @@ from confluent_kafka.admin import (
     ConfigResource,
     ResourceType,
 )
+from harness.broker import bench_broker, free_port, scratch
+from harness.latency import bench_latency
+from harness.machine import busiest, load, vm_status
+from harness.output import RESULTS, write_json
+from harness.runs import MIN_RUN_S, best_of, median_run, same_work, timed
+from harness.settings import bench_settings
+from harness.workers import Launch, metrics, stop, time_until_applied, wait_metrics
+from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.cli.demo import start_worker
 from dyno_stream.config import Settings, WorkerSettings, consumer_config
 from dyno_stream.core.events import parse_event
-from dyno_stream.core.flake import FlakeGenerator
-from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.group_protocol import resolve_group_protocol
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.budget import MemoryBudget
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-RESULTS = BENCH / "results"
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -120,55 +111,10 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 # -- the machine and what else runs on it --------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def subdir(parent: Path, name: str) -> Path:
     path = parent / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def busiest(seconds: float = 0.5, top: int = 6) -> list[dict[str, Any]]:
-    """The processes that used the most CPU over ``seconds``, from /proc (what ran beside us)."""
-
-    def ticks() -> dict[int, tuple[int, str]]:
-        found = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            found[int(entry.name)] = (int(fields[11]) + int(fields[12]), _short(cmd))
-        return found
-
-    hz = os.sysconf("SC_CLK_TCK")
-    before = ticks()
-    time.sleep(seconds)
-    after = ticks()
-    used = [(t - before[pid][0], cmd) for pid, (t, cmd) in after.items() if pid in before and cmd]
-    used.sort(reverse=True)
-    return [{"cpu": round(t / hz / seconds, 2), "cmd": cmd} for t, cmd in used[:top] if t > 0]
-
-
-def _short(cmd: str) -> str:
-    """A command line, short: a Kafka broker by its config file, not its JVM flags."""
-    args = cmd.split()
-    if "kafka.Kafka" in args:
-        return "kafka broker " + args[-1]
-    return " ".join(args)[:110]
 
 
 class Phases:
@@ -191,43 +137,6 @@ class Phases:
 
 
 # -- the limits ------------------------------------------------------------------------------
-
-
-def best_of(run: Callable[[], dict[str, float]], times: int = 3) -> dict[str, Any]:
-    """The fastest of a few runs, with every run's ops/s: a limit is what the part can do.
-
-    The consume-only loop is bimodal on this machine: the same 200,000 messages take 0.2 s
-    or 1.2 s, the slow runs waiting on fetches at the start (the process uses 0.4 s of CPU
-    either way).
-    """
-    runs = [run() for _ in range(times)]
-    best = max(runs, key=lambda r: r["ops_per_s"])
-    return {**best, "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs]}
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median ops/s (the lower middle of an even count), with every run's
-    ops/s, length and load average (1 minute, before and after), and the spread."""
-    ordered = sorted(runs, key=lambda r: r["ops_per_s"])
-    middle = ordered[(len(ordered) - 1) // 2]
-    return {
-        **middle,
-        "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs],
-        "runs_seconds": [round(r["seconds"], 1) for r in runs],
-        "runs_load": [r.get("load") for r in runs],
-        "spread_ops_per_s": [round(ordered[0]["ops_per_s"]), round(ordered[-1]["ops_per_s"])],
-    }
-
-
-#: A throughput run shorter than this is too short for its figure to settle (issue 14).
-MIN_RUN_S = 10.0
-
-
-def timed(run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``run(*args, **kwargs)``'s figures with the load average (1 minute) before and after."""
-    before = load()[0]
-    figures = run(*args, **kwargs)
-    return {**figures, "load": [before, load()[0]]}
 
 
 def read_back(s: Settings, topic: str, partitions: int) -> dict[str, Any]:
@@ -269,31 +178,6 @@ def read_back(s: Settings, topic: str, partitions: int) -> dict[str, Any]:
         else [0, 0, 0],
         "final": final,
     }
-
-
-def same_work(dyno: dict[str, Any], quix: dict[str, Any]) -> dict[str, Any]:
-    """What the two contenders' runs did, side by side, and whether it is the same work: the
-    same ops applied, none dead-lettered, every item's newest snapshot equal."""
-    a, b = dyno["read_back"]["final"], quix["read_back"]["final"]
-    differing = sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
-    checks: dict[str, Any] = {
-        "ops": [dyno["applied"], quix["snapshots"]],
-        "dead_letters": [dyno["dead_letters"], 0],
-        "items": [len(a), len(b)],
-        "items_differing": len(differing),
-        "first_differing": differing[:5],
-        "snapshots": [dyno["read_back"]["snapshots"], quix["read_back"]["snapshots"]],
-        "snapshots_per_item_min_median_max": [
-            dyno["read_back"]["per_item_min_median_max"],
-            quix["read_back"]["per_item_min_median_max"],
-        ],
-    }
-    checks["same"] = (
-        checks["ops"][0] == checks["ops"][1] == dyno["ops"]
-        and checks["dead_letters"] == [0, 0]
-        and not differing
-    )
-    return checks
 
 
 def limit_consume(s: Settings, topic: str, n: int) -> dict[str, float]:
@@ -413,16 +297,6 @@ def long_session(s: Settings) -> None:
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
 
 
-def vm_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in bytes."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(rest.split()[0]) * 1024
-    return found
-
-
 @contextmanager
 def workers(
     bootstrap: str, tmp: Path, name: str, partitions: int, count: int
@@ -483,22 +357,6 @@ def dyno_throughput(
         "batches": m.get("dyno_batch_seconds_count", 0),
         "rss_bytes": rss,
     }
-
-
-def distinct_puts(n: int) -> Iterator[tuple[bytes, bytes]]:
-    """``n`` putAttrs to ``n`` distinct items (about 100 bytes of change each)."""
-    gen = FlakeGenerator(node=9, pid=9)
-    for i in range(n):
-        name = f"mem-{i:07d}"
-        change = {
-            "email": f"{name}@example.com",
-            "city": "Wellington",
-            "plan": "pro",
-            "n": i,
-            "note": "x" * 20,
-        }
-        ev = {"item": name, "op": "putAttrs", "ts": gen(), "change": change}
-        yield name.encode(), orjson.dumps(ev)
 
 
 def state_cache_budget_bytes() -> int:
@@ -679,7 +537,7 @@ def quix_throughput(
 
 
 def quix_launch(python: str) -> Launch:
-    """A bench_worker ``Launch`` of the quix app, for the latency benchmark."""
+    """A harness ``Launch`` of the quix app, for the latency benchmark."""
 
     def launch(s: Settings, tmp: Path) -> Callable[[], None]:
         status = tmp / "quix-lat"
@@ -708,8 +566,13 @@ def find_quix_python(given: str | None) -> str | None:
 
 
 def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal of the comparison, its figure and whether it was met (None: reported)."""
+    return against_quix(res) + own_goals(res)
+
+
+def against_quix(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The goals held against quixstreams, and that the runs were long enough to count."""
     dyno1 = res["dyno"]["one"]["ops_per_s"]
-    consume = res["limits"]["consume_only"]["ops_per_s"]
     found = []
     quix = res.get("quix") or {}
     if "validated" in quix:
@@ -750,6 +613,14 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": dyno["p99_ms"] <= other["p99_ms"] and dyno["max_ms"] <= 100,
                 }
             )
+    return found
+
+
+def own_goals(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """dyno-stream's goals of its own: throughput, against the limits, scaling, memory."""
+    dyno1 = res["dyno"]["one"]["ops_per_s"]
+    consume = res["limits"]["consume_only"]["ops_per_s"]
+    found = []
     found.append(
         {"goal": ">= 100,000 ops/s, one worker", "figure": f"{dyno1:,.0f}", "met": dyno1 >= 1e5}
     )
@@ -781,8 +652,27 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_report(res: dict[str, Any]) -> None:
-    quix = (res.get("quix") or {}).get("validated")
-    consume = res["limits"]["consume_only"]["ops_per_s"]
+    out.print(throughput_table(res))
+    print_spreads(res)
+    print_same_work(res)
+    if res.get("memory"):
+        print_memory(res["memory"])
+    gt = Table(title="goals")
+    gt.add_column("goal")
+    gt.add_column("figure", justify="right")
+    gt.add_column("")
+    for g in res["goals"]:
+        verdict = {True: "met", False: "[bold red]not met[/]", None: ""}[g["met"]]
+        gt.add_row(g["goal"], g["figure"], verdict)
+    out.print(gt)
+    for when in ("start", "end"):
+        out.print(f"busiest processes at the {when} (CPUs in use over 0.5 s):")
+        for p in res["run"][f"busiest_{when}"]:
+            out.print(f"  {p['cpu']:.2f}  {p['cmd']}", highlight=False, markup=False)
+
+
+def throughput_table(res: dict[str, Any]) -> Table:
+    """Each contender's and limit's ops/s, its latencies, and its runs."""
     run = res["run"]
     lat = res.get("latency", {})
     rates = [r for r in run["rates"] if str(r) in lat]
@@ -799,31 +689,8 @@ def print_report(res: dict[str, Any]) -> None:
     table.add_column("runs, ops/s (load average)", justify="right")
 
     def row(label: str, fig: dict[str, Any] | None, who: str = "") -> None:
-        if fig is None:
-            return
-        ops = fig["ops_per_s"]
-        cells = [
-            label,
-            f"{ops:,.0f}",
-            f"{ops / quix['ops_per_s']:.2f}" if quix else "",
-            f"{ops / consume:.2f}",
-        ]
-        for rate in rates:
-            at = lat[str(rate)].get(who)
-            cells.append(
-                f"{at['p50_ms']:,.0f} / {at['p99_ms']:,.0f} / {at['max_ms']:,.0f} ms "
-                f"(load {at.get('load', ['?'])[0]})"
-                if at
-                else ""
-            )
-        loads = fig.get("runs_load") or [None] * len(fig.get("runs_ops_per_s", []))
-        cells.append(
-            " ".join(
-                f"{r / 1000:,.1f}k" + (f" ({ld[0]})" if ld else "")
-                for r, ld in zip(fig.get("runs_ops_per_s", []), loads, strict=True)
-            )
-        )
-        table.add_row(*cells)
+        if fig is not None:
+            table.add_row(*row_cells(res, rates, label, fig, who))
 
     row("dyno-stream, 1 worker", res["dyno"]["one"], "dyno")
     row("dyno-stream, 2 workers", res["dyno"].get("two"))
@@ -839,8 +706,45 @@ def print_report(res: dict[str, Any]) -> None:
     row("limit: produce only", lim["produce_only"])
     row("limit: plyvel write_batch", lim["plyvel"])
     row("limit: pydantic alone", lim["pydantic"])
-    out.print(table)
+    return table
 
+
+def row_cells(
+    res: dict[str, Any], rates: list[int], label: str, fig: dict[str, Any], who: str
+) -> list[str]:
+    """One row of the throughput table: ops/s, against quixstreams and the consume-only
+    limit, the latencies of ``who`` at each rate, and the runs with their load."""
+    quix = (res.get("quix") or {}).get("validated")
+    consume = res["limits"]["consume_only"]["ops_per_s"]
+    lat = res.get("latency", {})
+    ops = fig["ops_per_s"]
+    cells = [
+        label,
+        f"{ops:,.0f}",
+        f"{ops / quix['ops_per_s']:.2f}" if quix else "",
+        f"{ops / consume:.2f}",
+    ]
+    for rate in rates:
+        at = lat[str(rate)].get(who)
+        cells.append(
+            f"{at['p50_ms']:,.0f} / {at['p99_ms']:,.0f} / {at['max_ms']:,.0f} ms "
+            f"(load {at.get('load', ['?'])[0]})"
+            if at
+            else ""
+        )
+    loads = fig.get("runs_load") or [None] * len(fig.get("runs_ops_per_s", []))
+    cells.append(
+        " ".join(
+            f"{r / 1000:,.1f}k" + (f" ({ld[0]})" if ld else "")
+            for r, ld in zip(fig.get("runs_ops_per_s", []), loads, strict=True)
+        )
+    )
+    return cells
+
+
+def print_spreads(res: dict[str, Any]) -> None:
+    """The median run of each contender among its runs, and the runs too short to count."""
+    quix = (res.get("quix") or {}).get("validated")
     for label, fig in (("dyno-stream", res["dyno"]["one"]), ("quixstreams", quix)):
         if fig and "spread_ops_per_s" in fig:
             low, high = fig["spread_ops_per_s"]
@@ -851,6 +755,9 @@ def print_report(res: dict[str, Any]) -> None:
             )
     if res.get("short_runs"):
         out.print(f"[bold red]runs shorter than {MIN_RUN_S:.0f} s:[/] {res['short_runs']}")
+
+
+def print_same_work(res: dict[str, Any]) -> None:
     for i, check in enumerate(res.get("same_work", [])):
         verdict = "yes" if check["same"] else "[bold red]NO[/]"
         out.print(
@@ -864,34 +771,22 @@ def print_report(res: dict[str, Any]) -> None:
             f"{check['snapshots_per_item_min_median_max'][1]}: dyno-stream / quixstreams",
             highlight=False,
         )
-    mem = res.get("memory")
-    if mem:
-        mt = Table(title=f"dyno-stream worker RSS, {mem['items']:,} distinct items")
-        mt.add_column("items applied", justify="right")
-        mt.add_column("RSS", justify="right")
-        for point in mem["curve"]:
-            mt.add_row(f"{point['items']:,}", f"{point['rss_bytes'] / 2**20:,.0f} MiB")
-        mt.add_row("idle, 2 s after", f"{mem['rss_idle_after_bytes'] / 2**20:,.0f} MiB")
-        out.print(mt)
-        out.print(
-            f"RSS grew {mem['bytes_per_item_first_quarter']:.0f} B/item over the first quarter, "
-            f"{mem['bytes_per_item_last_half']:.0f} B/item over the last half; the workers' "
-            f"state caches within {mem['state_cache_budget_bytes'] / 2**20:,.0f} MiB "
-            f"({mem['items_per_s_while_written']:,.0f} items/s, written while it ran)"
-        )
 
-    gt = Table(title="goals")
-    gt.add_column("goal")
-    gt.add_column("figure", justify="right")
-    gt.add_column("")
-    for g in res["goals"]:
-        verdict = {True: "met", False: "[bold red]not met[/]", None: ""}[g["met"]]
-        gt.add_row(g["goal"], g["figure"], verdict)
-    out.print(gt)
-    for when in ("start", "end"):
-        out.print(f"busiest processes at the {when} (CPUs in use over 0.5 s):")
-        for p in res["run"][f"busiest_{when}"]:
-            out.print(f"  {p['cpu']:.2f}  {p['cmd']}", highlight=False, markup=False)
+
+def print_memory(mem: dict[str, Any]) -> None:
+    mt = Table(title=f"dyno-stream worker RSS, {mem['items']:,} distinct items")
+    mt.add_column("items applied", justify="right")
+    mt.add_column("RSS", justify="right")
+    for point in mem["curve"]:
+        mt.add_row(f"{point['items']:,}", f"{point['rss_bytes'] / 2**20:,.0f} MiB")
+    mt.add_row("idle, 2 s after", f"{mem['rss_idle_after_bytes'] / 2**20:,.0f} MiB")
+    out.print(mt)
+    out.print(
+        f"RSS grew {mem['bytes_per_item_first_quarter']:.0f} B/item over the first quarter, "
+        f"{mem['bytes_per_item_last_half']:.0f} B/item over the last half; the workers' "
+        f"state caches within {mem['state_cache_budget_bytes'] / 2**20:,.0f} MiB "
+        f"({mem['items_per_s_while_written']:,.0f} items/s, written while it ran)"
+    )
 
 
 def plot(json_path: Path, png: Path, quix_python: str | None) -> None:
@@ -911,7 +806,7 @@ def plot(json_path: Path, png: Path, quix_python: str | None) -> None:
 # -- main ------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--ops", type=int, help="ops in the throughput runs (1,000,000: >= 10 s each; quick 20,000)"
@@ -944,117 +839,122 @@ def main() -> None:
     ap.add_argument("--report", type=Path, help="only print (and draw) this earlier JSON")
     args = ap.parse_args()
     if args.report:
-        print_report(json.loads(args.report.read_text()))
-        if args.png:
-            plot(args.report, Path(args.png), find_quix_python(args.quix_python))
-        return
+        return args
 
     def pick(given: Any, quick: Any, full: Any) -> Any:
         return given if given is not None else quick if args.quick else full
 
-    n = pick(args.ops, 20_000, 1_000_000)
-    repeat = pick(args.repeat, 1, 5)
-    two_repeat = pick(args.two_workers_repeat, 1, 3)
-    lat_seconds = pick(args.latency_seconds, 5.0, 20.0)
+    args.ops = pick(args.ops, 20_000, 1_000_000)
+    args.repeat = pick(args.repeat, 1, 5)
+    args.two_workers_repeat = pick(args.two_workers_repeat, 1, 3)
+    args.latency_seconds = pick(args.latency_seconds, 5.0, 20.0)
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
-    rates = rates[:1] if args.quick else rates
-    mem_items = pick(args.memory_items, 100_000, 1_000_000)
-    quix_python = None if args.skip_quix else find_quix_python(args.quix_python)
-    if not args.skip_quix and quix_python is None:
+    args.rates = rates[:1] if args.quick else rates
+    args.memory_items = pick(args.memory_items, 100_000, 1_000_000)
+    args.quix_python = None if args.skip_quix else find_quix_python(args.quix_python)
+    if not args.skip_quix and args.quix_python is None:
         raise SystemExit("quixstreams not found: run `make bench-compare`, or pass --skip-quix")
+    return args
 
-    broker = None  # the local broker, when this run started it (and so stops it)
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        local = LocalBroker()
-        broker = None if local.is_running() else local
-        bootstrap = local.start()
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-compare-"))
-    phase = Phases()
-    res: dict[str, Any] = {
-        "run": {
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "ops": n,
-            "items": args.items,
-            "partitions": args.partitions,
-            "rates": rates,
-            "repeat": repeat,
-            "quick": args.quick,
-            "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "versions": {
-                "confluent_kafka": confluent_kafka.version(),  # a str, unlike libversion()
-                "librdkafka": confluent_kafka.libversion()[0],
-                "pydantic": pydantic.VERSION,
-                "plyvel": plyvel.__version__,
-                "quix_venv": quix_versions(quix_python) if quix_python else None,
-            },
-            "load_start": load(),
-            "busiest_start": [],
-        }
+
+def run_header(args: argparse.Namespace) -> dict[str, Any]:
+    """What was run, where, with which versions, and what else ran at the start."""
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ops": args.ops,
+        "items": args.items,
+        "partitions": args.partitions,
+        "rates": args.rates,
+        "repeat": args.repeat,
+        "quick": args.quick,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {
+            "confluent_kafka": confluent_kafka.version(),  # a str, unlike libversion()
+            "librdkafka": confluent_kafka.libversion()[0],
+            "pydantic": pydantic.VERSION,
+            "plyvel": plyvel.__version__,
+            "quix_venv": quix_versions(args.quix_python) if args.quix_python else None,
+        },
+        "load_start": load(),
+        "busiest_start": busiest(),
     }
-    res["run"]["busiest_start"] = busiest()
-    try:
-        payloads = make_payloads(n, args.items)
-        shared = bench_settings(bootstrap, tmp / "shared", args.partitions, 0)
-        ensure_topics(shared)
-        with phase("writing the shared ops topic"):
-            produce_all(shared, shared.topics.ops, payloads)
 
-        with phase("limits"):
-            to_produce = bench_settings(bootstrap, tmp / "produce", args.partitions, 0)
-            res["limits"] = {
-                "consume_only": best_of(lambda: limit_consume(shared, shared.topics.ops, n)),
+
+class Comparison:
+    """One comparison's runs on one broker, in one scratch directory, phase by phase."""
+
+    def __init__(self, args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
+        self.args, self.bootstrap, self.tmp = args, bootstrap, tmp
+        self.quix_python: str | None = args.quix_python
+        self.phase = Phases()
+        self.payloads = make_payloads(args.ops, args.items)
+        self.shared = bench_settings(bootstrap, tmp / "shared", args.partitions, 0)
+
+    def limits(self) -> dict[str, Any]:
+        """The shared ops topic written, then each limit the best of three."""
+        args, shared, payloads = self.args, self.shared, self.payloads
+        ensure_topics(shared)
+        with self.phase("writing the shared ops topic"):
+            produce_all(shared, shared.topics.ops, payloads)
+        with self.phase("limits"):
+            to_produce = bench_settings(self.bootstrap, self.tmp / "produce", args.partitions, 0)
+            return {
+                "consume_only": best_of(lambda: limit_consume(shared, shared.topics.ops, args.ops)),
                 "produce_only": best_of(lambda: limit_produce(to_produce, payloads)),
-                "plyvel": best_of(lambda: limit_plyvel(tmp, payloads)),
+                "plyvel": best_of(lambda: limit_plyvel(self.tmp, payloads)),
                 "pydantic": best_of(lambda: limit_pydantic(payloads)),
             }
-        # The contenders' runs alternate, so a change in what else runs on the machine falls
-        # on all of them alike; each figure is the median run.
+
+    def throughput_runs(self) -> dict[str, list[dict[str, Any]]]:
+        """The contenders' runs alternate, so a change in what else runs on the machine falls
+        on all of them alike; each figure is the median run."""
+        args, quix_python = self.args, self.quix_python
         runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": [], "quix": []}
-        for rep in range(repeat):
-            with phase(f"dyno-stream, 1 worker, run {rep + 1}"):
+        for rep in range(args.repeat):
+            with self.phase(f"dyno-stream, 1 worker, run {rep + 1}"):
                 runs["one"].append(
                     timed(
-                        lambda: dyno_throughput(
-                            bootstrap, tmp, payloads, args.partitions, 1, check=bool(quix_python)
-                        )
+                        dyno_throughput, self.bootstrap, self.tmp, self.payloads, args.partitions,
+                        1, check=bool(quix_python),
                     )
-                )
+                )  # fmt: skip
             if quix_python:
-                with phase(f"quixstreams, validated, run {rep + 1}"):
-                    runs["quix"].append(
-                        timed(
-                            lambda: quix_throughput(
-                                quix_python,
-                                bootstrap,
-                                tmp,
-                                shared.topics.ops,
-                                n,
-                                args.partitions,
-                                True,
-                            )
-                        )
-                    )
-            if rep < two_repeat:
-                with phase(f"dyno-stream, 2 workers, run {rep + 1}"):
+                with self.phase(f"quixstreams, validated, run {rep + 1}"):
+                    runs["quix"].append(timed(self.quix_run, True))
+            if rep < args.two_workers_repeat:
+                with self.phase(f"dyno-stream, 2 workers, run {rep + 1}"):
                     runs["two"].append(
-                        timed(lambda: dyno_throughput(bootstrap, tmp, payloads, args.partitions, 2))
-                    )
-        if quix_python:
+                        timed(
+                            dyno_throughput, self.bootstrap, self.tmp, self.payloads,
+                            args.partitions, 2,
+                        )
+                    )  # fmt: skip
+        return runs
+
+    def quix_run(self, validated: bool) -> dict[str, Any]:
+        assert self.quix_python is not None
+        a = self.args
+        return quix_throughput(
+            self.quix_python, self.bootstrap, self.tmp, self.shared.topics.ops, a.ops,
+            a.partitions, validated,
+        )  # fmt: skip
+
+    def throughput(self, res: dict[str, Any]) -> None:
+        """The throughput runs, the check of their work, and their medians, into ``res``."""
+        runs = self.throughput_runs()
+        if self.quix_python:
             res["same_work"] = [
                 same_work(d, q) for d, q in zip(runs["one"], runs["quix"], strict=True)
             ]
             for r in runs["one"] + runs["quix"]:  # 1,000 items' values: checked, not kept
                 if r.get("read_back"):
                     r["read_back"].pop("final")
-        short = [
+        res["short_runs"] = [
             f"{who} run {i + 1}: {r['seconds']:.1f} s"
             for who, rs in runs.items()
             for i, r in enumerate(rs)
             if r["seconds"] < MIN_RUN_S
         ]
-        res["short_runs"] = short
         one = median_run(runs["one"])
         two = median_run(runs["two"]) if runs["two"] else None
         res["dyno"] = {
@@ -1062,51 +962,69 @@ def main() -> None:
             "two": two,
             "scaling": two["ops_per_s"] / one["ops_per_s"] if two else None,
         }
-        if quix_python:
+        if self.quix_python:
             res["quix"] = {"validated": median_run(runs["quix"])}
-            if not args.quick:
-                with phase("quixstreams, JSON only"):
-                    res["quix"]["plain"] = quix_throughput(
-                        quix_python, bootstrap, tmp, shared.topics.ops, n, args.partitions, False
-                    )
-        res["latency"] = {}
-        for rate in rates:
-            at = res["latency"][str(rate)] = {}
+            if not self.args.quick:
+                with self.phase("quixstreams, JSON only"):
+                    res["quix"]["plain"] = self.quix_run(False)
+
+    def latency(self) -> dict[str, Any]:
+        """Each contender's latency at each rate."""
+        args = self.args
+        found: dict[str, Any] = {}
+        for rate in args.rates:
+            at = found[str(rate)] = {}
             contenders: list[tuple[str, str, dict[str, Any]]] = [
                 ("dyno", "dyno-stream", {"http_port": free_port()})
             ]
-            if quix_python:
-                contenders.append(("quix", "quixstreams", {"launch": quix_launch(quix_python)}))
+            if self.quix_python:
+                contenders.append(
+                    ("quix", "quixstreams", {"launch": quix_launch(self.quix_python)})
+                )
             for key, label, how in contenders:
-                with phase(f"latency at {rate:,} ops/s, {label}"):
+                with self.phase(f"latency at {rate:,} ops/s, {label}"):
                     at[key] = timed(
-                        bench_latency,
-                        bootstrap,
-                        subdir(tmp, f"lat-{key}-{rate}"),
-                        rate,
-                        lat_seconds,
-                        args.items,
-                        args.partitions,
-                        **how,
-                    )
-        if mem_items:
-            with phase(f"memory, {mem_items:,} distinct items"):
-                res["memory"] = dyno_memory(bootstrap, tmp, mem_items, args.partitions)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        delete_bench_topics()  # while the broker still runs
-        if broker is not None:
-            broker.stop()
+                        bench_latency, self.bootstrap, subdir(self.tmp, f"lat-{key}-{rate}"),
+                        rate, args.latency_seconds, args.items, args.partitions, **how,
+                    )  # fmt: skip
+        return found
+
+    def memory(self) -> dict[str, Any]:
+        items = self.args.memory_items
+        with self.phase(f"memory, {items:,} distinct items"):
+            return dyno_memory(self.bootstrap, self.tmp, items, self.args.partitions)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = {"run": run_header(args)}
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-compare-") as tmp:
+        comparison = Comparison(args, bootstrap, tmp)
+        res["limits"] = comparison.limits()
+        comparison.throughput(res)
+        res["latency"] = comparison.latency()
+        if args.memory_items:
+            res["memory"] = comparison.memory()
     res["run"]["load_end"] = load()
     res["run"]["busiest_end"] = busiest()
-    res["run"]["phases"] = phase.log
+    res["run"]["phases"] = comparison.phase.log
     res["goals"] = goals(res)
+    return res
+
+
+def main() -> None:
+    args = parse()
+    if args.report:
+        print_report(json.loads(args.report.read_text()))
+        if args.png:
+            plot(args.report, Path(args.png), find_quix_python(args.quix_python))
+        return
+    res = run(args)
     print_report(res)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2))
+    write_json(args.json, res)
     out.print(f"results: {args.json}")
     if args.png:
-        plot(args.json, Path(args.png), quix_python)
+        plot(args.json, Path(args.png), args.quix_python)
 
 
 if __name__ == "__main__":

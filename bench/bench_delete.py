@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,12 +33,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from harness.broker import bench_broker, scratch
+from harness.output import write_json
+from harness.settings import bench_settings
 from rich.console import Console
 
-from dyno_stream.config import CompactionSettings, Settings, load_settings, producer_config
+from dyno_stream.config import CompactionSettings, Settings, producer_config
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import new_flake
-from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 from dyno_stream.jobs.compaction import compact_offline, compact_online
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -54,10 +53,11 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def topic_bytes(broker: LocalBroker, topic: str) -> int:
+def topic_bytes(broker_home: Path, topic: str) -> int:
+    """The bytes of a topic's log segments in the broker's log dir."""
     return sum(
         f.stat().st_size
-        for d in broker.home.joinpath("data").rglob(f"{topic}-*")
+        for d in broker_home.joinpath("data").rglob(f"{topic}-*")
         if d.is_dir()
         for f in d.glob("*.log")
     )
@@ -134,39 +134,14 @@ def settle(read: Any, quiet_s: float = 20.0, timeout: float = 300.0) -> int:
     return int(best)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--json", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-delete-"))
-    broker = LocalBroker(home=tmp / "broker", port=free_port_pair())
-    worker: subprocess.Popen[bytes] | None = None
-    steps: list[dict[str, Any]] = []
-    try:
-        bootstrap = broker.start()
-        base = load_settings()
-        tag = uuid.uuid4().hex[:6]
-        s = base.model_copy(
-            update={
-                "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
-                "topics": base.topics.model_copy(
-                    update={
-                        "ops": f"bench-{tag}.ops",
-                        "snapshots": f"bench-{tag}.snapshots",
-                        "dead_letter": f"bench-{tag}.dead-letter",
-                        "partitions": PARTITIONS,
-                    }
-                ),
-                "worker": base.worker.model_copy(
-                    update={"group_id": f"bench-{tag}", "data_dir": tmp / "data"}
-                ),
-            }
-        )
-        ensure_topics(s)
-        env = {
+class DeleteRun:
+    """The worker, the broker's log dir and the sizes measured at each step."""
+
+    def __init__(self, s: Settings, tmp: Path) -> None:
+        self.s, self.tmp, self.broker_home = s, tmp, tmp / "broker"
+        self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("DYNO_")},
-            "DYNO_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "DYNO_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
             "DYNO_TOPICS__OPS": s.topics.ops,
             "DYNO_TOPICS__SNAPSHOTS": s.topics.snapshots,
             "DYNO_TOPICS__DEAD_LETTER": s.topics.dead_letter,
@@ -175,121 +150,162 @@ def main() -> None:
             "DYNO_WORKER__DATA_DIR": str(s.worker.data_dir),
             "DYNO_WORKER__HTTP_PORT": "0",
         }
-        log = (tmp / "worker.log").open("wb")
+        self.admin = AdminClient(s.kafka.librdkafka())
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.steps: list[dict[str, Any]] = []
 
-        def start_worker() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "dyno_stream", "worker"], env=env, cwd=REPO, stdout=log,
-                stderr=subprocess.STDOUT,
+    def start_worker(self) -> None:
+        with (self.tmp / "worker.log").open("ab") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "dyno_stream", "worker"], env=self.env, cwd=REPO,
+                stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-        def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
+    def stop_worker(self) -> None:
+        assert self.worker is not None
+        self.worker.send_signal(signal.SIGTERM)
+        self.worker.wait(120)
+        self.worker = None
 
-        def offline_compaction() -> None:
-            console = Console(file=io.StringIO())
-            for store in sorted((s.worker.data_dir / s.topics.ops).iterdir()):
-                compact_offline(store, CompactionSettings(lateness_s=2.0, min_rows=2), console)
+    def kill_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
 
-        admin = AdminClient(s.kafka.librdkafka())
+    def offline_compaction(self) -> None:
+        console = Console(file=io.StringIO())
+        for store in sorted((self.s.worker.data_dir / self.s.topics.ops).iterdir()):
+            compact_offline(store, CompactionSettings(lateness_s=2.0, min_rows=2), console)
 
-        def snapshot_topic_config(**config: str) -> None:
-            entries = [
-                ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET)
-                for k, v in config.items()
-            ]
-            res = ConfigResource("TOPIC", s.topics.snapshots, incremental_configs=entries)
-            for f in admin.incremental_alter_configs([res]).values():
-                f.result(30)
+    def snapshot_topic_config(self, **config: str) -> None:
+        entries = [
+            ConfigEntry(k.replace("_", "."), v, incremental_operation=AlterConfigOpType.SET)
+            for k, v in config.items()
+        ]
+        res = ConfigResource("TOPIC", self.s.topics.snapshots, incremental_configs=entries)
+        for f in self.admin.incremental_alter_configs([res]).values():
+            f.result(30)
 
-        def let_kafka_clean(ratio: str = "0.01") -> None:
-            """Let the snapshot topic compact, and drop its tombstones, within seconds: roll
-            its segments (a segment rolls when a message comes after segment.ms) until the
-            cleaner has stopped shrinking it. Then back to Kafka's default tombstone
-            retention (a day), which an online pass needs: it reads its answers, tombstones
-            among them, after they were published."""
-            snapshot_topic_config(
-                segment_ms="1000", delete_retention_ms="1000", min_cleanable_dirty_ratio=ratio
-            )
-            roller = Producer(s.kafka.librdkafka())
+    def let_kafka_clean(self, ratio: str = "0.01") -> None:
+        """Let the snapshot topic compact, and drop its tombstones, within seconds: roll
+        its segments (a segment rolls when a message comes after segment.ms) until the
+        cleaner has stopped shrinking it. Then back to Kafka's default tombstone
+        retention (a day), which an online pass needs: it reads its answers, tombstones
+        among them, after they were published."""
+        self.snapshot_topic_config(
+            segment_ms="1000", delete_retention_ms="1000", min_cleanable_dirty_ratio=ratio
+        )
+        roller = Producer(self.s.kafka.librdkafka())
 
-            def rolled_size() -> int:
-                for p in range(PARTITIONS):
-                    roller.produce(s.topics.snapshots, None, b"bench-roll", partition=p)
-                roller.flush(10)
-                return topic_bytes(broker, s.topics.snapshots)
+        def rolled_size() -> int:
+            for p in range(PARTITIONS):
+                roller.produce(self.s.topics.snapshots, None, b"bench-roll", partition=p)
+            roller.flush(10)
+            return topic_bytes(self.broker_home, self.s.topics.snapshots)
 
-            time.sleep(1.5)
-            settle(rolled_size)
-            snapshot_topic_config(delete_retention_ms="86400000", segment_ms="604800000")
+        time.sleep(1.5)
+        settle(rolled_size)
+        self.snapshot_topic_config(delete_retention_ms="86400000", segment_ms="604800000")
 
-        worker = start_worker()
-        names = [f"user-{i:06d}" for i in range(args.items)]
+    def measure(self, step: str) -> None:
+        s = self.s
+        messages, tombstones_ = count_messages(s)
+        row = {
+            "step": step,
+            "data_dir_bytes": du(s.worker.data_dir),
+            "ops_topic_bytes": topic_bytes(self.broker_home, s.topics.ops),
+            "snapshot_topic_bytes": topic_bytes(self.broker_home, s.topics.snapshots),
+            "snapshot_topic_messages": messages,
+            "snapshot_topic_tombstones": tombstones_,
+        }
+        self.steps.append(row)
+        print(
+            f"{step:<58} data dir {row['data_dir_bytes']:>11,}  ops topic "
+            f"{row['ops_topic_bytes']:>11,}  snapshot topic {row['snapshot_topic_bytes']:>11,}"
+            f" ({messages:,} messages, {tombstones_:,} tombstones)",
+            flush=True,
+        )
 
-        def measure(step: str) -> None:
-            messages, tombstones_ = count_messages(s)
-            row = {
-                "step": step,
-                "data_dir_bytes": du(s.worker.data_dir),
-                "ops_topic_bytes": topic_bytes(broker, s.topics.ops),
-                "snapshot_topic_bytes": topic_bytes(broker, s.topics.snapshots),
-                "snapshot_topic_messages": messages,
-                "snapshot_topic_tombstones": tombstones_,
-            }
-            steps.append(row)
-            print(
-                f"{step:<58} data dir {row['data_dir_bytes']:>11,}  ops topic "
-                f"{row['ops_topic_bytes']:>11,}  snapshot topic {row['snapshot_topic_bytes']:>11,}"
-                f" ({messages:,} messages, {tombstones_:,} tombstones)",
-                flush=True,
-            )
-
+    def fill(self, items: int) -> list[str]:
+        """``items`` items of two ops each, then compacted offline and by Kafka."""
+        s = self.s
+        self.start_worker()
+        names = [f"user-{i:06d}" for i in range(items)]
         value = {"email": "x@example.com", "city": "Wellington", "plan": "pro", "note": "n" * 80}
         produce(s, [("putItem", n, {**value, "name": n}) for n in names])
         produce(s, [("putAttrs", n, {"visits": 1}) for n in names])
         wait_applied(s)
-        measure(f"{args.items:,} items, 2 ops each")
+        self.measure(f"{items:,} items, 2 ops each")
         time.sleep(3)  # the ops older than the 2 s lateness
-        stop_worker(worker)
-        worker = None
-        offline_compaction()
-        let_kafka_clean()
-        measure("compacted: offline pass, Kafka's log cleaner")
+        self.stop_worker()
+        self.offline_compaction()
+        self.let_kafka_clean()
+        self.measure("compacted: offline pass, Kafka's log cleaner")
+        return names
 
-        worker = start_worker()
+    def delete_half(self, names: list[str]) -> None:
+        """Every other item deleted, an online pass, then compacted and cleaned again."""
+        s = self.s
+        self.start_worker()
         deleted = names[::2]
         produce(s, [("delItem", n, {}) for n in deleted])
         wait_applied(s)
-        measure(f"{len(deleted):,} deleted (tombstones published)")
-
+        self.measure(f"{len(deleted):,} deleted (tombstones published)")
         time.sleep(3)  # the deletions older than the 2 s lateness below
         console = Console(file=io.StringIO())
         policy = CompactionSettings(lateness_s=2.0, min_rows=10, wait_s=300)
         summary = compact_online(s, policy, console)
         print("online compaction:", summary.log_line(), flush=True)
-        measure("online compaction pass (lateness 2 s)")
-        stop_worker(worker)
-        worker = None
-        offline_compaction()
-        let_kafka_clean()
-        measure("compacted: offline pass, Kafka's log cleaner")
+        self.measure("online compaction pass (lateness 2 s)")
+        self.stop_worker()
+        self.offline_compaction()
+        self.let_kafka_clean()
+        self.measure("compacted: offline pass, Kafka's log cleaner")
         # the tombstones outlive a cleaning by delete.retention.ms, and go at a later one:
         # with the topic this large, only a dirty ratio of 0 lets the few roll markers make
         # the cleaner come back
-        let_kafka_clean(ratio="0")
-        measure("tombstones past delete.retention.ms (1 s here), cleaned again")
-    finally:
-        if worker is not None:
-            worker.kill()
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-    result = {"items": args.items, "deleted": args.items // 2, "partitions": PARTITIONS}
-    result["steps"] = steps  # type: ignore[assignment]
-    result["load_after"] = os.getloadavg()[0]  # type: ignore[assignment]
+        self.let_kafka_clean(ratio="0")
+        self.measure("tombstones past delete.retention.ms (1 s here), cleaned again")
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--json", type=Path, default=RESULTS)
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The steps on a broker of its own; each step's sizes."""
+    with (
+        scratch("dyno-bench-delete-") as tmp,
+        bench_broker(own_in=tmp / "broker") as bootstrap,
+    ):
+        s = bench_settings(bootstrap, tmp / "data", PARTITIONS)
+        ensure_topics(s)
+        bench = DeleteRun(s, tmp)
+        try:
+            bench.delete_half(bench.fill(args.items))
+        finally:
+            bench.kill_worker()
+    return bench.steps
+
+
+def report(args: argparse.Namespace, steps: list[dict[str, Any]]) -> None:
+    result: dict[str, Any] = {
+        "items": args.items,
+        "deleted": args.items // 2,
+        "partitions": PARTITIONS,
+        "steps": steps,
+        "load_after": os.getloadavg()[0],
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(f"results in {args.json}")
+
+
+def main() -> None:
+    args = parse()
+    report(args, run(args))
 
 
 if __name__ == "__main__":

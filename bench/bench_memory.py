@@ -29,12 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,24 +41,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_compare import busiest, distinct_puts, free_port, load, vm_status
-from bench_worker import (
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    metrics,
-    produce_all,
-    stop,
-    time_until_applied,
-    wait_metrics,
-)
+from harness.broker import bench_broker, free_port, scratch
+from harness.machine import busiest, load, vm_status
+from harness.output import write_json
+from harness.settings import bench_settings
+from harness.workers import metrics, spawn_worker, stop, time_until_applied, wait_metrics
+from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings
-from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.devtools.broker.ports import free_port_pair
 from dyno_stream.kafka.topics import ensure_topics
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,13 +71,8 @@ def settings_for(bootstrap: str, data_dir: Path, partitions: int) -> Settings:
 
 def start(s: Settings, log: Path, memory_mb: int | None) -> subprocess.Popen[bytes]:
     """A ``dyno-stream worker`` process on ``s``, with ``memory_mb`` (None: the default)."""
-    env = {**os.environ, **settings_env(s)}
-    if memory_mb is not None:
-        env["DYNO_WORKER__MEMORY_MB"] = str(memory_mb)
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dyno_stream", "worker"], env=env, stdout=fh, stderr=fh
-        )
+    extra = {} if memory_mb is None else {"DYNO_WORKER__MEMORY_MB": str(memory_mb)}
+    return spawn_worker(s, log, extra)
 
 
 def wait_running(url: str, proc: subprocess.Popen[bytes], partitions: int) -> dict[str, float]:
@@ -150,31 +135,11 @@ def rss_run(
         if produced_s > 30:  # the group's session is 45 s: it may have moved the partitions
             out.print(f"[yellow]writing the items took {produced_s:.0f} s while paused[/]")
         t0 = time.monotonic()
-        peak, cache_peak, applied = start_rss, 0.0, 0.0
-        curve: list[tuple[float, int]] = []
-        deadline = t0 + 900
-        while applied < items:
-            if proc.poll() is not None:
-                raise SystemExit(f"worker exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"rss run: {applied:.0f} of {items} items in 900 s")
-            m = metrics(url)
-            applied = m.get("dyno_ops_applied_total", 0.0)
-            cache_peak = max(cache_peak, m.get("dyno_state_cache_bytes", 0.0))
-            rss = vm_status(pid)["VmRSS"]
-            peak = max(peak, rss)
-            curve.append((applied, rss))
-            time.sleep(0.1)
+        peak, cache_peak, curve = watch_rss(url, proc, items, start_rss)
         seconds = time.monotonic() - t0
         time.sleep(3)  # idle: the states' write-behind and LevelDB's compactions settle
         end = vm_status(pid)
-        rss_kinds = {
-            key: int(rest.split()[0]) * 1024
-            for key, _, rest in (
-                line.partition(":") for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-            )
-            if key in ("RssAnon", "RssFile")
-        }
+        kinds = rss_kinds(pid)
         m = metrics(url)
     by_quarter = [next(r for a, r in curve if a >= items * k / 4) for k in (1, 2, 3, 4)]
     return {
@@ -185,8 +150,8 @@ def rss_run(
         "rss_start_bytes": start_rss,
         "rss_peak_bytes": peak,
         "rss_steady_bytes": end["VmRSS"],
-        "rss_steady_anon_bytes": rss_kinds.get("RssAnon", 0),
-        "rss_steady_file_bytes": rss_kinds.get("RssFile", 0),
+        "rss_steady_anon_bytes": kinds.get("RssAnon", 0),
+        "rss_steady_file_bytes": kinds.get("RssFile", 0),
         "hwm_bytes": end["VmHWM"],
         "rss_at_quarters_bytes": by_quarter,
         "state_cache_peak_bytes": cache_peak,
@@ -196,6 +161,40 @@ def rss_run(
         "seconds": seconds,
         "items_per_s": items / seconds,
     }, s
+
+
+def watch_rss(
+    url: str, proc: subprocess.Popen[bytes], items: int, start_rss: int
+) -> tuple[int, float, list[tuple[float, int]]]:
+    """Sample RSS and the state caches every 0.1 s until ``items`` ops are applied: the peak
+    RSS, the caches' peak and (applied, RSS) all along."""
+    peak, cache_peak, applied = start_rss, 0.0, 0.0
+    curve: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 900
+    while applied < items:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"rss run: {applied:.0f} of {items} items in 900 s")
+        m = metrics(url)
+        applied = m.get("dyno_ops_applied_total", 0.0)
+        cache_peak = max(cache_peak, m.get("dyno_state_cache_bytes", 0.0))
+        rss = vm_status(proc.pid)["VmRSS"]
+        peak = max(peak, rss)
+        curve.append((applied, rss))
+        time.sleep(0.1)
+    return peak, cache_peak, curve
+
+
+def rss_kinds(pid: int) -> dict[str, int]:
+    """RssAnon and RssFile of a process, in bytes."""
+    return {
+        key: int(rest.split()[0]) * 1024
+        for key, _, rest in (
+            line.partition(":") for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        if key in ("RssAnon", "RssFile")
+    }
 
 
 # -- 2. opening 64 partitions ----------------------------------------------------------------
@@ -285,7 +284,7 @@ def report(res: dict[str, Any]) -> None:
     out.print(f"load average before/after: {res['load_before']} / {res['load_after']}")
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a smoke test: small, one run each")
     ap.add_argument("--items", type=int, help="distinct items of the RSS runs (1,000,000)")
@@ -295,27 +294,30 @@ def main() -> None:
     ap.add_argument("--runs", type=int, help="throughput runs of each (3)")
     ap.add_argument("--json", type=Path, default=RESULTS / "memory.json")
     args = ap.parse_args()
-    items = args.items or (50_000 if args.quick else 1_000_000)
-    ops = args.ops or (20_000 if args.quick else 200_000)
-    runs = args.runs or (1 if args.quick else 3)
-    partition_counts = (1, 4, 64) if args.quick else (1, 16, 64)
+    args.items = args.items or (50_000 if args.quick else 1_000_000)
+    args.ops = args.ops or (20_000 if args.quick else 200_000)
+    args.runs = args.runs or (1 if args.quick else 3)
+    return args
 
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-memory-"))
-    # a broker of its own: others on this machine run theirs (and their benchmarks) beside
-    broker = LocalBroker(home=tmp / "broker", port=free_port_pair())
-    bootstrap = broker.start(timeout=120)
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "items": items,
+        "items": args.items,
         "memory_mb": args.memory_mb,
         "load_before": load(),
         "busiest_before": busiest(),
     }
-    try:
+    # a broker of its own: others on this machine run theirs (and their benchmarks) beside
+    with (
+        scratch("dyno-bench-memory-") as tmp,
+        bench_broker(own_in=tmp / "broker", timeout=120) as bootstrap,
+    ):
+        partition_counts = (1, 4, 64) if args.quick else (1, 16, 64)
         rss = []
         last: Settings | None = None
         for p in partition_counts:
-            r, last = rss_run(bootstrap, tmp, p, items, args.memory_mb)
+            r, last = rss_run(bootstrap, tmp, p, args.items, args.memory_mb)
             rss.append(r)
             out.print(
                 f"{p} partitions: peak {mib(r['rss_peak_bytes'])}, "
@@ -327,33 +329,40 @@ def main() -> None:
             "empty_s": rss[-1]["open_s"],
             "existing_s": reopen_run(last, tmp, args.memory_mb)["open_s"],
         }
-        payloads = make_payloads(ops, args.tp_items)
-        by: dict[int, list[dict[str, Any]]] = {4: [], 64: []}
-        for i in range(runs):
-            for p in (4, 64) if i % 2 == 0 else (64, 4):
-                by[p].append(throughput_run(bootstrap, tmp, payloads, p, f"{p}-{i}"))
-                out.print(f"{p} partitions: {by[p][-1]['ops_per_s']:,.0f} ops/s")
-        m4 = statistics.median(r["ops_per_s"] for r in by[4])
-        m64 = statistics.median(r["ops_per_s"] for r in by[64])
-        res["throughput"] = {
-            "ops": ops,
-            "items": args.tp_items,
-            "runs_4": [r["ops_per_s"] for r in by[4]],
-            "runs_64": [r["ops_per_s"] for r in by[64]],
-            "median_4": m4,
-            "median_64": m64,
-            "ratio": m64 / m4,
-            "detail": by,
-        }
+        res["throughput"] = throughput_runs(args, bootstrap, tmp)
         res["load_after"] = load()
         res["busiest_after"] = busiest()
-    finally:
-        delete_bench_topics()  # while the broker still runs
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def throughput_runs(args: argparse.Namespace, bootstrap: str, tmp: Path) -> dict[str, Any]:
+    """4 and 64 partitions in turn, ``--runs`` times each; the medians and their ratio."""
+    payloads = make_payloads(args.ops, args.tp_items)
+    by: dict[int, list[dict[str, Any]]] = {4: [], 64: []}
+    for i in range(args.runs):
+        for p in (4, 64) if i % 2 == 0 else (64, 4):
+            by[p].append(throughput_run(bootstrap, tmp, payloads, p, f"{p}-{i}"))
+            out.print(f"{p} partitions: {by[p][-1]['ops_per_s']:,.0f} ops/s")
+    m4 = statistics.median(r["ops_per_s"] for r in by[4])
+    m64 = statistics.median(r["ops_per_s"] for r in by[64])
+    return {
+        "ops": args.ops,
+        "items": args.tp_items,
+        "runs_4": [r["ops_per_s"] for r in by[4]],
+        "runs_64": [r["ops_per_s"] for r in by[64]],
+        "median_4": m4,
+        "median_64": m64,
+        "ratio": m64 / m4,
+        "detail": by,
+    }
+
+
+def main() -> None:
+    args = parse()
+    res = run(args)
     report(res)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2))
+    write_json(args.json, res)
     out.print(f"written to {args.json}")
 
 

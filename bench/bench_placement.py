@@ -12,27 +12,19 @@ Run: ``.venv/bin/python bench/bench_placement.py [--runs 3] [--ops 200000] [--js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from bench_worker import (
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    produce_all,
-    start_worker,
-    stop,
-    time_until_applied,
-    wait_metrics,
-)
+from harness.broker import bench_broker, scratch
+from harness.output import write_json
+from harness.settings import bench_settings
+from harness.workers import start_worker, stop, time_until_applied, wait_metrics
+from harness.workload import make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
 
 #: librdkafka's partitioner for each placement measured
@@ -60,29 +52,31 @@ def one_run(bootstrap: str, tmp: Path, placed_by: str, n: int, items: int) -> di
     return {"ops_per_s": n / (t1 - t0), "seconds": t1 - t0, "forwarded": forwarded}
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ops", type=int, default=200_000)
     ap.add_argument("--items", type=int, default=1_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    broker = LocalBroker()
-    started = not broker.is_running()
-    bootstrap = broker.start()
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-placement-"))
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, float]]], list[float]]:
+    """Each placement's runs, alternated, and the load average after each run."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in PLACED_BY}
     loads: list[float] = []
-    try:
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-bench-placement-") as tmp:
         for _ in range(args.runs):
             for name, placed_by in PLACED_BY.items():
                 runs[name].append(one_run(bootstrap, tmp, placed_by, args.ops, args.items))
                 loads.append(os.getloadavg()[0])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        delete_bench_topics()
-        if started:
-            broker.stop()
+    return runs, loads
+
+
+def report(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, float]]], loads: list[float]
+) -> None:
     table = Table(title=f"one worker, 4 partitions, {args.ops:,} ops over {args.items:,} items")
     for column in ("ops placed by", "ops/s, median", "min - max", "forwarded"):
         table.add_column(column, justify="right")
@@ -101,8 +95,13 @@ def main() -> None:
         )
     Console().print(table)
     Console().print(f"load average (1 min) after each run: {', '.join(f'{x:.1f}' for x in loads)}")
-    if args.json:
-        args.json.write_text(json.dumps({"placements": summary, "load_1m": loads}, indent=2))
+    write_json(args.json, {"placements": summary, "load_1m": loads})
+
+
+def main() -> None:
+    args = parse()
+    runs, loads = run(args)
+    report(args, runs, loads)
 
 
 if __name__ == "__main__":

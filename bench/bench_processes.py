@@ -24,32 +24,24 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_worker import (
-    bench_settings,
-    delete_bench_topics,
-    make_payloads,
-    metrics,
-    produce_all,
-    stop,
-    wait_metrics,
-)
 from confluent_kafka.admin import AdminClient
+from harness.broker import bench_broker, scratch
+from harness.output import write_json
+from harness.settings import bench_settings
+from harness.workers import metrics, spawn_worker, stop, wait_metrics
+from harness.workload import make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
-from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
 
-HTTP_PORT = 9494
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -116,54 +108,17 @@ def one_run(
     s: Settings, tmp: Path, processes: int, n: int, broker_pid: int | None
 ) -> dict[str, Any]:
     ensure_topics(s)
-    env = {
-        **os.environ,
-        **settings_env(s),
-        "DYNO_WORKER__PROCESSES": str(processes),
-    }
     log = tmp / f"worker-{processes}-{s.worker.group_id}.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dyno_stream", "worker"], env=env, stdout=fh, stderr=fh
-        )
+    proc = spawn_worker(s, log, {"DYNO_WORKER__PROCESSES": str(processes)})
     url = f"http://127.0.0.1:{s.worker.http_port}"
     load_before = os.getloadavg()
     try:
         wait_metrics(url, proc)
-        watched: dict[str, list[int]] = {}
-        t0 = None
-        cpu0: dict[str, float] = {}
-        wait0 = 0.0
-        deadline = time.monotonic() + 900
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"worker exited with {proc.returncode}; see {log}")
-            m = metrics(url)
-            if t0 is None and m.get("dyno_events_consumed_total", 0) > 0:
-                t0 = time.monotonic()
-                watched = {  # the children are running by now: one of them consumed
-                    "worker": [proc.pid, *children_of(proc.pid)],
-                    "broker": [broker_pid] if broker_pid else [],
-                    "bench": [os.getpid()],
-                }
-                cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
-                cpu0["machine"] = machine_cpu_seconds()
-                wait0 = sum(runqueue_wait_seconds(p) for p in watched["worker"])
-            if m.get("dyno_ops_applied_total", 0) >= n and m.get("dyno_batches_in_flight") == 0:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"applied {m.get('dyno_ops_applied_total', 0):.0f} of {n}")
-            time.sleep(0.02)
-        t1 = time.monotonic()
-        assert t0 is not None
-        cpu1 = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
-        cpu1["machine"] = machine_cpu_seconds()
-        waited = sum(runqueue_wait_seconds(p) for p in watched["worker"]) - wait0
+        seconds, m, before, after = watch_until_applied(url, proc, log, n, broker_pid)
         load_after = os.getloadavg()
     finally:
         stop(proc)
-    seconds = t1 - t0
-    cores = {k: (cpu1[k] - cpu0[k]) / seconds for k in cpu1}
+    cores = {k: (after[k] - before[k]) / seconds for k in after if k != "waited"}
     cores["other"] = cores["machine"] - sum(v for k, v in cores.items() if k != "machine")
     return {
         "processes": processes,
@@ -174,7 +129,7 @@ def one_run(
         # N processes cost nothing extra per op, and scale with the cores they are given
         "ops_per_worker_core_s": n / seconds / cores["worker"],
         # runnable but waiting for a core, summed over the worker's threads, per second
-        "worker_waiting_for_cpu": round(waited / seconds, 2),
+        "worker_waiting_for_cpu": round((after["waited"] - before["waited"]) / seconds, 2),
         "exit_status": proc.returncode,
         "cores": {k: round(v, 2) for k, v in cores.items()},
         "load_before": [round(x, 2) for x in load_before],
@@ -182,6 +137,46 @@ def one_run(
         "applied": m.get("dyno_ops_applied_total", 0),
         "snapshots": m.get("dyno_snapshots_published_total", 0),
     }
+
+
+def cpu_sample(watched: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds of each watched group of processes and of the machine, and the seconds the
+    worker's threads waited for a core (``waited``)."""
+    sample = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
+    sample["machine"] = machine_cpu_seconds()
+    sample["waited"] = sum(runqueue_wait_seconds(p) for p in watched["worker"])
+    return sample
+
+
+def watch_until_applied(
+    url: str, proc: subprocess.Popen[bytes], log: Path, n: int, broker_pid: int | None
+) -> tuple[float, dict[str, float], dict[str, float], dict[str, float]]:
+    """From the first op consumed until ``n`` are applied and none in flight: the seconds, the
+    worker's last metrics, and the CPU samples at the start and the end."""
+    t0 = None
+    watched: dict[str, list[int]] = {}
+    before: dict[str, float] = {}
+    deadline = time.monotonic() + 900
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited with {proc.returncode}; see {log}")
+        m = metrics(url)
+        if t0 is None and m.get("dyno_events_consumed_total", 0) > 0:
+            t0 = time.monotonic()
+            watched = {  # the children are running by now: one of them consumed
+                "worker": [proc.pid, *children_of(proc.pid)],
+                "broker": [broker_pid] if broker_pid else [],
+                "bench": [os.getpid()],
+            }
+            before = cpu_sample(watched)
+        if m.get("dyno_ops_applied_total", 0) >= n and m.get("dyno_batches_in_flight") == 0:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"applied {m.get('dyno_ops_applied_total', 0):.0f} of {n}")
+        time.sleep(0.02)
+    t1 = time.monotonic()
+    assert t0 is not None
+    return t1 - t0, m, before, cpu_sample(watched)
 
 
 def drop_run_topics(s: Settings) -> None:
@@ -194,24 +189,25 @@ def drop_run_topics(s: Settings) -> None:
             print(f"not deleted: {exc}")
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ops", type=int, default=1_500_000)
     ap.add_argument("--items", type=int, default=1_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--processes", default="1,2", help="process counts, comma-separated")
     ap.add_argument("--runs", type=int, default=5, help="runs of each process count")
+    ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    counts = [int(x) for x in args.processes.split(",")]
-    broker = LocalBroker()
-    started = not broker.is_running()
-    bootstrap = broker.start()
-    broker_pid = broker.status().pid
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-procs-"))
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace, counts: list[int]) -> list[dict[str, Any]]:
+    """The ops written once, then each process count in turn, ``--runs`` times."""
     results: list[dict[str, Any]] = []
-    try:
-        base = bench_settings(bootstrap, tmp, args.partitions, HTTP_PORT)
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-bench-procs-") as tmp:
+        # the broker's CPU is counted when it is the local one
+        broker_pid = None if args.bootstrap else LocalBroker().status().pid
+        base = bench_settings(bootstrap, tmp, args.partitions)
         ensure_topics(base)
         took = produce_all(base, base.topics.ops, make_payloads(args.ops, args.items))
         print(f"produced {args.ops:,} ops in {took:.1f} s")
@@ -223,26 +219,11 @@ def main() -> None:
                 print(json.dumps(r))
                 drop_run_topics(s)
                 shutil.rmtree(s.worker.data_dir, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        delete_bench_topics()
-        if started:
-            broker.stop()
-    table = Table(
-        title=f"one worker as N processes: {args.ops:,} ops, {args.partitions} partitions, "
-        f"{args.items:,} items, {args.runs} runs each (median [min-max])"
-    )
-    for col in (
-        "processes",
-        "ops/s",
-        "ops per worker core-s",
-        "x 1 process",
-        "s per run",
-        "cores: worker / broker / bench / other",
-        "worker waiting for a core",
-        "load avg (1 min)",
-    ):
-        table.add_column(col, justify="right")
+    return results
+
+
+def summarize(counts: list[int], results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each process count's medians over its runs, with the fastest and slowest."""
     summary: dict[int, dict[str, Any]] = {}
     for k in counts:
         rs = [r for r in results if r["processes"] == k]
@@ -260,6 +241,25 @@ def main() -> None:
             "median_waiting_for_cpu": statistics.median(r["worker_waiting_for_cpu"] for r in rs),
             "load_1min": [r["load_after"][0] for r in rs],
         }
+    return summary
+
+
+def report(args: argparse.Namespace, summary: dict[int, dict[str, Any]]) -> None:
+    table = Table(
+        title=f"one worker as N processes: {args.ops:,} ops, {args.partitions} partitions, "
+        f"{args.items:,} items, {args.runs} runs each (median [min-max])"
+    )
+    for col in (
+        "processes",
+        "ops/s",
+        "ops per worker core-s",
+        "x 1 process",
+        "s per run",
+        "cores: worker / broker / bench / other",
+        "worker waiting for a core",
+        "load avg (1 min)",
+    ):
+        table.add_column(col, justify="right")
     one = summary.get(1, {}).get("median_ops_per_s")
     for k, row in summary.items():
         c = row["median_cores"]
@@ -275,8 +275,15 @@ def main() -> None:
             f"{min(row['load_1min']):.1f}-{max(row['load_1min']):.1f}",
         )
     Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
+
+
+def main() -> None:
+    args = parse()
+    counts = [int(x) for x in args.processes.split(",")]
+    results = run(args, counts)
+    summary = summarize(counts, results)
+    report(args, summary)
+    write_json(args.json, {"summary": summary, "runs": results})
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ import json
 import os
 import queue
 import select
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -323,32 +321,30 @@ def report(results: dict[str, list[list[Change]]], console: Console) -> dict[str
     return out
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--member":
-        run_member(*sys.argv[2:6])
-        return
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--bootstrap", help="a running Kafka >= 4.0 broker (default: start one)")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    console = Console()
-    home = Path(tempfile.mkdtemp(prefix="dyno-bench-rebalance-"))
-    broker = None
-    try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            from dyno_stream.devtools.broker import LocalBroker, free_port_pair
+    return ap.parse_args()
 
-            broker = LocalBroker(home=home, port=free_port_pair())
-            bootstrap = broker.start(timeout=120)
-        topic = f"bench-rebalance-{uuid.uuid4().hex[:8]}"
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, list[list[Change]]]:
+    """Each protocol's changes, run by run, on one topic."""
+    # imported here, not at the top: the member processes need none of it
+    from harness.broker import bench_broker, scratch
+    from harness.settings import new_tag
+
+    results: dict[str, list[list[Change]]] = {}
+    with (
+        scratch("dyno-bench-rebalance-") as home,
+        bench_broker(args.bootstrap, own_in=home, timeout=120) as bootstrap,
+    ):
+        topic = f"bench-{new_tag(bootstrap)}.rebalance"
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
         del admin  # no reconnect noise once the broker is stopped
-        results: dict[str, list[list[Change]]] = {}
         for run in range(args.runs):
             for protocol in args.protocols.split(","):
                 changes = run_once(bootstrap, topic, protocol)
@@ -357,13 +353,20 @@ def main() -> None:
                     f"run {run + 1} {protocol}: "
                     + ", ".join(f"{c.name} {c.seconds:.2f}s ({_revoked_text(c)})" for c in changes)
                 )
-        out = report(results, console)
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=1) + "\n")
-    finally:
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--member":
+        run_member(*sys.argv[2:6])
+        return
+    args = parse()
+    console = Console()
+    out = report(run(args, console), console)
+    if args.json:
+        from harness.output import write_json
+
+        write_json(args.json, out, indent=1)
 
 
 if __name__ == "__main__":

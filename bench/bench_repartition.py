@@ -31,34 +31,24 @@ import json
 import os
 import random
 import resource
-import shutil
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bench_worker
 import orjson
-from bench_worker import (
-    bench_settings,
-    metrics,
-    op_event,
-    produce_all,
-    start_worker,
-    stop,
-    wait_metrics,
-)
 from confluent_kafka import TopicPartition
+from harness.broker import bench_broker, free_port, scratch
+from harness.settings import bench_settings
+from harness.workers import metrics, start_worker, stop, wait_metrics
+from harness.workload import op_event, produce_all
 from item_reference import ItemReference, SnapshotCheck
 from rich.console import Console
 from rich.table import Table
 
 from dyno_stream.config import Settings
 from dyno_stream.core.flake import FlakeGenerator
-from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.jobs.progress import Reporter
 from dyno_stream.jobs.repartition import new_topic_names, repartition
 from dyno_stream.kafka.reading import partition_ends, topic_reader
@@ -111,13 +101,6 @@ def moved(s: Settings, partitions: int) -> Settings:
     return s.model_copy(update={"topics": topics})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def check_snapshot_topic(s: Settings, topic: str, ref: ItemReference) -> SnapshotCheck:
     """Read ``topic`` to its present ends, holding each item's newest snapshot to ``ref``."""
     check = SnapshotCheck(ref)
@@ -142,52 +125,19 @@ def check_snapshot_topic(s: Settings, topic: str, ref: ItemReference) -> Snapsho
 
 
 def bench_one(bootstrap: str, tmp: Path, items: int, partitions: int) -> dict[str, Any]:
+    """Apply, repartition with a backlog, restore on the new topics, check the reference."""
     http = free_port()
     s = bench_settings(bootstrap, tmp / f"data-{items}", 4, http_port=http)
     url = f"http://127.0.0.1:{http}"
     ref = ItemReference()
     gen = FlakeGenerator(node=20, pid=20)  # one generator: every op in flake order
     ensure_topics(s)
-
-    # 1. before: applied by the old worker
-    produce_all(s, s.topics.ops, ref.fed(first_ops(items, gen)))
-    proc = start_worker(s, tmp / f"old-{items}.log")
-    try:
-        wait_metrics(url, proc)
-        t0 = time.monotonic()
-        wait_for(url, {"dyno_ops_applied_total": items}, 1800, idle=True)
-        apply_s = time.monotonic() - t0
-    finally:
-        stop(proc)
-
-    # 2. backlog: left in the old topic, unapplied; the tool forwards it
+    apply_s = apply_before(s, tmp, url, ref, gen, items)
     backlog = items // 10
-    produce_all(s, s.topics.ops, ref.fed(random_ops(backlog, items, gen, seed=20)))
-    quiet = Reporter(Console(file=io.StringIO()))
-    t0 = time.monotonic()
-    report = repartition(s, partitions, quiet, drain_timeout=0)
-    seconds = time.monotonic() - t0
-    assert report.items == items, report.summary()
-    assert report.forwarded == backlog, report.summary()
-
-    # 3. after: sent to the new topic while the new worker restores
+    seconds, forwarded = repartition_backlog(s, ref, gen, items, backlog, partitions)
     after = items // 10
     new = moved(s, partitions)
-    # made (and applied to the reference) now, so the benchmark's own work stays out of the
-    # time measured below
-    after_ops = list(ref.fed(random_ops(after, items, gen, seed=21)))
-    t0 = time.monotonic()
-    proc = start_worker(new, tmp / f"new-{items}.log")
-    try:
-        wait_metrics(url, proc)
-        produce_all(new, new.topics.ops, after_ops)
-        restored_when_sent = metrics(url).get("dyno_restored_items_total", 0)
-        want = {"dyno_restored_items_total": items, "dyno_ops_applied_total": backlog + after}
-        wait_for(url, want, 3600, idle=True)
-        restore_s = time.monotonic() - t0
-    finally:
-        stop(proc)
-
+    restore_s, restored_when_sent = restore_after(new, tmp, url, ref, gen, items, backlog, after)
     t0 = time.monotonic()
     check = check_snapshot_topic(new, new.topics.snapshots, ref)
     differ = check.differ()
@@ -196,7 +146,7 @@ def bench_one(bootstrap: str, tmp: Path, items: int, partitions: int) -> dict[st
         "ops_before": items,
         "ops_backlog": backlog,
         "ops_after": after,
-        "forwarded": report.forwarded,
+        "forwarded": forwarded,
         "repartition_s": seconds,
         "items_per_s": items / seconds,
         "restore_s": restore_s,
@@ -212,6 +162,64 @@ def bench_one(bootstrap: str, tmp: Path, items: int, partitions: int) -> dict[st
     }
 
 
+def apply_before(
+    s: Settings, tmp: Path, url: str, ref: ItemReference, gen: FlakeGenerator, items: int
+) -> float:
+    """Before: one op per item, applied by the old worker; the seconds it took."""
+    produce_all(s, s.topics.ops, ref.fed(first_ops(items, gen)))
+    proc = start_worker(s, tmp / f"old-{items}.log")
+    try:
+        wait_metrics(url, proc)
+        t0 = time.monotonic()
+        wait_for(url, {"dyno_ops_applied_total": items}, 1800, idle=True)
+        return time.monotonic() - t0
+    finally:
+        stop(proc)
+
+
+def repartition_backlog(
+    s: Settings, ref: ItemReference, gen: FlakeGenerator, items: int, backlog: int, partitions: int
+) -> tuple[float, int]:
+    """A backlog left in the old topic, unapplied, which the tool forwards; the repartition's
+    seconds and the ops it forwarded."""
+    produce_all(s, s.topics.ops, ref.fed(random_ops(backlog, items, gen, seed=20)))
+    quiet = Reporter(Console(file=io.StringIO()))
+    t0 = time.monotonic()
+    report = repartition(s, partitions, quiet, drain_timeout=0)
+    seconds = time.monotonic() - t0
+    assert report.items == items, report.summary()
+    assert report.forwarded == backlog, report.summary()
+    return seconds, report.forwarded
+
+
+def restore_after(
+    new: Settings,
+    tmp: Path,
+    url: str,
+    ref: ItemReference,
+    gen: FlakeGenerator,
+    items: int,
+    backlog: int,
+    after: int,
+) -> tuple[float, float]:
+    """After: ops sent to the new topic while the new worker restores; the seconds until all
+    are restored and applied, and the items restored when the ops were sent."""
+    # made (and applied to the reference) now, so the benchmark's own work stays out of the
+    # time measured below
+    after_ops = list(ref.fed(random_ops(after, items, gen, seed=21)))
+    t0 = time.monotonic()
+    proc = start_worker(new, tmp / f"new-{items}.log")
+    try:
+        wait_metrics(url, proc)
+        produce_all(new, new.topics.ops, after_ops)
+        restored_when_sent = metrics(url).get("dyno_restored_items_total", 0)
+        want = {"dyno_restored_items_total": items, "dyno_ops_applied_total": backlog + after}
+        wait_for(url, want, 3600, idle=True)
+        return time.monotonic() - t0, restored_when_sent
+    finally:
+        stop(proc)
+
+
 def merge_results(path: Path, results: list[dict[str, Any]]) -> None:
     """Keep the entries of other sizes (one run per size is the usual way to run it)."""
     old = json.loads(path.read_text()) if path.is_file() else []
@@ -221,26 +229,21 @@ def merge_results(path: Path, results: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(sorted(merged, key=lambda r: r["items"]), indent=2) + "\n")
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--bootstrap", help="a running broker (default: one of its own)")
     ap.add_argument("--json", type=Path, default=RESULTS, help="merge the figures in here")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-repartition-"))
-    # the controller listens on port + 1: find two free ports in a row
-    port = free_port()
-    while True:
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
-            break
-        except OSError:
-            port = free_port()
-    broker = LocalBroker(home=tmp / "broker", port=port)
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    try:
-        bootstrap = broker.start()
+    with (
+        scratch("dyno-bench-repartition-") as tmp,
+        bench_broker(args.bootstrap, own_in=tmp / "broker") as bootstrap,
+    ):
         for n in args.items:
             load_before = os.getloadavg()
             result = bench_one(bootstrap, tmp, n, args.partitions)
@@ -249,10 +252,10 @@ def main() -> None:
             result["bench_max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             results.append(result)
             print(json.dumps(result), flush=True)
-    finally:
-        broker.stop()  # its topics go with it: nothing for bench_worker's clean-up at exit
-        bench_worker._TAGS.clear()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     table = Table(
         title=f"dyno-stream repartition, 4 -> {args.partitions} partitions",
         caption=f"{os.cpu_count()} CPUs; load average (1 min) before / after each size",
@@ -283,6 +286,12 @@ def main() -> None:
             f"{r['reference_differ']:,} differ {r['differ_examples'] or ''}"
         )
     merge_results(args.json, results)
+
+
+def main() -> None:
+    args = parse()
+    results = run(args)
+    report(args, results)
     if any(r["reference_differ"] or r["reference_equal"] != r["items"] for r in results):
         sys.exit(1)
 

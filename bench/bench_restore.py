@@ -24,23 +24,22 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
+from harness.broker import bench_broker, scratch
+from harness.output import write_json
+from harness.settings import bench_settings
 
-from dyno_stream.config import Settings, load_settings, producer_config
+from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.events import Snapshot
-from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 from dyno_stream.kafka.reading import (
     read_partition_snapshots,
     read_partition_snapshots_from_all,
@@ -56,6 +55,9 @@ RESTORED = 3
 WORKER_GC_THRESHOLD = 200_000
 FLAKE = "01a22ca30be5-0000-3dfd-02fc00000001"
 HASH = "cdc523b696455d8a17248d6fce5b8cdc"
+
+#: One way to restore a partition: its items' newest snapshots, by item
+Read = Callable[[], dict[str, Any]]
 
 
 def snapshot(s: Settings, name: str, partition: int, changes: int) -> bytes:
@@ -142,34 +144,59 @@ def timed(read: Callable[[], dict[str, Any]], expected: dict[str, int]) -> tuple
     return seconds, cpu
 
 
-def main() -> None:
+def reads(s: Settings, tmp: Path, expected: dict[str, int]) -> dict[str, Read]:
+    """The ways to restore partition ``RESTORED`` that are timed, by name."""
+    ops, p = s.topics.ops, RESTORED
+
+    def keep(snap: dict[str, Any]) -> bool:
+        src = snap.get("source") or {}
+        return bool(src.get("topic") == ops and src.get("partition") == p)
+
+    def whole_restore() -> dict[str, Any]:
+        """What a worker's restorer does: the read, then the items and the offset written
+        to a new partition store in one batch (``PartitionStore.restore_from``)."""
+        ps = PartitionStore.open(Path(tempfile.mkdtemp(dir=tmp)), ops, p, sync=False)
+        try:
+            snaps = read_partition_snapshots(s, p) or {}
+            written = ps.restore_from(list(snaps.values()))
+        finally:
+            ps.close()
+        if written != len(expected):
+            raise SystemExit(f"restored {written} items, want {len(expected)}")
+        return snaps
+
+    return {
+        "whole restore: read 1 of 16 partitions + LevelDB write": whole_restore,
+        "read_partition_snapshots (1 of 16 partitions)": lambda: (
+            read_partition_snapshots(s, p) or {}
+        ),
+        "read_partition_snapshots_from_all (16 partitions)": lambda: (
+            read_partition_snapshots_from_all(s, p) or {}
+        ),
+        "read_snapshots(keep=...), before (16 partitions)": lambda: read_snapshots(
+            s, keep=keep, timeout=1800
+        ),
+    }
+
+
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=100_000, help="items per partition")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--default-gc", action="store_true", help="Python's GC thresholds")
+    ap.add_argument("--bootstrap", help="a running broker (default: one of its own)")
     ap.add_argument("--json", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    if not args.default_gc:
-        gc.set_threshold(WORKER_GC_THRESHOLD, 10, 10)
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-restore-"))
-    broker = LocalBroker(home=tmp / "broker", port=free_port_pair())
-    try:
-        bootstrap = broker.start()
-        base = load_settings()
-        tag = uuid.uuid4().hex[:6]
-        s = base.model_copy(
-            update={
-                "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
-                "topics": base.topics.model_copy(
-                    update={
-                        "ops": f"bench-{tag}.ops",
-                        "snapshots": f"bench-{tag}.snapshots",
-                        "dead_letter": f"bench-{tag}.dead-letter",
-                        "partitions": PARTITIONS,
-                    }
-                ),
-            }
-        )
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The snapshots written on a broker of their own, then each way timed ``--runs`` times:
+    the wall-clock and CPU seconds of each run."""
+    with (
+        scratch("dyno-bench-restore-") as tmp,
+        bench_broker(args.bootstrap, own_in=tmp / "broker") as bootstrap,
+    ):
+        s = bench_settings(bootstrap, tmp / "data", PARTITIONS)
         ensure_topics(s)
         started = time.monotonic()
         expected = fill(s, args.items)
@@ -178,37 +205,7 @@ def main() -> None:
             f"in {time.monotonic() - started:.1f}s",
             flush=True,
         )
-        ops, p = s.topics.ops, RESTORED
-
-        def keep(snap: dict[str, Any]) -> bool:
-            src = snap.get("source") or {}
-            return bool(src.get("topic") == ops and src.get("partition") == p)
-
-        def whole_restore() -> dict[str, Any]:
-            """What a worker's restorer does: the read, then the items and the offset written
-            to a new partition store in one batch (``PartitionStore.restore_from``)."""
-            ps = PartitionStore.open(Path(tempfile.mkdtemp(dir=tmp)), ops, p, sync=False)
-            try:
-                snaps = read_partition_snapshots(s, p) or {}
-                written = ps.restore_from(list(snaps.values()))
-            finally:
-                ps.close()
-            if written != len(expected):
-                raise SystemExit(f"restored {written} items, want {len(expected)}")
-            return snaps
-
-        ways: dict[str, Callable[[], dict[str, Any]]] = {
-            "whole restore: read 1 of 16 partitions + LevelDB write": whole_restore,
-            "read_partition_snapshots (1 of 16 partitions)": lambda: (
-                read_partition_snapshots(s, p) or {}
-            ),
-            "read_partition_snapshots_from_all (16 partitions)": lambda: (
-                read_partition_snapshots_from_all(s, p) or {}
-            ),
-            "read_snapshots(keep=...), before (16 partitions)": lambda: read_snapshots(
-                s, keep=keep, timeout=1800
-            ),
-        }
+        ways = reads(s, tmp, expected)
         seconds: dict[str, list[float]] = {way: [] for way in ways}
         cpu_seconds: dict[str, list[float]] = {way: [] for way in ways}
         load_before = os.getloadavg()
@@ -222,22 +219,30 @@ def main() -> None:
                     f"({len(expected) / cpu:,.0f} per CPU second); load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
-    finally:
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "items": len(expected),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "load_before": load_before,
+    }
+
+
+def report(args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    """Print each way's median and range; the results for the JSON."""
+    items, cpu_seconds = measured["items"], measured["cpu_seconds"]
     results: dict[str, Any] = {
-        "items_restored": len(expected),
+        "items_restored": items,
         "partitions": PARTITIONS,
         "messages_per_partition": round(args.items * 1.1),
         "gc_threshold0": gc.get_threshold()[0],
-        "load_before": load_before,
+        "load_before": measured["load_before"],
         "load_after": os.getloadavg(),
         "ways": {},
     }
-    print(f"\nrestore of 1 partition of {len(expected):,} items, {args.runs} runs:")
-    for way, walls in seconds.items():
-        rates = sorted(len(expected) / t for t in walls)
-        per_cpu = sorted(len(expected) / t for t in cpu_seconds[way])
+    print(f"\nrestore of 1 partition of {items:,} items, {args.runs} runs:")
+    for way, walls in measured["seconds"].items():
+        rates = sorted(items / t for t in walls)
+        per_cpu = sorted(items / t for t in cpu_seconds[way])
         results["ways"][way] = {
             "items_per_s_median": round(statistics.median(rates)),
             "items_per_s_range": [round(rates[0]), round(rates[-1])],
@@ -250,8 +255,16 @@ def main() -> None:
             f"({rates[0]:,.0f}-{rates[-1]:,.0f}); {statistics.median(per_cpu):,.0f} per CPU "
             f"second; seconds {', '.join(f'{t:.2f}' for t in walls)}"
         )
+    return results
+
+
+def main() -> None:
+    args = parse()
+    if not args.default_gc:
+        gc.set_threshold(WORKER_GC_THRESHOLD, 10, 10)
+    results = report(args, run(args))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

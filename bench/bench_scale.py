@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import random
 import re
@@ -46,7 +45,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -58,10 +56,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import bench_worker
 import orjson
-from bench_compare import busiest
-from bench_worker import bench_settings, delete_bench_topics
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -71,6 +66,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from harness.broker import bench_broker, scratch
+from harness.machine import busiest
+from harness.output import write_json
+from harness.settings import bench_settings
 from item_reference import ItemReference, canonical
 from rich.console import Console
 from rich.table import Table
@@ -78,7 +77,6 @@ from rich.table import Table
 from dyno_stream.cli.demo import settings_env
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.flake import FlakeGenerator
-from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 from dyno_stream.kafka.partitioning import kafka_partition
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -1028,6 +1026,10 @@ def print_report(
             "-" if f.settled_after_s is None else f"{f.settled_after_s:.1f}",
         )
     out.print(table)
+    print_end_state(end)
+
+
+def print_end_state(end: EndState) -> None:
     state = Table(title="end state against the reference")
     columns = ("items", "equal", "differ", "missing", "ops", "failed", "lost", "twice", "dead")
     for col in (*columns, "caught up at s"):
@@ -1148,25 +1150,13 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-bench-scale-"))
-    broker = None
-    try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            broker = LocalBroker(home=tmp / "broker", port=free_port_pair())
-            bootstrap = broker.start()
-        report = run_bench(args, bootstrap, tmp)
-        gc.collect()  # the scenario's Kafka clients, before their broker goes
-    finally:
-        if broker is None:
-            delete_bench_topics()
-        else:
-            broker.stop()  # its topics go with it
-            bench_worker._TAGS.clear()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("dyno-bench-scale-") as tmp:
+        own = None if args.bootstrap else tmp / "broker"
+        with bench_broker(args.bootstrap, own_in=own) as bootstrap:
+            report = run_bench(args, bootstrap, tmp)
+            gc.collect()  # the scenario's Kafka clients, before their broker goes
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     out.print(f"figures in {args.json}; worker logs in {args.json.with_suffix('.logs')}")
     end = report["end_state"]
     if end["lost"] or end["twice"] or end["missing"]:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import plyvel
+from harness.output import write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -126,42 +126,55 @@ def bench_flatten(path: Path, rows: int, runs: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ops", type=int, default=300_000)
     ap.add_argument("--items", type=int, default=1_000)
     ap.add_argument("--json", type=Path, help="also write the figures here")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         ops_s = bench_apply(Path(tmp) / "apply", args.ops, 1000, args.items)
         floor = bench_floor(Path(tmp) / "floor", args.ops, 1000, args.items)
         small, big = bench_get(Path(tmp) / "get", 10_000, 2_000)
         flat = bench_flatten(Path(tmp) / "flatten", 10_000, 5)
+    return {
+        "apply_ops_per_s": ops_s,
+        "floor_ops_per_s": floor,
+        "get_1_row_s": small,
+        "get_10k_rows_s": big,
+        "flatten_10k_s": flat,
+    }
+
+
+def report(args: argparse.Namespace, res: dict[str, float]) -> None:
+    small, big = res["get_1_row_s"], res["get_10k_rows_s"]
     table = Table(title="dyno store")
     table.add_column("benchmark")
     table.add_column("figure", justify="right")
     table.add_column("target", justify="right")
     table.add_row(
-        f"apply, 1,000-op batches, {args.items:,} items", f"{ops_s:,.0f} ops/s", ">= 300,000 ops/s"
+        f"apply, 1,000-op batches, {args.items:,} items",
+        f"{res['apply_ops_per_s']:,.0f} ops/s",
+        ">= 300,000 ops/s",
     )
-    table.add_row("  floor: key, MD5, row put; nothing else", f"{floor:,.0f} ops/s", "")
+    table.add_row(
+        "  floor: key, MD5, row put; nothing else", f"{res['floor_ops_per_s']:,.0f} ops/s", ""
+    )
     table.add_row("get_item, 1 row", f"{small * 1e6:.1f} us", "")
     table.add_row("get_item, 10,000 rows", f"{big * 1e6:.1f} us", f"<= 2x ({big / small:.2f}x)")
-    table.add_row("flatten, 10,000 rows (median of 5)", f"{flat * 1e3:.1f} ms", "< 50 ms")
+    table.add_row(
+        "flatten, 10,000 rows (median of 5)", f"{res['flatten_10k_s'] * 1e3:.1f} ms", "< 50 ms"
+    )
     Console().print(table)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "apply_ops_per_s": ops_s,
-                    "floor_ops_per_s": floor,
-                    "get_1_row_s": small,
-                    "get_10k_rows_s": big,
-                    "flatten_10k_s": flat,
-                },
-                indent=2,
-            )
-        )
+    write_json(args.json, res)
+
+
+def main() -> None:
+    args = parse()
+    report(args, run(args))
 
 
 if __name__ == "__main__":

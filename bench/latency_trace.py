@@ -1,7 +1,7 @@
 """Where the latency tail goes: a latency run (bench_worker's) of a worker whose loop is traced.
 
 Issue 14 asked what makes the worker's p99 at 5,000 ops/s 105 ms. This runs
-``bench_worker.bench_latency`` against a ``dyno-stream worker`` process started through this
+``harness.latency.bench_latency`` against a ``dyno-stream worker`` process started through this
 file (``--worker``), which wraps the loop's steps before running the worker as the CLI does:
 
 - each batch's ``poll`` (wall time, events, the age of its oldest event by LogAppendTime),
@@ -28,10 +28,8 @@ import gc
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,7 +141,7 @@ def attribute(trace: list[dict[str, Any]], samples: list[tuple[float, float]]) -
     }
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=int, default=5_000)
@@ -152,70 +150,60 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--keep", type=Path, help="keep the trace and the per-op samples here")
-    args = ap.parse_args()
-    if args.worker:
-        traced_worker()
-        return
+    return ap.parse_args()
 
-    import bench_worker
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """A latency run of the traced worker; its figures, what the slowest ops spent their time
+    on, and the load average (1 minute) before and after."""
+    # imported here, not at the top: the traced worker process needs none of it
+    from harness.broker import bench_broker, free_port, scratch
+    from harness.latency import Tally, bench_latency, drain
+    from harness.workers import stop, wait_metrics
 
     from dyno_stream.cli.demo import settings_env
     from dyno_stream.config import Settings
-    from dyno_stream.devtools.broker import LocalBroker
 
-    broker = None
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        local = LocalBroker()
-        broker = None if local.is_running() else local
-        bootstrap = local.start()
-    tmp = Path(tempfile.mkdtemp(prefix="dyno-trace-"))
-    trace_file = tmp / "loop.trace"
     samples: list[tuple[float, float]] = []
-
-    def launch(s: Settings, where: Path) -> Callable[[], None]:
-        env = {**os.environ, **settings_env(s), "TRACE_FILE": str(trace_file)}
-        with (where / "worker.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log
-            )
-        bench_worker.wait_metrics(f"http://127.0.0.1:{s.worker.http_port}", proc)
-        return lambda: bench_worker.stop(proc)
-
-    drain = bench_worker._drain
-
-    def kept(consumer: Any, sent: Any, seen: Any, latencies: Any, timeout: float) -> None:
-        before = len(latencies)
-        drain(consumer, sent, seen, latencies, timeout)
-        now = time.monotonic()  # the drain's own clock, within its sub-millisecond run
-        for i, lat in latencies[before:]:
-            if i >= args.rate * 2:  # bench_latency's 2 s warm-up: not counted
-                samples.append((now - lat, lat))
-
-    bench_worker._drain = kept
     load_before = os.getloadavg()[0]
-    try:
-        with socket.socket() as sock:  # a free port: others may run a worker on the default
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        figures = bench_worker.bench_latency(
-            bootstrap, tmp, args.rate, args.seconds, args.items, args.partitions, launch, port
-        )
+    with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-trace-") as tmp:
+        trace_file = tmp / "loop.trace"
+
+        def launch(s: Settings, where: Path) -> Callable[[], None]:
+            env = {**os.environ, **settings_env(s), "TRACE_FILE": str(trace_file)}
+            with (where / "worker.log").open("wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log
+                )
+            wait_metrics(f"http://127.0.0.1:{s.worker.http_port}", proc)
+            return lambda: stop(proc)
+
+        def kept(consumer: Any, tally: Tally, timeout: float) -> None:
+            before = len(tally.latencies)
+            drain(consumer, tally, timeout)
+            now = time.monotonic()  # the drain's own clock, within its sub-millisecond run
+            for i, lat in tally.latencies[before:]:
+                if i >= args.rate * 2:  # bench_latency's 2 s warm-up: not counted
+                    samples.append((now - lat, lat))
+
+        # a free port: others may run a worker on the default
+        figures = bench_latency(
+            bootstrap, tmp, args.rate, args.seconds, args.items, args.partitions, launch,
+            free_port(), drain=kept,
+        )  # fmt: skip
         trace = [json.loads(line) for line in trace_file.read_text().splitlines()]
         first = min(sent for sent, _ in samples)
-        trace = [e for e in trace if e["t"] + e["d"] >= first]
-        found = attribute(trace, samples)
+        found = attribute([e for e in trace if e["t"] + e["d"] >= first], samples)
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(trace_file, args.keep / "loop.trace")
             (args.keep / "samples.json").write_text(json.dumps(samples))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        bench_worker.delete_bench_topics()
-        if broker is not None:
-            broker.stop()
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return {"figures": figures, "found": found, "load": load}
+
+
+def report(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    figures, found, load = res["figures"], res["found"], res["load"]
     print(
         f"{args.rate:,} ops/s, load average {load[0]}-{load[1]}: p50 {figures['p50_ms']:.0f} "
         f"ms, p99 {figures['p99_ms']:.0f} ms, max {figures['max_ms']:.0f} ms"
@@ -229,6 +217,14 @@ def main() -> None:
             f"  {kind:13s} {step['count']:6.0f} times, {step['total_s']:6.2f} s in all, "
             f"longest {step['max_ms']:6.1f} ms"
         )
+
+
+def main() -> None:
+    args = parse()
+    if args.worker:
+        traced_worker()
+        return
+    report(args, run(args))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,20 @@ def plot(res: dict[str, Any], png: Path) -> None:
     mem = res.get("memory")
     panels = 1 + bool(lat) + bool(mem)
     fig, axes = plt.subplots(1, panels, figsize=(6 + 4.5 * (panels - 1), 4.8), squeeze=False)
-    ax = axes[0][0]
+    throughput_panel(axes[0][0], res)
+    if lat:
+        latency_panel(axes[0][1], res["run"], lat)
+    if mem:
+        memory_panel(axes[0][panels - 1], mem)
+    run = res["run"]
+    load = f"load average {run['load_start'][0]} -> {run['load_end'][0]}"
+    fig.suptitle(f"dyno-stream vs quixstreams, {run['started']}, {load}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def throughput_panel(ax: Any, res: dict[str, Any]) -> None:
+    """Each contender's and limit's ops/s, on a log scale, with the goals."""
     data = bars(res)
     labels = [d[0] for d in data][::-1]
     values = [d[1] for d in data][::-1]
@@ -72,54 +85,48 @@ def plot(res: dict[str, Any], png: Path) -> None:
         goal = 3 * quix["ops_per_s"]
         ax.axvline(goal, color="tab:orange", linestyle="--", linewidth=0.8, label="goal: 3x quix")
     ax.legend(loc="lower right", fontsize=8)
-    i = 1
-    if lat:
-        ax = axes[0][i]
-        i += 1
-        who = ["dyno", "quix"] if any("quix" in at for at in lat.values()) else ["dyno"]
-        series = [(r, p) for r in run["rates"] if str(r) in lat for p in ("p50", "p99")]
-        width = 0.8 / len(series)
-        top = 0.0
-        for j, (rate, pct) in enumerate(series):
-            xs = [k - 0.4 + width * (j + 0.5) for k in range(len(who))]
-            ys = [lat[str(rate)].get(w, {}).get(f"{pct}_ms", 0.0) for w in who]
-            colour = COLOURS[(j // 2) % len(COLOURS)][j % 2]
-            ax.bar(xs, ys, width=width, color=colour, label=f"{pct} at {rate:,} ops/s")
-            for x, y in zip(xs, ys, strict=True):
-                ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
-            top = max(top, *ys)
-        ax.set_xticks(
-            range(len(who)), ["dyno-stream" if w == "dyno" else "quixstreams" for w in who]
-        )
-        ax.set_yscale("log")
-        ax.set_ylabel("produce to snapshot, ms (log scale)")
-        ax.set_ylim(top=top * 3)
-        ax.set_title("latency")
-        ax.legend(fontsize=7, loc="upper left")
-    if mem:
-        ax = axes[0][i]
-        ax.plot(
-            [c["items"] for c in mem["curve"]],
-            [c["rss_bytes"] / 2**20 for c in mem["curve"]],
-            marker="o",
-            markersize=3,
-        )
-        if "state_cache_items" in mem:  # runs before the byte budget (issue 14)
-            ax.axvline(
-                mem["state_cache_items"], color="gray", linestyle=":", label="state caches full"
-            )
-        else:
-            budget = mem["state_cache_budget_bytes"] / 2**20
-            ax.axhline(budget, color="gray", linestyle=":", label="state caches' budget")
-        ax.set_xlabel("distinct items applied")
-        ax.set_ylabel("worker RSS, MiB")
-        ax.set_ylim(bottom=0)
-        ax.set_title("dyno-stream worker memory")
-        ax.legend()
-    load = f"load average {run['load_start'][0]} -> {run['load_end'][0]}"
-    fig.suptitle(f"dyno-stream vs quixstreams, {run['started']}, {load}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
+
+
+def latency_panel(ax: Any, run: dict[str, Any], lat: dict[str, Any]) -> None:
+    """p50 and p99 at each rate, for each contender."""
+    who = ["dyno", "quix"] if any("quix" in at for at in lat.values()) else ["dyno"]
+    series = [(r, p) for r in run["rates"] if str(r) in lat for p in ("p50", "p99")]
+    width = 0.8 / len(series)
+    top = 0.0
+    for j, (rate, pct) in enumerate(series):
+        xs = [k - 0.4 + width * (j + 0.5) for k in range(len(who))]
+        ys = [lat[str(rate)].get(w, {}).get(f"{pct}_ms", 0.0) for w in who]
+        colour = COLOURS[(j // 2) % len(COLOURS)][j % 2]
+        ax.bar(xs, ys, width=width, color=colour, label=f"{pct} at {rate:,} ops/s")
+        for x, y in zip(xs, ys, strict=True):
+            ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+        top = max(top, *ys)
+    ax.set_xticks(range(len(who)), ["dyno-stream" if w == "dyno" else "quixstreams" for w in who])
+    ax.set_yscale("log")
+    ax.set_ylabel("produce to snapshot, ms (log scale)")
+    ax.set_ylim(top=top * 3)
+    ax.set_title("latency")
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def memory_panel(ax: Any, mem: dict[str, Any]) -> None:
+    """The worker's RSS against the distinct items applied, with the state caches' budget."""
+    ax.plot(
+        [c["items"] for c in mem["curve"]],
+        [c["rss_bytes"] / 2**20 for c in mem["curve"]],
+        marker="o",
+        markersize=3,
+    )
+    if "state_cache_items" in mem:  # results written before the caches had a byte budget
+        ax.axvline(mem["state_cache_items"], color="gray", linestyle=":", label="state caches full")
+    else:
+        budget = mem["state_cache_budget_bytes"] / 2**20
+        ax.axhline(budget, color="gray", linestyle=":", label="state caches' budget")
+    ax.set_xlabel("distinct items applied")
+    ax.set_ylabel("worker RSS, MiB")
+    ax.set_ylim(bottom=0)
+    ax.set_title("dyno-stream worker memory")
+    ax.legend()
 
 
 def main() -> None:

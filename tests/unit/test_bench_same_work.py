@@ -1,4 +1,4 @@
-"""bench_compare's check that dyno-stream and quixstreams did the same work (issue 14): the
+"""The bench harness's check that dyno-stream and quixstreams did the same work: the
 figures of a comparison mean something only if it holds, so it must catch each difference."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bench_compare import median_run, same_work  # bench/ is on pytest's pythonpath
+from harness.runs import median_run, same_work
 
 
 def _runs() -> tuple[dict[str, Any], dict[str, Any]]:
