@@ -101,6 +101,14 @@ class Doctor:
         self.findings.append(Finding(check, status, detail, fix))
 
     def run(self) -> list[Finding]:
+        try:
+            return self._run()
+        finally:
+            # freed now, not while the interpreter finalizes: a confluent-kafka client freed
+            # then (its logger calls back into Python) crashed the process about 1 run in 4
+            self._admin = None
+
+    def _run(self) -> list[Finding]:
         if self.broker():
             self.topics()
             if all(t in self._topics for t in self._names()):
