@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
 
 from dyno_stream.config import LIBRDKAFKA_PARTITIONER, Settings
@@ -38,7 +38,7 @@ from dyno_stream.kafka.group_protocol import (
     choose_group_protocol,
 )
 from dyno_stream.kafka.members import member_address
-from dyno_stream.kafka.reading import topic_reader
+from dyno_stream.kafka.reading import committed_offsets, topic_reader
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -101,14 +101,6 @@ class Doctor:
         self.findings.append(Finding(check, status, detail, fix))
 
     def run(self) -> list[Finding]:
-        try:
-            return self._run()
-        finally:
-            # freed now, not while the interpreter finalizes: a confluent-kafka client freed
-            # then (its logger calls back into Python) crashed the process about 1 run in 4
-            self._admin = None
-
-    def _run(self) -> list[Finding]:
         if self.broker():
             self.topics()
             if all(t in self._topics for t in self._names()):
@@ -269,11 +261,7 @@ class Doctor:
         try:
             low = self._list_offsets(parts, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
             high = self._list_offsets(parts, OffsetSpec.latest())  # type: ignore[no-untyped-call]
-            request = [ConsumerGroupTopicPartitions(group, parts)]
-            [fut] = self.admin.list_consumer_group_offsets(
-                request, request_timeout=self.timeout
-            ).values()
-            committed = {tp.partition: tp.offset for tp in fut.result().topic_partitions}
+            committed = committed_offsets(self.s, group, parts, self.timeout)
         except KafkaException as exc:
             self.add("lag and retention", "fail", f"cannot read the group's offsets: {exc}")
             return

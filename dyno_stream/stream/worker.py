@@ -23,7 +23,6 @@ from types import FrameType
 
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaException,
     Message,
     Producer,
@@ -48,7 +47,7 @@ from dyno_stream.kafka.group_protocol import (
 )
 from dyno_stream.kafka.members import OwnerDirectory
 from dyno_stream.kafka.partitioning import PlacementRule
-from dyno_stream.kafka.reading import list_offsets, read_restore_snapshots
+from dyno_stream.kafka.reading import committed_offsets, list_offsets, read_restore_snapshots
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import (
     PartitionCountWatch,
@@ -460,19 +459,16 @@ class Worker:
 
     def _committed_offset(self, topic: str, partition: int) -> int | None:
         """The group's committed offset of an ops partition (None: none, or no answer)."""
-        request = ConsumerGroupTopicPartitions(
-            self.settings.worker.group_id, [TopicPartition(topic, partition)]
-        )
+        s = self.settings
         try:
-            [future] = self._admin.list_consumer_group_offsets(
-                [request], request_timeout=10
-            ).values()
-            answer = future.result()
+            offsets = committed_offsets(
+                s, s.worker.group_id, [TopicPartition(topic, partition)], timeout=10
+            )
         except KafkaException as exc:
             log.warning("committed offset of %s/%s unknown: %s", topic, partition, exc)
             return None
-        offsets = [tp.offset for tp in answer.topic_partitions or [] if tp.offset >= 0]
-        return offsets[0] if offsets else None
+        offset = offsets.get(partition, -1)
+        return offset if offset >= 0 else None
 
     def _read_snapshots(
         self,

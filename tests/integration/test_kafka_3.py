@@ -192,7 +192,8 @@ def test_the_doctor_on_kafka_3_says_which_protocol_the_workers_will_run(s3: Sett
     """Kafka 3.9 lists ConsumerGroupHeartbeat at v0 only (early access, which librdkafka does
     not speak): "auto" runs the classic protocol, an explicit "consumer" would apply nothing."""
     ensure_topics(s3)
-    auto = run_cli(cli_env(s3), "doctor", "--json", timeout=120)
+    env = cli_env(s3)
+    auto = run_cli(env, "doctor", "--json", timeout=120)
     assert auto.returncode in (0, 1), auto.stdout + auto.stderr
     found = {f["check"]: f for f in json.loads(auto.stdout)}
     assert found["group protocol"]["status"] == "pass", found["group protocol"]

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import TopicPartition
 from conftest import free_port
 from helpers import (
     Produced,
@@ -50,6 +49,7 @@ from dyno_stream.cli.worker_http import http_answer, http_get
 from dyno_stream.config import Settings
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.members import item_partition
+from dyno_stream.kafka.reading import committed_offsets as group_offsets
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.views import MaterializedView
 
@@ -112,12 +112,8 @@ def total(url: str, name: str) -> float:
 
 
 def committed_offsets(s: Settings) -> dict[int, int]:
-    admin = AdminClient(s.kafka.librdkafka())
-    request = ConsumerGroupTopicPartitions(
-        s.worker.group_id, [TopicPartition(s.topics.ops, p) for p in range(PARTITIONS)]
-    )
-    [future] = admin.list_consumer_group_offsets([request], request_timeout=30).values()
-    return {tp.partition: tp.offset for tp in future.result().topic_partitions}
+    parts = [TopicPartition(s.topics.ops, p) for p in range(PARTITIONS)]
+    return group_offsets(s, s.worker.group_id, parts, timeout=30)
 
 
 def test_two_processes_consume_a_backlog_exactly_once_sum_their_metrics_and_stop_on_sigterm(
