@@ -42,8 +42,14 @@ jars: $(STAMP)
 demo: $(STAMP) jars
 	$(BIN)/dyno-stream demo
 
+# The suite mostly waits (brokers starting, sessions timing out, workers catching up), so it
+# runs in TEST_PROCS processes (pytest-xdist), each with a broker of its own; the tests of
+# one extra broker stay in one process (--dist loadgroup, see tests/conftest.py). The 15
+# slowest tests are printed, so the next slow one is seen the day it lands.
+TEST_PROCS ?= 2
+
 test: $(STAMP) jars debs lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCS) --dist loadgroup --durations=15
 
 # docker-compose (debs) validates docker-compose.yml in tests/unit/test_compose.py
 test-unit: $(STAMP) debs

@@ -10,13 +10,16 @@ nothing at runtime (worker, client, store) may import it.
 
 from dyno_stream.devtools.broker.jars import KAFKA_VERSION, default_cache_root, ensure_jars
 from dyno_stream.devtools.broker.local import DEFAULT_HEAP, DEFAULT_PORT, BrokerStatus, LocalBroker
-from dyno_stream.devtools.broker.ports import free_port_pair
+from dyno_stream.devtools.broker.ports import free_port, free_port_pair
 from dyno_stream.devtools.broker.processes import bootstrap_reachable
 from dyno_stream.devtools.broker.security import BrokerTls, ScramUser
+from dyno_stream.devtools.broker.server_config import FAST_GROUP_TIMING, GROUP_TIMING
 
 __all__ = [
     "DEFAULT_HEAP",
     "DEFAULT_PORT",
+    "FAST_GROUP_TIMING",
+    "GROUP_TIMING",
     "KAFKA_VERSION",
     "BrokerStatus",
     "BrokerTls",
@@ -25,5 +28,6 @@ __all__ = [
     "bootstrap_reachable",
     "default_cache_root",
     "ensure_jars",
+    "free_port",
     "free_port_pair",
 ]

@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -112,6 +113,10 @@ class LocalBroker:
     #: Port of a TLS listener (SASL_SSL with ``scram_users``, else SSL); needs ``tls``.
     ssl_port: int | None = None
     tls: BrokerTls | None = None
+    #: server.properties settings that replace or add to the rendered ones (for instance
+    #: :data:`FAST_GROUP_TIMING` in tests); part of the config a running broker is checked
+    #: against.
+    properties: Mapping[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -354,6 +359,7 @@ class LocalBroker:
             controller_port=self.controller_port,
             data_dir=self.data_dir,
             security=self._security.server_properties(),
+            overrides=self.properties,
         )
 
     def _write_config(self) -> None:
