@@ -4,6 +4,7 @@ and real LevelDB: the commit order, republishing, and partitions restored beside
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -226,13 +227,20 @@ def test_a_revoke_commits_the_stores_offset_and_closes_it(parts: Parts) -> None:
     assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {"x": 0}
 
 
-def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(tmp_path: Path) -> None:
+def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     s = _settings(tmp_path)
     held = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
     parts = Parts(s)
     try:
+        caplog.set_level(logging.INFO, "dyno_stream.stream.restorer")
         parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
-        time.sleep(0.3)
+        wait_until(  # the restorer found the store locked, and waits
+            lambda: "still locked by its last owner" in caplog.text,
+            10,
+            lambda: f"the restorer said: {caplog.text!r}",
+        )
         parts.assignment.step()  # returns at once: the wait is the restorer's
         assert parts.assignment.states() == {f"{TOPIC}/0": "RESTORING"}
         held.close()
