@@ -24,6 +24,7 @@ from helpers import free_port_pair
 from dyno_stream.config import KafkaSettings, Settings, load_settings
 from dyno_stream.core.errors import LocalBrokerError
 from dyno_stream.devtools.broker import FAST_GROUP_TIMING, LocalBroker, bootstrap_reachable
+from dyno_stream.devtools.broker.processes import file_lock
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.stream.worker import Worker
 
@@ -33,8 +34,59 @@ def free_port() -> int:
     return free_port_pair()
 
 
+def _start_test_broker(home: Path) -> LocalBroker:
+    """A test broker (``FAST_GROUP_TIMING``) started in ``home`` on free ports."""
+    for attempt in range(3):
+        broker = LocalBroker(home=home, port=free_port_pair(), properties=FAST_GROUP_TIMING)
+        try:
+            broker.start(timeout=120)
+            return broker
+        except LocalBrokerError as exc:
+            # a port free when picked, bound by another process before the JVM bound it
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+#: ``DYNO_TEST_SHARED_BROKER=1``: the test processes of a pytest-xdist run share one broker
+#: (started by the first that needs it, stopped by the controller at the end) instead of
+#: each starting its own.
+SHARED = os.environ.get("DYNO_TEST_SHARED_BROKER") == "1"
+
+
+def _shared_home(config: pytest.Config) -> Path:
+    """The shared broker's home: beside the test processes' own temporary directories."""
+    factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
+    base = factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-broker"
+
+
+def _shared_broker(config: pytest.Config) -> str:
+    home = _shared_home(config)
+    with file_lock(home.parent / "shared-broker.lock"):
+        port_file = home.parent / "shared-broker.port"
+        if port_file.exists():
+            port = int(port_file.read_text())
+            return LocalBroker(home=home, port=port, properties=FAST_GROUP_TIMING).start(120)
+        broker = _start_test_broker(home)
+        port_file.write_text(str(broker.port))
+        return broker.bootstrap
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller of an xdist run stops the shared broker, once every process is done."""
+    if not SHARED or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    home = _shared_home(session.config)
+    port_file = home.parent / "shared-broker.port"
+    if port_file.exists():
+        LocalBroker(home=home, port=int(port_file.read_text())).stop()
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A running broker's bootstrap address: an existing one, or one started for the session."""
     existing = os.environ.get("DYNO_TEST_BOOTSTRAP")
     if existing:
@@ -42,18 +94,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"DYNO_TEST_BOOTSTRAP={existing} does not answer")
         yield existing
         return
-    home = tmp_path_factory.mktemp("broker")
-    for attempt in range(3):
-        broker = LocalBroker(home=home, port=free_port_pair(), properties=FAST_GROUP_TIMING)
-        try:
-            bootstrap = broker.start(timeout=120)
-            break
-        except LocalBrokerError as exc:
-            # a port free when picked, bound by another process before the JVM bound it
-            if "Address already in use" not in str(exc) or attempt == 2:
-                raise
+    if SHARED and os.environ.get("PYTEST_XDIST_WORKER"):
+        yield _shared_broker(request.config)
+        gc.collect()
+        return
+    broker = _start_test_broker(tmp_path_factory.mktemp("broker"))
     try:
-        yield bootstrap
+        yield broker.bootstrap
     finally:
         gc.collect()  # drop the tests' idle Kafka clients first: no reconnect noise after
         broker.stop()
@@ -164,6 +211,7 @@ FOLDER_OF_KIND = {False: "unit", True: "integration"}
 GROUPED_BROKERS = {"_spare_broker": "spare-broker", "secure": "secure-broker"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that needs the broker, so `-m "not kafka"` runs the rest alone, and
     refuse to run a test that sits in the wrong folder for its kind. Under pytest-xdist, the
