@@ -130,6 +130,9 @@ class MaterializedView:
             _MemoryTable() if path is None else _LevelDBTable(Path(path))
         )
         self._callbacks: list[ChangeCallback] = []
+        #: The next offset of each partition whose messages are in the table and were told
+        #: to ``on_change``: what ``wait_until_caught_up`` waits for.
+        self._done: dict[int, int] = dict(self._table.offsets)
         self._partitions: list[int] = []
         self._lock = threading.Lock()
         self._progress = threading.Condition(self._lock)
@@ -160,14 +163,16 @@ class MaterializedView:
         self._callbacks.append(callback)
 
     def wait_until_caught_up(self, timeout: float = 30.0) -> bool:
-        """Wait until the table holds everything published before this call."""
+        """Wait until the table holds everything published before this call, and
+        ``on_change`` has been called for all of it (so a caller can check that a snapshot
+        caused no call, once the view read past it)."""
         targets = self._high_watermarks()
         deadline = time.monotonic() + timeout
         with self._progress:
             while True:
                 if self._error is not None:
                     raise DynoError(f"the view stopped: {self._error}") from self._error
-                done = all(self._table.offsets.get(p, 0) >= hi for p, hi in targets.items())
+                done = all(self._done.get(p, 0) >= hi for p, hi in targets.items())
                 left = deadline - time.monotonic()
                 if done or left <= 0:
                     return done
@@ -266,10 +271,12 @@ class MaterializedView:
                 fired.append((held, snap))
         with self._progress:
             self._table.write(changed, offsets)
-            self._progress.notify_all()
         for old, new in fired:
             for cb in self._callbacks:
                 try:
                     cb(old, new)
                 except Exception:
                     log.exception("on_change callback failed")
+        with self._progress:
+            self._done.update(offsets)
+            self._progress.notify_all()

@@ -39,6 +39,7 @@ from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.core.keys import split_key
 from dyno_stream.core.ops import HISTORY
+from dyno_stream.devtools.broker import GROUP_TIMING
 from dyno_stream.devtools.broker import free_port_pair as free_port_pair  # tests import it here
 from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.group_protocol import resolve_group_protocol
@@ -76,14 +77,14 @@ def run_cli(
 
 
 SET_VALUES: list[Any] = ["red", "green", "blue", 7, True]
-#: A killed consumer leaves the group only when its session times out: 6 s (the broker's
-#: minimum for either protocol; the local broker's default is 10 s) keeps the test short.
-FAST_SESSION_S = 6.0
-FAST_HEARTBEAT_S = 0.5
+#: A killed consumer leaves the group only when its session times out: 3 s (the test
+#: broker's, FAST_GROUP_TIMING; the local broker's default is 10 s) keeps the test short.
+FAST_SESSION_S = 3.0
+FAST_HEARTBEAT_S = 0.25
 
 
 def fast_group(s: Settings) -> dict[str, str]:
-    """Give ``s``'s consumer group a 6 s session, returning the worker's environment for it.
+    """Give ``s``'s consumer group a 3 s session, returning the worker's environment for it.
 
     Classic protocol (set or chosen by "auto"): the client sets it (the returned variables,
     which make the protocol explicit). KIP-848's: the broker
@@ -105,6 +106,18 @@ def fast_group(s: Settings) -> dict[str, str]:
         },
     )
     return {}
+
+
+def default_group_timing(s: Settings) -> None:
+    """Give ``s``'s consumer group (KIP-848) the local broker's default session and heartbeat
+    (``GROUP_TIMING``, 10 s and 1 s), which the test broker lowers for every other group."""
+    set_group_config(
+        s,
+        {
+            "consumer.session.timeout.ms": GROUP_TIMING["group.consumer.session.timeout.ms"],
+            "consumer.heartbeat.interval.ms": GROUP_TIMING["group.consumer.heartbeat.interval.ms"],
+        },
+    )
 
 
 def set_group_config(s: Settings, config: dict[str, str]) -> None:
@@ -329,12 +342,18 @@ _RELEASED = re.compile(r"released (\S+)/(\d+) at offset")
 _RESTORED = re.compile(r"restored (\S+)/(\d+): (\d+) items from snapshots")
 
 
+def _default_timing(s: Settings) -> dict[str, str]:
+    default_group_timing(s)
+    return {}
+
+
 class WorkerProcess:
     """``python -m dyno_stream worker`` with its own data dir, logging to a file.
 
     ``data_dir`` (default ``tmp_path/data-<name>``) may be another run's, to start a killed
     worker again on its own disk; ``env`` adds or overrides environment variables. Its group
-    gets a 6 s session (``fast_group``) unless ``default_group_timing``.
+    gets a 3 s session (``fast_group``), or with ``default_group_timing`` the local broker's
+    default (10 s, ``default_group_timing()``).
     """
 
     def __init__(
@@ -357,7 +376,7 @@ class WorkerProcess:
             "DYNO_WORKER__DATA_DIR": str(self.data_dir),
             "DYNO_WORKER__HTTP_PORT": "0",
             "DYNO_WORKER__BATCH_TIMEOUT_S": "0.02",
-            **({} if default_group_timing else fast_group(settings)),
+            **(_default_timing(settings) if default_group_timing else fast_group(settings)),
             "DYNO_KAFKA__CLIENT_ID": f"dyno-test-{name}",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),

@@ -8,7 +8,6 @@ has running. The error paths that need neither Java nor the network are in
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -30,29 +29,9 @@ from dyno_stream.devtools.broker import (
     LocalBroker,
     bootstrap_reachable,
     ensure_jars,
+    free_port_pair,
 )
 from dyno_stream.devtools.broker.jvm import find_java, new_cluster_id
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 (the controller's) are both free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 65535 and _port_is_free(port) and _port_is_free(port + 1):
-            return port
-    raise RuntimeError("no pair of adjacent free ports found")
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 Two ``dyno-stream worker`` processes share one data dir (as docker-compose's workers share a
 volume), so the survivor takes the dead worker's partitions with no restore: what is timed
-is the group noticing the death (the session timeout, with the default timing: nothing is
-set for the group, so the local broker's 10 s under KIP-848) and the handover.
+is the group noticing the death (the session timeout, with the local broker's default
+timing: 10 s under KIP-848, which the test broker lowers for other groups) and the handover.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ incremental callbacks (a join revokes only the partitions that move); static mem
 (``worker.instance_id``) brings a restarted member back with no rebalance of the others;
 and the default timing hands a SIGKILLed member's partitions to another within 15 s (the
 local broker's group.consumer.session.timeout.ms under KIP-848, the client's 10 s session
-under the classic protocol).
+under the classic protocol). The test broker lowers its session for speed, so the tests of
+that timing give their group the local broker's default (``default_group_timing``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from helpers import cli_env
+from helpers import cli_env, default_group_timing
 
 from dyno_stream.config import Settings, consumer_config
 from dyno_stream.kafka.topics import ensure_topics
@@ -125,6 +126,8 @@ def test_a_static_member_restarting_within_its_session_gets_its_partitions_back_
     sa = make_settings(partitions=PARTITIONS, instance_id="worker-a", group_protocol=protocol)
     sb = make_settings(partitions=PARTITIONS, instance_id="worker-b", group_protocol=protocol)
     ensure_topics(sa)
+    if protocol == "consumer":
+        default_group_timing(sa)  # a 10 s session, the gap well within it
     a, b = Member(sa), Member(sb)
     restarted: Member | None = None
     try:
@@ -174,11 +177,13 @@ while True:
 def test_a_sigkilled_members_partitions_go_to_the_other_within_15_s(
     make_settings: Callable[..., Settings], protocol: str
 ) -> None:
-    """With the default timing (nothing set for the group: the local broker's 10 s session
-    under KIP-848, the client's 10 s under classic), the group notices a SIGKILLed member
-    and hands its partitions to the survivor within 15 s (Kafka's default 45 s would not)."""
+    """With the default timing (the local broker's 10 s session under KIP-848, the client's
+    10 s under classic), the group notices a SIGKILLed member and hands its partitions to
+    the survivor within 15 s (Kafka's default 45 s would not)."""
     s = make_settings(partitions=PARTITIONS, group_protocol=protocol)
     ensure_topics(s)
+    if protocol == "consumer":
+        default_group_timing(s)
     a = Member(s)
     proc = subprocess.Popen(
         [sys.executable, "-c", _MEMBER],

@@ -481,10 +481,17 @@ def test_poison_fuzz_every_malformed_event_dead_lettered_every_valid_op_applied(
         alive = w.alive()
         code, body = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
         health = (code, json.loads(body))
-        code, raw = http_get(f"http://127.0.0.1:{http_port}/metrics", timeout=10)
-        assert code == 200, raw
-        metrics = raw.decode()
-        counted = {reason: _counter(metrics, reason) for reason in by_reason}
+        want = {r: float(n) for r, n in by_reason.items()}
+        counted: dict[str, float] = {}
+
+        def all_counted() -> bool:
+            # a batch's dead letters are produced before its counters go up
+            code, raw = http_get(f"http://127.0.0.1:{http_port}/metrics", timeout=10)
+            assert code == 200, raw
+            counted.update({reason: _counter(raw.decode(), reason) for reason in by_reason})
+            return counted == want or not w.alive()
+
+        wait_until(all_counted, 60, lambda: f"dead letters counted {counted}, want {want}")
         pid = w.proc.pid
         w.proc.send_signal(signal.SIGTERM)
         code = w.wait_exit(60)
@@ -518,7 +525,7 @@ def test_poison_fuzz_every_malformed_event_dead_lettered_every_valid_op_applied(
         assert alive and code == 0, f"worker pid {pid}: alive {alive}, exit {code}{w.tail()}"
         assert w.text().count("worker starting") == 1, "the worker started more than once"
         assert health == (200, {**health[1], "status": "ok"}), health
-        assert counted == {r: float(n) for r, n in by_reason.items()}, (counted, by_reason)
+        assert counted == want, (counted, by_reason)
         assert set(by_reason) >= {
             "not-json",
             "invalid",

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class Calls:
     def __init__(self, view: MaterializedView) -> None:
         self.lock = threading.Lock()
         self.calls: list[Call] = []
+        self.view = view
         view.on_change(self._record)
 
     def _record(self, old: Snap | None, new: Snap) -> None:
@@ -75,10 +77,11 @@ class Calls:
     def of(self, item: str) -> list[Call]:
         return [c for c in self.snapshot() if c[1]["item"] == item]
 
-    def wait_count(self, n: int, quiet_s: float = 0.5) -> list[Call]:
-        """Until exactly ``n`` calls, and still ``n`` after ``quiet_s`` more."""
+    def wait_count(self, n: int) -> list[Call]:
+        """Until ``n`` calls; then exactly ``n`` once the view has read (and told on_change)
+        everything published so far, so a surplus call cannot be still to come."""
         wait_until(lambda: len(self) >= n, lambda: f"{len(self)} on_change calls, want {n}")
-        time.sleep(quiet_s)
+        assert self.view.wait_until_caught_up(WAIT_S), "the view did not catch up"
         calls = self.snapshot()
         assert len(calls) == n, f"{len(calls)} on_change calls, want {n}: {calls[n:]}"
         return calls
@@ -103,6 +106,25 @@ def send_one(client: DynoClient, view: MaterializedView, op: str, item: str, *ar
     before = view.get(item)
     getattr(client, op)(item, *args).result(WAIT_S)
     return wait_changes(view, item, (before["changes"] if before else 0) + 1)
+
+
+#: A snapshot that marks a point in a partition of the snapshot topic (given an item name).
+MARKER = {
+    "value": {"marker": True},
+    "timestamp": None,
+    "changes": 1,
+    "hash": "0" * 32,
+    "count": 1,
+    "source": None,
+}
+
+
+def partition_count(settings: Settings, topic: str) -> int:
+    consumer = topic_reader(settings, "test")
+    try:
+        return len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+    finally:
+        consumer.close()
 
 
 def topic_size(settings: Settings, topic: str) -> int:
@@ -291,8 +313,7 @@ def test_stale_snapshots_never_replace_the_newer_one_and_fire_nothing(
         [(item.encode(), json.dumps(held).encode()), (b"st-marker", json.dumps(marker).encode())],
         partition=part,
     )
-    assert view.wait_until_caught_up(WAIT_S)
-    time.sleep(0.5)
+    assert view.wait_until_caught_up(WAIT_S)  # read past both, on_change told of both
     assert view.get(item) == flat
     assert len(calls) == 5, calls.snapshot()[5:]
 
@@ -544,6 +565,8 @@ class Watch:
     """``dyno-stream watch`` as a subprocess, its output lines read on threads."""
 
     def __init__(self, s: Settings, *args: str) -> None:
+        self.settings = s
+        self.prefix = args[args.index("--prefix") + 1] if "--prefix" in args else ""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dyno_stream", "watch", *args],
             env=cli_env(s),
@@ -575,21 +598,38 @@ class Watch:
         )
         assert self.proc.poll() is None, f"watch exited {self.proc.returncode}: {self.err}"
 
-    def lines(self, n: int, quiet_s: float = 1.0) -> list[dict[str, Any]]:
-        """Exactly ``n`` JSON lines (no more within ``quiet_s``)."""
+    def lines(self, n: int) -> list[dict[str, Any]]:
+        """Exactly ``n`` JSON lines: ``n``, then a marker snapshot at the end of every
+        partition of the snapshot topic, read up to the markers' lines. Watch reads each
+        partition in order, so a surplus line would have come before its partition's marker.
+        """
         got: list[str] = []
         deadline = time.monotonic() + WAIT_S
-        while len(got) < n:
+
+        def line() -> str:
             left = deadline - time.monotonic()
-            if left <= 0:
-                pytest.fail(f"watch printed {len(got)} lines, want {n}: {got} {self.err}")
             try:
-                got.append(self.out.get(timeout=left))
+                return self.out.get(timeout=max(left, 0.0))
             except queue.Empty:
-                continue
-        time.sleep(quiet_s)
-        while not self.out.empty():
-            got.append(self.out.get())
+                pytest.fail(f"watch printed {got}, want {n} lines and the markers {self.err}")
+
+        while len(got) < n:
+            got.append(line())
+        markers = {
+            f"{self.prefix}~marker-{uuid.uuid4().hex[:8]}": p
+            for p in range(partition_count(self.settings, self.settings.topics.snapshots))
+        }
+        for name, p in markers.items():
+            snap = {**MARKER, "item": name}
+            produce_raw(self.settings, [(name.encode(), json.dumps(snap).encode())], partition=p)
+        seen: set[str] = set()
+        while seen != set(markers):
+            printed = line()
+            item = json.loads(printed)["item"]
+            if item in markers:
+                seen.add(item)
+            else:
+                got.append(printed)
         assert len(got) == n, f"watch printed {len(got)} lines, want {n}: {got}"
         return [json.loads(line) for line in got]
 

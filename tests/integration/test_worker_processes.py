@@ -22,7 +22,6 @@ import os
 import random
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -57,18 +56,11 @@ PARTITIONS = 4
 N_ITEMS = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Processes(WorkerProcess):
     """``dyno-stream worker --processes 2`` with its HTTP endpoint on a free port."""
 
     def __init__(self, settings: Settings, tmp_path: Path, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         super().__init__(
             settings,
             "procs",
@@ -181,7 +173,7 @@ def test_a_sigkilled_child_is_restarted_and_nothing_is_lost_or_applied_twice(
 ) -> None:
     s = make_settings(partitions=PARTITIONS)
     ensure_topics(s)
-    worker = Processes(s, tmp_path)  # fast_group: a 6 s session, so the kill is noticed soon
+    worker = Processes(s, tmp_path)  # fast_group: a 3 s session, so the kill is noticed soon
     view = MaterializedView(s).start()
     produced = Produced()
     rnd = random.Random(1515)

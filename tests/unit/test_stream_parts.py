@@ -251,10 +251,14 @@ def test_a_store_locked_by_its_last_owner_is_waited_for_beside_the_loop(
     held = PartitionStore.open(s.worker.data_dir, TOPIC, 0, False)
     parts = Parts(s)
     try:
+        caplog.set_level(logging.INFO, "dyno_stream.stream.restorer")
         parts.assignment.on_assign(parts.consumer, [TopicPartition(TOPIC, 0)])
-        # the restorer has met the lock and waits for it ...
-        wait_until(lambda: "still locked by its last owner" in caplog.text, 10, lambda: caplog.text)
-        parts.assignment.step()  # ... and the loop goes on: the wait is the restorer's
+        wait_until(  # the restorer found the store locked, and waits
+            lambda: "still locked by its last owner" in caplog.text,
+            10,
+            lambda: f"the restorer said: {caplog.text!r}",
+        )
+        parts.assignment.step()  # returns at once: the wait is the restorer's
         assert parts.assignment.states() == {f"{TOPIC}/0": "RESTORING"}
         held.close()
         wait_until(

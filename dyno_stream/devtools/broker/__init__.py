@@ -15,13 +15,16 @@ from dyno_stream.devtools.broker.jars import (
     kafka_version,
 )
 from dyno_stream.devtools.broker.local import DEFAULT_HEAP, DEFAULT_PORT, BrokerStatus, LocalBroker
-from dyno_stream.devtools.broker.ports import free_port_pair
+from dyno_stream.devtools.broker.ports import free_port, free_port_pair
 from dyno_stream.devtools.broker.processes import bootstrap_reachable
 from dyno_stream.devtools.broker.security import BrokerTls, ScramUser
+from dyno_stream.devtools.broker.server_config import FAST_GROUP_TIMING, GROUP_TIMING
 
 __all__ = [
     "DEFAULT_HEAP",
     "DEFAULT_PORT",
+    "FAST_GROUP_TIMING",
+    "GROUP_TIMING",
     "KAFKA_VERSION",
     "BrokerStatus",
     "BrokerTls",
@@ -30,6 +33,7 @@ __all__ = [
     "bootstrap_reachable",
     "default_cache_root",
     "ensure_jars",
+    "free_port",
     "free_port_pair",
     "kafka_version",
 ]

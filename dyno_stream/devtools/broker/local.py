@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -118,6 +119,10 @@ class LocalBroker:
     tls: BrokerTls | None = None
     #: The Apache Kafka release to run (see :func:`kafka_version`); its jars are cached apart.
     kafka_version: str = field(default_factory=kafka_version)
+    #: server.properties settings that replace or add to the rendered ones (for instance
+    #: :data:`FAST_GROUP_TIMING` in tests); part of the config a running broker is checked
+    #: against.
+    properties: Mapping[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -390,6 +395,7 @@ class LocalBroker:
             controller_port=self.controller_port,
             data_dir=self.data_dir,
             security=self._security.server_properties(),
+            overrides=self.properties,
         )
 
     def _write_config(self) -> None:

@@ -19,17 +19,44 @@ _HEADER: Final = (
 )
 
 
+#: Fast failover under KIP-848's protocol, where the broker, not the client, sets a member's
+#: session and heartbeat: a SIGKILLed worker's partitions move after 10 s (Kafka's default
+#: 45 s). The minimums let one group go lower on its own (the group config
+#: consumer.session.timeout.ms, down to 6 s, the classic protocol's floor).
+GROUP_TIMING: Final[Mapping[str, str]] = {
+    "group.consumer.session.timeout.ms": "10000",
+    "group.consumer.min.session.timeout.ms": "6000",
+    "group.consumer.heartbeat.interval.ms": "1000",
+    "group.consumer.min.heartbeat.interval.ms": "500",
+}
+
+#: Group timing for a test broker, where a member that dies is waited for and every
+#: rebalance is paced by heartbeats: a KIP-848 member's session ends 3 s after its last
+#: heartbeat (not 10 s), heartbeats every 250 ms carry assignment changes (not every 1 s),
+#: and a group may set its own session as low as 1 s under either protocol
+#: (``group.min.session.timeout.ms`` is the classic protocol's floor, 6 s by default).
+FAST_GROUP_TIMING: Final[Mapping[str, str]] = {
+    "group.consumer.session.timeout.ms": "3000",
+    "group.consumer.min.session.timeout.ms": "1000",
+    "group.consumer.heartbeat.interval.ms": "250",
+    "group.consumer.min.heartbeat.interval.ms": "100",
+    "group.min.session.timeout.ms": "1000",
+}
+
+
 def render_server_properties(
     *,
     listeners: Sequence[tuple[str, int]],
     controller_port: int,
     data_dir: Path,
     security: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
     """server.properties for a single-node combined broker+controller on loopback.
 
     ``listeners`` are the client listeners (name = security protocol, PLAINTEXT first, which
-    the broker also uses for itself), ``security`` the settings of the secured ones.
+    the broker also uses for itself), ``security`` the settings of the secured ones,
+    ``overrides`` settings that replace or add to the ones below (a test broker's timing).
     """
     props = {
         "process.roles": "broker,controller",
@@ -70,17 +97,11 @@ def render_server_properties(
         "offsets.topic.num.partitions": "4",
         "transaction.state.log.num.partitions": "4",
         "share.coordinator.state.topic.num.partitions": "4",
-        # Fast failover under KIP-848's protocol, where the broker, not the client, sets a
-        # member's session and heartbeat: a SIGKILLed worker's partitions move after 10 s
-        # (Kafka's default 45 s). The minimums let one group go lower on its own (the
-        # group config consumer.session.timeout.ms; tests use 6 s, the classic floor).
-        "group.consumer.session.timeout.ms": "10000",
-        "group.consumer.min.session.timeout.ms": "6000",
-        "group.consumer.heartbeat.interval.ms": "1000",
-        "group.consumer.min.heartbeat.interval.ms": "500",
+        **GROUP_TIMING,
         # The log cleaner (compacted topics) reserves 128 MB of heap by default: a quarter of
         # our small heap. 16 MB compacts test-sized topics just as well.
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     }
     props.update(security)
+    props.update(overrides or {})
     return _HEADER + "".join(f"{key}={value}\n" for key, value in props.items())
