@@ -284,7 +284,7 @@ def test_expiry_deletes_only_items_idle_past_the_limit(
     sent: list[Any] = []
 
     def send(client: DynoClient, model: Any) -> None:
-        ref.apply(model)
+        ref.add(model)
         sent.append(client.send(model))
 
     try:
