@@ -25,7 +25,6 @@ from rich.text import Text
 from dyno_stream.cli.dead_letters import dead_letters_app
 from dyno_stream.cli.history import history
 from dyno_stream.cli.verify import verify
-from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings
 from dyno_stream.core.errors import (
     ConfigError,
@@ -35,6 +34,7 @@ from dyno_stream.core.errors import (
     StoreError,
 )
 from dyno_stream.kafka.client import Delivery
+from dyno_stream.stream.http_client import http_get
 
 app = typer.Typer(
     help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",
@@ -211,14 +211,14 @@ def worker(
     ] = None,
 ) -> None:
     """Run a stream worker until SIGTERM/SIGINT."""
-    from dyno_stream.cli.logs import setup_logging
     from dyno_stream.config import worker_processes
+    from dyno_stream.stream.logs import setup_logging
 
     s = settings() if processes is None else load_settings(worker={"processes": processes})
     setup_logging(s.worker.log_format, s.worker.log_level)
     count = worker_processes(s.worker)
     if count > 1:
-        from dyno_stream.cli.supervisor import Supervisor
+        from dyno_stream.stream.supervisor import Supervisor
 
         raise typer.Exit(Supervisor(s, count).run())
     from dyno_stream.stream.worker import Worker
@@ -424,13 +424,13 @@ def compact(
     within the policy's wait_s (down or far behind: those items are folded later, or by the
     next pass).
     """
-    from dyno_stream.cli.logs import setup_logging
     from dyno_stream.jobs.compaction import (
         EXIT_UNCONFIRMED,
         compact_offline,
         compact_online,
         compaction_policy,
     )
+    from dyno_stream.stream.logs import setup_logging
 
     if db is not None and expire_after:
         raise ConfigError(
@@ -478,9 +478,9 @@ def repartition(
     ] = None,
 ) -> None:
     """Move to new ops and snapshot topics with N partitions (never alter them in place)."""
-    from dyno_stream.cli.logs import setup_logging
     from dyno_stream.jobs.progress import Reporter
     from dyno_stream.jobs.repartition import repartition as run
+    from dyno_stream.stream.logs import setup_logging
 
     s = kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
@@ -524,9 +524,9 @@ def migrate_snapshots(
     Stop the workers, run it with --to NEW_TOPIC, point [topics] snapshots at NEW_TOPIC
     everywhere (DYNO_TOPICS__SNAPSHOTS), start the workers.
     """
-    from dyno_stream.cli.logs import setup_logging
     from dyno_stream.jobs import migrate_snapshots as job
     from dyno_stream.jobs.progress import Reporter
+    from dyno_stream.stream.logs import setup_logging
 
     s = kafka_settings()
     setup_logging(s.worker.log_format, s.worker.log_level)
