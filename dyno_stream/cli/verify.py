@@ -53,7 +53,7 @@ def verify(
     """Compare items (name, changes, chain hash) between two of: this cluster's snapshot
     topic, the workers' stores, a second cluster's snapshot topic. Prints the items that
     differ (missing, behind, diverged); exits 1 on any."""
-    from dyno_stream.cli.app import friendly, kafka_settings
+    from dyno_stream.cli.common import friendly, kafka_settings
 
     def run() -> None:
         s = kafka_settings()
