@@ -20,9 +20,7 @@ from dyno_stream.cli.dead_letters import dead_letters_app
 from dyno_stream.cli.history import history
 from dyno_stream.cli.verify import verify
 from dyno_stream.config import load_settings
-from dyno_stream.core.errors import (
-    DynoError,
-)
+from dyno_stream.core.errors import DynoError
 
 app = typer.Typer(
     help="dyno-stream: an event-sourced item store on Kafka (level-dyno's histories in LevelDB).",

@@ -6,11 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dyno_stream.cli.common import (
-    err,
-    friendly,
-    out,
-)
+from dyno_stream.cli.common import err, friendly, out
 
 broker_app = typer.Typer(
     help="The local Apache Kafka broker (from Maven Central jars).", no_args_is_help=True

@@ -17,9 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from dyno_stream.config import Settings, load_settings
-from dyno_stream.core.errors import (
-    DynoError,
-)
+from dyno_stream.core.errors import DynoError
 
 # no markup: item names and messages are printed exactly as they are, one line each
 out = Console(highlight=False, markup=False, soft_wrap=True)

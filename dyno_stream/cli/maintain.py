@@ -4,30 +4,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dyno_stream.cli.common import (
-    err,
-    friendly,
-    kafka_settings,
-    out,
-    settings,
-)
-from dyno_stream.core.errors import (
-    ConfigError,
-)
+from dyno_stream.cli.common import err, friendly, kafka_settings, out, settings
+from dyno_stream.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dyno_stream.jobs.compaction import Summary
+
+
+#: ``compact --db``: the offline pass
+_StoreOption = Annotated[
+    Path | None,
+    typer.Option(help="Offline: compact this store (no worker may hold it), then reclaim disk."),
+]
 
 
 @friendly
 def compact(
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            help="Offline: compact this store (no worker may hold it), then reclaim disk."
-        ),
-    ] = None,
+    db: _StoreOption = None,
     min_rows: Annotated[int | None, typer.Option(help="Only items with at least N rows.")] = None,
     lateness: Annotated[
         float | None, typer.Option(help="Only fold ops older than this many seconds.")
@@ -79,15 +76,20 @@ def compact(
         if db is not None
         else compact_online(s, policy, err, dry_run=dry_run)
     )
+    _print_summary(summary)
+    if summary.unconfirmed:  # cron's mail and alerts see it; the next pass retries them
+        raise typer.Exit(EXIT_UNCONFIRMED)
+
+
+def _print_summary(summary: Summary) -> None:
+    """The pass's details, then its summary: the command's answer, printed whatever the log
+    level (a table on a terminal, one line otherwise)."""
     for line in summary.details:
         out.print(line)
-    # the summary is the command's answer: printed whatever the log level
     if out.is_terminal:
         out.print(summary.table())
     else:
         out.print(summary.log_line())
-    if summary.unconfirmed:  # cron's mail and alerts see it; the next pass retries them
-        raise typer.Exit(EXIT_UNCONFIRMED)
 
 
 @friendly

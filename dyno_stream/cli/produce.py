@@ -8,18 +8,9 @@ from typing import Annotated
 
 import typer
 
-from dyno_stream.cli.common import (
-    EXIT_NOT_FOUND,
-    EXIT_REFUSED,
-    err,
-    friendly,
-    kafka_settings,
-    out,
-)
+from dyno_stream.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, err, friendly, kafka_settings, out
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import (
-    PublishError,
-)
+from dyno_stream.core.errors import PublishError
 from dyno_stream.kafka.client import Delivery
 
 

@@ -11,19 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from dyno_stream.cli.common import (
-    EXIT_NOT_FOUND,
-    err,
-    friendly,
-    kafka_settings,
-    out,
-    settings,
-)
+from dyno_stream.cli.common import EXIT_NOT_FOUND, err, friendly, kafka_settings, out, settings
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import (
-    KafkaServiceError,
-    StoreError,
-)
+from dyno_stream.core.errors import KafkaServiceError, StoreError
 from dyno_stream.stream.http_client import http_get
 
 
