@@ -55,21 +55,10 @@ def get(
     error of the tool).
     """
     from dyno_stream.kafka.item_reads import ItemReads, WorkersUnreachableError
-    from dyno_stream.store import DynoStore
-    from dyno_stream.views import MaterializedView
 
     s = kafka_settings() if view else settings()
     if view:
-        with MaterializedView(s, prefix=item) as v:
-            if not v.wait_until_caught_up(60):
-                raise KafkaServiceError(
-                    "the snapshot topic could not be read to its end within 60s"
-                )
-            snap = v.get(item)
-        if snap is None:  # never published, or deleted (its tombstone dropped it)
-            err.print(f"no item {item!r} in {s.topics.snapshots}")
-            raise typer.Exit(EXIT_NOT_FOUND)
-        out.print_json(json.dumps(snap, ensure_ascii=False))
+        _get_from_view(s, item)
         return
     from dyno_stream.cli.history import time_ms
 
@@ -83,23 +72,46 @@ def get(
                 f"error: {exc}; `dyno-stream get --view {item}` reads the snapshot topic instead"
             )
             raise typer.Exit(1) from None
-        found, holders = None, []
-        for path in stores:  # no worker runs here: read its stores (they are not locked)
-            with DynoStore(path) as store:
-                it = store.get_item(item) if at is None else store.as_of(item, at)
-            if it.timestamp is not None:  # it holds the item, present or deleted
-                holders.append(str(path))
-                found = None if it.value is None else it.as_dict(store=str(path))
-        if len(holders) > 1:
-            raise StoreError(
-                f"{item!r} is in {len(holders)} partition stores ({', '.join(holders)}): its "
-                "ops reached more than one partition (producers placing keys differently?); "
-                "no answer is right"
-            ) from None
+        found = _get_from_stores(stores, item, at)
     if found is None:
         err.print(f"no item {item!r} in the workers' stores")
         raise typer.Exit(EXIT_NOT_FOUND)
     out.print_json(json.dumps(found, ensure_ascii=False))
+
+
+def _get_from_view(s: Settings, item: str) -> None:
+    """``get --view``: the item's snapshot, from the snapshot topic read to its end."""
+    from dyno_stream.views import MaterializedView
+
+    with MaterializedView(s, prefix=item) as v:
+        if not v.wait_until_caught_up(60):
+            raise KafkaServiceError("the snapshot topic could not be read to its end within 60s")
+        snap = v.get(item)
+    if snap is None:  # never published, or deleted (its tombstone dropped it)
+        err.print(f"no item {item!r} in {s.topics.snapshots}")
+        raise typer.Exit(EXIT_NOT_FOUND)
+    out.print_json(json.dumps(snap, ensure_ascii=False))
+
+
+def _get_from_stores(stores: list[Path], item: str, at: int | None) -> dict[str, Any] | None:
+    """The item from the partition stores here, when no worker runs (they are not locked);
+    refused when more than one store holds it: no answer would be right."""
+    from dyno_stream.store import DynoStore
+
+    found, holders = None, []
+    for path in stores:
+        with DynoStore(path) as store:
+            it = store.get_item(item) if at is None else store.as_of(item, at)
+        if it.timestamp is not None:  # it holds the item, present or deleted
+            holders.append(str(path))
+            found = None if it.value is None else it.as_dict(store=str(path))
+    if len(holders) > 1:
+        raise StoreError(
+            f"{item!r} is in {len(holders)} partition stores ({', '.join(holders)}): its "
+            "ops reached more than one partition (producers placing keys differently?); "
+            "no answer is right"
+        ) from None  # called while a worker's silence is handled: not its consequence
+    return found
 
 
 @friendly
