@@ -86,6 +86,14 @@ def major_version(version: str) -> int:
     return int(version.split(".", 1)[0])
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    """``"3.9.1"`` as ``(3, 9, 1)``, to compare releases (anything unreadable sorts first)."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return ()
+
+
 def pom_name(version: str) -> str:
     """The packaged pom that lists ``version``'s runtime jars."""
     return "pom.xml" if major_version(version) >= 4 else "pom-3.xml"

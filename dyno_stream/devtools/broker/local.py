@@ -26,6 +26,7 @@ from dyno_stream.devtools.broker.jars import (
     kafka_version,
     major_version,
     resource_text,
+    version_key,
 )
 from dyno_stream.devtools.broker.jvm import KafkaJvm, find_java, kept_cluster_id
 from dyno_stream.devtools.broker.processes import (
@@ -62,14 +63,6 @@ def _default_port() -> int:
     except ValueError:
         raise LocalBrokerError(f"DYNO_BROKER_PORT must be a port number, not {env!r}") from None
     return port
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    """``"3.9.1"`` as ``(3, 9, 1)``, to compare releases (anything unreadable sorts first)."""
-    try:
-        return tuple(int(part) for part in version.split("."))
-    except ValueError:
-        return ()
 
 
 @dataclass(frozen=True)
@@ -338,7 +331,7 @@ class LocalBroker:
             formatted = self.formatted_by_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return
-        if _version_key(formatted) > _version_key(self.kafka_version):
+        if version_key(formatted) > version_key(self.kafka_version):
             raise LocalBrokerError(
                 f"the broker storage in {self.home} was formatted by Kafka {formatted}, newer "
                 f"than the {self.kafka_version} asked for, which cannot read it: use another "
