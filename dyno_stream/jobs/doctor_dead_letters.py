@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dyno_stream.core.deadletter import H_REASON
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME
@@ -32,14 +32,8 @@ def dead_letters(d: Doctor) -> None:
     ahead_ms: list[int] = []
     consumer = topic_reader(d.s, "doctor")
     try:
-        parts = [TopicPartition(topic, p, since_ms) for p in d._topics[topic].partitions]
-        starts = consumer.offsets_for_times(parts, timeout=d.timeout)
-        ends = {}
-        for tp in starts:
-            _, hi = consumer.get_watermark_offsets(tp, timeout=d.timeout)
-            if tp.offset >= 0 and tp.offset < hi:
-                ends[tp.partition] = hi
-        consumer.assign([tp for tp in starts if tp.partition in ends])
+        partitions = list(d._topics[topic].partitions)
+        ends = _assign_window(consumer, topic, partitions, since_ms, d.timeout)
         deadline = time.monotonic() + 4 * d.timeout
         read = 0
         while ends and read < DEAD_LETTER_MAX and time.monotonic() < deadline:
@@ -81,6 +75,22 @@ def dead_letters(d: Doctor) -> None:
         f"kcat -C -t {topic} -o s@{since_ms} -e -f '%h %s\\n'"
     )
     d.add("dead letters", "warn", detail, "; ".join(fixes))
+
+
+def _assign_window(
+    consumer: Consumer, topic: str, partitions: list[int], since_ms: int, timeout: float
+) -> dict[int, int]:
+    """Assign the partitions with letters since ``since_ms``, from the first of them; their
+    ends now, by partition, which the count reads up to."""
+    parts = [TopicPartition(topic, p, since_ms) for p in partitions]
+    starts = consumer.offsets_for_times(parts, timeout=timeout)
+    ends = {}
+    for tp in starts:
+        _, hi = consumer.get_watermark_offsets(tp, timeout=timeout)
+        if tp.offset >= 0 and tp.offset < hi:
+            ends[tp.partition] = hi
+    consumer.assign([tp for tp in starts if tp.partition in ends])
+    return ends
 
 
 def _headers(raw: Any) -> dict[str, bytes]:

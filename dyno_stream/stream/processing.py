@@ -284,6 +284,18 @@ class BatchProcessor:
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
+        self._close_share(share, messages, expiring, skews)
+        return share
+
+    def _close_share(
+        self,
+        share: PartitionShare,
+        messages: list[Message],
+        expiring: list[tuple[int, str]],
+        skews: list[int],
+    ) -> None:
+        """After the loop: the expiries dropped whose item changed, the offsets and time the
+        share covers, and the batch's skews observed."""
         if expiring:
             _drop_changed_expiries(share, expiring)
         last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
@@ -292,7 +304,6 @@ class BatchProcessor:
         share.first_offset = messages[0].offset() or 0
         share.consumed_ms = consumed_ms(messages[-1])
         self.metrics.clock_skew.observe_many(skews)
-        return share
 
     def _say_if_create_time(self, ps: PartitionStore, first: Message) -> None:
         """Once: a CreateTime ops topic bounds skew by each producer's own clock only."""
