@@ -2,7 +2,7 @@
 
 - ``<!-- cli-reference -->`` becomes every ``dyno-stream`` command, read from the typer app;
 - ``<!-- config-reference -->`` becomes every setting, read from the pydantic settings models
-  (type, default, and the ``#:`` comment above the field in ``dyno_stream/config.py``);
+  (type, default, and the ``#:`` comment above the field in ``dyno_stream/config/settings.py``);
 - ``{{ FMT [AGG] FILE.json:PATH [over PATH] }}`` becomes a figure read from
   ``bench/results/FILE.json``: PATH is keys and list indexes joined by ``/`` (``*`` takes
   every element), AGG one of min, max, median, FMT a format below. ``over PATH`` divides by
@@ -218,7 +218,7 @@ def config_reference() -> str:
 
     from dyno_stream import config
 
-    comments = _field_comments(Path(inspect.getfile(config)).read_text())
+    comments = _field_comments(Path(inspect.getfile(config.settings)).read_text())
     toml_file = ROOT / "config" / "dyno-stream.toml"
     toml = _toml_comments(toml_file.read_text()) if toml_file.is_file() else {}
     lines: list[str] = []

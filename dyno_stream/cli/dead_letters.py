@@ -25,7 +25,7 @@ Since = Annotated[
 
 
 def _read(reason: str | None, since: str | None) -> list[Letter]:
-    from dyno_stream.cli.app import kafka_settings
+    from dyno_stream.cli.common import kafka_settings
 
     return read_letters(
         kafka_settings(), since=None if since is None else since_ms(since), reason=reason
@@ -40,7 +40,7 @@ def listing(
     last: Annotated[int, typer.Option(help="Also list the newest N letters, one line each.")] = 10,
 ) -> None:
     """Count the dead letters by reason, and list the newest."""
-    from dyno_stream.cli.app import friendly
+    from dyno_stream.cli.common import friendly
 
     if ctx.invoked_subcommand is not None:
         return
@@ -66,7 +66,7 @@ def _listing(reason: str | None, since: str | None, last: int) -> None:
 @dead_letters_app.command()
 def show(where: Annotated[str, typer.Argument(help="The letter's PARTITION:OFFSET.")]) -> None:
     """Print one dead letter in full: its key, bytes, headers and reason."""
-    from dyno_stream.cli.app import EXIT_NOT_FOUND, friendly
+    from dyno_stream.cli.common import EXIT_NOT_FOUND, friendly
 
     def run() -> None:
         partition, sep, offset = where.partition(":")
@@ -114,7 +114,7 @@ def replay_command(
     """Produce the dead letters' original messages to the ops topic again (key, bytes,
     headers; placed by the placement rule). Ops keep their flakes: replaying twice applies
     nothing twice, and an op past the lateness window is refused as late again."""
-    from dyno_stream.cli.app import friendly, kafka_settings
+    from dyno_stream.cli.common import friendly, kafka_settings
 
     def run() -> None:
         s = kafka_settings()

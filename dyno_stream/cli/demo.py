@@ -23,7 +23,6 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.panel import Panel
 
-from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core.deadletter import H_MESSAGE, H_REASON
 from dyno_stream.core.errors import ConfigError, DynoError
@@ -31,6 +30,7 @@ from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.kafka.topics import delete_topics, ensure_topics
+from dyno_stream.stream.http_client import http_get
 
 #: The demo worker's HTTP port: not the default 9464, which a worker of one's own may hold.
 #: ``DYNO_DEMO_HTTP_PORT`` picks another (the tests do, so that runs side by side never clash).

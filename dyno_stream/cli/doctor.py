@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dyno_stream.cli.app import app, friendly, out, settings
+from dyno_stream.cli.app import app
+from dyno_stream.cli.common import friendly, out, settings
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 

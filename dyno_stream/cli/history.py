@@ -44,7 +44,7 @@ def history(
 
     Rows older than the item's last fold are one ``history`` row (its folded value); exit 3
     when there is no such item."""
-    from dyno_stream.cli.app import EXIT_NOT_FOUND, friendly, kafka_settings
+    from dyno_stream.cli.common import EXIT_NOT_FOUND, friendly, kafka_settings
 
     def run() -> None:
         from dyno_stream.kafka.client import DynoClient

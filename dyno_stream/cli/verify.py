@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dyno_stream.config import Settings
 from dyno_stream.jobs.progress import Reporter
 from dyno_stream.jobs.verify import (
     Comparison,
@@ -53,26 +54,13 @@ def verify(
     """Compare items (name, changes, chain hash) between two of: this cluster's snapshot
     topic, the workers' stores, a second cluster's snapshot topic. Prints the items that
     differ (missing, behind, diverged); exits 1 on any."""
-    from dyno_stream.cli.app import friendly, kafka_settings
+    from dyno_stream.cli.common import friendly, kafka_settings
 
     def run() -> None:
         s = kafka_settings()
         reporter = Reporter(out)
         started = time.monotonic()
-        sides: list[tuple[str, dict[str, Summary]]] = []
-        if stores:
-            from dyno_stream.kafka.item_reads import ItemReads
-
-            sides.append(("stores", store_summaries(ItemReads(s, s.kafka.librdkafka()).list())))
-        if not stores or against_ is None:
-            label = f"{s.kafka.bootstrap_servers}/{s.topics.snapshots}"
-            with reporter.task(f"reading {label}", None) as advance:
-                sides.append((label, read_summaries(s, s.topics.snapshots, advance)))
-        if against_ is not None:
-            other, topic = against(s, against_)
-            label = f"{other.kafka.bootstrap_servers}/{topic}"
-            with reporter.task(f"reading {label}", None) as advance:
-                sides.append((label, read_summaries(other, topic, advance)))
+        sides = _sides(s, reporter, stores=stores, against_=against_)
         failed = False
         if len(sides) == 2:
             (a, left), (b, right) = sides
@@ -82,15 +70,42 @@ def verify(
         elif not deep:
             raise typer.BadParameter("nothing to compare: give --against, --stores or --deep")
         if deep:
-            check = deep_check(s.worker.data_dir, s.topics.ops)
-            out.print(f"deep: {check.items:,} items' rows replayed in {s.worker.data_dir}")
-            for d in check.changed[:_SHOWN]:
-                out.print(f"  {d.name!r}: {d.kind}: {d.detail}")
-            failed = failed or bool(check.changed)
+            failed = _deep(s) or failed
         if failed:
             raise typer.Exit(1)
 
     friendly(run)()
+
+
+def _sides(
+    s: Settings, reporter: Reporter, *, stores: bool, against_: str | None
+) -> list[tuple[str, dict[str, Summary]]]:
+    """The copies to compare, each read and labelled: the workers' stores, this cluster's
+    snapshot topic, a second cluster's."""
+    sides: list[tuple[str, dict[str, Summary]]] = []
+    if stores:
+        from dyno_stream.kafka.item_reads import ItemReads
+
+        sides.append(("stores", store_summaries(ItemReads(s, s.kafka.librdkafka()).list())))
+    if not stores or against_ is None:
+        label = f"{s.kafka.bootstrap_servers}/{s.topics.snapshots}"
+        with reporter.task(f"reading {label}", None) as advance:
+            sides.append((label, read_summaries(s, s.topics.snapshots, advance)))
+    if against_ is not None:
+        other, topic = against(s, against_)
+        label = f"{other.kafka.bootstrap_servers}/{topic}"
+        with reporter.task(f"reading {label}", None) as advance:
+            sides.append((label, read_summaries(other, topic, advance)))
+    return sides
+
+
+def _deep(s: Settings) -> bool:
+    """Every item's rows in this machine's stores replayed; True when a chain differs."""
+    check = deep_check(s.worker.data_dir, s.topics.ops)
+    out.print(f"deep: {check.items:,} items' rows replayed in {s.worker.data_dir}")
+    for d in check.changed[:_SHOWN]:
+        out.print(f"  {d.name!r}: {d.kind}: {d.detail}")
+    return bool(check.changed)
 
 
 def _report(result: Comparison, seconds: float) -> None:

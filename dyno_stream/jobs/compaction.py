@@ -242,18 +242,7 @@ def compact_online(
     summary.chosen = len(chosen)
     summary.rows_before = sum(c.count for c in chosen)
     if dry_run:
-        summary.details = [
-            f"{c.name}: {c.count} rows >= {policy.min_rows}; fold rows older than {cutoff} "
-            f"up to hash {c.hash}"
-            if latest[c.name]["value"] is not None
-            else f"{c.name}: deleted at {latest[c.name]['timestamp']}, before {cutoff}: "
-            f"remove its {c.count} rows, keep its marker"
-            for c in chosen
-        ] + [
-            f"{c.name}: not changed since {latest[c.name]['timestamp']}: would expire "
-            f"(idle over {policy.expire_after_s:g}s)"
-            for c in expiring
-        ]
+        summary.details = _planned(latest, chosen, expiring, policy, cutoff)
         summary.expiring = len(expiring)
         summary.rows_after = summary.rows_before
         summary.seconds = time.monotonic() - started
@@ -261,6 +250,52 @@ def compact_online(
     # the answers are published from now on: mark where the topics end before the first
     # command goes out (a fast worker answers before the last one is acknowledged)
     since = answer_ends(settings)
+    commands = _send_commands(settings, rep, chosen, expiring, cutoff)
+    with rep.task("waiting for the workers' answers", len(commands)):
+        await_answers(settings, commands, since, policy.wait_s)
+    _count_answers(summary, commands, expires)
+    if summary.unconfirmed:
+        log.warning(
+            "%d of %d flatten commands were not answered within %ss (workers down or behind?)",
+            summary.unconfirmed,
+            len(commands),
+            policy.wait_s,
+        )
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _planned(
+    latest: dict[str, Any],
+    chosen: list[Candidate],
+    expiring: list[Candidate],
+    policy: CompactionSettings,
+    cutoff: str,
+) -> list[str]:
+    """A dry run's lines: what each command would do."""
+    return [
+        f"{c.name}: {c.count} rows >= {policy.min_rows}; fold rows older than {cutoff} "
+        f"up to hash {c.hash}"
+        if latest[c.name]["value"] is not None
+        else f"{c.name}: deleted at {latest[c.name]['timestamp']}, before {cutoff}: "
+        f"remove its {c.count} rows, keep its marker"
+        for c in chosen
+    ] + [
+        f"{c.name}: not changed since {latest[c.name]['timestamp']}: would expire "
+        f"(idle over {policy.expire_after_s:g}s)"
+        for c in expiring
+    ]
+
+
+def _send_commands(
+    settings: Settings,
+    rep: Reporter,
+    chosen: list[Candidate],
+    expiring: list[Candidate],
+    cutoff: str,
+) -> dict[str, Command]:
+    """A flatten command per chosen item and an expiry per idle one, each where Kafka put
+    it once acknowledged."""
     commands: dict[str, Command] = {}
     n_commands = len(chosen) + len(expiring)
     with DynoClient(settings) as client, rep.task("sending commands", n_commands) as adv:
@@ -283,8 +318,12 @@ def compact_online(
             d = f.result(settings.worker.publish_timeout_s + 5)
             commands[c.name] = Command(c, d.partition, d.offset)
             adv(1)
-    with rep.task("waiting for the workers' answers", len(commands)):
-        await_answers(settings, commands, since, policy.wait_s)
+    return commands
+
+
+def _count_answers(summary: Summary, commands: dict[str, Command], expires: set[str]) -> None:
+    """The workers' answers counted: folded, expired, kept (changed meanwhile), refused or
+    unanswered; and the rows left."""
     summary.rows_after = summary.rows_before
     for cmd in commands.values():
         if cmd.candidate.name in expires:
@@ -303,15 +342,6 @@ def compact_online(
         count = cmd.answer["count"]
         summary.flattened += count < cmd.candidate.count
         summary.rows_after -= cmd.candidate.count - count
-    if summary.unconfirmed:
-        log.warning(
-            "%d of %d flatten commands were not answered within %ss (workers down or behind?)",
-            summary.unconfirmed,
-            len(commands),
-            policy.wait_s,
-        )
-    summary.seconds = time.monotonic() - started
-    return summary
 
 
 # -- offline ---------------------------------------------------------------------------------

@@ -14,12 +14,8 @@ dead letters, reported here).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,26 +24,20 @@ from typing import Any, Literal
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
 
-from dyno_stream.config import LIBRDKAFKA_PARTITIONER, Settings
-from dyno_stream.core.deadletter import H_REASON
-from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ConfigError, DynoError
+from dyno_stream.config import Settings
+from dyno_stream.core.errors import ConfigError, DynoError
+from dyno_stream.jobs.doctor_dead_letters import dead_letters
+from dyno_stream.jobs.doctor_members import members, placement
 from dyno_stream.kafka.clock import CLIENT_WARN_SKEW_S
 from dyno_stream.kafka.group_protocol import (
     CONSUMER_GROUP_HEARTBEAT,
     broker_api_versions,
     choose_group_protocol,
 )
-from dyno_stream.kafka.members import member_address
 from dyno_stream.kafka.reading import committed_offsets, topic_reader
 
 Status = Literal["pass", "warn", "fail"]
 
-#: How far back the dead letters are counted.
-DEAD_LETTER_WINDOW_S = 3600.0
-#: The most dead letters read (the newest hour of a flood is counted up to this).
-DEAD_LETTER_MAX = 100_000
-#: A member's count of forwarded ops on its /metrics, by the partitioner that placed them.
-_FORWARDED = re.compile(r'^dyno_events_forwarded_total\{partitioner="([^"]*)"\} (\S+)$', re.M)
 #: Free space in data_dir below these is a warning, below half of them a failure.
 FREE_WARN_FRACTION, FREE_WARN_BYTES = 0.10, 1 << 30
 
@@ -64,7 +54,7 @@ def _mb(n: float) -> str:
     return f"{n / (1 << 20):,.0f} MiB" if n < 10 << 30 else f"{n / (1 << 30):,.1f} GiB"
 
 
-def _duration(ms: float) -> str:
+def duration(ms: float) -> str:
     s = ms / 1000
     if s < 120:
         return f"{s:.1f} s"
@@ -109,10 +99,10 @@ class Doctor:
                 self.replication()
                 self.offsets_and_retention()
                 self.clock()
-            self.members()
-            self.placement()
+            members(self)
+            placement(self)
             if self.s.topics.dead_letter in self._topics:
-                self.dead_letters()
+                dead_letters(self)
         self.disk()
         return self.findings
 
@@ -266,7 +256,7 @@ class Doctor:
             self.add("lag and retention", "fail", f"cannot read the group's offsets: {exc}")
             return
         retention = int(self._configs.get(t.ops, {}).get("retention.ms", "-1"))
-        kept = "for ever" if retention < 0 else f"for {_duration(retention)}"
+        kept = "for ever" if retention < 0 else f"for {duration(retention)}"
         lost, lag, waiting = [], 0, {}
         for p in range(len(parts)):
             lo, hi, c = low.get(p, 0), high.get(p, 0), committed.get(p, -1)
@@ -277,7 +267,7 @@ class Doctor:
             if hi > max(start, lo):
                 waiting[p] = max(start, lo)
         oldest = self._oldest_waiting(waiting)
-        age = "" if oldest is None else f"; oldest unapplied op {_duration(oldest)} old"
+        age = "" if oldest is None else f"; oldest unapplied op {duration(oldest)} old"
         detail = (
             f"group {group}: lag {lag:,} ops over {len(parts)} partitions{age}; ops kept {kept}"
         )
@@ -327,170 +317,6 @@ class Doctor:
         finally:
             consumer.close()
         return out
-
-    # -- the group's members ------------------------------------------------------------------
-
-    def members(self) -> None:
-        group = self.s.worker.group_id
-        try:
-            [fut] = self.admin.describe_consumer_groups(
-                [group], request_timeout=self.timeout
-            ).values()
-            described = fut.result()
-        except KafkaException as exc:
-            self.add("members", "fail", f"cannot describe group {group}: {exc}")
-            return
-        members = list(described.members)
-        if not members:
-            self.add(
-                "members",
-                "warn",
-                f"group {group} has no members ({described.state}): no worker applies ops",
-                "start the workers (with worker.group_id = " + repr(group) + ")",
-            )
-            return
-        reached: list[str] = []
-        unreachable: list[str] = []
-        silent: list[str] = []
-        for m in members:
-            address = member_address(m.client_id)
-            if address is None:
-                silent.append(m.client_id)
-                continue
-            ok, what = self._healthz(address)
-            (reached if ok else unreachable).append(f"{address} ({what})")
-            if ok:
-                self._reached.append(address)
-        detail = f"group {group}: members {len(members)}"
-        if reached:
-            detail += "; reached " + ", ".join(reached)
-        if unreachable:
-            self.add(
-                "members",
-                "fail",
-                f"{detail}; not reachable from here: {', '.join(unreachable)}",
-                "each worker's worker.advertised_http (DYNO_WORKER__ADVERTISED_HTTP) must be "
-                "a host:port that clients and the other workers reach; routed reads to its "
-                "partitions fail until it is",
-            )
-        elif silent:
-            self.add(
-                "members",
-                "warn",
-                f"{detail}; advertising no HTTP address: {', '.join(silent)}",
-                "set worker.http_port (not 0) and worker.advertised_http, so routed reads "
-                "reach their partitions",
-            )
-        else:
-            self.add("members", "pass", detail)
-
-    def placement(self) -> None:
-        """Ops the workers forwarded to their rule partition since they started, by the
-        partitioner that placed them (``dyno_events_forwarded_total`` on each member's
-        ``/metrics``): producers whose partitioner is not the placement rule."""
-        if not self._reached:
-            return
-        by: Counter[str] = Counter()
-        for address in self._reached:
-            try:
-                url = f"http://{address}/metrics"
-                with urllib.request.urlopen(url, timeout=self.http_timeout) as resp:
-                    text = resp.read().decode(errors="replace")
-            except (OSError, ValueError):
-                continue
-            for m in _FORWARDED.finditer(text):
-                by[m.group(1)] += int(float(m.group(2)))
-        rule = self.s.kafka.partitioner
-        if not sum(by.values()):
-            self.add("placement", "pass", f"no op forwarded: producers place by {rule}")
-            return
-        counts = ", ".join(f"{k} {n:,}" for k, n in by.most_common())
-        self.add(
-            "placement",
-            "warn",
-            f"ops off their rule partition ({rule}), forwarded since the workers started: "
-            f"placed by {counts}",
-            f"set those producers' partitioner to {LIBRDKAFKA_PARTITIONER[rule]} (kcat -X "
-            f"partitioner=..., confluent-kafka's 'partitioner'), or [kafka] partitioner to "
-            "theirs if every producer uses it; each forward costs a second trip through Kafka",
-        )
-
-    def _healthz(self, address: str) -> tuple[bool, str]:
-        try:
-            with urllib.request.urlopen(
-                f"http://{address}/healthz", timeout=self.http_timeout
-            ) as resp:
-                return True, f"healthz {resp.status}"
-        except urllib.error.HTTPError as exc:  # it answers: starting, stalled, refusing
-            try:
-                status = json.loads(exc.read()).get("status", "?")
-            except (ValueError, AttributeError):
-                status = "?"
-            return True, f"healthz {exc.code} {status}"
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return False, str(reason)
-
-    # -- dead letters -------------------------------------------------------------------------
-
-    def dead_letters(self) -> None:
-        topic = self.s.topics.dead_letter
-        since_ms = int((self.now() - DEAD_LETTER_WINDOW_S) * 1000)
-        reasons: Counter[str] = Counter()
-        ahead_ms: list[int] = []
-        consumer = topic_reader(self.s, "doctor")
-        try:
-            parts = [TopicPartition(topic, p, since_ms) for p in self._topics[topic].partitions]
-            starts = consumer.offsets_for_times(parts, timeout=self.timeout)
-            ends = {}
-            for tp in starts:
-                _, hi = consumer.get_watermark_offsets(tp, timeout=self.timeout)
-                if tp.offset >= 0 and tp.offset < hi:
-                    ends[tp.partition] = hi
-            consumer.assign([tp for tp in starts if tp.partition in ends])
-            deadline = time.monotonic() + 4 * self.timeout
-            read = 0
-            while ends and read < DEAD_LETTER_MAX and time.monotonic() < deadline:
-                for msg in consumer.consume(1000, 0.5):
-                    if msg.error() is not None:
-                        continue
-                    read += 1
-                    headers = _headers(msg.headers())
-                    reason = (headers.get(H_REASON) or b"unknown").decode(errors="replace")
-                    reasons[reason] += 1
-                    if reason == "clock-skew":
-                        try:
-                            flake = int(headers.get(H_FLAKE_TIME) or b"")
-                            appended = int(headers.get(H_MESSAGE_TIME) or b"")
-                            ahead_ms.append(flake - appended)
-                        except ValueError:
-                            pass
-                    p, off = msg.partition() or 0, msg.offset() or 0
-                    if off + 1 >= ends.get(p, 0):
-                        ends.pop(p, None)
-        except KafkaException as exc:
-            self.add("dead letters", "fail", f"cannot read {topic}: {exc}")
-            return
-        finally:
-            consumer.close()
-        if not reasons:
-            self.add("dead letters", "pass", f"none in {topic} over the last hour")
-            return
-        counts = ", ".join(f"{r} {n:,}" for r, n in reasons.most_common())
-        first = f" (the first {read:,} read)" if ends else ""
-        detail = f"over the last hour in {topic}{first}: {counts}"
-        fixes = []
-        if "clock-skew" in reasons:
-            worst = f"up to {_duration(max(ahead_ms))} ahead" if ahead_ms else "ahead"
-            detail += f"; clock-skew: producers whose clocks run {worst} of the broker"
-            fixes.append(
-                "clock-skew: run NTP (chrony) on the producing hosts; those ops were refused"
-            )
-        fixes.append(
-            f"read them (their reason is the {H_REASON} header): "
-            f"kcat -C -t {topic} -o s@{since_ms} -e -f '%h %s\\n'"
-        )
-        self.add("dead letters", "warn", detail, "; ".join(fixes))
 
     # -- this machine -------------------------------------------------------------------------
 
@@ -568,14 +394,6 @@ class Doctor:
             "(compaction, `dyno-stream compact`, folds histories)"
         )
         self.add("disk", status, detail, fix)
-
-
-def _headers(raw: Any) -> dict[str, bytes]:
-    """A message's headers by name (the last of a repeated one), values as bytes."""
-    out: dict[str, bytes] = {}
-    for key, value in raw or []:
-        out[key] = value.encode() if isinstance(value, str) else (value or b"")
-    return out
 
 
 def diagnose(settings: Settings, **kwargs: Any) -> list[Finding]:

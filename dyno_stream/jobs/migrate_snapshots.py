@@ -99,16 +99,7 @@ def migrate_snapshots(
         raise KafkaAdminError(f"snapshot topic {t.snapshots} not found: nothing to migrate")
     if not force:
         _refuse_running_workers(admin, settings.worker.group_id)
-    new_settings = settings.model_copy(
-        update={"topics": t.model_copy(update={"snapshots": new_topic})}
-    )
-    ensure_topics(new_settings)
-    _, new_count = ops_partition_counts(admin, new_settings, timeout=30)
-    if new_count != ops_count:
-        raise ConfigError(
-            f"{new_topic} exists with {new_count} partitions, not the {ops_count} of "
-            f"{t.ops}: choose another name"
-        )
+    _make_new_topic(admin, settings, new_topic, ops_count)
     report = MigrationReport(t.snapshots, new_topic, old_count, ops_count)
     newest = _read(settings, reporter)
     producer = Producer({**producer_config(settings), "linger.ms": 20})
@@ -148,6 +139,22 @@ def migrate_snapshots(
     report.per_partition = dict(sorted(placed.items()))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _make_new_topic(admin: AdminClient, settings: Settings, new_topic: str, ops_count: int) -> None:
+    """``new_topic`` created co-partitioned with the ops topic; refused when it exists with
+    another partition count."""
+    t = settings.topics
+    new_settings = settings.model_copy(
+        update={"topics": t.model_copy(update={"snapshots": new_topic})}
+    )
+    ensure_topics(new_settings)
+    _, new_count = ops_partition_counts(admin, new_settings, timeout=30)
+    if new_count != ops_count:
+        raise ConfigError(
+            f"{new_topic} exists with {new_count} partitions, not the {ops_count} of "
+            f"{t.ops}: choose another name"
+        )
 
 
 @dataclass

@@ -10,19 +10,15 @@ The steps in detail: ``docs/design/repartition.md``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -31,24 +27,21 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from dyno_stream.config import Settings, producer_config
-from dyno_stream.core import ops
-from dyno_stream.core.errors import ConfigError, KafkaAdminError, PublishError
-from dyno_stream.core.snapshots import tombstone_headers, tombstone_snapshot
+from dyno_stream.config import Settings
+from dyno_stream.core.errors import ConfigError, KafkaAdminError
 from dyno_stream.jobs.progress import Reporter
-from dyno_stream.kafka.partitioning import rule_partition, snapshot_partition
-from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
-from dyno_stream.kafka.topics import SnapshotPartitioning, ensure_topics, snapshot_partitioning
+from dyno_stream.jobs.repartition_copy import (
+    PROBE_KEY,
+    Newest,
+    copy_snapshots,
+    forward_ops,
+    read_snapshots,
+    watermark_ends,
+)
+from dyno_stream.kafka.reading import topic_reader
+from dyno_stream.kafka.topics import ensure_topics, snapshot_partitioning
 
 log = logging.getLogger(__name__)
-
-#: The key of the message that proves the fence holds (skipped if it ever got through).
-PROBE_KEY = b"\x00dyno-repartition-probe"
-#: Forwarded ops between two flushes and cursor saves in the state file.
-_CHUNK = 5_000
-#: A fault hook for the tests: ``<phase>:<n>`` SIGKILLs the process after n items copied
-#: (``copy``) or n ops forwarded (``forward``), the way a crash would stop it.
-_KILL_ENV = "DYNO_REPARTITION_KILL_AFTER"
 
 
 def new_topic_names(settings: Settings, partitions: int) -> tuple[str, str]:
@@ -137,12 +130,6 @@ class Report:
         )
 
 
-def _kill_point(phase: str) -> int | None:
-    spec = os.environ.get(_KILL_ENV, "")
-    name, _, n = spec.partition(":")
-    return int(n) if name == phase and n else None
-
-
 def _admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka.librdkafka())
 
@@ -150,15 +137,6 @@ def _admin(settings: Settings) -> AdminClient:
 def _topic_partitions(admin: AdminClient, topic: str) -> int | None:
     meta = admin.list_topics(timeout=30).topics.get(topic)
     return None if meta is None or meta.error is not None else len(meta.partitions)
-
-
-def _ends(consumer: Consumer, topic: str, partitions: int) -> tuple[dict[int, int], dict[int, int]]:
-    """The low and high watermarks of the topic's first ``partitions`` partitions."""
-    marks = watermarks(consumer, topic)
-    return (
-        {p: marks[p][0] for p in range(partitions)},
-        {p: marks[p][1] for p in range(partitions)},
-    )
 
 
 def repartition(
@@ -191,10 +169,8 @@ def repartition(
     if dry_run:
         return _dry_run(settings, state, now, report)
     if state.done:
-        report.items, report.forwarded = state.items or 0, state.forwarded
-        report.seconds, report.runs = state.seconds, state.runs
         report.details.append(f"already done (state in {path})")
-        return report
+        return _reported(report, state)
     started = time.monotonic()
     state.runs += 1
     if state.runs > 1:
@@ -206,23 +182,39 @@ def repartition(
         if not state.snapshot_ends:
             _drain(settings, state, drain_timeout, reporter)
             state.save(path)
-        newest = _read_snapshots(settings, state, reporter)
+        newest = read_snapshots(settings, state, reporter)
         if state.items is None:
-            new = _new_settings(settings, state)
-            ensure_topics(new)
-            placing = snapshot_partitioning(new, admin)
-            if placing.problem is not None:
-                log.error("%s", placing.problem)
-            state.items = _copy(settings, state, newest, reporter, placing)
+            state.items = _make_topics_and_copy(settings, admin, state, newest, reporter)
             state.save(path)
-        _forward(settings, state, newest, reporter, path)
+        forward_ops(settings, state, newest, reporter, path)
         state.done = True
     finally:
         state.seconds += time.monotonic() - started
         state.save(path)
+    return _reported(report, state)
+
+
+def _reported(report: Report, state: State) -> Report:
+    """The report with what the state file says was done, over every run."""
     report.items, report.forwarded = state.items or 0, state.forwarded
     report.seconds, report.runs = state.seconds, state.runs
     return report
+
+
+def _make_topics_and_copy(
+    settings: Settings,
+    admin: AdminClient,
+    state: State,
+    newest: dict[bytes, Newest],
+    reporter: Reporter,
+) -> int:
+    """The new topics made, then each item's newest snapshot copied into them."""
+    new = _new_settings(settings, state)
+    ensure_topics(new)
+    placing = snapshot_partitioning(new, admin)
+    if placing.problem is not None:
+        log.error("%s", placing.problem)
+    return copy_snapshots(settings, state, newest, reporter, placing)
 
 
 def _new_settings(settings: Settings, state: State) -> Settings:
@@ -239,11 +231,11 @@ def _new_settings(settings: Settings, state: State) -> Settings:
 def _dry_run(settings: Settings, state: State, now: int, report: Report) -> Report:
     consumer = topic_reader(settings, "repartition")
     try:
-        lows, highs = _ends(consumer, state.old_ops, now)
+        lows, highs = watermark_ends(consumer, state.old_ops, now)
     finally:
         consumer.close()
     ops_held = sum(highs[p] - lows[p] for p in highs)
-    newest = _read_snapshots(settings, state, None)
+    newest = read_snapshots(settings, state, None)
     report.items = len(newest)
     report.dry_run = True
     report.details += [
@@ -281,7 +273,7 @@ def _fence(settings: Settings, admin: AdminClient, topic: str, now: int, state: 
         time.sleep(0.5)
     consumer = topic_reader(settings, "repartition")
     try:
-        _lows, state.ends = _ends(consumer, topic, now)
+        _lows, state.ends = watermark_ends(consumer, topic, now)
     finally:
         consumer.close()
     state.fenced = True
@@ -328,240 +320,6 @@ def _drain(settings: Settings, state: State, timeout: float, reporter: Reporter)
     state.committed = committed
     consumer = topic_reader(settings, "repartition")
     try:
-        _lows, state.snapshot_ends = _ends(consumer, state.old_snapshots, state.recorded)
+        _lows, state.snapshot_ends = watermark_ends(consumer, state.old_snapshots, state.recorded)
     finally:
         consumer.close()
-
-
-@dataclass(slots=True)
-class _Newest:
-    """An item's newest snapshot in the old topic: what decides, and its bytes."""
-
-    changes: int
-    count: int
-    partition: int
-    offset: int
-    raw: bytes
-    #: a tombstone's (``raw`` is then its deleted item's snapshot, value null)
-    deleted: bool = False
-
-
-def _loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:  # NaN and the like, which Python's json takes
-        return json.loads(raw)
-
-
-def _read_snapshots(
-    settings: Settings, state: State, reporter: Reporter | None
-) -> dict[bytes, _Newest]:
-    """Each item's newest snapshot of the old ops topic, up to the ends noted by ``_drain``
-    (the ends now, for a dry run)."""
-    consumer = topic_reader(settings, "repartition")
-    topic = state.old_snapshots
-    try:
-        meta = consumer.list_topics(timeout=30).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return {}
-        lows, highs = _ends(consumer, topic, len(meta.partitions))
-        ends = state.snapshot_ends or highs
-        ranges = {p: (lows[p], hi) for p, hi in ends.items()}
-        newest: dict[bytes, _Newest] = {}
-        total = sum(max(0, hi - lo) for lo, hi in ranges.values())
-        task = (
-            reporter.task("reading the snapshots", total)
-            if reporter
-            else contextlib.nullcontext(lambda n: None)
-        )
-        with task as advance:
-            for msgs in read_range(consumer, topic, ranges):
-                for msg in msgs:
-                    raw = msg.value()
-                    deleted = raw is None
-                    if raw is None:  # a tombstone: its item deleted at an op's offset
-                        tomb = tombstone_snapshot(msg.key(), msg.headers())
-                        if tomb is None:  # not a worker's: its key's snapshot is gone
-                            newest.pop(msg.key() or b"", None)
-                            continue
-                        raw = orjson.dumps(tomb)
-                    snap = _snapshot_fields(raw, state.old_ops)
-                    if snap is None:
-                        continue
-                    key = snap[0]
-                    held = newest.get(key)
-                    changes, count = snap[1], snap[2]
-                    if (
-                        held is None
-                        or changes > held.changes
-                        or (changes == held.changes and count < held.count)
-                    ):
-                        newest[key] = _Newest(changes, count, snap[3], snap[4], raw, deleted)
-                advance(len(msgs))
-        return newest
-    finally:
-        consumer.close()
-
-
-def _snapshot_fields(raw: bytes | None, ops_topic: str) -> tuple[bytes, int, int, int, int] | None:
-    if raw is None:
-        return None
-    try:
-        d = _loads(raw)
-        src = d["source"]
-        if src["topic"] != ops_topic:
-            return None
-        return (
-            d["item"].encode(),
-            int(d["changes"]),
-            int(d["count"]),
-            int(src["partition"]),
-            int(src["offset"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("skipping a message of %s that is not a snapshot", ops_topic)
-        return None
-
-
-def _producer(settings: Settings) -> Producer:
-    return Producer({**producer_config(settings), "linger.ms": 20})
-
-
-def _flush(producer: Producer, errors: list[str]) -> None:
-    while producer.flush(30):
-        log.warning("waiting for Kafka to acknowledge the messages sent")
-    if errors:
-        raise PublishError(f"{len(errors)} messages refused: {'; '.join(errors[:3])}")
-
-
-def _copy(
-    settings: Settings,
-    state: State,
-    newest: dict[bytes, _Newest],
-    reporter: Reporter,
-    placing: SnapshotPartitioning,
-) -> int:
-    """Each item's newest snapshot into the new snapshot topic, its source pointing at the
-    start of the new ops topic at its key's partition there; the snapshot goes to that same
-    partition of the new snapshot topic (co-partitioned, as ``ensure_topics`` makes it;
-    by key hash in one that exists with another count)."""
-    producer = _producer(settings)
-    errors: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    kill_at = _kill_point("copy")
-    n = state.partitions
-    snapshot_count = placing.snapshot_partitions or n
-    with reporter.task(f"copying snapshots to {state.new_snapshots}", len(newest)) as advance:
-        for i, (key, snap) in enumerate(newest.items(), 1):
-            q = rule_partition(key, n, settings.kafka.partitioner)
-            d = _loads(snap.raw)
-            d["source"] = {"topic": state.new_ops, "partition": q, "offset": -1}
-            to = snapshot_partition(key, q, snapshot_count, placing.co_partitioned)
-            value: bytes | None = None
-            headers: list[tuple[str, str | bytes | None]] | None = None
-            if snap.deleted:  # a tombstone again, so no restore brings it back
-                headers = list(
-                    tombstone_headers(
-                        d["timestamp"], d["changes"], d["hash"], d["count"], state.new_ops, q, -1
-                    )
-                )
-            else:
-                value = ops.dumps_internal(d)
-            while True:
-                try:
-                    producer.produce(
-                        state.new_snapshots,
-                        value,
-                        key,
-                        partition=to,
-                        headers=headers,
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            if i % 1000 == 0:
-                producer.poll(0)
-                advance(1000)
-                if kill_at is not None and i >= kill_at:
-                    producer.flush(30)
-                    os.kill(os.getpid(), signal.SIGKILL)
-        advance(len(newest) % 1000)
-        _flush(producer, errors)
-    return len(newest)
-
-
-def _forward(
-    settings: Settings,
-    state: State,
-    newest: dict[bytes, _Newest],
-    reporter: Reporter,
-    path: Path,
-) -> None:
-    """Every op of the old topic that no copied snapshot holds, to the new ops topic."""
-    consumer = topic_reader(settings, "repartition")
-    producer = _producer(settings)
-    errors: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    topic = state.old_ops
-    try:
-        lows = _ends(consumer, topic, len(state.ends))[0]
-        ranges = {
-            part: (max(lows[part], state.cursor.get(part, 0)), end)
-            for part, end in state.ends.items()
-        }
-        total = sum(max(0, end - start) for start, end in ranges.values())
-        position = {part: start for part, (start, _end) in ranges.items()}
-        kill_at = _kill_point("forward")
-        since_save = 0
-        with reporter.task(f"forwarding ops to {state.new_ops}", total) as advance:
-            for msgs in read_range(consumer, topic, ranges):
-                for msg in msgs:
-                    p, off = msg.partition(), msg.offset()
-                    assert p is not None and off is not None
-                    position[p] = off + 1
-                    key = msg.key()
-                    if key == PROBE_KEY or off < state.committed.get(p, 0):
-                        continue  # applied or dead-lettered by the old workers
-                    snap = newest.get(key) if key is not None else None
-                    if snap is not None and snap.partition == p and off <= snap.offset:
-                        continue  # in the item's snapshot
-                    raw_headers = msg.headers()
-                    while True:
-                        try:
-                            producer.produce(
-                                state.new_ops,
-                                msg.value(),
-                                key,
-                                headers=raw_headers,
-                                on_delivery=delivered,
-                            )
-                            break
-                        except BufferError:
-                            producer.poll(0.1)
-                    state.forwarded += 1
-                    since_save += 1
-                    if kill_at is not None and state.forwarded >= kill_at:
-                        producer.flush(30)
-                        os.kill(os.getpid(), signal.SIGKILL)
-                advance(len(msgs))
-                if since_save >= _CHUNK:
-                    _flush(producer, errors)
-                    state.cursor.update(position)
-                    state.save(path)
-                    since_save = 0
-            _flush(producer, errors)
-            state.cursor.update(position)
-            state.save(path)
-    finally:
-        consumer.close()
-    if errors:
-        raise PublishError(f"{len(errors)} ops not forwarded: {'; '.join(errors[:3])}")

@@ -147,18 +147,7 @@ class DynoClient:
         :class:`~dyno_stream.core.errors.PartitionCountError` while the ops topic does not
         have the partition count its stores were built with.
         """
-        flake = event.before if isinstance(event, Flatten) else event.ts
-        if flake is not None:
-            field = "before" if isinstance(event, Flatten) else "ts"
-            check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
-        self._auth.check()
-        if not self._partitions.checked.is_set():
-            deadline = time.monotonic() + _FIRST_CHECK_WAIT_S
-            while not self._partitions.checked.wait(0.05) and time.monotonic() < deadline:
-                if self._auth.failure is not None:
-                    break  # a refused login: the send fails its future with it, at once
-        if self._partitions.refusal is not None:
-            raise self._partitions.refusal
+        self._check_sendable(event)
         future: Future[Delivery] = Future()
         refused = self._auth.failure
         if refused is not None:  # learnt while waiting for the check: nothing gets through
@@ -200,6 +189,22 @@ class DynoClient:
             except BufferError:
                 self._producer.poll(0.1)
         return future
+
+    def _check_sendable(self, event: EventModel) -> None:
+        """Raise what ``send`` refuses before producing: a time too far ahead, a refused
+        login, a changed partition count (waiting a moment for the first check of it)."""
+        flake = event.before if isinstance(event, Flatten) else event.ts
+        if flake is not None:
+            field = "before" if isinstance(event, Flatten) else "ts"
+            check_explicit_ts(field, flake, self.settings.worker.max_clock_skew_s, self._clock)
+        self._auth.check()
+        if not self._partitions.checked.is_set():
+            deadline = time.monotonic() + _FIRST_CHECK_WAIT_S
+            while not self._partitions.checked.wait(0.05) and time.monotonic() < deadline:
+                if self._auth.failure is not None:
+                    break  # a refused login: the send fails its future with it, at once
+        if self._partitions.refusal is not None:
+            raise self._partitions.refusal
 
     def _op(
         self, op: str, name: str, change: Any, ts: str | None, **expect: Unpack[Expect]

@@ -50,6 +50,32 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
+def _item_query(
+    after: tuple[int, int] | None, outcome: bool, as_of_ms: int | None, history: bool
+) -> dict[str, str]:
+    """The query string of ``GET /items/<name>`` for ``ItemReads.get``'s arguments."""
+    query = {} if after is None else {"after": f"{after[0]}:{after[1]}"}
+    if outcome:
+        query["outcome"] = "1"
+    if as_of_ms is not None:  # the item as it stood then; 410: its rows no longer hold it
+        query["as_of"] = str(as_of_ms)
+    if history:  # its rows, each with the chain hash after it
+        query["history"] = "1"
+    return query
+
+
+def _raise_refusal(code: int, body: bytes, as_of_ms: int | None, address: str) -> None:
+    """Raise the error of an answer that no retry changes: the op refused (409), the history
+    folded (410 to an ``as_of`` read), a bad request or token."""
+    if code == 409:
+        refused = json.loads(body)
+        raise OpRefusedError(refused["error"], refused["refused"], refused.get("actual", {}))
+    if code == 410 and as_of_ms is not None:
+        raise HistoryFoldedError(_error(body))
+    if code in (401, 400, 410):
+        raise DynoError(f"worker at {address}: {_error(body)}")
+
+
 def _get(url: str, token: str | None, timeout: float) -> tuple[int, bytes, dict[str, str]]:
     request = urllib.request.Request(url)
     if token is not None:
@@ -93,13 +119,7 @@ class ItemReads:
         rather than answer when the worker cannot tell whether it refused it."""
         timeout = self.settings.worker.read_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        query = {} if after is None else {"after": f"{after[0]}:{after[1]}"}
-        if outcome:
-            query["outcome"] = "1"
-        if as_of_ms is not None:  # the item as it stood then; 410: its rows no longer hold it
-            query["as_of"] = str(as_of_ms)
-        if history:  # its rows, each with the chain hash after it
-            query["history"] = "1"
+        query = _item_query(after, outcome, as_of_ms, history)
         last = "no worker address known (none advertised, [worker] http_port 0)"
         answered = False
         address: str | None = None
@@ -126,15 +146,7 @@ class ItemReads:
                         return item
                     if code == 404:
                         return None
-                    if code == 409:
-                        refused = json.loads(body)
-                        raise OpRefusedError(
-                            refused["error"], refused["refused"], refused.get("actual", {})
-                        )
-                    if code == 410 and as_of_ms is not None:
-                        raise HistoryFoldedError(_error(body))
-                    if code in (401, 400, 410):
-                        raise DynoError(f"worker at {address}: {_error(body)}")
+                    _raise_refusal(code, body, as_of_ms, address)
                     last = f"worker at {address} answered {code}: {_error(body)}"
                     if code == 307 and "Location" in headers:
                         self.directory.stale()

@@ -282,20 +282,7 @@ def _read_newest(
     when the read began into a ``NewestSnapshots``; None once ``cancelled()``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     kept = NewestSnapshots()
-    consumer = Consumer(
-        {
-            **settings.kafka.librdkafka(),
-            "group.id": f"dyno-restore-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            # librdkafka's 1 MB a partition per fetch took about 4 round trips per 10,000
-            # snapshots; a restore reads one partition as fast as the broker sends it
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-        }
-    )
+    consumer = _snapshot_consumer(settings)
     try:
         ranges = _ranges(consumer, topic, partitions, cancelled, deadline)
         if ranges is None:
@@ -334,6 +321,25 @@ def _read_newest(
         return kept
     finally:
         consumer.close()
+
+
+def _snapshot_consumer(settings: Settings) -> Consumer:
+    """A consumer outside any group (a group id of its own) that reads to a partition's end
+    and says when it is there, in large fetches."""
+    return Consumer(
+        {
+            **settings.kafka.librdkafka(),
+            "group.id": f"dyno-restore-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            # librdkafka's 1 MB a partition per fetch took about 4 round trips per 10,000
+            # snapshots; a restore reads one partition as fast as the broker sends it
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
 
 
 #: How long a topic or partition the broker does not know is asked for again (the metadata

@@ -40,17 +40,15 @@ from dyno_stream.core.expectations import Expectation
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import (
     INTERNAL,
-    STATE_PREFIX,
     check_name,
     item_prefix,
     row_key,
-    split_key,
     state_key,
 )
 from dyno_stream.core.ops import HISTORY, ItemState
 from dyno_stream.store.budget import MemoryBudget
-from dyno_stream.store.history import HistoryEntry, item_history, state_as_of
-from dyno_stream.store.items import Changeset, HistoryChangeset, Item
+from dyno_stream.store.items import Item
+from dyno_stream.store.queries import StoreQueries
 from dyno_stream.store.states import (
     VERSION_KEY,
     StateCache,
@@ -60,7 +58,6 @@ from dyno_stream.store.states import (
 )
 from dyno_stream.store.write_batch import Rows, WriteBatch, writing
 
-_STATE_END = STATE_PREFIX[:-1] + b"\x01"
 #: the first key that can be an item's row (internal keys start with \\x00)
 _ITEMS_START = b"\x01"
 
@@ -141,7 +138,7 @@ class StoreTransaction:
         self.internal.update(_internal(rows))
 
 
-class DynoStore:
+class DynoStore(StoreQueries):
     """An item store in LevelDB where each item is the replay of its timestamped ops.
 
     Open it with a path (created when missing); use it as a context manager or call
@@ -421,115 +418,6 @@ class DynoStore:
                     else:
                         wb.put(key, raw)
         return n
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def _state(self, name: str) -> ItemState | None:
-        with self._lock:
-            states = self._states
-            if name in states.dirty:  # an independent copy of the state ahead of its row
-                return ItemState.decode(states.cache[name].encode())
-            raw = self._open_db().get(state_key(name))
-        return None if raw is None else ItemState.decode(raw)
-
-    def get_item(self, name: str) -> Item:
-        check_name(name)
-        return Item.from_state(name, self._state(name))
-
-    def _item_rows(self, name: str) -> list[tuple[str, str, str]]:
-        """The item's rows as ``(flake, op, stored json)``, in key order."""
-        check_name(name)
-        out = []
-        for key, value in self._open_db().iterator(prefix=item_prefix(name)):
-            _, flake, op = split_key(key)
-            out.append((flake, op, value.decode("utf-8")))
-        return out
-
-    def history(self, name: str) -> list[HistoryEntry]:
-        """The item's rows, each with the chain hash and changes after it (``store.history``)."""
-        return item_history(name, self._item_rows(name))
-
-    def as_of(self, name: str, time_ms: int) -> Item:
-        """The item as it stood at ``time_ms`` (its ops up to then); raises
-        ``HistoryFoldedError`` when its rows no longer hold that time."""
-        return Item.from_state(name, state_as_of(name, self._item_rows(name), time_ms))
-
-    def current(self, names: Iterable[str]) -> list[Item]:
-        """Items as of the last write, served from the state cache where possible.
-
-        For serializing at once (the worker's snapshots): an item's value may be the store's
-        own object, so it must not be changed or kept across writes. ``get_item`` returns
-        independent copies.
-        """
-        with self._lock:
-            db = self._open_db()
-            out = []
-            for name in names:
-                st = self._states.cache.get(name)
-                if st is None:
-                    raw = db.get(state_key(name))
-                    st = None if raw is None else ItemState.decode(raw)
-                out.append(Item.from_state(name, st))
-            return out
-
-    def get_history(self, name: str) -> list[Changeset | HistoryChangeset]:
-        check_name(name)
-        prefix = item_prefix(name)
-        out: list[Changeset | HistoryChangeset] = []
-        for key, value in self._open_db().iterator(prefix=prefix):
-            flake, op = key[len(prefix) :].decode().split("/")
-            text = value.decode("utf-8")
-            if op == HISTORY:
-                hash_, changes, folded = ops.decode_history(text)
-                out.append(HistoryChangeset(name, flake, folded or {}, hash_, changes))
-            else:
-                out.append(Changeset(name, flake, op, ops.loads(text)))
-        return out
-
-    def _items(
-        self,
-        start: bytes,
-        stop: bytes,
-        include_stop: bool,
-        predicate: Callable[[str, Item], bool] | None = None,
-        include_empty: bool = False,
-    ) -> Iterator[tuple[str, Item]]:
-        # a snapshot keeps a long iteration consistent while the worker goes on writing
-        self.flush()
-        try:
-            with self._open_db().snapshot() as snap:
-                rows = snap.iterator(start=start, stop=stop, include_stop=include_stop)
-                for key, raw in rows:
-                    name = key[len(STATE_PREFIX) :].decode("utf-8")
-                    item = Item.from_state(name, ItemState.decode(raw))
-                    present = item.value is not None or (include_empty and item.count > 0)
-                    if present and (predicate is None or predicate(name, item)):
-                        yield name, item
-        except RuntimeError as exc:  # plyvel: "Database or iterator is closed"
-            if self._db is None:
-                raise StoreClosedError(f"store at {self.path} was closed during iteration") from exc
-            raise
-
-    def query(self, start: str, end: str) -> Iterator[tuple[str, Item]]:
-        """Items with ``start <= name <= end``, in name order (absent items are skipped)."""
-        return self._items(state_key(start), state_key(end), True)
-
-    def scan(
-        self, predicate: Callable[[str, Item], bool], include_empty: bool = False
-    ) -> Iterator[tuple[str, Item]]:
-        """Every present item for which ``predicate(name, item)`` is true, in name order.
-
-        ``include_empty`` also yields items that have rows but read as absent (deleted or
-        emptied): compaction must fold those too."""
-        return self._items(STATE_PREFIX, _STATE_END, False, predicate, include_empty)
-
-    def rows(self, name: str | None = None) -> Iterator[tuple[str, str]]:
-        """Item rows as ``(key, value)`` text in key order (all, or one item's): the seed
-        README's view of the store."""
-        db = self._open_db()
-        it = db.iterator(start=b"\x01") if name is None else db.iterator(prefix=item_prefix(name))
-        for key, value in it:
-            yield key.decode("utf-8"), value.decode("utf-8")
 
     # -- internal rows (worker bookkeeping) ---------------------------------------------------
 

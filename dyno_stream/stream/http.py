@@ -67,7 +67,7 @@ class Health:
 
 class HasRegistry(Protocol):
     """What ``/metrics`` serves: a worker's ``WorkerMetrics``, or the registry that sums a
-    worker's member processes (``cli.supervisor``)."""
+    worker's member processes (``stream.supervisor``)."""
 
     @property
     def registry(self) -> CollectorRegistry: ...

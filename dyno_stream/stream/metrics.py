@@ -37,7 +37,15 @@ class WorkerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        # registered in this order, which /metrics keeps
         r = self.registry
+        self._event_metrics(r)
+        self._batch_metrics(r)
+        self._restore_metrics(r)
+        self._kafka_metrics(r)
+
+    def _event_metrics(self, r: CollectorRegistry) -> None:
+        """Events consumed, applied, dead-lettered, forwarded; snapshots published."""
         self.ops_applied = Counter(
             "dyno_ops_applied", "Op events applied to the store", ["op"], registry=r
         )
@@ -60,6 +68,9 @@ class WorkerMetrics:
         self.snapshots_published = Counter(
             "dyno_snapshots_published", "Item snapshots acknowledged by Kafka", registry=r
         )
+
+    def _batch_metrics(self, r: CollectorRegistry) -> None:
+        """Batches in flight and their time and size; lag, partitions held, caches."""
         self.batches_in_flight = Gauge(
             "dyno_batches_in_flight",
             "Batches applied whose snapshots and dead letters Kafka has not all acknowledged",
@@ -112,6 +123,9 @@ class WorkerMetrics:
             "Items flattened by the worker's scheduled compaction",
             registry=r,
         )
+
+    def _restore_metrics(self, r: CollectorRegistry) -> None:
+        """Restores from the snapshot topic, rebalances and partitions moved."""
         self.restored_items = Counter(
             "dyno_restored_items", "Items restored from the snapshot topic", registry=r
         )
@@ -136,6 +150,9 @@ class WorkerMetrics:
             ["change"],
             registry=r,
         )
+
+    def _kafka_metrics(self, r: CollectorRegistry) -> None:
+        """Kafka's reachability, the ops topic's partitions, republished rows, skew."""
         self.kafka_connected = Gauge(
             "dyno_kafka_connected",
             "1 while Kafka's brokers answer, 0 during an outage (see /healthz's reason)",

@@ -15,13 +15,12 @@ import logging
 import operator
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import plyvel
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
-    TIMESTAMP_NOT_AVAILABLE,
     KafkaError,
     KafkaException,
     Message,
@@ -43,7 +42,6 @@ from dyno_stream.core.errors import (
     WrongPartitionError,
 )
 from dyno_stream.core.events import (
-    H_EXPIRE_IF_HASH,
     DelItem,
     Erase,
     EventModel,
@@ -56,6 +54,13 @@ from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.partitioning import PlacementRule, evident_partitioner
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.delivery import Delivery, PartitionKey
+from dyno_stream.stream.messages import (
+    consumed_ms,
+    dead_letter,
+    expiry_condition,
+    header_pairs,
+    where,
+)
 from dyno_stream.stream.metrics import WorkerMetrics
 
 log = logging.getLogger("dyno_stream.stream.processing")
@@ -196,7 +201,9 @@ class BatchProcessor:
 
     # -- validating -----------------------------------------------------------------------
 
-    def _validate(self, msg: Message) -> EventModel:
+    def _validate(self, msg: Message, skews: list[int]) -> EventModel:
+        """The message's event, within the limits, keyed by its item and not too far ahead of
+        the message's time (its skew appended to ``skews``); else the error that says why."""
         raw = msg.value()
         if raw is None:
             raise InvalidChangeError("event", "empty message (a tombstone is not an op)")
@@ -215,6 +222,20 @@ class BatchProcessor:
                 f"Kafka key {key!r} is not the item name {event.item!r}; produce ops "
                 "keyed by item so each item's ops share a partition",
             )
+        # The clock-skew bound (dyno_stream.kafka.clock), inline: it runs for every op. With
+        # the histogram it costs about 0.5 us an op (``_validated`` over 10,000 events,
+        # paired runs); isinstance() on a pydantic model alone cost 0.15 us, hence type()
+        # and the ignore.
+        kind, message_ms = msg.timestamp()
+        if kind:  # 0 is TIMESTAMP_NOT_AVAILABLE: no time to compare with, no check
+            if type(event) is Flatten:
+                self._check_flatten_clock(event, kind, message_ms)
+            else:
+                ts: str = event.ts  # type: ignore[union-attr]  # an op, not a flatten
+                skew = int(ts[:12], 16) - message_ms
+                skews.append(skew)
+                if skew > self._max_skew_ms:
+                    raise self._too_far_ahead("ts", ts, kind, message_ms)
         return event
 
     def _validated(self, ps: PartitionStore, messages: list[Message]) -> PartitionShare:
@@ -223,16 +244,8 @@ class BatchProcessor:
         events, offsets, kept, dead = share.events, share.offsets, share.messages, share.dead
         restored = ps.restored
         expiring: list[tuple[int, str]] = []  # (index in events, the hash it expires at)
-        max_ahead_ms = self._max_skew_ms
         skews: list[int] = []  # flake time minus message time, ms, per op (the histogram)
-        if messages[0].timestamp()[0] == TIMESTAMP_CREATE_TIME and not self._said_create_time:
-            self._said_create_time = True
-            log.warning(
-                "%s uses CreateTime: the clock-skew bound is measured against each producer's "
-                "own clock, so a producer whose whole clock is wrong passes; create the ops "
-                "topic with message.timestamp.type=LogAppendTime to bound it by the broker's",
-                ps.label,
-            )
+        self._say_if_create_time(ps, messages[0])
         placement, partition = self.placement, ps.partition
         for msg in messages:
             offset = msg.offset()
@@ -246,21 +259,7 @@ class BatchProcessor:
                 if home is None:
                     self._unchecked(ps)
             try:
-                event = self._validate(msg)
-                # The clock-skew bound (dyno_stream.kafka.clock), inline: it runs for every op.
-                # With the histogram it costs about 0.5 us an op (this method over 10,000
-                # events, paired runs); isinstance() on a pydantic model alone cost 0.15 us,
-                # hence type() and the ignore.
-                kind, message_ms = msg.timestamp()
-                if kind:  # 0 is TIMESTAMP_NOT_AVAILABLE: no time to compare with, no check
-                    if type(event) is Flatten:
-                        self._check_flatten_clock(event, kind, message_ms)
-                    else:
-                        ts: str = event.ts  # type: ignore[union-attr]  # an op, not a flatten
-                        skew = int(ts[:12], 16) - message_ms
-                        skews.append(skew)
-                        if skew > max_ahead_ms:
-                            raise self._too_far_ahead("ts", ts, kind, message_ms)
+                event = self._validate(msg, skews)
             except DynoError as exc:
                 dead.append(dead_letter(msg, exc))
                 continue
@@ -272,19 +271,31 @@ class BatchProcessor:
                     share.erased.append(len(events))
             elif msg.headers():
                 try:
-                    expectation = Expectation.from_headers(_header_pairs(msg))
+                    expectation = Expectation.from_headers(header_pairs(msg))
                 except DynoError as exc:
                     dead.append(dead_letter(msg, exc))
                     continue
                 if expectation is not None:
                     share.expectations[len(events)] = expectation
                 elif type(event) is DelItem:
-                    if_hash = _expiry_condition(msg)
+                    if_hash = expiry_condition(msg)
                     if if_hash is not None:
                         expiring.append((len(events), if_hash))
             events.append(event)
             offsets.append(offset)
             kept.append(msg)
+        self._close_share(share, messages, expiring, skews)
+        return share
+
+    def _close_share(
+        self,
+        share: PartitionShare,
+        messages: list[Message],
+        expiring: list[tuple[int, str]],
+        skews: list[int],
+    ) -> None:
+        """After the loop: the expiries dropped whose item changed, the offsets and time the
+        share covers, and the batch's skews observed."""
         if expiring:
             _drop_changed_expiries(share, expiring)
         last = messages[-1].offset()  # the partition's last message, applied or dead-lettered
@@ -293,7 +304,17 @@ class BatchProcessor:
         share.first_offset = messages[0].offset() or 0
         share.consumed_ms = consumed_ms(messages[-1])
         self.metrics.clock_skew.observe_many(skews)
-        return share
+
+    def _say_if_create_time(self, ps: PartitionStore, first: Message) -> None:
+        """Once: a CreateTime ops topic bounds skew by each producer's own clock only."""
+        if first.timestamp()[0] == TIMESTAMP_CREATE_TIME and not self._said_create_time:
+            self._said_create_time = True
+            log.warning(
+                "%s uses CreateTime: the clock-skew bound is measured against each producer's "
+                "own clock, so a producer whose whole clock is wrong passes; create the ops "
+                "topic with message.timestamp.type=LogAppendTime to bound it by the broker's",
+                ps.label,
+            )
 
     def _forward(self, msg: Message, key: bytes, home: int) -> DeadLetter:
         """The letter that forwards a misplaced message to its rule partition."""
@@ -379,17 +400,7 @@ class BatchProcessor:
         try:
             with ps.transaction() as tx:
                 changed = tx.apply(share.events, on_error, share.expectations)
-                events, offsets = share.events, share.offsets
-                if failed:
-                    events = [e for i, e in enumerate(events) if i not in failed]
-                    offsets = [o for i, o in enumerate(offsets) if i not in failed]
-                last = dict(zip(map(_item_of, events), offsets, strict=True))  # last op wins
-                touched = {name: last[name] for name in changed}
-                for name in share.flattened:
-                    if name in last:  # not when its command failed (a dead letter then)
-                        touched.setdefault(name, last[name])
-                for name, offset in share.unexpired.items():  # answered, unchanged
-                    touched[name] = max(offset, touched.get(name, offset))
+                touched = _touched(share, changed, failed)
                 share.dead.sort(key=lambda d: d.offset)
                 refused = share.dead  # every refusal is recorded, published or not
                 quiet = ps.published_through
@@ -414,32 +425,42 @@ class BatchProcessor:
                 )
         except plyvel.Error as exc:
             raise StoreError(f"LevelDB write to {ps.label} failed: {exc}") from exc
-        for i in share.erased:
-            if i in removed:  # said without the item's values
-                log.info(
-                    "erased %r (%s@%d): %d rows removed",
-                    share.events[i].item,
-                    ps.label,
-                    share.offsets[i],
-                    removed[i],
-                )
+        _say_erased(share, removed)
         applied.update(map(_op_of, share.events))  # a flatten's op is "flatten"
         for i in failed:
             applied[share.events[i].op] -= 1
         return touched
 
 
-def _header_pairs(msg: Message) -> list[tuple[str, bytes | str | None]]:
-    raw = msg.headers() or []
-    return list(raw.items() if isinstance(raw, dict) else raw)
+def _touched(share: PartitionShare, changed: Iterable[str], failed: set[int]) -> dict[str, int]:
+    """The items whose snapshot the batch publishes, each with the offset of its last op:
+    those its ops changed, those its commands named, and the expiries it answered unchanged.
+    An event that failed (a dead letter) touches nothing."""
+    events, offsets = share.events, share.offsets
+    if failed:
+        events = [e for i, e in enumerate(events) if i not in failed]
+        offsets = [o for i, o in enumerate(offsets) if i not in failed]
+    last = dict(zip(map(_item_of, events), offsets, strict=True))  # last op wins
+    touched = {name: last[name] for name in changed}
+    for name in share.flattened:
+        if name in last:  # not when its command failed (a dead letter then)
+            touched.setdefault(name, last[name])
+    for name, offset in share.unexpired.items():  # answered, unchanged
+        touched[name] = max(offset, touched.get(name, offset))
+    return touched
 
 
-def _expiry_condition(msg: Message) -> str | None:
-    """The hash a delItem sent by expiry is conditional on (``H_EXPIRE_IF_HASH``), if any."""
-    for key, value in _header_pairs(msg):
-        if key == H_EXPIRE_IF_HASH and value is not None:
-            return value.decode() if isinstance(value, bytes) else value
-    return None
+def _say_erased(share: PartitionShare, removed: Mapping[int, int]) -> None:
+    """A log line per erase command applied, without the item's values."""
+    for i in share.erased:
+        if i in removed:
+            log.info(
+                "erased %r (%s@%d): %d rows removed",
+                share.events[i].item,
+                share.ps.label,
+                share.offsets[i],
+                removed[i],
+            )
 
 
 def _drop_changed_expiries(share: PartitionShare, expiring: list[tuple[int, str]]) -> None:
@@ -469,45 +490,3 @@ def _drop_changed_expiries(share: PartitionShare, expiring: list[tuple[int, str]
     share.messages = [share.messages[i] for i in keep]
     share.erased = [moved[i] for i in share.erased]
     share.expectations = {moved[i]: e for i, e in share.expectations.items()}
-
-
-def dead_letter(msg: Message, exc: DynoError) -> DeadLetter:
-    """The dead letter for a message that ``exc`` says is bad: its bytes, and why."""
-    topic, partition, offset = where(msg)
-    raw = msg.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    headers = [(k, _as_bytes(v)) for k, v in pairs]
-    return DeadLetter(
-        topic,
-        partition,
-        offset,
-        msg.key(),
-        msg.value(),
-        headers,
-        exc.reason,
-        str(exc),
-        getattr(exc, "field", None),
-        exc.headers(),
-    )
-
-
-def where(msg: Message) -> tuple[str, int, int]:
-    """A consumed message's topic, partition and offset (always set on consumed messages)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return topic, partition, offset
-
-
-def consumed_ms(msg: Message) -> int | None:
-    """The message's Kafka timestamp in ms, capped at this machine's clock; None if it has
-    none. On a CreateTime topic a producer's clock far ahead would otherwise put the
-    partition's consumed time in the future for good; capped, it can still make a lagging
-    partition look further along than it is (one reason the ops topic is LogAppendTime)."""
-    kind, ms = msg.timestamp()
-    if kind == TIMESTAMP_NOT_AVAILABLE or ms < 0:
-        return None
-    return min(ms, int(time.time() * 1000))
-
-
-def _as_bytes(v: str | bytes | None) -> bytes:
-    return b"" if v is None else v.encode() if isinstance(v, str) else v

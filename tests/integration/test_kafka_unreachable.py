@@ -14,10 +14,10 @@ from pathlib import Path
 
 from helpers import WorkerProcess, free_port_pair, wait_until
 
-from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.stream.http_client import http_get
 
 
 def _outage_lines(text: str) -> list[str]:

@@ -38,12 +38,12 @@ from helpers import (
     run_cli,
 )
 
-from dyno_stream.cli.worker_http import http_get
 from dyno_stream.config import KafkaSettings, Settings
 from dyno_stream.core.errors import KafkaAuthError, LocalBrokerError
 from dyno_stream.devtools.broker import BrokerTls, LocalBroker, ScramUser
 from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
+from dyno_stream.stream.http_client import http_get
 
 USER = ScramUser("dyno", PASSWORD, "SCRAM-SHA-512")
 USER_256 = ScramUser("dyno256", PASSWORD_256, "SCRAM-SHA-256")

@@ -2,16 +2,13 @@
 parts with names. A function's length runs from its ``def`` line to its last line (decorators
 left out, its docstring and comments in); nested functions count on their own as well.
 
-bench/ is held to it. dyno_stream/ has functions over the limit still: its test lists them and
-is expected to fail (xfail) until they are split; then it passes and holds the package too.
+Both bench/ and dyno_stream/ are held to it.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 60
@@ -39,11 +36,7 @@ def test_no_function_in_bench_is_over_60_lines() -> None:
 
 def test_no_function_in_dyno_stream_is_over_60_lines() -> None:
     long = long_functions(ROOT / "dyno_stream")
-    if long:
-        pytest.xfail(
-            f"dyno_stream/ has {len(long)} functions over {MAX_LINES} lines, not yet held "
-            f"to the limit: {'; '.join(long)}"
-        )
+    assert not long, f"over {MAX_LINES} lines (split them into named parts): {long}"
 
 
 def test_a_function_of_61_lines_is_found_and_one_of_60_is_not(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The pure parts of ``dyno-stream worker --processes N`` (``cli.supervisor``): the pause
+"""The pure parts of ``dyno-stream worker --processes N`` (``stream.supervisor``): the pause
 before a restart, when to give up, the exit status, and each child's settings."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dyno_stream.cli.supervisor import (
+from dyno_stream.config import Settings, load_settings, worker_processes
+from dyno_stream.core.errors import ConfigError
+from dyno_stream.stream.supervisor import (
     EXIT_CLEAN,
     EXIT_GAVE_UP,
     EXIT_UNCLEAN_STOP,
@@ -19,8 +21,6 @@ from dyno_stream.cli.supervisor import (
     describe_exit,
     exit_status,
 )
-from dyno_stream.config import Settings, load_settings, worker_processes
-from dyno_stream.core.errors import ConfigError
 
 POLICY = RestartPolicy(
     first_delay_s=1.0, max_delay_s=30.0, healthy_after_s=30.0, startup_failures_to_give_up=5

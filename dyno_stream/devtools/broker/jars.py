@@ -86,6 +86,14 @@ def major_version(version: str) -> int:
     return int(version.split(".", 1)[0])
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    """``"3.9.1"`` as ``(3, 9, 1)``, to compare releases (anything unreadable sorts first)."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return ()
+
+
 def pom_name(version: str) -> str:
     """The packaged pom that lists ``version``'s runtime jars."""
     return "pom.xml" if major_version(version) >= 4 else "pom-3.xml"
@@ -156,52 +164,58 @@ def ensure_jars(cache_dir: Path | None = None, version: str | None = None) -> Pa
                 f"{version} broker jars into {libs} (install Maven 3.8+ and Java 17+)"
             )
         staging = version_dir / "libs.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        with tempfile.TemporaryDirectory(prefix="dyno-kafka-pom-") as tmp:
-            pom = Path(tmp) / "pom.xml"
-            pom.write_text(pom_text, encoding="utf-8")
-            cmd = [
-                mvn,
-                "-q",
-                "-B",
-                "-Dstyle.color=never",
-                # -U: after a network failure Maven would otherwise replay the failure it
-                # cached in ~/.m2 instead of trying again, defeating a retry.
-                "-U",
-                "-f",
-                str(pom),
-                "dependency:copy-dependencies",
-                f"-Dkafka.version={version}",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={staging}",
-            ]
-            try:
-                # Maven prints its [ERROR] lines on stdout, so both streams are kept, merged.
-                proc = subprocess.run(
-                    cmd,
-                    cwd=tmp,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    timeout=MVN_TIMEOUT_S,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise LocalBrokerError(
-                    f"downloading the Kafka {version} jars with Maven took longer than "
-                    f"{MVN_TIMEOUT_S:.0f}s; is Maven Central reachable?"
-                ) from exc
-        if proc.returncode != 0 or not any(staging.glob("*.jar")):
-            shutil.rmtree(staging, ignore_errors=True)
-            raise LocalBrokerError(
-                f"could not download the Kafka {version} broker jars: "
-                f"'{shlex.join(cmd)}' exited with {proc.returncode}; its output ends with:\n"
-                f"{tail(proc.stdout or '') or '(no output)'}"
-            )
+        _maven_download(mvn, pom_text, version, staging)
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
         jars = sorted(p.name for p in libs.glob("*.jar"))
         marker.write_text(fingerprint + "\n" + "\n".join(jars) + "\n", encoding="utf-8")
     return libs
+
+
+def _maven_download(mvn: str, pom_text: str, version: str, staging: Path) -> None:
+    """Maven copies the pom's runtime dependencies for ``version`` into ``staging``; on a
+    failure ``staging`` is removed and the error names the command and its output's end."""
+    shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="dyno-kafka-pom-") as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(pom_text, encoding="utf-8")
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-Dstyle.color=never",
+            # -U: after a network failure Maven would otherwise replay the failure it
+            # cached in ~/.m2 instead of trying again, defeating a retry.
+            "-U",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-Dkafka.version={version}",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+        ]
+        try:
+            # Maven prints its [ERROR] lines on stdout, so both streams are kept, merged.
+            proc = subprocess.run(
+                cmd,
+                cwd=tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=MVN_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise LocalBrokerError(
+                f"downloading the Kafka {version} jars with Maven took longer than "
+                f"{MVN_TIMEOUT_S:.0f}s; is Maven Central reachable?"
+            ) from exc
+    if proc.returncode != 0 or not any(staging.glob("*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LocalBrokerError(
+            f"could not download the Kafka {version} broker jars: "
+            f"'{shlex.join(cmd)}' exited with {proc.returncode}; its output ends with:\n"
+            f"{tail(proc.stdout or '') or '(no output)'}"
+        )

@@ -27,6 +27,7 @@ from dyno_stream.devtools.broker.jars import (
     kafka_version,
     major_version,
     resource_text,
+    version_key,
 )
 from dyno_stream.devtools.broker.jvm import KafkaJvm, find_java, kept_cluster_id
 from dyno_stream.devtools.broker.processes import (
@@ -65,14 +66,6 @@ def _default_port() -> int:
     return port
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    """``"3.9.1"`` as ``(3, 9, 1)``, to compare releases (anything unreadable sorts first)."""
-    try:
-        return tuple(int(part) for part in version.split("."))
-    except ValueError:
-        return ()
-
-
 @dataclass(frozen=True)
 class BrokerStatus:
     """A snapshot of a :class:`LocalBroker`: whether its JVM runs, and where to reach it."""
@@ -92,13 +85,11 @@ class LocalBroker:
     ``logs/`` (``server.log`` at WARN, ``broker.out`` for the JVM's own output), ``cluster.id``
     and ``broker.pid``. Deleting ``home`` while the broker is stopped resets it completely.
 
-    The broker listens on loopback only (it is a development fixture, not a service) and its
-    controller on ``port + 1``. Optional secured listeners, beside the open PLAINTEXT one that
-    the controller link and admin work keep using: ``sasl_port`` (SASL_PLAINTEXT with SCRAM,
-    needs ``scram_users``) and ``ssl_port`` (TLS from the PEM files in ``tls``; SASL_SSL when
-    there are ``scram_users``, plain SSL otherwise). Each start stores the SCRAM users' current
-    passwords in the cluster (an upsert through the PLAINTEXT listener, so passwords never
-    appear on a command line or in a file) and waits until the users can log in.
+    The broker listens on loopback only, its controller on ``port + 1``. Optional secured
+    listeners beside the open PLAINTEXT one: ``sasl_port`` (SASL_PLAINTEXT with SCRAM, needs
+    ``scram_users``) and ``ssl_port`` (TLS from the PEM files in ``tls``; SASL_SSL with
+    ``scram_users``). Each start upserts the SCRAM users' passwords through the PLAINTEXT
+    listener (never on a command line or in a file) and waits until they can log in.
 
     All state lives in ``home`` (the object itself keeps only its settings and the handle of
     a JVM it started, to reap it), so a new instance with the same ``home`` (another process,
@@ -119,18 +110,15 @@ class LocalBroker:
     tls: BrokerTls | None = None
     #: The Apache Kafka release to run (see :func:`kafka_version`); its jars are cached apart.
     kafka_version: str = field(default_factory=kafka_version)
-    #: server.properties settings that replace or add to the rendered ones (for instance
-    #: :data:`FAST_GROUP_TIMING` in tests); part of the config a running broker is checked
-    #: against.
+    #: server.properties settings over the rendered ones (tests: :data:`FAST_GROUP_TIMING`)
     properties: Mapping[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
-        # Absolute, because the paths end up in server.properties read by a JVM whose working
-        # directory is ``home`` itself; resolved, so that two instances for the same home (via
-        # a symlink, a relative path) agree on the paths matched against the JVM's command line.
+        # Absolute: the paths end up in server.properties, read by a JVM running in ``home``;
+        # resolved: two instances for one home agree on the JVM's command line.
         self.home = Path(self.home).expanduser().resolve()
         self.kafka_version = kafka_version(self.kafka_version)
         if not 1 <= self.port <= 65534:
@@ -343,7 +331,7 @@ class LocalBroker:
             formatted = self.formatted_by_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return
-        if _version_key(formatted) > _version_key(self.kafka_version):
+        if version_key(formatted) > version_key(self.kafka_version):
             raise LocalBrokerError(
                 f"the broker storage in {self.home} was formatted by Kafka {formatted}, newer "
                 f"than the {self.kafka_version} asked for, which cannot read it: use another "

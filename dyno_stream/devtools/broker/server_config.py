@@ -18,6 +18,33 @@ _HEADER: Final = (
     "# Written by dyno_stream.devtools.broker on every start; edits here are overwritten.\n"
 )
 
+#: What every start sets the same way: a single node's replication, and timings for tests
+#: (the group timing apart: ``GROUP_TIMING``).
+_ONE_NODE: Final[dict[str, str]] = {
+    # One node: every internal topic must make do with one replica.
+    "num.partitions": "1",
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    # The worker creates its topics explicitly (partitions, compaction); a typo in a
+    # topic name must fail loudly instead of silently creating a new topic.
+    "auto.create.topics.enable": "false",
+    # Fast for tests: consumer groups rebalance at once instead of waiting 3 s, and
+    # the internal topics created on first use have 4 partitions instead of 50, which
+    # makes the first consumer group (and first transaction) markedly quicker.
+    "group.initial.rebalance.delay.ms": "0",
+    "offsets.topic.num.partitions": "4",
+    "transaction.state.log.num.partitions": "4",
+    "share.coordinator.state.topic.num.partitions": "4",
+    # The log cleaner (compacted topics) reserves 128 MB of heap by default: a quarter of
+    # our small heap. 16 MB compacts test-sized topics just as well.
+    "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+}
+
 
 #: Fast failover under KIP-848's protocol, where the broker, not the client, sets a member's
 #: session and heartbeat: a SIGKILLed worker's partitions move after 10 s (Kafka's default
@@ -78,29 +105,8 @@ def render_server_properties(
             ["CONTROLLER:PLAINTEXT", *(f"{name}:{name}" for name, _ in listeners)]
         ),
         "log.dirs": str(data_dir),
-        # One node: every internal topic must make do with one replica.
-        "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        # The worker creates its topics explicitly (partitions, compaction); a typo in a
-        # topic name must fail loudly instead of silently creating a new topic.
-        "auto.create.topics.enable": "false",
-        # Fast for tests: consumer groups rebalance at once instead of waiting 3 s, and
-        # the internal topics created on first use have 4 partitions instead of 50, which
-        # makes the first consumer group (and first transaction) markedly quicker.
-        "group.initial.rebalance.delay.ms": "0",
-        "offsets.topic.num.partitions": "4",
-        "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.num.partitions": "4",
+        **_ONE_NODE,
         **GROUP_TIMING,
-        # The log cleaner (compacted topics) reserves 128 MB of heap by default: a quarter of
-        # our small heap. 16 MB compacts test-sized topics just as well.
-        "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     }
     props.update(security)
     props.update(overrides or {})

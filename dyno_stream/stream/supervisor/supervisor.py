@@ -1,286 +1,55 @@
-"""``dyno-stream worker --processes N``: N members of the consumer group, a child process each.
-
-The worker is CPU-bound in one Python thread, so a second core only helps a second process.
-The parent holds no Kafka client and no store: it starts the children (spawned, sharing the
-data dir), restarts one that exits with a growing pause, passes SIGTERM/SIGINT on to them,
-serves one ``/metrics`` (prometheus-client's multiprocess mode) and ``/healthz`` for the
-whole worker, and exits with a status that says what happened (``exit_status``).
-
-Why spawn, a shared data dir and summed metrics: ``docs/design/supervisor.md``.
-"""
+"""The parent of the worker's member processes: starts them, restarts one that exits (by
+``policy``), passes signals on, and answers HTTP for the whole worker by asking each child."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
 
-from dyno_stream.cli.logs import setup_logging
-from dyno_stream.cli.worker_http import http_answer, http_get
-from dyno_stream.config import Settings, advertised_http
-from dyno_stream.core.errors import ConfigError, DynoError, KafkaAuthError
+from dyno_stream.config import Settings
+from dyno_stream.core.errors import ConfigError
 from dyno_stream.stream.http import Answer, HttpEndpoint, Query, RoutedReads
+from dyno_stream.stream.http_client import http_answer
 from dyno_stream.stream.reads import NOT_HERE, merge_page_answers
+from dyno_stream.stream.supervisor.aggregate import (
+    CHILD_HTTP_TIMEOUT_S,
+    ChildrenHealth,
+    RegistryView,
+    SupervisorCollector,
+)
+from dyno_stream.stream.supervisor.child import child_main, child_settings
+from dyno_stream.stream.supervisor.policy import (
+    Ending,
+    RestartPolicy,
+    RestartRecord,
+    describe_exit,
+    exit_status,
+)
 
-if TYPE_CHECKING:  # imported by a child only: the parent runs no worker
-    from dyno_stream.stream.worker import Worker
-
-log = logging.getLogger("dyno_stream.cli.supervisor")
-
-#: Exit statuses of a worker of several processes (the README lists them).
-EXIT_CLEAN = 0
-#: A child kept failing (or failed in a way no restart heals): the others were stopped.
-EXIT_GAVE_UP = 1
-#: Stopped on request, but a child did not stop cleanly (a non-zero exit, or killed when it
-#: had not stopped within the bound): its last batch may be published again on restart.
-EXIT_UNCLEAN_STOP = 3
+log = logging.getLogger("dyno_stream.stream.supervisor")
 
 #: How long the parent waits for the children after passing a signal on, beyond the
 #: longest the worker itself may wait for Kafka (``publish_timeout_s``) while stopping.
 STOP_MARGIN_S = 30.0
-#: How long a /healthz, /items or /rows request of the parent waits for each child (beyond
-#: ``read_timeout_s``, for reads, which a child may wait that long to answer).
-CHILD_HTTP_TIMEOUT_S = 2.0
 #: The headers of a child's answer that the parent passes on.
 _PASSED_ON = ("Location", "Retry-After")
-
-
-# -- what to do when a child exits (pure) ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When a child that exited is started again, and when the parent stops trying."""
-
-    #: the pause before the first restart, doubled for each failure in a row ...
-    first_delay_s: float = 1.0
-    #: ... up to this
-    max_delay_s: float = 30.0
-    #: a child that has been running this long had a healthy run: its failures are forgotten
-    healthy_after_s: float = 30.0
-    #: a child that failed this many times in a row before it was running (its settings,
-    #: its disk, the broker refusing it) is given up, with its error
-    startup_failures_to_give_up: int = 5
-
-    def delay(self, failures: int) -> float:
-        """The pause before restarting after the ``failures``-th failure in a row (>= 1)."""
-        return min(self.max_delay_s, self.first_delay_s * 2.0 ** max(0, failures - 1))
-
-
-@dataclass
-class RestartRecord:
-    """One child's failures in a row, which decide what follows its next exit."""
-
-    policy: RestartPolicy
-    #: exits since the last healthy run
-    failures: int = 0
-    #: of those, the last ones in a row that came before the child was running
-    startup_failures: int = 0
-
-    def exited(self, *, running_for_s: float | None, heals: bool) -> float | None:
-        """The pause before starting the child again, or None: give up.
-
-        ``running_for_s``: how long it ran once running (None: it never got there);
-        ``heals``: False for an error no restart mends (a configuration error).
-        """
-        if running_for_s is not None and running_for_s >= self.policy.healthy_after_s:
-            self.failures = 0
-        self.failures += 1
-        self.startup_failures = 0 if running_for_s is not None else self.startup_failures + 1
-        if not heals or self.startup_failures >= self.policy.startup_failures_to_give_up:
-            return None
-        return self.policy.delay(self.failures)
-
-
-@dataclass
-class Ending:
-    """How the worker ended, which decides its exit status."""
-
-    #: the line that names the child given up and why
-    gave_up: str | None = None
-    #: the second signal, on which every child was killed at once
-    at_once: int | None = None
-    #: children that did not stop cleanly when asked to
-    unclean: list[str] = field(default_factory=list)
-
-
-def exit_status(ending: Ending) -> int:
-    """0: stopped on request, every child cleanly; 1: a child was given up; 3: stopped, but
-    a child did not stop cleanly; 128 + n: a second signal n killed the children at once."""
-    if ending.at_once is not None:
-        return 128 + ending.at_once
-    if ending.gave_up is not None:
-        return EXIT_GAVE_UP
-    if ending.unclean:
-        return EXIT_UNCLEAN_STOP
-    return EXIT_CLEAN
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """A child's exit as a log line says it (multiprocessing: -n for signal n)."""
-    if exitcode is None:
-        return "is still running"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"was killed by {name}"
-    return f"exited with status {exitcode}"
-
-
-def child_settings(settings: Settings, index: int, count: int) -> Settings:
-    """Child ``index``'s settings (of ``count``): the worker's, with what must differ.
-
-    - ``processes`` 1: a child runs the worker itself;
-    - ``http_port`` 0: a child serves the parent only, on a port of the system's choosing;
-    - ``advertised_http``: the parent's, which reads reach the child through;
-    - ``instance_id`` (static membership) gets ``-<index>``: one id per member, the same
-      one after a restart, so a restarted child gets its partitions back without a rebalance;
-    - ``kafka.client_id`` gets ``-<index>``, so the broker's logs tell children apart;
-    - ``memory_mb`` is divided among the children: the budget is the whole worker's.
-    """
-    w = settings.worker
-    worker: dict[str, Any] = {
-        "processes": 1,
-        "http_port": 0,
-        "memory_mb": max(16, w.memory_mb // count),  # 16: the setting's least
-        # the parent's address: the children's items are read through the parent's endpoint
-        "advertised_http": advertised_http(w),
-    }
-    if w.instance_id is not None:
-        worker["instance_id"] = f"{w.instance_id}-{index}"
-    return settings.model_copy(
-        update={
-            "kafka": settings.kafka.model_copy(
-                update={"client_id": f"{settings.kafka.client_id}-{index}"}
-            ),
-            "worker": w.model_copy(update=worker),
-        }
-    )
-
-
-# -- a child process ------------------------------------------------------------------------
-
-
-class _ChildLogs(logging.Filter):
-    """Tags each line of a child with its index (``child=1``), as text or as a JSON key."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.index = index
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.child = self.index
-        return True
-
-
-class _Reports:
-    """What a child tells the parent, over a pipe that more than one thread writes."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn, self._lock = conn, threading.Lock()
-
-    def send(self, *message: Any) -> None:
-        # OSError: the parent is gone; the parent watch stops the worker
-        with self._lock, contextlib.suppress(OSError):
-            self._conn.send(message)
-
-
-def child_main(settings: Settings, index: int, serve_http: bool, conn: Connection) -> None:
-    """A child's life: the worker of ``settings`` (see ``child_settings``) until SIGTERM."""
-    # Ctrl-C reaches the whole process group; the parent passes it on as one SIGTERM. A
-    # second signal makes a worker exit at once, without its last commit.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from dyno_stream.stream.worker import Worker
-
-    setup_logging(settings.worker.log_format, settings.worker.log_level)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_ChildLogs(index))
-    reports = _Reports(conn)
-    worker = Worker(settings, handle_signals=False)
-    signals: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if signals:
-            log.warning("second signal: exiting at once")
-            os._exit(128 + signum)
-        signals.append(signum)
-        log.info("signal %s: finishing the batch, then stopping", signal.Signals(signum).name)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    threading.Thread(target=_stop_when_parent_dies, args=(worker,), daemon=True).start()
-    endpoint = None
-    if serve_http:
-        endpoint = HttpEndpoint(
-            "127.0.0.1",
-            0,
-            worker.metrics,
-            worker.health,
-            worker.reads.item,
-            worker.reads.rows,
-            worker.member_reads(),
-        )
-        endpoint.start()
-        reports.send("http", endpoint.address)
-    threading.Thread(target=_report_running, args=(worker, reports), daemon=True).start()
-    try:
-        code = worker.run()
-    except BaseException as exc:
-        known = isinstance(exc, DynoError)
-        message = str(exc) if known else f"{type(exc).__name__}: {exc}"
-        log.error("worker stopped: %s", message, exc_info=not known)
-        # a setting to fix (a refused login, a partition count that changed) is not mended
-        # by starting again
-        reports.send("error", message, not isinstance(exc, ConfigError | KafkaAuthError))
-        sys.exit(1)
-    finally:
-        if endpoint is not None:
-            endpoint.stop()
-    sys.exit(code)
-
-
-def _stop_when_parent_dies(worker: Worker) -> None:
-    """A parent killed outright (SIGKILL) passes nothing on: stop as if told to."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-    mp_connection.wait([parent.sentinel])
-    log.warning("the parent process is gone: stopping")
-    worker.stop()
-
-
-def _report_running(worker: Worker, reports: _Reports) -> None:
-    """Tell the parent once the worker is connected and in its loop (start-up is over)."""
-    while worker.health.state == "starting":
-        time.sleep(0.05)
-    if worker.health.state == "running":
-        reports.send("running")
-
-
-# -- the parent ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -326,6 +95,11 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._metrics_dir = ""
         self.http: HttpEndpoint | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """A signal asked the worker to stop."""
+        return self._signal is not None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -379,7 +153,7 @@ class Supervisor:
             return
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
-        registry.register(_SupervisorCollector(self))
+        registry.register(SupervisorCollector(self))
         routed = RoutedReads(
             self._answer_item, self._answer_page, token=self._token, max_reads=w.http_max_reads
         )
@@ -387,8 +161,8 @@ class Supervisor:
             self.http = HttpEndpoint(
                 w.http_host,
                 w.http_port,
-                _Registry(registry),
-                _ChildrenHealth(self),
+                RegistryView(registry),
+                ChildrenHealth(self),
                 self._read_item,
                 self._read_rows,
                 routed,
@@ -639,87 +413,3 @@ class Supervisor:
                     key, _, value = line.partition(" = ")
                     rows.append((key, value))
         return rows
-
-
-@dataclass
-class _Registry:
-    """The parent's registry, in the shape the HTTP endpoint serves."""
-
-    registry: CollectorRegistry
-
-
-class _SupervisorCollector(Collector):
-    """The parent's own figures: children running, and restarts per child."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-
-    def collect(self) -> Iterable[Metric]:
-        children = self.supervisor.children
-        running = GaugeMetricFamily(
-            "dyno_worker_processes_running", "Member processes of this worker running now"
-        )
-        running.add_metric([], sum(1 for c in children if c.alive))
-        restarts = CounterMetricFamily(
-            "dyno_worker_process_restarts",
-            "Member processes started again after they exited",
-            labels=["child"],
-        )
-        for c in children:
-            restarts.add_metric([str(c.index)], c.restarts)
-        return [running, restarts]
-
-
-class _ChildrenHealth:
-    """The parent's ``/healthz``: each child's own, and one answer for the whole worker
-    (200 when every child answers ok)."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-
-    def snapshot(self) -> tuple[bool, dict[str, Any]]:
-        sup = self.supervisor
-        children: list[dict[str, Any]] = []
-        partitions: set[str] = set()
-        states: dict[str, str] = {}
-        for child in list(sup.children):
-            entry: dict[str, Any] = {
-                "child": child.index,
-                "pid": child.pid if child.alive else None,
-                "restarts": child.restarts,
-                "http": child.http,
-            }
-            if child.alive and child.http is not None:
-                try:
-                    _code, body = http_get(f"{child.http}/healthz", timeout=CHILD_HTTP_TIMEOUT_S)
-                    answer: dict[str, Any] = json.loads(body)
-                except (OSError, ValueError) as exc:
-                    answer = {"status": "unreachable", "reason": str(exc)}
-                entry.update(answer)
-                partitions.update(answer.get("partitions", []))
-                states.update(answer.get("partition_states", {}))
-            else:
-                entry["status"] = (
-                    "restarting"
-                    if child.restart_at is not None
-                    else "starting"
-                    if child.alive
-                    else "stopped"
-                )
-            children.append(entry)
-        ok = sup._signal is None and all(c["status"] == "ok" for c in children)
-        if ok:
-            status = "ok"
-        elif sup._signal is not None:
-            status = "stopping"
-        elif all(c["status"] in ("ok", "starting") for c in children):
-            status = "starting"
-        else:  # a child restarting, stalled, refusing or not answering
-            status = "degraded"
-        return ok, {
-            "status": status,
-            "processes": sup.count,
-            "partitions": sorted(partitions),
-            "partition_states": dict(sorted(states.items())),
-            "children": children,
-        }
