@@ -353,7 +353,8 @@ class PartitionTransaction:
             rows[key] = d.encode()
             pending.append(key)
         for d in dead if refused is None else refused:
-            rows[REFUSED_PREFIX + f"{d.offset:020d}".encode()] = d.refusal()
+            if d.forward_to is None:  # a forward is no outcome: its op is its rule partition's
+                rows[REFUSED_PREFIX + f"{d.offset:020d}".encode()] = d.refusal()
         if self.outcomes_from is None and first_offset is not None:
             self.outcomes_from = first_offset
             rows[OUTCOMES_FROM_KEY] = str(first_offset).encode()
