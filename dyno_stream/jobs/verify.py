@@ -14,7 +14,6 @@ recomputes its chain, so a changed row is found even where both copies agree on 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,6 @@ from dyno_stream.store import DynoStore
 
 #: (changes, chain hash, deleted)
 Summary = tuple[int, str, bool]
-#: ``"changes":<n>,"hash":"<md5>"`` as every snapshot's JSON ends (``Item.as_dict``): the
-#: last match, since an attribute's value could hold the same text.
-_TAIL = re.compile(rb'"changes":(\d+),"hash":"([0-9a-f]{32})"')
 
 
 @dataclass(frozen=True)
@@ -94,11 +90,12 @@ def _summary(msg: Message) -> tuple[str, Summary] | None:
         if changes is None or hash_ is None:
             return None
         return name, (int(changes), _text(hash_), True)
-    matches = list(_TAIL.finditer(value))
-    if not matches:
+    # the last ``,"changes":<n>,"hash":"<md5>"``: a value's attribute may hold the same text
+    at = value.rfind(b',"changes":')
+    end = value.find(b',"hash":"', at)
+    if at < 0 or end < 0 or not value[at + 11 : end].isdigit():
         return None
-    m = matches[-1]
-    return name, (int(m.group(1)), m.group(2).decode(), False)
+    return name, (int(value[at + 11 : end]), value[end + 9 : end + 41].decode(), False)
 
 
 def _text(v: str | bytes) -> str:
