@@ -120,9 +120,11 @@ def test_a_static_member_restarting_within_its_session_gets_its_partitions_back_
 ) -> None:
     """Under either protocol, with ``instance_id`` set (group.instance.id), a member that
     closes and comes back under the same id within the session timeout gets the same
-    partitions, and the other member's callbacks are never called: no rebalance at all.
-    Without static membership the close hands its partitions to the other member (a
-    callback) and the return takes them back (another)."""
+    partitions, and no partition of the other member moves. Without static membership the
+    close hands its partitions to the other member (a callback) and the return takes them
+    back (another). Under the classic protocol the other member may be told of an empty
+    change (cooperative-sticky's subscription carries the partitions a member owns, and the
+    returning member owns none yet): seen once in three whole-suite runs."""
     sa = make_settings(partitions=PARTITIONS, instance_id="worker-a", group_protocol=protocol)
     sb = make_settings(partitions=PARTITIONS, instance_id="worker-b", group_protocol=protocol)
     ensure_topics(sa)
@@ -148,7 +150,8 @@ def test_a_static_member_restarting_within_its_session_gets_its_partitions_back_
         while time.monotonic() < deadline:
             for m in (a, back):
                 m.consumer.poll(0.05)
-            assert a.calls[a_calls:] == [], "the other member was rebalanced"
+            moved = [(kind, parts) for kind, parts in a.calls[a_calls:] if parts]
+            assert moved == [], "the other member's partitions moved"
         assert a.held() | back.held() == ALL
     finally:
         a.consumer.close()
