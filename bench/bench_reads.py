@@ -27,8 +27,8 @@ from pathlib import Path
 from harness.broker import bench_broker, free_port, scratch
 from harness.settings import bench_settings
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 
 

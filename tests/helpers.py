@@ -34,6 +34,7 @@ from confluent_kafka.admin import (
 )
 
 from dyno_stream.cli.demo import settings_env
+from dyno_stream.client import Delivery, DynoClient, MaterializedView
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import format_flake, new_flake
@@ -41,12 +42,10 @@ from dyno_stream.core.keys import split_key
 from dyno_stream.core.ops import HISTORY
 from dyno_stream.devtools.broker import GROUP_TIMING
 from dyno_stream.devtools.broker import free_port_pair as free_port_pair  # tests import it here
-from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.group_protocol import resolve_group_protocol
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.store import DynoStore, Item
 from dyno_stream.stream.metrics import SKEW_BUCKETS_S, WorkerMetrics
-from dyno_stream.views import MaterializedView
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,11 +23,11 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.panel import Panel
 
+from dyno_stream.client.producer import DynoClient
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core.deadletter import H_MESSAGE, H_REASON
 from dyno_stream.core.errors import ConfigError, DynoError
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.kafka.topics import delete_topics, ensure_topics
 from dyno_stream.stream.http_client import http_get

@@ -47,7 +47,7 @@ def history(
     from dyno_stream.cli.common import EXIT_NOT_FOUND, friendly, kafka_settings
 
     def run() -> None:
-        from dyno_stream.kafka.client import DynoClient
+        from dyno_stream.client.producer import DynoClient
 
         s = kafka_settings()
         with DynoClient(s) as client:

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from dyno_stream.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, err, friendly, kafka_settings, out
+from dyno_stream.client.producer import Delivery
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import PublishError
-from dyno_stream.kafka.client import Delivery
 
 
 @friendly
@@ -46,11 +46,11 @@ def op(
     ] = None,
 ) -> None:
     """Produce one op event to the ops topic and print where it landed."""
+    from dyno_stream.client.producer import DynoClient
     from dyno_stream.core.errors import InvalidChangeError, OpRefusedError
     from dyno_stream.core.events import make_op
     from dyno_stream.core.expectations import Expectation
     from dyno_stream.core.flake import new_flake
-    from dyno_stream.kafka.client import DynoClient
 
     try:
         value = json.loads(change)
@@ -95,7 +95,7 @@ def flatten(
     hash: Annotated[str, typer.Argument(help="The chain hash to flatten up to (MD5 hex).")],
 ) -> None:
     """Send a flatten command: workers fold the item's history up to that hash, in order."""
-    from dyno_stream.kafka.client import DynoClient
+    from dyno_stream.client.producer import DynoClient
 
     s = kafka_settings()
     with DynoClient(s) as client:

@@ -54,7 +54,7 @@ def get(
     Exits 3 when there is no such item: never written, or deleted (not found is not an
     error of the tool).
     """
-    from dyno_stream.kafka.item_reads import ItemReads, WorkersUnreachableError
+    from dyno_stream.client.reads import ItemReads, WorkersUnreachableError
 
     s = kafka_settings() if view else settings()
     if view:
@@ -81,7 +81,7 @@ def get(
 
 def _get_from_view(s: Settings, item: str) -> None:
     """``get --view``: the item's snapshot, from the snapshot topic read to its end."""
-    from dyno_stream.views import MaterializedView
+    from dyno_stream.client.views import MaterializedView
 
     with MaterializedView(s, prefix=item) as v:
         if not v.wait_until_caught_up(60):
@@ -120,7 +120,7 @@ def ls(
     long: Annotated[bool, typer.Option("--long", "-l", help="Each item as one JSON line.")] = False,
 ) -> None:
     """Every item of every worker, in name order, each once (pages merged, ``GET /items``)."""
-    from dyno_stream.kafka.item_reads import ItemReads
+    from dyno_stream.client.reads import ItemReads
 
     s = kafka_settings()
     for it in ItemReads(s, s.kafka.librdkafka()).list(prefix):
@@ -163,7 +163,7 @@ def watch(
     """Print item changes live from the snapshot topic, one JSON line each (Ctrl-C stops)."""
     import threading
 
-    from dyno_stream.views import MaterializedView
+    from dyno_stream.client.views import MaterializedView
 
     s = kafka_settings()
     live = threading.Event()

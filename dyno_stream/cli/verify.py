@@ -84,7 +84,7 @@ def _sides(
     snapshot topic, a second cluster's."""
     sides: list[tuple[str, dict[str, Summary]]] = []
     if stores:
-        from dyno_stream.kafka.item_reads import ItemReads
+        from dyno_stream.client.reads import ItemReads
 
         sides.append(("stores", store_summaries(ItemReads(s, s.kafka.librdkafka()).list())))
     if not stores or against_ is None:

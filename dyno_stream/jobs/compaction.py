@@ -21,6 +21,7 @@ from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from dyno_stream.client.producer import DynoClient
 from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.core.errors import ConfigError, KafkaAdminError, StoreError
@@ -28,7 +29,6 @@ from dyno_stream.core.events import H_EXPIRE_IF_HASH, DelItem, Flatten
 from dyno_stream.core.flake import new_flake
 from dyno_stream.core.snapshots import SnapshotDict, parse_message, read_erased_rows
 from dyno_stream.jobs.progress import Reporter
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_reader
 from dyno_stream.store import DynoStore
 from dyno_stream.store.compaction_policy import (

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
+from dyno_stream.client.producer import Delivery, DynoClient
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.deadletter import (
     H_MESSAGE,
@@ -30,7 +31,6 @@ from dyno_stream.core.deadletter import (
     KafkaHeaders,
 )
 from dyno_stream.core.errors import ConfigError, DynoError, PublishError
-from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
 
 #: Header a replayed message carries: the dead letter it came from (``<partition>@<offset>``).

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dyno_stream.client.producer import Delivery, DynoClient
 from dyno_stream.config import Settings
 from dyno_stream.jobs.compaction import Command, answer_ends, await_answers
-from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.store.compaction_policy import Candidate
 
 

@@ -20,10 +20,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from helpers import REPO, cli_env, run_cli
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
 from dyno_stream.core.events import PutItem, json_schemas, parse_event
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 
 WAIT_S = 60.0

@@ -34,11 +34,11 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.deadletter import H_FIELD, H_OFFSET, H_REASON
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 
 WAIT_S = 60.0

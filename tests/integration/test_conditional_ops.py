@@ -10,8 +10,8 @@ from typing import Any
 from conftest import RunningWorker, free_port
 from helpers import cli_env, run_cli
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 
 ITEMS = [f"counter-{i:03d}" for i in range(100)]
 ROUNDS = 3

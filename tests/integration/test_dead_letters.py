@@ -13,9 +13,9 @@ from confluent_kafka import Producer
 from conftest import RunningWorker, free_port
 from helpers import cli_env, flake_at, high_watermark, op_bytes, read_topic, run_cli, wait_until
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.events import make_op
-from dyno_stream.kafka.client import DynoClient
 
 SKEW_S = 1.0
 

@@ -36,6 +36,7 @@ from helpers import (
 )
 from rich.console import Console
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import CompactionSettings, Settings
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import new_flake
@@ -49,8 +50,6 @@ from dyno_stream.core.snapshots import (
 from dyno_stream.devtools.broker import free_port_pair
 from dyno_stream.jobs import compaction
 from dyno_stream.jobs.compaction import compact_online
-from dyno_stream.kafka.client import DynoClient
-from dyno_stream.views import MaterializedView
 
 WAIT_S = 60.0
 

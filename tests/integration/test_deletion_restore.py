@@ -18,10 +18,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from helpers import REPO, WorkerProcess, read_topic, wait_until
 
+from dyno_stream.client import Delivery, DynoClient
 from dyno_stream.config import Settings
 from dyno_stream.core.snapshots import H_ERASED_ROWS, parse_message
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import DynoStore
 

@@ -31,12 +31,11 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.partitioning import crc32_partition, kafka_partition
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.views import MaterializedView
 
 
 def _doctor(s: Settings, table: bool = True) -> tuple[int, dict[str, dict[str, Any]], str]:

@@ -23,10 +23,9 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.views import MaterializedView
 
 PARTITIONS = 4
 N_ITEMS = 200

@@ -55,14 +55,13 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import PublishError
 from dyno_stream.devtools.broker import LocalBroker
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.http_client import http_get
-from dyno_stream.views import MaterializedView
 
 pytestmark = pytest.mark.faults
 

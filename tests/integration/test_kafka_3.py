@@ -34,12 +34,11 @@ from helpers import (
 )
 from rich.console import Console
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import CompactionSettings, Settings, load_settings
 from dyno_stream.devtools.broker import LocalBroker, free_port_pair
 from dyno_stream.jobs.compaction import compact_online
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.views import MaterializedView
 
 pytestmark = pytest.mark.kafka
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 
 WAIT_S = 60.0
 ITEMS = ["kc-alpha", "kc-beta", "kc-gamma", "kc-delta", "kc-épsilon", "kc/zeta"]

@@ -22,8 +22,8 @@ from confluent_kafka import Producer
 from conftest import RunningWorker, free_port
 from helpers import cli_env, counter_total, read_topic, run_cli, store_items, wait_until
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.partitioning import crc32_partition, kafka_partition
 
 PARTITIONS = 4

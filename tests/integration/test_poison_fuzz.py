@@ -50,13 +50,13 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import MaterializedView
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.core.events import OpModel
 from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.stream.http_client import http_get
-from dyno_stream.views import MaterializedView
 
 pytestmark = pytest.mark.faults
 

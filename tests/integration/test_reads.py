@@ -15,9 +15,9 @@ import pytest
 from conftest import free_port
 from helpers import WorkerProcess, assignment, cli_env, run_cli, wait_until
 
+from dyno_stream.client import DynoClient
+from dyno_stream.client.reads import ItemReads, ReadTimeoutError, WorkersUnreachableError
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
-from dyno_stream.kafka.item_reads import ItemReads, ReadTimeoutError, WorkersUnreachableError
 from dyno_stream.kafka.members import describe_owners
 from dyno_stream.kafka.topics import ensure_topics
 

@@ -29,15 +29,14 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import PartitionCountError, PublishError
 from dyno_stream.core.events import OpModel
 from dyno_stream.jobs.repartition import new_topic_names
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.partitioning import kafka_partition
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.views import MaterializedView
 
 
 def _ops(n: int, n_items: int, seed: int) -> list[OpModel]:

@@ -41,15 +41,14 @@ from helpers import (
     wait_until,
 )
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
 from dyno_stream.core.events import make_op
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store import DynoStore, Item
 from dyno_stream.store.partition import snapshot_bytes
 from dyno_stream.stream.worker import producer_config
-from dyno_stream.views import MaterializedView
 
 # ---------------------------------------------------------------------------------------------
 # three worker processes, one killed and its disk wiped

@@ -38,10 +38,10 @@ from helpers import (
     run_cli,
 )
 
+from dyno_stream.client import DynoClient
 from dyno_stream.config import KafkaSettings, Settings
 from dyno_stream.core.errors import KafkaAuthError, LocalBrokerError
 from dyno_stream.devtools.broker import BrokerTls, LocalBroker, ScramUser
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.stream.http_client import http_get
 

@@ -34,11 +34,10 @@ from helpers import (
 from releases import Release, recorded_releases, release_venv
 
 from dyno_stream import __version__
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.states import RELEASE_KEY, STORE_FORMAT, VERSION_KEY
-from dyno_stream.views import MaterializedView
 
 PARTITIONS = 2
 N_ITEMS = 300

@@ -28,11 +28,10 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from helpers import REPO, running_partitions
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.reading import read_snapshots, topic_reader
 from dyno_stream.stream.worker import producer_config
-from dyno_stream.views import MaterializedView
 
 WAIT_S = 30.0
 
@@ -417,7 +416,7 @@ def test_leveldb_view_same_table_then_resumes_from_its_stored_offsets(
 
     # reopened: the table is there before it reads anything, then it reads the new ones only
     caplog.clear()
-    caplog.set_level(logging.WARNING, logger="dyno_stream.views")
+    caplog.set_level(logging.WARNING, logger="dyno_stream.client.views")
     reopened = MaterializedView(s, path=path)
     assert dict(reopened) == table and len(reopened) == len(names)
     calls = Calls(reopened)

@@ -29,6 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from helpers import op_bytes, running_partitions, wait_until
 
+from dyno_stream.client import Delivery, DynoClient
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings, producer_config
 from dyno_stream.core.deadletter import (
     H_FIELD,
@@ -42,7 +43,6 @@ from dyno_stream.core.deadletter import (
 )
 from dyno_stream.core.events import EventModel, make_op
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.kafka.topics import ensure_topics, topic_specs
 from dyno_stream.store import DynoStore

@@ -44,13 +44,12 @@ from helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from dyno_stream.client import DynoClient, MaterializedView
 from dyno_stream.config import Settings
-from dyno_stream.kafka.client import DynoClient
 from dyno_stream.kafka.members import item_partition
 from dyno_stream.kafka.reading import committed_offsets as group_offsets
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.stream.http_client import http_answer, http_get
-from dyno_stream.views import MaterializedView
 
 PARTITIONS = 4
 N_ITEMS = 300

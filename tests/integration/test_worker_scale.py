@@ -23,10 +23,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from helpers import Reference, running_partitions
 
+from dyno_stream.client import Delivery, DynoClient
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import new_flake
-from dyno_stream.kafka.client import Delivery, DynoClient
 from dyno_stream.store import DynoStore
 
 N_OPS = 100_000

@@ -131,8 +131,8 @@ def test_client_fails_each_op_after_its_timeout_but_logs_the_outage_once(
 
     from helpers import free_port_pair
 
+    from dyno_stream.client import DynoClient
     from dyno_stream.core.errors import PublishError
-    from dyno_stream.kafka.client import DynoClient
 
     s = load_settings(kafka={"bootstrap_servers": f"127.0.0.1:{free_port_pair()}"})
     with caplog.at_level(logging.INFO), DynoClient(s, **{"message.timeout.ms": 2000}) as client:

@@ -21,6 +21,7 @@ from typing import Any, TypedDict, Unpack
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from dyno_stream.client.reads import ItemReads
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core import ops
 from dyno_stream.core.deadletter import KafkaHeaders
@@ -36,7 +37,6 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.core.keys import check_name
 from dyno_stream.kafka.clock import BrokerClockWatch, check_explicit_ts
 from dyno_stream.kafka.connection import ConnectionWatch
-from dyno_stream.kafka.item_reads import ItemReads
 from dyno_stream.kafka.security import AuthWatch
 from dyno_stream.kafka.topics import PartitionCountWatch
 
@@ -325,7 +325,7 @@ class DynoClient:
         as it stood then; ``HistoryFoldedError`` when its history no longer reaches back
         that far (``[compaction] keep_history_s``). Waits at most ``timeout``
         (``worker.read_timeout_s``) for a partition restoring or moving, or a worker
-        behind; see ``kafka.item_reads``."""
+        behind; see ``client.reads``."""
         check_name(name)
         return self.reads.get(
             name,

@@ -31,7 +31,7 @@ from dyno_stream.core.errors import DynoError, KafkaAdminError, StoreError
 from dyno_stream.core.snapshots import SnapshotDict, is_newer, parse_snapshot
 from dyno_stream.kafka.reading import partition_ends, topic_reader
 
-log = logging.getLogger("dyno_stream.views")
+log = logging.getLogger(__name__)
 
 #: ``(old, new)``: ``old`` None for a new item, ``new`` None for a deleted one (a tombstone)
 ChangeCallback = Callable[[SnapshotDict | None, SnapshotDict | None], None]

@@ -1,0 +1,11 @@
+"""What an application uses to talk to dyno-stream: produce ops, read items from the workers
+that own them, and follow the snapshot topic in a local view.
+
+``from dyno_stream.client import DynoClient`` is the public path; the parts live in
+``producer`` (sends), ``reads`` (routed reads) and ``views`` (materialized views).
+"""
+
+from dyno_stream.client.producer import Delivery, DynoClient, Outcome
+from dyno_stream.client.views import MaterializedView
+
+__all__ = ["Delivery", "DynoClient", "MaterializedView", "Outcome"]
