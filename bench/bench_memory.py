@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -50,6 +49,7 @@ from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
 
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -60,9 +60,11 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def healthz(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
-        body: dict[str, Any] = json.loads(resp.read())
-        return body
+    code, raw, _ = http_get(url + "/healthz", timeout=2)
+    if code != 200:  # an OSError: the waiter takes it as a worker not ready yet
+        raise OSError(f"{url}/healthz answered {code}: {raw[:200]!r}")
+    body: dict[str, Any] = json.loads(raw)
+    return body
 
 
 def settings_for(bootstrap: str, data_dir: Path, partitions: int) -> Settings:

@@ -21,13 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from harness.broker import bench_broker, free_port, scratch
 from harness.settings import bench_settings
 
 from dyno_stream.client import DynoClient
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.kafka.topics import ensure_topics
 
@@ -87,8 +87,11 @@ def direct_reads(
         other = next(a for a in addresses if a != owner)
         for where, out in ((owner, local), (other, routed)):
             t0 = time.perf_counter()
-            with urllib.request.urlopen(f"http://{where}/items/{name}", timeout=10) as r:
-                r.read()
+            answer = http_get(f"http://{where}/items/{name}", timeout=10)
+            if answer.status == 307:  # the other worker names the owner: follow, as urlopen would
+                answer = http_get(answer.headers["Location"], timeout=10)
+            if answer.status != 200:
+                raise RuntimeError(f"get {name} at {where} answered {answer.status}")
             out.append(time.perf_counter() - t0)
     return local, routed
 

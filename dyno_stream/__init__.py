@@ -1,12 +1,12 @@
 """dyno-stream: level-dyno's timestamped item histories on LevelDB, fed from Kafka.
 
-The package is in layers; each imports only the layers below it (an import-linter contract
-in pyproject.toml, checked by ``make lint``)::
+The package is in layers, each importing only those below it (import-linter, ``make lint``)::
 
     cli        the ``dyno-stream`` command and the demo          (may use devtools)
     jobs       compaction passes (online, offline), repartition
-    stream     the worker runtime and its HTTP endpoint   |  views  MaterializedView
-    kafka      clients, topics, reading topics, security  |  store  DynoStore on LevelDB
+    stream     the worker runtime and its HTTP endpoint
+    client     DynoClient, routed reads, MaterializedView, the HTTP GET helper
+    kafka      topics, reading topics, members, security  |  store  DynoStore on LevelDB
     config     settings (pydantic-settings)
     core       flake ids, keys, op semantics, the wire contract, limits, errors (pure)
 

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from dyno_stream.cli.demo import settings_env, start_worker
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings
 
 __all__ = [
@@ -33,8 +33,10 @@ Launch = Callable[[Settings, Path], Callable[[], None]]
 
 def metrics(url: str) -> dict[str, float]:
     """A worker's /metrics, each metric summed over its labels."""
-    with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
-        text = resp.read().decode()
+    code, body, _ = http_get(url + "/metrics", timeout=2)
+    if code != 200:  # an OSError: the waiters take it as a worker not answering yet
+        raise OSError(f"{url}/metrics answered {code}: {body[:200]!r}")
+    text = body.decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("#") or " " not in line:

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.panel import Panel
 
+from dyno_stream.client.http import http_get
 from dyno_stream.client.producer import DynoClient
 from dyno_stream.config import Settings, load_settings, producer_config
 from dyno_stream.core.deadletter import H_MESSAGE, H_REASON
@@ -30,7 +31,6 @@ from dyno_stream.core.errors import ConfigError, DynoError
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.reading import topic_reader
 from dyno_stream.kafka.topics import delete_topics, ensure_topics
-from dyno_stream.stream.http_client import http_get
 
 #: The demo worker's HTTP port: not the default 9464, which a worker of one's own may hold.
 #: ``DYNO_DEMO_HTTP_PORT`` picks another (the tests do, so that runs side by side never clash).
@@ -125,7 +125,7 @@ def wait_healthy(
                 f"the worker exited ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:]
             )
         try:
-            code, body = http_get(base_url + "/healthz", timeout=2)
+            code, body, _ = http_get(base_url + "/healthz", timeout=2)
             if code == 200 and json.loads(body)["partitions"]:
                 return
         except OSError:
@@ -236,7 +236,7 @@ def _show_snapshot(out: Console, raw: bytes) -> None:
 
 
 def _show_rows(out: Console, base_url: str) -> None:
-    _, body = http_get(base_url + "/items/chilts", timeout=2)
+    body = http_get(base_url + "/items/chilts", timeout=2).body
     out.print(
         Panel(
             json.dumps(json.loads(body), indent=2, ensure_ascii=False),
@@ -244,7 +244,7 @@ def _show_rows(out: Console, base_url: str) -> None:
             expand=False,
         )
     )
-    _, body = http_get(base_url + "/rows", timeout=2)
+    body = http_get(base_url + "/rows", timeout=2).body
     # plain lines, not a panel: a row is never cut at the terminal's edge
     out.print("LevelDB rows in the worker's store:", style="bold")
     for line in body.decode().splitlines():

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 import typer
 
 from dyno_stream.cli.common import EXIT_NOT_FOUND, err, friendly, kafka_settings, out, settings
+from dyno_stream.client.http import HttpAnswer, http_get
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import KafkaServiceError, StoreError
-from dyno_stream.stream.http_client import http_get
 
 
-def _http_get(path: str, s: Settings) -> tuple[int, bytes] | None:
+def _http_get(path: str, s: Settings) -> HttpAnswer | None:
     """Ask a running worker (its store is locked while it runs); None when none answers."""
     if not s.worker.http_port:
         return None
@@ -141,8 +141,8 @@ def dump(
         s = settings()
         query = "" if item is None else f"?item={quote(item, safe='')}"
         answer = _http_get(f"/rows{query}", s)
-        if answer is not None and answer[0] == 200:
-            sys.stdout.write(answer[1].decode())
+        if answer is not None and answer.status == 200:
+            sys.stdout.write(answer.body.decode())
             return
         paths = _local_stores(s)
     else:

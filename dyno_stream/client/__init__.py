@@ -2,7 +2,8 @@
 that own them, and follow the snapshot topic in a local view.
 
 ``from dyno_stream.client import DynoClient`` is the public path; the parts live in
-``producer`` (sends), ``reads`` (routed reads) and ``views`` (materialized views).
+``producer`` (sends), ``reads`` (routed reads), ``views`` (materialized views) and ``http``
+(the one GET every caller of a worker's endpoint uses).
 """
 
 from dyno_stream.client.producer import Delivery, DynoClient, Outcome

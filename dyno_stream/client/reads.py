@@ -19,12 +19,11 @@ from __future__ import annotations
 import heapq
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from dyno_stream.client.http import bearer, http_get
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import DynoError, HistoryFoldedError, OpRefusedError
 from dyno_stream.kafka.members import OwnerDirectory
@@ -40,14 +39,6 @@ class WorkersUnreachableError(DynoError):
 
 class ReadTimeoutError(DynoError):
     """The owning worker did not answer in time (restoring, moving, behind)."""
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a 307 is the caller's to follow: the directory must learn of it
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
 
 
 def _item_query(
@@ -76,24 +67,14 @@ def _raise_refusal(code: int, body: bytes, as_of_ms: int | None, address: str) -
         raise DynoError(f"worker at {address}: {_error(body)}")
 
 
-def _get(url: str, token: str | None, timeout: float) -> tuple[int, bytes, dict[str, str]]:
-    request = urllib.request.Request(url)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with _opener.open(request, timeout=timeout) as resp:
-            return resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
-
-
 class ItemReads:
     """Thread-safe; one per client (it keeps an admin connection for the directory)."""
 
     def __init__(self, settings: Settings, admin_config: dict[str, Any]) -> None:
         self.settings = settings
         w = settings.worker
-        self._token = w.http_token.get_secret_value() if w.http_token is not None else None
+        token = None if w.http_token is None else w.http_token.get_secret_value()
+        self._headers = bearer(token)
         self._configured = f"{w.http_host}:{w.http_port}" if w.http_port else None
         self.directory = OwnerDirectory(settings, admin_config)
 
@@ -134,7 +115,7 @@ class ItemReads:
                 if query:
                     url += "?" + urlencode(query)
                 try:
-                    code, body, headers = _get(url, self._token, _CONNECT_S + timeout)
+                    code, body, headers = http_get(url, _CONNECT_S + timeout, self._headers)
                 except OSError as exc:
                     last = f"worker at {address} unreachable ({exc})"
                     self.directory.stale()
@@ -201,7 +182,7 @@ class ItemReads:
             query = {"prefix": prefix, "limit": str(page), **({"after": after} if after else {})}
             url = f"http://{address}/items?{urlencode(query)}"
             try:
-                code, body, _ = _get(url, self._token, _CONNECT_S)
+                code, body, _ = http_get(url, _CONNECT_S, self._headers)
             except OSError as exc:
                 raise WorkersUnreachableError(f"worker at {address} unreachable ({exc})") from None
             if code != 200:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
+from dyno_stream.client.http import http_get
 from dyno_stream.config import LIBRDKAFKA_PARTITIONER
 from dyno_stream.kafka.members import member_address
 
@@ -85,11 +84,12 @@ def placement(d: Doctor) -> None:
     by: Counter[str] = Counter()
     for address in d._reached:
         try:
-            url = f"http://{address}/metrics"
-            with urllib.request.urlopen(url, timeout=d.http_timeout) as resp:
-                text = resp.read().decode(errors="replace")
+            code, body, _ = http_get(f"http://{address}/metrics", d.http_timeout)
         except (OSError, ValueError):
             continue
+        if code != 200:
+            continue
+        text = body.decode(errors="replace")
         for m in _FORWARDED.finditer(text):
             by[m.group(1)] += int(float(m.group(2)))
     rule = d.s.kafka.partitioner
@@ -110,17 +110,17 @@ def placement(d: Doctor) -> None:
 
 def _healthz(address: str, timeout: float) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=timeout) as resp:
-            return True, f"healthz {resp.status}"
-    except urllib.error.HTTPError as exc:  # it answers: starting, stalled, refusing
-        try:
-            status = json.loads(exc.read()).get("status", "?")
-        except (ValueError, AttributeError):
-            status = "?"
-        return True, f"healthz {exc.code} {status}"
+        code, body, _ = http_get(f"http://{address}/healthz", timeout)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return False, str(reason)
+    if code == 200:
+        return True, f"healthz {code}"
+    try:  # it answers: starting, stalled, refusing
+        status = json.loads(body).get("status", "?")
+    except (ValueError, AttributeError):
+        status = "?"
+    return True, f"healthz {code} {status}"
 
 
 # -- dead letters -------------------------------------------------------------------------

@@ -56,12 +56,12 @@ from helpers import (
 )
 
 from dyno_stream.client import DynoClient, MaterializedView
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import PublishError
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.http_client import http_get
 
 pytestmark = pytest.mark.faults
 
@@ -360,7 +360,7 @@ def test_broker_restarts_mid_stream_worker_and_client_ride_them_out(
             wait_caught_up(view, ref, 180, w.tail())
             snapshots = dict(view)
         assert w.alive() and w.proc.pid == pid, "the worker was restarted"
-        status, body = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
+        status, body, _ = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
         assert status == 200, body
         w.proc.send_signal(signal.SIGTERM)
         assert w.wait_exit(60) == 0, w.tail()

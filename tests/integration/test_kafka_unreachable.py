@@ -14,10 +14,10 @@ from pathlib import Path
 
 from helpers import WorkerProcess, free_port_pair, wait_until
 
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.stream.http_client import http_get
 
 
 def _outage_lines(text: str) -> list[str]:
@@ -31,7 +31,7 @@ def _outage_lines(text: str) -> list[str]:
 
 
 def _metric(url: str, name: str) -> float:
-    status, body = http_get(f"{url}/metrics", timeout=5)
+    status, body, _ = http_get(f"{url}/metrics", timeout=5)
     assert status == 200
     for line in body.decode().splitlines():
         if line.startswith(name + " "):
@@ -58,7 +58,7 @@ def test_worker_says_an_outage_in_a_few_lines_and_on_healthz(
         assert own_broker.stop(), "the broker was not running"
 
         def healthz() -> dict[str, object]:
-            status, body = http_get(f"{url}/healthz", timeout=5)
+            status, body, _ = http_get(f"{url}/healthz", timeout=5)
             assert status == 200, body  # a worker riding out an outage is not restarted
             answer: dict[str, object] = json.loads(body)
             return answer

@@ -51,12 +51,12 @@ from helpers import (
 )
 
 from dyno_stream.client import MaterializedView
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.deadletter import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
 from dyno_stream.core.events import OpModel
 from dyno_stream.core.flake import format_flake, new_flake
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.stream.http_client import http_get
 
 pytestmark = pytest.mark.faults
 
@@ -479,14 +479,14 @@ def test_poison_fuzz_every_malformed_event_dead_lettered_every_valid_op_applied(
 
         # the worker: alive, never restarted, healthy, its counters agree
         alive = w.alive()
-        code, body = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
+        code, body, _ = http_get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
         health = (code, json.loads(body))
         want = {r: float(n) for r, n in by_reason.items()}
         counted: dict[str, float] = {}
 
         def all_counted() -> bool:
             # a batch's dead letters are produced before its counters go up
-            code, raw = http_get(f"http://127.0.0.1:{http_port}/metrics", timeout=10)
+            code, raw, _ = http_get(f"http://127.0.0.1:{http_port}/metrics", timeout=10)
             assert code == 200, raw
             counted.update({reason: _counter(raw.decode(), reason) for reason in by_reason})
             return counted == want or not w.alive()

@@ -16,6 +16,7 @@ from conftest import free_port
 from helpers import WorkerProcess, assignment, cli_env, run_cli, wait_until
 
 from dyno_stream.client import DynoClient
+from dyno_stream.client.http import http_get
 from dyno_stream.client.reads import ItemReads, ReadTimeoutError, WorkersUnreachableError
 from dyno_stream.config import Settings
 from dyno_stream.kafka.members import describe_owners
@@ -89,9 +90,6 @@ def test_get_finds_every_item_from_any_workers_address(
 
 
 def test_a_worker_redirects_to_the_owner(three: tuple[Settings, list[WorkerProcess]]) -> None:
-    import urllib.error
-    import urllib.request
-
     s, _workers = three
     with DynoClient(s) as client:
         d = client.put_item("redirected", {"x": 1}).result(30)
@@ -100,16 +98,9 @@ def test_a_worker_redirects_to_the_owner(three: tuple[Settings, list[WorkerProce
     others = {a for a in client.reads.directory.owners().addresses() if a != owner}
     assert others
     for address in others:
-
-        class NoFollow(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, *a: Any, **k: Any) -> None:
-                return None
-
-        opener = urllib.request.build_opener(NoFollow)
-        with pytest.raises(urllib.error.HTTPError) as answer:
-            opener.open(f"http://{address}/items/redirected", timeout=10)
-        assert answer.value.code == 307
-        assert answer.value.headers["Location"] == f"http://{owner}/items/redirected"
+        answer = http_get(f"http://{address}/items/redirected", timeout=10)
+        assert answer.status == 307
+        assert answer.headers["Location"] == f"http://{owner}/items/redirected"
 
 
 def test_read_your_writes_under_a_backlog(three: tuple[Settings, list[WorkerProcess]]) -> None:

@@ -39,11 +39,11 @@ from helpers import (
 )
 
 from dyno_stream.client import DynoClient
+from dyno_stream.client.http import http_get
 from dyno_stream.config import KafkaSettings, Settings
 from dyno_stream.core.errors import KafkaAuthError, LocalBrokerError
 from dyno_stream.devtools.broker import BrokerTls, LocalBroker, ScramUser
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.stream.http_client import http_get
 
 USER = ScramUser("dyno", PASSWORD, "SCRAM-SHA-512")
 USER_256 = ScramUser("dyno256", PASSWORD_256, "SCRAM-SHA-256")
@@ -220,19 +220,19 @@ def test_worker_with_the_right_login_applies_ops_and_no_output_shows_the_passwor
 
         def applied() -> bool:
             try:
-                code, body = http_get(f"{base}/items/chilts")
+                code, body, _ = http_get(f"{base}/items/chilts")
             except OSError:
                 return False
             return code == 200 and json.loads(body)["changes"] == 3
 
         wait_for("the worker applied the three ops", applied)
-        _, item = http_get(f"{base}/items/chilts")
+        _, item, _ = http_get(f"{base}/items/chilts")
         assert json.loads(item)["value"] == {"nick": "chilts", "name": "Andy Chilton"}
 
-        code, metrics = http_get(f"{base}/metrics")
+        code, metrics, _ = http_get(f"{base}/metrics")
         assert code == 200 and b'dyno_ops_applied_total{op="putItem"} 1.0' in metrics
         assert_no_secret("/metrics", metrics)
-        code, health = http_get(f"{base}/healthz")
+        code, health, _ = http_get(f"{base}/healthz")
         assert code == 200 and json.loads(health)["status"] == "ok"
         assert_no_secret("/healthz", health)
 

@@ -45,11 +45,11 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from dyno_stream.client import DynoClient, MaterializedView
+from dyno_stream.client.http import http_get
 from dyno_stream.config import Settings
 from dyno_stream.kafka.members import item_partition
 from dyno_stream.kafka.reading import committed_offsets as group_offsets
 from dyno_stream.kafka.topics import ensure_topics
-from dyno_stream.stream.http_client import http_answer, http_get
 
 PARTITIONS = 4
 N_ITEMS = 300
@@ -70,7 +70,7 @@ class Processes(WorkerProcess):
 
     def health(self) -> dict[str, Any]:
         try:
-            _code, body = http_get(f"{self.url}/healthz", timeout=5)
+            _code, body, _ = http_get(f"{self.url}/healthz", timeout=5)
         except OSError:
             return {}
         answer: dict[str, Any] = json.loads(body)
@@ -89,7 +89,7 @@ class Processes(WorkerProcess):
 
 def metric_samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """The samples called ``name`` at ``url``/metrics, by their labels."""
-    _code, body = http_get(f"{url}/metrics", timeout=5)
+    _code, body, _ = http_get(f"{url}/metrics", timeout=5)
     out: dict[tuple[tuple[str, str], ...], float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
@@ -338,9 +338,9 @@ def test_reads_at_the_parent_are_answered_as_a_single_worker_answers_them(
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         for base in [worker.url, *(c["http"] for c in worker.children())]:
             for path in ("/items/proc-001", "/items?prefix=proc-", "/rows?item=proc-001"):
-                code, body, _ = http_answer(f"{base}{path}", 30)
+                code, body, _ = http_get(f"{base}{path}", 30)
                 assert code == 401, (base, path, code, body[:200])
-        code, body, _ = http_answer(f"{worker.url}/items/proc-001", 30, bearer)
+        code, body, _ = http_get(f"{worker.url}/items/proc-001", 30, bearer)
         assert code == 200 and json.loads(body)["value"] == {"n": 1}, body[:200]
     finally:
         worker.cleanup()
@@ -396,23 +396,23 @@ def test_the_parent_redirects_to_another_worker_and_limits_reads_at_once(
         location = f"http://127.0.0.1:{solo_port}/items/{theirs}"
 
         def redirected() -> bool:
-            code, _body, headers = http_answer(f"{worker.url}/items/{theirs}", 30)
+            code, _body, headers = http_get(f"{worker.url}/items/{theirs}", 30)
             return code == 307 and headers["Location"] == location
 
-        wait_until(redirected, 30, lambda: str(http_answer(f"{worker.url}/items/{theirs}", 30)))
+        wait_until(redirected, 30, lambda: str(http_get(f"{worker.url}/items/{theirs}", 30)))
 
         # the read limit: one read waits on an offset not yet written; another is refused
         def hold() -> None:
             while not stop.is_set():
                 with contextlib.suppress(OSError):
                     url = f"{worker.url}/items/{ours}?after={child_partition}:{10**12}"
-                    http_answer(url, 60)
+                    http_get(url, 60)
 
         threading.Thread(target=hold, daemon=True).start()
         answers: list[tuple[int, bytes]] = []
 
         def refused() -> bool:
-            code, body, headers = http_answer(f"{worker.url}/items/{ours}", 30)
+            code, body, headers = http_get(f"{worker.url}/items/{ours}", 30)
             answers.append((code, body[:200]))
             return (
                 code == 503

@@ -162,9 +162,7 @@ def test_a_page_is_in_name_order_and_says_where_to_go_on(tmp_path: Path) -> None
 
 
 def test_a_token_guards_items_but_not_health_or_metrics() -> None:
-    import urllib.error
-    import urllib.request
-
+    from dyno_stream.client.http import bearer, http_get
     from dyno_stream.stream.http import Health, HttpEndpoint, RoutedReads
     from dyno_stream.stream.metrics import WorkerMetrics
 
@@ -176,15 +174,10 @@ def test_a_token_guards_items_but_not_health_or_metrics() -> None:
     endpoint.start()
     try:
         base = endpoint.address
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{base}/items/x", timeout=5)
-        assert refused.value.code == 401
-        request = urllib.request.Request(f"{base}/items/x", headers={"Authorization": "Bearer s3"})
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            assert answer.status == 200
+        assert http_get(f"{base}/items/x", timeout=5).status == 401
+        assert http_get(f"{base}/items/x", timeout=5, headers=bearer("s3")).status == 200
         for open_path in ("/healthz", "/metrics"):
-            with urllib.request.urlopen(f"{base}{open_path}", timeout=5) as answer:
-                assert answer.status == 200
+            assert http_get(f"{base}{open_path}", timeout=5).status == 200
     finally:
         endpoint.stop()
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dyno_stream.stream.http_client import http_get
+from dyno_stream.client.http import http_get
 
 if TYPE_CHECKING:
     from dyno_stream.stream.supervisor.supervisor import Supervisor
@@ -72,7 +72,7 @@ class ChildrenHealth:
             }
             if child.alive and child.http is not None:
                 try:
-                    _code, body = http_get(f"{child.http}/healthz", timeout=CHILD_HTTP_TIMEOUT_S)
+                    _code, body, _ = http_get(f"{child.http}/healthz", timeout=CHILD_HTTP_TIMEOUT_S)
                     answer: dict[str, Any] = json.loads(body)
                 except (OSError, ValueError) as exc:
                     answer = {"status": "unreachable", "reason": str(exc)}

@@ -23,10 +23,10 @@ from urllib.parse import quote, urlencode
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from dyno_stream.client.http import bearer, http_get
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import ConfigError
 from dyno_stream.stream.http import Answer, HttpEndpoint, Query, RoutedReads
-from dyno_stream.stream.http_client import http_answer
 from dyno_stream.stream.reads import NOT_HERE, merge_page_answers
 from dyno_stream.stream.supervisor.aggregate import (
     CHILD_HTTP_TIMEOUT_S,
@@ -335,10 +335,8 @@ class Supervisor:
     def _ask(self, url: str, timeout: float) -> tuple[int, Any, dict[str, str], bool] | None:
         """A child's answer to a read: status, JSON body, the headers passed on, and whether
         it says only that the child holds no store of the partition; None: no answer."""
-        token = self._token
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
-            code, body, got = http_answer(url, timeout, headers)
+            code, body, got = http_get(url, timeout, bearer(self._token))
             parsed = json.loads(body)
         except (OSError, ValueError) as exc:  # exited, restarting, or cut off mid-answer
             log.debug("no answer from %s: %s", url, exc)
@@ -400,12 +398,11 @@ class Supervisor:
 
     def _read_rows(self, only: str | None) -> list[tuple[str, str]]:
         query = "" if only is None else f"?item={quote(only, safe='')}"
-        token = self._token
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers = bearer(self._token)
         rows: list[tuple[str, str]] = []
         for _child, url in self._live_endpoints():
             try:
-                code, body, _ = http_answer(f"{url}/rows{query}", CHILD_HTTP_TIMEOUT_S, headers)
+                code, body, _ = http_get(f"{url}/rows{query}", CHILD_HTTP_TIMEOUT_S, headers)
             except OSError:  # exited meanwhile: its stores are read by whoever takes them
                 continue
             if code == 200:
