@@ -34,7 +34,7 @@ from confluent_kafka.admin import (
 )
 
 from dyno_stream.cli.demo import settings_env
-from dyno_stream.client import Delivery, DynoClient, MaterializedView
+from dyno_stream.client import DynoClient, MaterializedView, Receipt
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import format_flake, new_flake
@@ -171,7 +171,7 @@ class Produced:
 
     def __init__(self) -> None:
         self.models: list[OpModel] = []
-        self.futures: list[Future[Delivery]] = []
+        self.futures: list[Future[Receipt]] = []
 
     def send(self, client: DynoClient, models: Iterable[OpModel]) -> None:
         for m in models:

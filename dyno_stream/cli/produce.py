@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dyno_stream.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED, err, friendly, kafka_settings, out
-from dyno_stream.client.producer import Delivery
+from dyno_stream.client.producer import Receipt
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import PublishError
 
@@ -77,7 +77,7 @@ def op(
             out.print_json(json.dumps(after, ensure_ascii=False))
 
 
-def _delivered(future: Future[Delivery], s: Settings) -> Delivery:
+def _delivered(future: Future[Receipt], s: Settings) -> Receipt:
     """Wait as long as the producer itself would, then say what to check."""
     try:
         return future.result(s.worker.publish_timeout_s + 5)
@@ -124,7 +124,7 @@ def erase(
 
     s = kafka_settings()
     done = send_erase(s, item, wait=wait, timeout=timeout)
-    d = done.delivery
+    d = done.receipt
     where = f"{d.topic}/{d.partition}@{d.offset}"
     partition = f"{d.topic}/{d.partition}"
     if not wait:

@@ -6,7 +6,7 @@ that own them, and follow the snapshot topic in a local view.
 (the one GET every caller of a worker's endpoint uses).
 """
 
-from dyno_stream.client.producer import Delivery, DynoClient, Outcome
+from dyno_stream.client.producer import DynoClient, Outcome, Receipt
 from dyno_stream.client.views import MaterializedView
 
-__all__ = ["Delivery", "DynoClient", "MaterializedView", "Outcome"]
+__all__ = ["DynoClient", "MaterializedView", "Outcome", "Receipt"]

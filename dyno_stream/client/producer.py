@@ -2,7 +2,7 @@
 
 Each method stamps a flake, validates the op with the worker's own models (a bad op fails
 here, with the field named), and sends it keyed by the item name under the placement rule
-(``[kafka] partitioner``), returning a Future of its :class:`Delivery`. The client refuses to
+(``[kafka] partitioner``), returning a Future of its :class:`Receipt`. The client refuses to
 send when the ops topic's partition count changed (``PartitionCountError``) or an explicit
 ``ts`` is too far ahead (``ClockSkewError``). Why: ``docs/design/producer.md``.
 """
@@ -50,8 +50,9 @@ _FIRST_CHECK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """Where Kafka stored an op."""
+class Receipt:
+    """Where Kafka put an op: its item, op and ``ts``, and its topic, partition and offset
+    (what ``get(after=...)`` and ``outcome`` name the op by)."""
 
     item: str
     op: str
@@ -136,7 +137,7 @@ class DynoClient:
                 self._producer.purge(in_queue=True, in_flight=False, blocking=False)
                 purged = True
 
-    def send(self, event: EventModel, headers: KafkaHeaders | None = None) -> Future[Delivery]:
+    def send(self, event: EventModel, headers: KafkaHeaders | None = None) -> Future[Receipt]:
         """Send one validated event (op, flatten or erase command), with ``headers`` if
         given (an expiry's condition, ``events.H_EXPIRE_IF_HASH``).
 
@@ -148,7 +149,7 @@ class DynoClient:
         have the partition count its stores were built with.
         """
         self._check_sendable(event)
-        future: Future[Delivery] = Future()
+        future: Future[Receipt] = Future()
         refused = self._auth.failure
         if refused is not None:  # learnt while waiting for the check: nothing gets through
             future.set_exception(KafkaAuthError(self._auth.describe(refused)))
@@ -168,7 +169,7 @@ class DynoClient:
                 self.connection.answered()
                 watch.acknowledged(msg.timestamp(), sent_s, clock())
                 future.set_result(
-                    Delivery(
+                    Receipt(
                         event.item,
                         event.op,
                         ts,
@@ -208,10 +209,10 @@ class DynoClient:
 
     def _op(
         self, op: str, name: str, change: Any, ts: str | None, **expect: Unpack[Expect]
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         """Send one op; with ``expect_hash``/``expect_changes`` it is conditional: the owning
         worker applies it only if the item has that chain hash and changes count then
-        (``core.expectations``); ``outcome(delivery)`` says whether it did."""
+        (``core.expectations``); ``outcome(receipt)`` says whether it did."""
         headers = None
         if expect:
             headers = Expectation(expect.get("expect_hash"), expect.get("expect_changes")).headers()
@@ -224,7 +225,7 @@ class DynoClient:
         value: dict[str, Any],
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.PUT_ITEM, name, value, ts, **expect)
 
     def del_item(
@@ -232,7 +233,7 @@ class DynoClient:
         name: str,
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.DEL_ITEM, name, {}, ts, **expect)
 
     def put_attrs(
@@ -241,7 +242,7 @@ class DynoClient:
         attrs: dict[str, Any],
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.PUT_ATTRS, name, attrs, ts, **expect)
 
     def del_attrs(
@@ -250,7 +251,7 @@ class DynoClient:
         attrs: list[str],
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.DEL_ATTRS, name, attrs, ts, **expect)
 
     def inc_attr_by(
@@ -260,7 +261,7 @@ class DynoClient:
         by: float = 1,
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.INC_ATTR_BY, name, {"field": field, "by": by}, ts, **expect)
 
     def dec_attr_by(
@@ -270,7 +271,7 @@ class DynoClient:
         by: float = 1,
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.DEC_ATTR_BY, name, {"field": field, "by": by}, ts, **expect)
 
     def append(
@@ -280,7 +281,7 @@ class DynoClient:
         text: str,
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.APPEND, name, {"field": field, "str": text}, ts, **expect)
 
     def add_to_set(
@@ -290,10 +291,10 @@ class DynoClient:
         value: Any,
         ts: str | None = None,
         **expect: Unpack[Expect],
-    ) -> Future[Delivery]:
+    ) -> Future[Receipt]:
         return self._op(ops.ADD_TO_SET, name, {"field": field, "value": value}, ts, **expect)
 
-    def flatten(self, name: str, hash: str) -> Future[Delivery]:
+    def flatten(self, name: str, hash: str) -> Future[Receipt]:
         """Ask the workers to fold the item's history up to the row with this chain hash."""
         check_name(name)
         try:
@@ -302,7 +303,7 @@ class DynoClient:
             raise ValidationError("hash", f"{hash!r} is not an MD5 hex digest") from exc
         return self.send(command)
 
-    def erase(self, name: str, ts: str | None = None) -> Future[Delivery]:
+    def erase(self, name: str, ts: str | None = None) -> Future[Receipt]:
         """Ask the worker that owns the item to remove every row and the cached state of it
         at once, leaving its deleted marker, and publish its tombstone (an ``erase``
         command, in order with the item's other ops). ``ts`` (default: now) is the
@@ -314,13 +315,13 @@ class DynoClient:
     def get(
         self,
         name: str,
-        after: Delivery | None = None,
+        after: Receipt | None = None,
         timeout: float | None = None,
         *,
         as_of: datetime | float | None = None,
     ) -> dict[str, Any] | None:
         """The item as the worker owning it holds it, None when there is none (or it was
-        deleted). ``after``: a delivery of this item's op; the answer then includes that op
+        deleted). ``after``: the receipt of this item's op; the answer then includes that op
         (read your own writes). ``as_of`` (a datetime, or seconds since the epoch): the item
         as it stood then; ``HistoryFoldedError`` when its history no longer reaches back
         that far (``[compaction] keep_history_s``). Waits at most ``timeout``
@@ -341,15 +342,15 @@ class DynoClient:
         found = self.reads.get(name, None, timeout, history=True)
         return [] if found is None else list(found["history"])
 
-    def outcome(self, delivery: Delivery, timeout: float | None = None) -> Outcome:
-        """What the owning worker made of the op ``delivery`` names: applied (with the item
+    def outcome(self, receipt: Receipt, timeout: float | None = None) -> Outcome:
+        """What the owning worker made of the op ``receipt`` names: applied (with the item
         as it left it), or refused (``refused`` is the reason; for a conditional op,
         ``actual`` the item's hash and changes). The answer comes from the owner's store
         once it has reached the op; raises when the owner cannot tell (an op older than
         its store's record of refusals), or does not answer within ``timeout``."""
         try:
             item = self.reads.get(
-                delivery.item, (delivery.partition, delivery.offset), timeout, outcome=True
+                receipt.item, (receipt.partition, receipt.offset), timeout, outcome=True
             )
         except OpRefusedError as exc:
             return Outcome(False, None, exc.refused, exc.actual, str(exc))

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
-from dyno_stream.client.producer import Delivery, DynoClient
+from dyno_stream.client.producer import DynoClient, Receipt
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.deadletter import (
     H_MESSAGE,
@@ -192,9 +192,9 @@ def replay(
         return report
     with DynoClient(settings) as client:
         for name, (partition, offset) in placed:
-            delivery = Delivery(name, "", None, settings.topics.ops, partition, offset)
+            receipt = Receipt(name, "", None, settings.topics.ops, partition, offset)
             try:
-                outcome = client.outcome(delivery, timeout)
+                outcome = client.outcome(receipt, timeout)
             except DynoError:
                 report.unknown += 1
             else:

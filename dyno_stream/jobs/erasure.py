@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dyno_stream.client.producer import Delivery, DynoClient
+from dyno_stream.client.producer import DynoClient, Receipt
 from dyno_stream.config import Settings
 from dyno_stream.jobs.compaction import Command, answer_ends, await_answers
 from dyno_stream.store.compaction_policy import Candidate
@@ -26,7 +26,7 @@ class Erasure:
     answer did not say, as from a worker that does not count them); ``refused``: the reason
     of its dead letter instead."""
 
-    delivery: Delivery
+    receipt: Receipt
     answered: bool
     rows: int | None = None
     refused: str | None = None

@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from helpers import REPO, WorkerProcess, read_topic, wait_until
 
-from dyno_stream.client import Delivery, DynoClient
+from dyno_stream.client import DynoClient, Receipt
 from dyno_stream.config import Settings
 from dyno_stream.core.snapshots import H_ERASED_ROWS, parse_message
 from dyno_stream.devtools.broker import LocalBroker
@@ -165,7 +165,7 @@ def test_a_worker_killed_between_an_erasure_and_its_tombstone_resurrects_nothing
             for i in range(20):
                 client.put_attrs("person", {f"k{i}": secret})
             client.put_item("other", {"v": 1}).result(30)
-            erased: Delivery = client.erase("person").result(30)
+            erased: Receipt = client.erase("person").result(30)
         wait_until(lambda: not w1.alive(), WAIT_S, lambda: f"not killed{w1.tail()}")
         assert w1.proc.returncode == -signal.SIGKILL and flag.exists(), w1.tail()
         assert "faultinject: killed before a tombstone" in w1.text()

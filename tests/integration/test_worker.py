@@ -29,7 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from helpers import op_bytes, running_partitions, wait_until
 
-from dyno_stream.client import Delivery, DynoClient
+from dyno_stream.client import DynoClient, Receipt
 from dyno_stream.config import MAX_MESSAGE_BYTES, Settings, producer_config
 from dyno_stream.core.deadletter import (
     H_FIELD,
@@ -597,7 +597,7 @@ def test_restart_applies_nothing_twice(
     model: dict[str, dict[str, Any]] = {n: {} for n in items}
     changes: dict[str, int] = dict.fromkeys(items, 0)
 
-    def send(client: DynoClient, name: str, k: int) -> Delivery:
+    def send(client: DynoClient, name: str, k: int) -> Receipt:
         if k % 2:
             fut = client.inc_attr_by(name, "n", k)
             model[name]["n"] = model[name].get("n", 0) + k

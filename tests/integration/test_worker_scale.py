@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from helpers import Reference, running_partitions
 
-from dyno_stream.client import Delivery, DynoClient
+from dyno_stream.client import DynoClient, Receipt
 from dyno_stream.config import Settings
 from dyno_stream.core.events import OpModel, make_op
 from dyno_stream.core.flake import new_flake
@@ -84,7 +84,7 @@ def test_100k_ops_two_workers_one_stopped_midway(
     # produce on a thread; stop worker A once half the ops are produced
     rnd = random.Random(20240601)
     models: list[OpModel] = []
-    futures: list[Future[Delivery]] = []
+    futures: list[Future[Receipt]] = []
     produced = 0
     failure: list[BaseException] = []
 
