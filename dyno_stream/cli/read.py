@@ -14,7 +14,7 @@ import typer
 from dyno_stream.cli.common import EXIT_NOT_FOUND, err, friendly, kafka_settings, out, settings
 from dyno_stream.client.http import HttpAnswer, http_get
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import KafkaServiceError, StoreError
+from dyno_stream.core.errors import KafkaServiceError, StoreError, WorkersUnreachableError
 
 
 def _http_get(path: str, s: Settings) -> HttpAnswer | None:
@@ -54,7 +54,7 @@ def get(
     Exits 3 when there is no such item: never written, or deleted (not found is not an
     error of the tool).
     """
-    from dyno_stream.client.reads import ItemReads, WorkersUnreachableError
+    from dyno_stream.client.reads import ItemReads
 
     s = kafka_settings() if view else settings()
     if view:

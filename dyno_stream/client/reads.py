@@ -25,20 +25,18 @@ from urllib.parse import quote, urlencode
 
 from dyno_stream.client.http import bearer, http_get
 from dyno_stream.config import Settings
-from dyno_stream.core.errors import DynoError, HistoryFoldedError, OpRefusedError
+from dyno_stream.core.errors import (
+    DynoError,
+    HistoryFoldedError,
+    OpRefusedError,
+    ReadTimeoutError,
+    WorkersUnreachableError,
+)
 from dyno_stream.kafka.members import OwnerDirectory
 
 #: The longest one request waits for a worker to answer (a read with ``after=`` waits on
 #: the worker up to its own read timeout first).
 _CONNECT_S = 5.0
-
-
-class WorkersUnreachableError(DynoError):
-    """No worker answered a read."""
-
-
-class ReadTimeoutError(DynoError):
-    """The owning worker did not answer in time (restoring, moving, behind)."""
 
 
 def _item_query(

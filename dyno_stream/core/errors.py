@@ -190,6 +190,14 @@ class HistoryFoldedError(DynoError):
     reason = "history-folded"
 
 
+class WorkersUnreachableError(DynoError):
+    """No worker answered a read (``DynoClient.get``, ``dyno-stream get``/``ls``)."""
+
+
+class ReadTimeoutError(DynoError):
+    """The owning worker did not answer a read in time (restoring, moving, behind)."""
+
+
 class StoreError(DynoError):
     """LevelDB could not do what was asked: the store is closed, refused a write, or could not
     be opened (a lock another process holds, a path that is not a store)."""

@@ -17,8 +17,9 @@ from helpers import WorkerProcess, assignment, cli_env, run_cli, wait_until
 
 from dyno_stream.client import DynoClient
 from dyno_stream.client.http import http_get
-from dyno_stream.client.reads import ItemReads, ReadTimeoutError, WorkersUnreachableError
+from dyno_stream.client.reads import ItemReads
 from dyno_stream.config import Settings
+from dyno_stream.core.errors import ReadTimeoutError, WorkersUnreachableError
 from dyno_stream.kafka.members import describe_owners
 from dyno_stream.kafka.topics import ensure_topics
 
