@@ -27,7 +27,7 @@ def expiry_condition(msg: Message) -> str | None:
 
 def dead_letter(msg: Message, exc: DynoError) -> DeadLetter:
     """The dead letter for a message that ``exc`` says is bad: its bytes, and why."""
-    topic, partition, offset = where(msg)
+    topic, partition, offset = topic_partition_offset(msg)
     raw = msg.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
     headers = [(k, _as_bytes(v)) for k, v in pairs]
@@ -45,7 +45,7 @@ def dead_letter(msg: Message, exc: DynoError) -> DeadLetter:
     )
 
 
-def where(msg: Message) -> tuple[str, int, int]:
+def topic_partition_offset(msg: Message) -> tuple[str, int, int]:
     """A consumed message's topic, partition and offset (always set on consumed messages)."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None

@@ -59,7 +59,7 @@ from dyno_stream.stream.messages import (
     dead_letter,
     expiry_condition,
     header_pairs,
-    where,
+    topic_partition_offset,
 )
 from dyno_stream.stream.metrics import WorkerMetrics
 
@@ -188,7 +188,7 @@ class BatchProcessor:
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
                 continue
-            topic, partition, offset = where(msg)
+            topic, partition, offset = topic_partition_offset(msg)
             tp = (topic, partition)
             ps = running.get(tp)
             if ps is None or (ps.next_offset is not None and offset < ps.next_offset):
@@ -320,7 +320,7 @@ class BatchProcessor:
         """The letter that forwards a misplaced message to its rule partition."""
         partitions = self.placement.partitions
         assert partitions is not None  # ``home`` came from it
-        _topic, partition, _offset = where(msg)
+        _topic, partition, _offset = topic_partition_offset(msg)
         placed_by = evident_partitioner(key, partition, partitions)
         letter = dead_letter(
             msg,
