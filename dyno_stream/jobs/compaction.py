@@ -33,10 +33,10 @@ from dyno_stream.kafka.reading import partition_ends, read_snapshots, topic_read
 from dyno_stream.store import DynoStore
 from dyno_stream.store.compaction_policy import (
     Candidate,
-    choose,
     fold_before,
     fold_cutoff,
-    idle,
+    items_to_expire,
+    items_to_flatten,
     summaries,
 )
 from dyno_stream.store.partition import OFFSET_KEY, read_consumed_ms
@@ -235,9 +235,9 @@ def compact_online(
     # it reached Kafka after ``now``: the wall clock is the right basis here.
     now = time.time()
     cutoff = fold_cutoff(now, now, policy.fold_after_s)
-    expiring = idle(latest.values(), policy, now)
+    expiring = items_to_expire(latest.values(), policy, now)
     expires = {c.name for c in expiring}
-    chosen, summary.examined = choose(latest.values(), policy, cutoff)
+    chosen, summary.examined = items_to_flatten(latest.values(), policy, cutoff)
     chosen = [c for c in chosen if c.name not in expires]  # deleted instead
     summary.chosen = len(chosen)
     summary.rows_before = sum(c.count for c in chosen)
@@ -387,7 +387,7 @@ def compact_offline(
             summary.bytes_after = summary.bytes_before
             summary.seconds = time.monotonic() - started
             return summary
-        chosen, summary.examined = choose(summaries(store), policy, cutoff)
+        chosen, summary.examined = items_to_flatten(summaries(store), policy, cutoff)
         summary.chosen = len(chosen)
         summary.rows_before = sum(c.count for c in chosen)
         if dry_run:

@@ -53,7 +53,7 @@ def removable(snap: dict[str, Any], cutoff: str | None) -> bool:
     )
 
 
-def choose(
+def items_to_flatten(
     snapshots: Iterable[dict[str, Any]], policy: CompactionSettings, cutoff: str | None = None
 ) -> tuple[list[Candidate], int]:
     """Pick the items to flatten from their newest snapshots (a deleted item's is its
@@ -77,7 +77,7 @@ def choose(
     return chosen, seen
 
 
-def idle(
+def items_to_expire(
     snapshots: Iterable[dict[str, Any]], policy: CompactionSettings, now: float
 ) -> list[Candidate]:
     """The items an expiring pass deletes: present (not deleted, not empty), with a name
@@ -99,7 +99,7 @@ def idle(
 
 
 def summaries(store: DynoStore, min_rows: int = 0) -> Iterator[dict[str, Any]]:
-    """A store's items in the shape ``choose`` reads (a snapshot's, with ``value`` only
+    """A store's items in the shape ``items_to_flatten`` reads (a snapshot's, with ``value`` only
     told as None or not), deleted ones included: those of fewer rows too, when absent."""
 
     def wanted(_name: str, item: Item) -> bool:

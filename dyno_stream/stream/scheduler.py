@@ -12,7 +12,12 @@ from croniter import croniter
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import DynoError, PublishError
 from dyno_stream.kafka.reading import list_offsets
-from dyno_stream.store.compaction_policy import choose, fold_before, fold_cutoff, summaries
+from dyno_stream.store.compaction_policy import (
+    fold_before,
+    fold_cutoff,
+    items_to_flatten,
+    summaries,
+)
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
 from dyno_stream.stream.clients import OpsConsumer
@@ -116,7 +121,7 @@ class Scheduler:
                 seen.append(summary)
         # the policy of a pass: prefix, longest first, the cap; deleted items whose deletion
         # is older than the lowest cut-off (each partition folds by its own below)
-        chosen, _ = choose(seen, c, min(cutoffs.values(), default=None))
+        chosen, _ = items_to_flatten(seen, c, min(cutoffs.values(), default=None))
         by_store: dict[str, list[str]] = {}
         for cand in chosen:
             by_store.setdefault(owner[cand.name].label, []).append(cand.name)

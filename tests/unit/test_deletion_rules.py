@@ -32,7 +32,7 @@ from dyno_stream.core.snapshots import (
 from dyno_stream.jobs.compaction import compact_offline
 from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store import DynoStore
-from dyno_stream.store.compaction_policy import choose, summaries
+from dyno_stream.store.compaction_policy import items_to_flatten, summaries
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import WorkerMetrics
@@ -281,7 +281,7 @@ def test_the_policy_chooses_deleted_items_past_the_cutoff_whatever_their_rows() 
         summary("marker", None, 1, old),
         summary("short", {}, 2, old),
     ]
-    chosen, seen = choose(snaps, CompactionSettings(min_rows=10), cutoff)
+    chosen, seen = items_to_flatten(snaps, CompactionSettings(min_rows=10), cutoff)
     assert seen == 4 and [c.name for c in chosen] == ["d-old"]
 
 
