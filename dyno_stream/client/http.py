@@ -2,7 +2,7 @@
 
 Every status is an answer, a redirect too: a 307 names the partition's new owner, and the
 caller decides whether to follow it (a routed read must, to learn the new owner). Raises
-``OSError`` only when nothing answered.
+``OSError`` when nothing answered.
 """
 
 from __future__ import annotations
