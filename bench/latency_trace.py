@@ -1,6 +1,6 @@
 """Where the latency tail goes: a latency run (bench_worker's) of a worker whose loop is traced.
 
-Issue 14 asked what makes the worker's p99 at 5,000 ops/s 105 ms. This runs
+What makes the worker's p99 at a steady rate what it is? This runs
 ``harness.latency.bench_latency`` against a ``dyno-stream worker`` process started through this
 file (``--worker``), which wraps the loop's steps before running the worker as the CLI does:
 

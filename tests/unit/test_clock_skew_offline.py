@@ -1,4 +1,4 @@
-"""Clock skew (issue 19), the parts that need no broker: the skew histogram's arithmetic, the
+"""Clock skew, the parts that need no broker: the skew histogram's arithmetic, the
 dead letter's headers across a crash, a message without a timestamp, far times described.
 
 They run against real LevelDB and prometheus-client; the worker, client and command line

@@ -1,4 +1,4 @@
-"""Deleting for real (issue 15), in the store: the deleted marker, compaction removing a
+"""Deleting for real, in the store: the deleted marker, compaction removing a
 deleted item's rows once the deletion is older than the lateness, the rules for late ops,
 erasure, tombstones read by a restore, and the policy choosing deleted items."""
 

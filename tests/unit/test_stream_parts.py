@@ -373,7 +373,7 @@ def test_a_store_with_nothing_to_restore_replays_quietly_below_the_committed_off
 ) -> None:
     """No snapshot of the partition at all (every item deleted, the tombstones removed by
     Kafka) and the group committed offset 3: the replay from the start publishes nothing
-    below it, so a deleted item's values never come back (found by review of issue 15)."""
+    below it, so a deleted item's values never come back."""
     parts = Parts(_settings(tmp_path), committed=lambda t, p: 3)
     try:
         parts.assign_and_start(0)
