@@ -1,4 +1,4 @@
-"""Disk and topic sizes before and after deleting half of the items and compacting (issue 15).
+"""Disk and topic sizes before and after deleting half of the items and compacting.
 
 On a broker of its own: ``--items`` items (100,000) get one ``putItem`` each (about 150
 bytes of value) and a second op, through a ``dyno-stream worker`` process on 4 partitions.

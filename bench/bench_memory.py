@@ -1,4 +1,4 @@
-"""Memory and many partitions (issue 14, items 1 and 5): one worker's RSS under its memory
+"""Memory and many partitions: one worker's RSS under its memory
 budget, the time to open 64 newly assigned partitions, and 64 partitions against 4.
 
 All on the real ``dyno-stream worker`` process and the local broker:

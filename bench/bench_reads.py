@@ -1,4 +1,4 @@
-"""Read latency (issue 16): a local get, a routed get, and a read-your-writes get under load.
+"""Read latency: a local get, a routed get, and a read-your-writes get under load.
 
 Starts a broker of its own (``LocalBroker``) unless ``--bootstrap`` names one, and two
 worker processes on one 4-partition ops topic, each with its own HTTP port and data dir.

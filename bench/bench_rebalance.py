@@ -1,4 +1,4 @@
-"""Rebalance benchmark: how fast each consumer group protocol moves partitions (issue 13).
+"""Rebalance benchmark: how fast each consumer group protocol moves partitions.
 
 Plain confluent_kafka consumers, each a subprocess of this script (so one can be SIGKILLed),
 subscribe to one 16-partition topic in a fresh group per run. Each run goes through:

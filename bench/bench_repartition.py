@@ -1,4 +1,4 @@
-"""Repartition benchmark (issue 20): moving N items from 4 to 8 partitions, held to a reference.
+"""Repartition benchmark: moving N items from 4 to 8 partitions, held to a reference.
 
 For each size, ops are produced in three phases, as the issue asks:
 

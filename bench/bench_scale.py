@@ -1,4 +1,4 @@
-"""Scale-out scenario (issue 13): workers join and leave under a steady load; what it costs.
+"""Scale-out scenario: workers join and leave under a steady load; what it costs.
 
 16 partitions; an external producer sends a steady load (8,000 ops/s by default) over items
 pre-filled so that restores have work (300 per partition by default). Workers, each a

@@ -1,12 +1,12 @@
 """Where the latency tail goes: a latency run (bench_worker's) of a worker whose loop is traced.
 
-Issue 14 asked what makes the worker's p99 at 5,000 ops/s 105 ms. This runs
+What makes the worker's p99 at a steady rate what it is? This runs
 ``harness.latency.bench_latency`` against a ``dyno-stream worker`` process started through this
 file (``--worker``), which wraps the loop's steps before running the worker as the CLI does:
 
 - each batch's ``poll`` (wall time, events, the age of its oldest event by LogAppendTime),
   ``process`` (wall and thread CPU time), validation, the store transaction, the wait for
-  acknowledgements (``Delivery.complete``), the Kafka commit, the scheduled work, the state
+  acknowledgements (``Checkpoint.advance``), the Kafka commit, the scheduled work, the state
   write-behind (``StateCache.flush`` and each write of states), and every collection
   (``gc.callbacks``), written as JSON lines to ``$TRACE_FILE``;
 - each op's send time and latency, from the benchmark's side.
@@ -40,9 +40,9 @@ STEPS = [
     ("dyno_stream.stream.processing", "BatchProcessor", "process", "process"),
     ("dyno_stream.stream.processing", "BatchProcessor", "_validated", "validate"),
     ("dyno_stream.stream.processing", "BatchProcessor", "_apply", "apply"),
-    ("dyno_stream.stream.delivery", "Delivery", "complete", "acks"),
-    ("dyno_stream.stream.delivery", "Delivery", "commit_acknowledged", "commit"),
-    ("dyno_stream.stream.scheduler", "Scheduler", "punctuate", "scheduled"),
+    ("dyno_stream.stream.checkpoint", "Checkpoint", "advance", "acks"),
+    ("dyno_stream.stream.checkpoint", "Checkpoint", "commit", "commit"),
+    ("dyno_stream.stream.scheduler", "Scheduler", "run_due", "scheduled"),
     ("dyno_stream.store.states", "StateCache", "flush", "flush"),
     ("dyno_stream.store.states", "StateCache", "_write_states", "write_states"),
 ]

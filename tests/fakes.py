@@ -10,8 +10,14 @@ from typing import Literal
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
+from dyno_stream.config import Settings
 from dyno_stream.core.deadletter import KafkaHeaders
+from dyno_stream.kafka.partitioning import PlacementRule
+from dyno_stream.stream.checkpoint import Checkpoint
 from dyno_stream.stream.clients import DeliveryReport
+from dyno_stream.stream.metrics import WorkerMetrics
+from dyno_stream.stream.processing import BatchProcessor
+from dyno_stream.stream.publisher import Publisher
 
 
 @dataclass
@@ -112,3 +118,16 @@ class FakeConsumer:
         self, partition: TopicPartition, timeout: float = -1, cached: bool = False
     ) -> tuple[int, int]:
         return 0, self.high.get((partition.topic, partition.partition), -1)
+
+
+def batch_processor(
+    settings: Settings,
+    producer: FakeProducer,
+    metrics: WorkerMetrics,
+    placement: PlacementRule,
+    consumer: FakeConsumer | None = None,
+) -> BatchProcessor:
+    """A batch processor wired as the worker wires it, over the fakes."""
+    checkpoint = Checkpoint(settings, producer, consumer or FakeConsumer(), metrics)
+    publisher = Publisher(settings, producer, checkpoint, metrics)
+    return BatchProcessor(settings, checkpoint, publisher, metrics, placement)

@@ -588,7 +588,7 @@ def published(records: list[Record], models: list[OpModel]) -> PublishedHistory:
 
 
 # ---------------------------------------------------------------------------------------------
-# clock skew: ops stamped by a producer whose clock is wrong (issue 19)
+# clock skew: ops stamped by a producer whose clock is wrong
 # ---------------------------------------------------------------------------------------------
 
 #: A year in seconds: how far ahead a broken producer clock stamps an op.

@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
+from confluent_kafka.admin import ConfigResource, OffsetSpec, ResourceType
 
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import ConfigError, DynoError
 from dyno_stream.jobs.doctor_dead_letters import dead_letters
+from dyno_stream.jobs.doctor_exam import Examination, Finding, Status, duration, mebibytes
 from dyno_stream.jobs.doctor_members import members, placement
 from dyno_stream.kafka.clock import CLIENT_WARN_SKEW_S
 from dyno_stream.kafka.group_protocol import (
@@ -36,59 +36,12 @@ from dyno_stream.kafka.group_protocol import (
 )
 from dyno_stream.kafka.reading import committed_offsets, topic_reader
 
-Status = Literal["pass", "warn", "fail"]
-
 #: Free space in data_dir below these is a warning, below half of them a failure.
 FREE_WARN_FRACTION, FREE_WARN_BYTES = 0.10, 1 << 30
 
 
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
-def _mb(n: float) -> str:
-    return f"{n / (1 << 20):,.0f} MiB" if n < 10 << 30 else f"{n / (1 << 30):,.1f} GiB"
-
-
-def duration(ms: float) -> str:
-    s = ms / 1000
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
-
-
-class Doctor:
+class Doctor(Examination):
     """The checks, in the order they are printed; ``run`` gives every finding."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        now: Callable[[], float] = time.time,
-        timeout_s: float | None = None,
-        http_timeout_s: float = 3.0,
-    ) -> None:
-        self.s = settings
-        self.now = now
-        self.timeout = timeout_s or settings.kafka.connect_timeout_s
-        self.http_timeout = http_timeout_s
-        self.findings: list[Finding] = []
-        self._admin: AdminClient | None = None
-        self._topics: dict[str, Any] = {}
-        #: members' advertised addresses that answered ``/healthz``
-        self._reached: list[str] = []
-        self._configs: dict[str, dict[str, str]] = {}
-
-    def add(self, check: str, status: Status, detail: str, fix: str = "") -> None:
-        self.findings.append(Finding(check, status, detail, fix))
 
     def run(self) -> list[Finding]:
         if self.broker():
@@ -109,12 +62,6 @@ class Doctor:
     def _names(self) -> list[str]:
         t = self.s.topics
         return [t.ops, t.snapshots, t.dead_letter]
-
-    @property
-    def admin(self) -> AdminClient:
-        if self._admin is None:
-            self._admin = AdminClient(self.s.kafka.librdkafka())
-        return self._admin
 
     # -- the broker ---------------------------------------------------------------------------
 
@@ -379,7 +326,8 @@ class Doctor:
             probe = probe.parent
         usage = shutil.disk_usage(probe)
         fraction = usage.free / usage.total if usage.total else 0.0
-        detail = f"{data_dir} (on this machine): {_mb(usage.free)} free of {_mb(usage.total)}"
+        free, total = mebibytes(usage.free), mebibytes(usage.total)
+        detail = f"{data_dir} (on this machine): {free} free of {total}"
         detail += f" ({fraction:.0%})"
         if fraction < FREE_WARN_FRACTION / 2 or usage.free < FREE_WARN_BYTES / 2:
             status: Status = "fail"

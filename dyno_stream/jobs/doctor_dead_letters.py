@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dyno_stream.core.deadletter import H_REASON
 from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME
+from dyno_stream.jobs.doctor_exam import Examination, duration
 from dyno_stream.kafka.reading import topic_reader
-
-if TYPE_CHECKING:
-    from dyno_stream.jobs.doctor import Doctor
 
 #: How far back the dead letters are counted.
 DEAD_LETTER_WINDOW_S = 3600.0
@@ -22,9 +20,8 @@ DEAD_LETTER_WINDOW_S = 3600.0
 DEAD_LETTER_MAX = 100_000
 
 
-def dead_letters(d: Doctor) -> None:
+def dead_letters(d: Examination) -> None:
     """The newest hour of dead letters, counted by reason (a warning when there are any)."""
-    from dyno_stream.jobs.doctor import duration
 
     topic = d.s.topics.dead_letter
     since_ms = int((d.now() - DEAD_LETTER_WINDOW_S) * 1000)

@@ -6,22 +6,19 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 
 from dyno_stream.client.http import http_get
 from dyno_stream.config import LIBRDKAFKA_PARTITIONER
+from dyno_stream.jobs.doctor_exam import Examination
 from dyno_stream.kafka.members import member_address
-
-if TYPE_CHECKING:
-    from dyno_stream.jobs.doctor import Doctor
 
 #: A member's count of forwarded ops on its /metrics, by the partitioner that placed them.
 _FORWARDED = re.compile(r'^dyno_events_forwarded_total\{partitioner="([^"]*)"\} (\S+)$', re.M)
 
 
-def members(d: Doctor) -> None:
+def members(d: Examination) -> None:
     """Each member of the group reachable at the address it advertises (its ``/healthz``)."""
     group = d.s.worker.group_id
     try:
@@ -75,7 +72,7 @@ def members(d: Doctor) -> None:
         d.add("members", "pass", detail)
 
 
-def placement(d: Doctor) -> None:
+def placement(d: Examination) -> None:
     """Ops the workers forwarded to their rule partition since they started, by the
     partitioner that placed them (``dyno_events_forwarded_total`` on each member's
     ``/metrics``): producers whose partitioner is not the placement rule."""

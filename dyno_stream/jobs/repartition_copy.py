@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -22,12 +22,10 @@ from dyno_stream.core import ops
 from dyno_stream.core.errors import PublishError
 from dyno_stream.core.snapshots import tombstone_headers, tombstone_snapshot
 from dyno_stream.jobs.progress import Reporter
+from dyno_stream.jobs.repartition_state import State
 from dyno_stream.kafka.partitioning import rule_partition, snapshot_partition
 from dyno_stream.kafka.reading import read_range, topic_reader, watermarks
 from dyno_stream.kafka.topics import SnapshotPartitioning
-
-if TYPE_CHECKING:
-    from dyno_stream.jobs.repartition import State
 
 log = logging.getLogger("dyno_stream.jobs.repartition")
 

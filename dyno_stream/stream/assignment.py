@@ -19,10 +19,11 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from dyno_stream.core.errors import DynoError, PartitionCountError
 from dyno_stream.store.partition import PartitionStore
+from dyno_stream.stream.checkpoint import Checkpoint, PartitionKey
 from dyno_stream.stream.clients import OpsConsumer
-from dyno_stream.stream.delivery import Delivery, PartitionKey
 from dyno_stream.stream.http import Health
 from dyno_stream.stream.metrics import WorkerMetrics
+from dyno_stream.stream.publisher import Publisher
 from dyno_stream.stream.restorer import RestoreJob, Restorer
 
 log = logging.getLogger("dyno_stream.stream.assignment")
@@ -68,7 +69,8 @@ class Assignment:
         self,
         consumer: OpsConsumer,
         restorer: Restorer,
-        delivery: Delivery,
+        checkpoint: Checkpoint,
+        publisher: Publisher,
         metrics: WorkerMetrics,
         health: Health,
         *,
@@ -76,7 +78,8 @@ class Assignment:
     ) -> None:
         self.consumer = consumer
         self.restorer = restorer
-        self.delivery = delivery
+        self.checkpoint = checkpoint
+        self.publisher = publisher
         self.metrics = metrics
         self.health = health
         #: the ops topic's partition count, checked against the recorded one (raises
@@ -165,21 +168,21 @@ class Assignment:
         if with_stores:
             # Batches finish before consume() is called again, but their messages may still
             # be on their way: wait for them, so the next owner does not publish them again.
-            if self.delivery.in_flight:
+            if self.checkpoint.in_flight:
                 log.info(
                     "rebalance: waiting for %d batches in flight before letting go",
-                    self.delivery.in_flight,
+                    self.checkpoint.in_flight,
                 )
             try:
-                self.delivery.complete(wait=True)
+                self.checkpoint.advance(wait=True)
             except DynoError as exc:
                 # The pending rows stay, in stores the next owner may not share (separate
                 # disks): commit nothing, so that its replay from the committed offset
                 # publishes those snapshots again (see Restorer._note_published).
                 log.error("%s; committing nothing for the partitions let go", exc)
-                self.delivery.abandon()
+                self.checkpoint.abandon()
                 commit = False
-            self.delivery.clear_acknowledged([p.store for p in with_stores if p.store])
+            self.checkpoint.delete_acknowledged([p.store for p in with_stores if p.store])
         offsets = [
             p.tp(p.store.next_offset)
             for p in with_stores
@@ -192,7 +195,7 @@ class Assignment:
                 log.warning("commit on revoke failed (the stores keep the offsets): %s", exc)
         for p in owned:
             del self._owned[p.key]
-            self.delivery.forget(p.key)
+            self.checkpoint.forget(p.key)
             self.metrics.consumer_lag.remove(p.topic, str(p.partition))
             if p.store is not None:
                 p.store.close()
@@ -214,7 +217,7 @@ class Assignment:
             if ps is None:  # cancelled without a revoke: only at shutdown
                 continue
             p.store, p.job = ps, None
-            self.delivery.republish_pending(ps)
+            self.publisher.republish_pending(ps)
             self._start(p)
 
     def _start(self, p: OwnedPartition) -> None:

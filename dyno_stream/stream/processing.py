@@ -1,5 +1,5 @@
 """Batch processing: a batch of raw Kafka messages -> validated events -> one store
-transaction per partition -> snapshots and dead letters handed to delivery.
+transaction per partition -> snapshots and dead letters handed to the publisher.
 
 Bad events never stop it: each becomes a dead letter with its reason, written with the batch
 (pending until Kafka takes it) and counted. A message off its item's partition (a producer
@@ -53,7 +53,7 @@ from dyno_stream.core.limits import Limits
 from dyno_stream.kafka.clock import TIMESTAMP_TYPES, flake_ms, too_far_ahead
 from dyno_stream.kafka.partitioning import PlacementRule, evident_partitioner
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.delivery import Delivery, PartitionKey
+from dyno_stream.stream.checkpoint import Checkpoint, PartitionKey
 from dyno_stream.stream.messages import (
     consumed_ms,
     dead_letter,
@@ -62,6 +62,7 @@ from dyno_stream.stream.messages import (
     topic_partition_offset,
 )
 from dyno_stream.stream.metrics import WorkerMetrics
+from dyno_stream.stream.publisher import Publisher
 
 log = logging.getLogger("dyno_stream.stream.processing")
 
@@ -103,17 +104,20 @@ class PartitionShare:
 
 
 class BatchProcessor:
-    """Validates and applies batches; what to publish goes to ``delivery``."""
+    """Validates and applies batches; what to publish goes to ``publisher``, into a
+    publication the ``checkpoint`` follows."""
 
     def __init__(
         self,
         settings: Settings,
-        delivery: Delivery,
+        checkpoint: Checkpoint,
+        publisher: Publisher,
         metrics: WorkerMetrics,
         placement: PlacementRule,
     ) -> None:
         self.settings = settings
-        self.delivery = delivery
+        self.checkpoint = checkpoint
+        self.publisher = publisher
         self.metrics = metrics
         self.placement = placement
         self._limits = Limits.from_settings(settings.worker)
@@ -137,21 +141,21 @@ class BatchProcessor:
         shares: list[PartitionShare] = []
         applied: Counter[str] = Counter()
         # completed even if a later step fails
-        publication = self.delivery.publication(events=len(messages))
+        publication = self.checkpoint.begin(events=len(messages))
         for tp, (ps, msgs) in self._by_partition(messages, running).items():
             share = self._validated(ps, msgs)
             shares.append(share)
-            touched = self._apply(share, applied, self.delivery.acknowledged(tp))
+            touched = self._apply(share, applied, self.checkpoint.take_acknowledged(tp))
             # publish, without waiting (acknowledgements complete it, oldest batch first)
             for item in ps.store.current(touched):
                 erased = share.erased_rows.get(item.name)
-                self.delivery.snapshot(ps, item, touched[item.name], publication, erased)
+                self.publisher.snapshot(ps, item, touched[item.name], publication, erased)
             for letter in share.dead:
-                self.delivery.dead_letter(letter, publication)
+                self.publisher.dead_letter(letter, publication)
             publication.clear[tp] = share.pending
             publication.commit.append(TopicPartition(tp[0], tp[1], share.last_offset + 1))
         self.metrics.events_consumed.inc(len(messages))
-        self.delivery.complete()
+        self.checkpoint.advance()
 
         for op, n in applied.items():
             self.metrics.ops_applied.labels(op).inc(n)

@@ -20,9 +20,10 @@ from dyno_stream.store.compaction_policy import (
 )
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
+from dyno_stream.stream.checkpoint import Checkpoint
 from dyno_stream.stream.clients import OpsConsumer
-from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import WorkerMetrics
+from dyno_stream.stream.publisher import Publisher
 
 log = logging.getLogger("dyno_stream.stream.scheduler")
 
@@ -30,7 +31,7 @@ _LAG_EVERY_S = 5.0
 
 
 class Scheduler:
-    """Punctuations: what runs on the loop between batches, at its own pace."""
+    """What runs on the loop between batches, each at its own pace."""
 
     def __init__(
         self,
@@ -38,19 +39,23 @@ class Scheduler:
         consumer: OpsConsumer,
         admin: AdminClient,
         assignment: Assignment,
-        delivery: Delivery,
+        checkpoint: Checkpoint,
+        publisher: Publisher,
         metrics: WorkerMetrics,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.admin = admin
         self.assignment = assignment
-        self.delivery = delivery
+        self.checkpoint = checkpoint
+        self.publisher = publisher
         self.metrics = metrics
         self._next_compaction: float | None = None
         self._last_lag = 0.0
 
-    def punctuate(self) -> None:
+    def run_due(self) -> None:
+        """What is due between two batches: the state cache's gauge, compaction on its
+        schedule, lag every few seconds."""
         # set each turn, not read at scrape time (``set_function``): with --processes the
         # children's gauges reach /metrics only through the values they set
         self.metrics.state_cache_bytes.set(self.assignment.restorer.budget.used_state_bytes())
@@ -130,11 +135,11 @@ class Scheduler:
             for ps in stores
         }
         folded = sum(map(len, changed.values()))
-        publication = self.delivery.publication()
+        publication = self.checkpoint.begin()
         for ps in stores:
             for item in ps.store.current(changed.get(ps.label, [])):
-                self.delivery.snapshot(ps, item, (ps.next_offset or 1) - 1, publication)
-        self.delivery.complete(wait=True)
+                self.publisher.snapshot(ps, item, (ps.next_offset or 1) - 1, publication)
+        self.checkpoint.advance(wait=True)
         self.metrics.compacted.inc(folded)
         log.info(
             "scheduled compaction: %d items flattened in %.2fs", folded, time.monotonic() - started

@@ -1,11 +1,12 @@
 """The stream worker: Kafka ops -> validate -> apply -> snapshot -> commit.
 
 One worker process consumes the ops topic in a consumer group. The loop is short; each step
-belongs to one part: ``Assignment`` (partitions and their states), ``Restorer`` (a new
-partition's store, on its own thread), ``BatchProcessor`` (validate, apply in one store
-transaction), ``Delivery`` (snapshots and dead letters on their way, then offsets committed),
-``Scheduler`` (compaction, lag) and ``StoreReads`` (HTTP reads). Bad events never stop the
-worker: each goes to the dead-letter topic with its reason. The parts and the commit order:
+belongs to one part, all built in ``Worker.__init__``: ``Assignment`` (partitions and their
+states), ``Restorer`` (a new partition's store, on its own thread), ``BatchProcessor``
+(validate, apply in one store transaction), ``Publisher`` (snapshots and dead letters to
+Kafka), ``Checkpoint`` (each batch in flight, acknowledged, committed), ``Scheduler``
+(compaction, lag) and ``StoreReads`` (HTTP reads). Bad events never stop the worker: each
+goes to the dead-letter topic with its reason. The parts and the commit order:
 ``docs/design/worker.md`` and ``docs/design/commit-order.md``.
 """
 
@@ -21,13 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from confluent_kafka import (
-    Consumer,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dyno_stream.config import Settings, advertised_http, consumer_config, producer_config
@@ -58,10 +53,12 @@ from dyno_stream.kafka.topics import (
 )
 from dyno_stream.store.partition import remove_stale_copies
 from dyno_stream.stream.assignment import Assignment
-from dyno_stream.stream.delivery import Delivery
+from dyno_stream.stream.checkpoint import Checkpoint
+from dyno_stream.stream.clients import GroupConsumer
 from dyno_stream.stream.http import Health, HttpEndpoint, RoutedReads
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
+from dyno_stream.stream.publisher import Publisher
 from dyno_stream.stream.reads import StoreReads
 from dyno_stream.stream.restorer import Restorer
 from dyno_stream.stream.scheduler import Scheduler
@@ -102,21 +99,58 @@ class Worker:
         self._refusal: PartitionCountError | None = None
         #: where each item's messages belong; the count comes with the partition checks
         self.placement = PlacementRule(settings.kafka.partitioner)
-        self._assignment: Assignment | None = None
-        #: the HTTP endpoint's reads, over whatever stores are open (none before ``run``)
         #: where this worker's endpoint is reached, told to the group (``kafka.members``)
         self.advertised: str | None = None
         #: the group protocol in force, once ``run`` has asked the broker
         self.group_protocol = GroupProtocolChoice("classic", "not started")
         self._directory: OwnerDirectory | None = None
+        self._build_parts()
+
+    def _build_parts(self) -> None:
+        """The clients and the parts of the loop (see the module's docstring). The consumer
+        opens in ``run``, once the group protocol and the HTTP address are known."""
+        s = self.settings
+        # A refused login or TLS handshake stops the worker (see dyno_stream.kafka.security).
+        self._producer = Producer({**producer_config(s), **self._auth.config()})
+        # metadata and offsets for the watch, restores and compaction: a connection apart
+        self._admin = AdminClient({**s.kafka.librdkafka(), **self._auth.config()})
+        self._consumer = GroupConsumer()
+        self.checkpoint = Checkpoint(s, self._producer, self._consumer, self.metrics)
+        self.publisher = Publisher(s, self._producer, self.checkpoint, self.metrics)
+        self.restorer = Restorer(
+            s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
+        )
+        self.metrics.state_cache_budget_bytes.set(self.restorer.budget.state_bytes)
+        self.assignment = Assignment(
+            self._consumer,
+            self.restorer,
+            self.checkpoint,
+            self.publisher,
+            self.metrics,
+            self.health,
+            partition_count=self._check_partitions,
+        )
+        self.processor = BatchProcessor(
+            s, self.checkpoint, self.publisher, self.metrics, self.placement
+        )
+        self.scheduler = Scheduler(
+            s,
+            self._consumer,
+            self._admin,
+            self.assignment,
+            self.checkpoint,
+            self.publisher,
+            self.metrics,
+        )
+        #: the HTTP endpoint's reads, over whatever stores are open
         self.reads = StoreReads(
-            lambda: {} if self._assignment is None else self._assignment.stores(),
+            self.assignment.stores,
             lambda: self.health.partition_states,
-            topic=settings.topics.ops,
+            topic=s.topics.ops,
             directory=lambda: self._directory,
             self_address=lambda: self.advertised,
-            read_timeout_s=settings.worker.read_timeout_s,
-            max_page=settings.worker.http_max_page,
+            read_timeout_s=s.worker.read_timeout_s,
+            max_page=s.worker.http_max_page,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -205,12 +239,8 @@ class Worker:
                 self.connection.tick()
 
     def _connect(self) -> None:
-        """The clients and the parts of the loop (see the module's docstring)."""
+        """The partition-count watch, the HTTP endpoint, then the consumer joins the group."""
         s = self.settings
-        # A refused login or TLS handshake stops the worker (see dyno_stream.kafka.security).
-        self._producer = Producer({**producer_config(s), **self._auth.config()})
-        # metadata and offsets for the watch, restores and compaction: a connection apart
-        self._admin = AdminClient({**s.kafka.librdkafka(), **self._auth.config()})
         self._partition_watch = PartitionCountWatch(
             s,
             self._admin,
@@ -220,26 +250,8 @@ class Worker:
         # The endpoint first: its bound port goes into the consumer's client.id.
         self._serve_http()
         conf = consumer_config(s, self.advertised, protocol=self.group_protocol.protocol)
-        self._consumer = Consumer({**conf, **self._auth.config()})
-        self.delivery = Delivery(s, self._producer, self.metrics)
-        self.restorer = Restorer(
-            s, self.metrics, self._read_snapshots, self._low_watermark, self._committed_offset
-        )
-        self.metrics.state_cache_budget_bytes.set(self.restorer.budget.state_bytes)
-        self.assignment = Assignment(
-            self._consumer,
-            self.restorer,
-            self.delivery,
-            self.metrics,
-            self.health,
-            partition_count=self._check_partitions,
-        )
-        self.processor = BatchProcessor(s, self.delivery, self.metrics, self.placement)
-        self.scheduler = Scheduler(
-            s, self._consumer, self._admin, self.assignment, self.delivery, self.metrics
-        )
-        self._assignment = self.assignment
-        self._consumer.subscribe(
+        consumer = self._consumer.open({**conf, **self._auth.config()})
+        consumer.subscribe(
             [s.topics.ops],
             on_assign=self.assignment.on_assign,
             on_revoke=self.assignment.on_revoke,
@@ -308,10 +320,9 @@ class Worker:
                 elif messages:
                     self.processor.process(messages, self.assignment.running())
                 else:  # idle: settle what is in flight, delete the acknowledged rows
-                    self.delivery.complete(wait=True)
-                    self.delivery.clear_acknowledged(self.assignment.stores().values())
-                self.delivery.commit_acknowledged(self._consumer, self.assignment.running())
-                self.scheduler.punctuate()
+                    self.checkpoint.settle(self.assignment.stores().values())
+                self.checkpoint.commit(self.assignment.running())
+                self.scheduler.run_due()
             except PublishError as exc:  # Kafka did not take a batch's messages in time
                 self._outage_begins(exc)
 
@@ -335,8 +346,7 @@ class Worker:
     def _shutdown(self) -> None:
         try:
             try:
-                self.delivery.complete(wait=True)
-                self.delivery.clear_acknowledged(self.assignment.stores().values())
+                self.checkpoint.settle(self.assignment.stores().values())
             except DynoError as exc:  # the pending rows stay: published again on restart
                 log.error("%s", exc)
             self._consumer.close()  # revokes: every partition's store is closed
@@ -370,7 +380,7 @@ class Worker:
         need a restart by hand. Instead every partition pauses and the loop goes on polling
         (so the group keeps this worker) while the pending messages are published again."""
         log.warning("%s; pausing every partition until Kafka takes what is pending", exc)
-        self.delivery.abandon()
+        self.checkpoint.abandon()
         self.assignment.pause_all()
         self._outage = _Outage(exc)
 
@@ -380,23 +390,23 @@ class Worker:
         now = time.monotonic()
         if outage.attempt_in_flight:
             try:
-                self.delivery.complete()
+                self.checkpoint.advance()
             except PublishError as again:
-                self.delivery.abandon()
+                self.checkpoint.abandon()
                 outage.error, outage.attempt_in_flight = again, False
                 outage.delay = min(outage.delay * 2, _OUTAGE_RETRY_MAX_S)
                 outage.retry_at = now + outage.delay
                 return
-            if self.delivery.in_flight:
+            if self.checkpoint.in_flight:
                 return  # still on its way
             log.info("the pending snapshots and dead letters are published; going on")
             self._outage = None
-            self.delivery.clear_acknowledged(self.assignment.stores().values())
+            self.checkpoint.delete_acknowledged(self.assignment.stores().values())
             self.assignment.resume_all()
         elif now >= outage.retry_at:
             log.warning("%s; publishing again", outage.error)
             for ps in self.assignment.stores().values():
-                self.delivery.republish_pending(ps)
+                self.publisher.republish_pending(ps)
             outage.attempt_in_flight = True
 
     # -- the ops topic's partition count ------------------------------------------------------

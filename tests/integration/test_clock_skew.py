@@ -1,4 +1,4 @@
-"""Clock skew: an op stamped far in the future must not freeze its item (issue 19).
+"""Clock skew: an op stamped far in the future must not freeze its item.
 
 These tests run a real ``Worker`` against the session's real Kafka broker and produce with a
 raw ``confluent_kafka.Producer``, as kcat or any other client would. The pure parts are in

@@ -1,5 +1,5 @@
 """An online compaction pass learns from the workers' own answers that its commands were
-processed, whatever the commit interval, and says so in its exit status (issue 18).
+processed, whatever the commit interval, and says so in its exit status.
 
 Each flatten command a worker processes is answered on the snapshot topic (the item's
 snapshot, folded or not) or the dead-letter topic (a refused command). Committed offsets are

@@ -1,4 +1,4 @@
-"""Compaction never makes an on-time op late, whatever the worker's lag (issue 18).
+"""Compaction never makes an on-time op late, whatever the worker's lag.
 
 docs/operations/compaction.md promises that an op reaching Kafka within the allowed lateness
 (one hour) of its flake's time is applied. Each scenario here is a worker two hours behind its

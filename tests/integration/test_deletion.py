@@ -1,4 +1,4 @@
-"""Deleting for real (issue 15) against the real broker: tombstones, views dropping items,
+"""Deleting for real against the real broker: tombstones, views dropping items,
 ``get`` saying not found, ``watch`` printing the deletion, erasure, compaction of deleted
 items and the lateness rules around a deletion.
 

@@ -1,4 +1,4 @@
-"""Deleting for real (issue 15): restores and crashes never bring a deleted item back.
+"""Deleting for real: restores and crashes never bring a deleted item back.
 
 A broker of this module's own: its snapshot topic compacts within seconds (small
 ``segment.ms``, ``delete.retention.ms`` and ``min.cleanable.dirty.ratio``), so a test can

@@ -58,7 +58,10 @@ def test_worker_says_an_outage_in_a_few_lines_and_on_healthz(
         assert own_broker.stop(), "the broker was not running"
 
         def healthz() -> dict[str, object]:
-            status, body, _ = http_get(f"{url}/healthz", timeout=5)
+            try:
+                status, body, _ = http_get(f"{url}/healthz", timeout=5)
+            except OSError as exc:  # the worker's endpoint gone: say how the worker ended
+                raise AssertionError(f"{exc}; alive: {w.alive()}\n{w.tail()}") from exc
             assert status == 200, body  # a worker riding out an outage is not restarted
             answer: dict[str, object] = json.loads(body)
             return answer

@@ -179,7 +179,7 @@ def test_kcat_reads_a_deleted_items_tombstone(
     start_worker: Callable[[Settings], Any],
     kafka_bootstrap: str,
 ) -> None:
-    """Issue 15: the tombstone as a plain Kafka client sees it: the item's key, a null value
+    """The tombstone as a plain Kafka client sees it: the item's key, a null value
     and the headers saying where it was deleted (kcat's JSON envelope; the producing page's example
     prints the same with -Z -f)."""
     kcat()

@@ -1,4 +1,4 @@
-"""Issue 16: reads across workers. Three worker processes, each with its own HTTP port and
+"""Reads across workers. Three worker processes, each with its own HTTP port and
 data directory, against the real broker: gets routed to the owner from any worker's address,
 read-your-writes under a backlog, and listing every item once."""
 

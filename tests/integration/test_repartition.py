@@ -292,7 +292,7 @@ def test_repartition_keeps_deleted_items_deleted(
     """A deleted item's newest message in the old snapshot topic is its tombstone, and the
     snapshot before it (with its values) is still there until Kafka compacts the topic; the
     move copies the tombstone, not that snapshot, so the new workers never restore the item
-    (the review of issue 15 found the snapshot copied: deleted and erased values back)."""
+    (a copied snapshot would bring deleted and erased values back)."""
     s = make_settings(partitions=4)
     names = [f"gone-{i:02d}" if i % 2 else f"kept-{i:02d}" for i in range(20)]
     old = start_worker(s)

@@ -1,4 +1,4 @@
-"""Clock skew (issue 19), the parts that need no broker: the skew histogram's arithmetic, the
+"""Clock skew, the parts that need no broker: the skew histogram's arithmetic, the
 dead letter's headers across a crash, a message without a timestamp, far times described.
 
 They run against real LevelDB and prometheus-client; the worker, client and command line
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
-from fakes import FakeProducer
+from fakes import FakeProducer, batch_processor
 from helpers import YEAR_S, flake_at, op_bytes, skew_samples
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
@@ -22,9 +22,7 @@ from dyno_stream.core.errors import H_FLAKE_TIME, H_MESSAGE_TIME, ClockSkewError
 from dyno_stream.kafka.clock import describe_ms
 from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import SKEW_BUCKETS_S, SkewHistogram, WorkerMetrics
-from dyno_stream.stream.processing import BatchProcessor
 
 
 def test_the_skew_histogram_counts_as_prometheus_clients_own_would() -> None:
@@ -62,9 +60,7 @@ def test_a_message_without_a_timestamp_is_not_checked(tmp_path: Path) -> None:
     from dyno_stream.config import load_settings
 
     settings, metrics = load_settings(), WorkerMetrics()
-    processor = BatchProcessor(
-        settings, Delivery(settings, FakeProducer(), metrics), metrics, PlacementRule("murmur2", 1)
-    )
+    processor = batch_processor(settings, FakeProducer(), metrics, PlacementRule("murmur2", 1))
     ps = PartitionStore.open(tmp_path, "t", 0, sync=False)
     try:
         far = flake_at(time.time() + YEAR_S)

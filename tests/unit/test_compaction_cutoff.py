@@ -1,4 +1,4 @@
-"""The fold cut-off of compaction passes (issue 18): pure rule and the offline pass's basis.
+"""The fold cut-off of compaction passes: pure rule and the offline pass's basis.
 
 No broker: the offline pass reads what a partition store recorded of its consumed messages.
 """

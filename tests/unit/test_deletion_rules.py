@@ -1,4 +1,4 @@
-"""Deleting for real (issue 15), in the store: the deleted marker, compaction removing a
+"""Deleting for real, in the store: the deleted marker, compaction removing a
 deleted item's rows once the deletion is older than the lateness, the rules for late ops,
 erasure, tombstones read by a restore, and the policy choosing deleted items."""
 
@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
-from fakes import FakeProducer
+from fakes import FakeProducer, batch_processor
 from helpers import op_bytes
 from rich.console import Console
 
@@ -34,9 +34,7 @@ from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store import DynoStore
 from dyno_stream.store.compaction_policy import items_to_flatten, summaries
 from dyno_stream.store.partition import PartitionStore
-from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import WorkerMetrics
-from dyno_stream.stream.processing import BatchProcessor
 
 HOUR_MS = 3_600_000
 
@@ -319,8 +317,7 @@ def test_a_batch_publishes_tombstones_and_drops_expiries_of_changed_items(
         worker={"data_dir": str(tmp_path), "commit_interval_s": 0},
     )
     producer, metrics = FakeProducer(), WorkerMetrics()
-    delivery = Delivery(s, producer, metrics)
-    processor = BatchProcessor(s, delivery, metrics, PlacementRule("murmur2", 1))
+    processor = batch_processor(s, producer, metrics, PlacementRule("murmur2", 1))
     ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
     running = {("ops", 0): ps}
     try:
@@ -345,7 +342,7 @@ def test_a_batch_publishes_tombstones_and_drops_expiries_of_changed_items(
                 ],
                 running,
             )
-        delivery.complete(wait=True)
+        processor.checkpoint.advance(wait=True)
         assert ps.store.get_item("y").deleted
         assert ps.store.get_item("z").value == {"v": 2}
         assert ps.store.get_item("q").value == {"v": 1, "moved": 1}
@@ -376,9 +373,7 @@ def test_an_erasure_answers_with_the_rows_removed_also_after_a_crash(tmp_path: P
         worker={"data_dir": str(tmp_path), "commit_interval_s": 0},
     )
     producer, metrics = FakeProducer(), WorkerMetrics()
-    processor = BatchProcessor(
-        s, Delivery(s, producer, metrics), metrics, PlacementRule("murmur2", 1)
-    )
+    processor = batch_processor(s, producer, metrics, PlacementRule("murmur2", 1))
     ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
     try:
         batch = [_message(i, "p", "putAttrs", {f"k{i}": i}) for i in range(3)]
@@ -395,7 +390,9 @@ def test_an_erasure_answers_with_the_rows_removed_also_after_a_crash(tmp_path: P
         assert ps.pending_snapshots()[0] == {"p": 3, "nobody": 4}
 
         again = FakeProducer()  # the worker started again, on the same store
-        Delivery(s, again, WorkerMetrics()).republish_pending(ps)
+        batch_processor(
+            s, again, WorkerMetrics(), PlacementRule("murmur2", 1)
+        ).publisher.republish_pending(ps)
         said = {p.key: dict(p.headers or [])[H_ERASED_ROWS] for p in again.produced}
         assert said == {b"p": b"3", b"nobody": b"0"}
         assert all(p.value is None for p in again.produced)  # tombstones

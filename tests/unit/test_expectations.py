@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
-from fakes import FakeProducer
+from fakes import FakeProducer, batch_processor
 from helpers import op_bytes
 
 from dyno_stream.config import load_settings
@@ -21,7 +21,6 @@ from dyno_stream.core.ops import ItemState
 from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store import DynoStore
 from dyno_stream.store.partition import OFFSET_KEY, PartitionStore
-from dyno_stream.stream.delivery import Delivery
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
 from dyno_stream.stream.reads import StoreReads
@@ -86,9 +85,7 @@ def _message(offset: int, item: str, ts: str, headers: list[tuple[str, bytes]]) 
 def test_a_refused_op_is_dead_lettered_and_a_read_after_it_says_so(tmp_path: Path) -> None:
     s = load_settings(worker={"data_dir": str(tmp_path)})
     producer, metrics = FakeProducer(), WorkerMetrics()
-    processor = BatchProcessor(
-        s, Delivery(s, producer, metrics), metrics, PlacementRule("murmur2", 1)
-    )
+    processor = batch_processor(s, producer, metrics, PlacementRule("murmur2", 1))
     ps = PartitionStore.open(tmp_path, "ops", 0, sync=False)
     running = {("ops", 0): ps}
     processor.process([_message(10, "x", new_flake(), [])], running)
@@ -100,7 +97,7 @@ def test_a_refused_op_is_dead_lettered_and_a_read_after_it_says_so(tmp_path: Pat
         _message(12, "x", new_flake(), [(H_EXPECT_CHANGES, b"1")]),  # stale: 2 changes now
     ]
     processor.process(batch, running)
-    processor.delivery.complete(wait=True)
+    processor.checkpoint.advance(wait=True)
     item = ps.store.get_item("x")
     assert (item.value, item.changes) == ({"n": 2}, 2)
     [letter] = [m for m in producer.produced if m.topic == s.topics.dead_letter]
@@ -125,9 +122,7 @@ def test_a_refused_op_is_dead_lettered_and_a_read_after_it_says_so(tmp_path: Pat
 def _processor(tmp_path: Path) -> tuple[BatchProcessor, FakeProducer]:
     s = load_settings(worker={"data_dir": str(tmp_path)})
     producer, metrics = FakeProducer(), WorkerMetrics()
-    processor = BatchProcessor(
-        s, Delivery(s, producer, metrics), metrics, PlacementRule("murmur2", 1)
-    )
+    processor = batch_processor(s, producer, metrics, PlacementRule("murmur2", 1))
     return processor, producer
 
 
@@ -139,7 +134,7 @@ def test_a_refusal_is_recorded_even_when_a_replay_does_not_publish_it(tmp_path: 
     ps.published_through = 100
     running = {("ops", 0): ps}
     processor.process([_message(50, "x", new_flake(), [(H_EXPECT_CHANGES, b"7")])], running)
-    processor.delivery.complete(wait=True)
+    processor.checkpoint.advance(wait=True)
     assert not [m for m in producer.produced if m.topic == "dyno.dead-letter"]  # quiet
     reads = StoreReads(lambda: running, lambda: {"ops/0": "RUNNING"}, topic="ops")
     code, body, _ = reads.answer_item("x", {"after": ["0:50"], "outcome": ["1"]})

@@ -1,5 +1,5 @@
 """A partition store records the ops topic's partition count it was built for, and refuses
-another (issue 20; the worker's and the client's refusal are in
+another (the worker's and the client's refusal are in
 tests/integration/test_repartition.py)."""
 
 from __future__ import annotations

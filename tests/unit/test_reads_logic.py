@@ -1,5 +1,5 @@
-"""Issue 16's pure logic: advertised addresses, an item's partition, ``after=``, pages, and
-a worker's answer to a read (with a real LevelDB store, no broker)."""
+"""Reads across workers, the pure logic: advertised addresses, an item's partition,
+``after=``, pages, and a worker's answer to a read (with a real LevelDB store, no broker)."""
 
 from __future__ import annotations
 

@@ -23,10 +23,11 @@ from dyno_stream.core.flake import new_flake
 from dyno_stream.kafka.partitioning import PlacementRule
 from dyno_stream.store.partition import PartitionStore
 from dyno_stream.stream.assignment import Assignment
-from dyno_stream.stream.delivery import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BATCHES, Delivery
+from dyno_stream.stream.checkpoint import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BATCHES, Checkpoint
 from dyno_stream.stream.http import Health
 from dyno_stream.stream.metrics import WorkerMetrics
 from dyno_stream.stream.processing import BatchProcessor
+from dyno_stream.stream.publisher import Publisher
 from dyno_stream.stream.restorer import RestoreJob, Restorer
 
 TOPIC = "ops"
@@ -53,7 +54,7 @@ def _msg(offset: int, item: str = "x", partition: int = 0) -> Message:
 
 
 class Parts:
-    """The parts of one worker, wired as ``Worker._connect`` wires them."""
+    """The parts of one worker, wired as ``Worker.__init__`` wires them."""
 
     def __init__(
         self,
@@ -64,15 +65,21 @@ class Parts:
     ) -> None:
         self.consumer, self.producer = FakeConsumer(), FakeProducer()
         self.metrics, self.health = WorkerMetrics(), Health()
-        self.delivery = Delivery(settings, self.producer, self.metrics)
+        self.checkpoint = Checkpoint(settings, self.producer, self.consumer, self.metrics)
+        self.publisher = Publisher(settings, self.producer, self.checkpoint, self.metrics)
         self.restorer = Restorer(
             settings, self.metrics, snapshots or (lambda p, c, on: {}), low_watermark, committed
         )
         self.assignment = Assignment(
-            self.consumer, self.restorer, self.delivery, self.metrics, self.health
+            self.consumer,
+            self.restorer,
+            self.checkpoint,
+            self.publisher,
+            self.metrics,
+            self.health,
         )
         self.processor = BatchProcessor(
-            settings, self.delivery, self.metrics, PlacementRule("murmur2", 2)
+            settings, self.checkpoint, self.publisher, self.metrics, PlacementRule("murmur2", 2)
         )
 
     def assign_and_start(self, *partitions: int) -> None:
@@ -107,12 +114,12 @@ def test_offsets_are_committed_only_once_the_batch_is_acknowledged(parts: Parts)
     ps = parts.assignment.running()[(TOPIC, 0)]
     assert ps.next_offset == 2  # applied and in the store ...
     assert _pending(ps) == {"x": 1}  # ... its snapshot pending until Kafka takes it
-    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    parts.checkpoint.commit(parts.assignment.running())
     assert parts.consumer.commits == []  # nothing acknowledged: nothing committed
 
     parts.producer.mode = "ack"
-    parts.delivery.complete(wait=True)
-    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    parts.checkpoint.advance(wait=True)
+    parts.checkpoint.commit(parts.assignment.running())
     assert parts.consumer.commits == [[(TOPIC, 0, 2)]]
     assert len(ps.pending_snapshots()[1]) == 1  # deleted with the next write, not before
     parts.processor.process([_msg(2)], parts.assignment.running())
@@ -126,10 +133,10 @@ def test_a_failed_delivery_raises_and_leaves_the_batch_pending(parts: Parts) -> 
     parts.producer.mode = "fail"
     with pytest.raises(PublishError, match="1 failed"):
         parts.processor.process([_msg(0)], parts.assignment.running())
-        parts.delivery.complete(wait=True)
+        parts.checkpoint.advance(wait=True)
     ps = parts.assignment.running()[(TOPIC, 0)]
     assert _pending(ps) == {"x": 0}
-    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    parts.checkpoint.commit(parts.assignment.running())
     assert parts.consumer.commits == []
 
 
@@ -152,8 +159,8 @@ def test_a_partition_starts_at_its_stores_offset_and_republishes_what_is_pending
         assert calls[3] == ("assign", [(TOPIC, 0, 3)])
         [snap] = again.producer.produced
         assert (snap.topic, snap.key, snap.partition) == ("snaps", b"x", 0)
-        again.delivery.complete(wait=True)
-        again.delivery.clear_acknowledged(again.assignment.stores().values())
+        again.checkpoint.advance(wait=True)
+        again.checkpoint.delete_acknowledged(again.assignment.stores().values())
         assert _pending(again.assignment.running()[(TOPIC, 0)]) == {}
     finally:
         again.close()
@@ -305,7 +312,7 @@ def test_a_store_behind_is_set_aside_restored_and_the_copies_deleted(tmp_path: P
     first = Parts(s)
     first.assign_and_start(0)
     first.processor.process([_msg(0), _msg(1)], first.assignment.running())
-    first.delivery.complete(wait=True)
+    first.checkpoint.advance(wait=True)
     first.close()  # the store stays at offset 2
     root = tmp_path / TOPIC
     for leftover in ("0000.stale-1", "0001.stale-1"):
@@ -343,7 +350,7 @@ def test_a_replay_below_the_groups_committed_offset_publishes_nothing_stale(
     first = Parts(s)
     first.assign_and_start(0)
     first.processor.process([_msg(0), _msg(1, "y")], first.assignment.running())
-    first.delivery.complete(wait=True)
+    first.checkpoint.advance(wait=True)
     first.close()  # this store stays at offset 2; another worker went on to offset 5
 
     again = Parts(s, committed=lambda t, p: 5)
@@ -366,7 +373,7 @@ def test_a_store_with_nothing_to_restore_replays_quietly_below_the_committed_off
 ) -> None:
     """No snapshot of the partition at all (every item deleted, the tombstones removed by
     Kafka) and the group committed offset 3: the replay from the start publishes nothing
-    below it, so a deleted item's values never come back (found by review of issue 15)."""
+    below it, so a deleted item's values never come back."""
     parts = Parts(_settings(tmp_path), committed=lambda t, p: 3)
     try:
         parts.assign_and_start(0)
@@ -396,11 +403,11 @@ def test_small_batches_do_not_wait_for_acknowledgements_while_the_pipeline_has_r
             parts.processor.process([_msg(offset, f"item-{offset}")], parts.assignment.running())
         assert parts.producer.waits == 0
         parts.producer.refuse_waits = False
-        assert parts.delivery.in_flight == 20
+        assert parts.checkpoint.in_flight == 20
         parts.producer.mode = "ack"
-        parts.delivery.complete(wait=True)
-        assert parts.delivery.in_flight == 0
-        parts.delivery.clear_acknowledged(parts.assignment.stores().values())
+        parts.checkpoint.advance(wait=True)
+        assert parts.checkpoint.in_flight == 0
+        parts.checkpoint.delete_acknowledged(parts.assignment.stores().values())
         assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {}  # all 20 acknowledged
     finally:
         parts.close()
@@ -460,7 +467,7 @@ def test_a_batch_unacknowledged_past_the_publish_timeout_raises(tmp_path: Path) 
         parts.producer.mode = "hold"
         with pytest.raises(PublishError, match="unacknowledged"):
             parts.processor.process([_msg(0)], parts.assignment.running())
-            parts.delivery.complete(wait=True)
+            parts.checkpoint.advance(wait=True)
         assert _pending(parts.assignment.running()[(TOPIC, 0)]) == {"x": 0}
     finally:
         parts.close()
@@ -510,7 +517,7 @@ def test_a_message_off_its_rule_partition_is_forwarded_there_not_applied(parts: 
     assert [m.topic for m in parts.producer.produced].count("dead") == 0
 
     parts.producer.mode = "ack"
-    parts.delivery.complete(wait=True)
-    parts.delivery.commit_acknowledged(parts.consumer, parts.assignment.running())
+    parts.checkpoint.advance(wait=True)
+    parts.checkpoint.commit(parts.assignment.running())
     assert parts.consumer.commits[-1] == [(TOPIC, 1, 2)]
     assert parts.metrics.forwarded.labels("crc32")._value.get() == 1

@@ -4,9 +4,9 @@ metrics, and one ``/healthz`` made of each child's."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -14,12 +14,35 @@ from prometheus_client.registry import Collector
 
 from dyno_stream.client.http import http_get
 
-if TYPE_CHECKING:
-    from dyno_stream.stream.supervisor.supervisor import Supervisor
-
 #: How long a /healthz, /items or /rows request of the parent waits for each child (beyond
 #: ``read_timeout_s``, for reads, which a child may wait that long to answer).
 CHILD_HTTP_TIMEOUT_S = 2.0
+
+
+class ChildView(Protocol):
+    """What the aggregates read of one child (the supervisor's record of it)."""
+
+    index: int
+    pid: int | None
+    restarts: int
+    http: str | None
+    restart_at: float | None
+
+    @property
+    def alive(self) -> bool: ...
+
+
+class Supervised(Protocol):
+    """What the aggregates read of the supervisor."""
+
+    @property
+    def children(self) -> Sequence[ChildView]: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def count(self) -> int: ...
 
 
 @dataclass
@@ -32,7 +55,7 @@ class RegistryView:
 class SupervisorCollector(Collector):
     """The parent's own figures: children running, and restarts per child."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
 
     def collect(self) -> Iterable[Metric]:
@@ -55,7 +78,7 @@ class ChildrenHealth:
     """The parent's ``/healthz``: each child's own, and one answer for the whole worker
     (200 when every child answers ok)."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
 
     def snapshot(self) -> tuple[bool, dict[str, Any]]:
