@@ -12,17 +12,21 @@ from typing import Annotated, Any
 import typer
 
 from dyno_stream.cli.common import EXIT_NOT_FOUND, err, friendly, kafka_settings, out, settings
-from dyno_stream.client.http import HttpAnswer, http_get
+from dyno_stream.client.http import HttpAnswer, bearer, http_get
 from dyno_stream.config import Settings
 from dyno_stream.core.errors import KafkaServiceError, StoreError, WorkersUnreachableError
 
 
 def _http_get(path: str, s: Settings) -> HttpAnswer | None:
-    """Ask a running worker (its store is locked while it runs); None when none answers."""
+    """Ask a running worker (its store is locked while it runs), with ``[worker]
+    http_token`` when set; None when none answers."""
     if not s.worker.http_port:
         return None
+    token = s.worker.http_token.get_secret_value() if s.worker.http_token else None
     try:
-        return http_get(f"http://{s.worker.http_host}:{s.worker.http_port}{path}")
+        return http_get(
+            f"http://{s.worker.http_host}:{s.worker.http_port}{path}", headers=bearer(token)
+        )
     except OSError:
         return None
 
@@ -144,6 +148,13 @@ def dump(
         if answer is not None and answer.status == 200:
             sys.stdout.write(answer.body.decode())
             return
+        if answer is not None:  # a worker runs and holds the stores: its refusal is the answer
+            err.print(
+                f"the worker at {s.worker.http_host}:{s.worker.http_port} answered "
+                f"{answer.status}: {answer.body.decode(errors='replace').strip()}"
+                + ("; set DYNO_WORKER__HTTP_TOKEN to its token" if answer.status == 401 else "")
+            )
+            raise typer.Exit(1)
         paths = _local_stores(s)
     else:
         paths = [db]

@@ -18,7 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from helpers import REPO, cli_env, run_cli
+from helpers import REPO, cli_env, free_port_pair, run_cli
+from pydantic import SecretStr
 
 from dyno_stream.client import DynoClient
 from dyno_stream.config import Settings
@@ -322,3 +323,23 @@ def test_schemas_export_validates_real_events(
         {"item": "x", "op": "flatten", "hash": "xyz"},
     ):
         assert not op_schema.is_valid(bad), bad
+
+
+def test_cli_dump_asks_a_running_worker_with_its_token_and_says_a_refusal(
+    make_settings: Callable[..., Settings], start_worker: Callable[[Settings], Any]
+) -> None:
+    """A running worker holds its stores' locks, so ``dump`` asks its ``/rows``: with the
+    worker's ``http_token`` when set; a refusal is said, not hidden behind the locked store."""
+    port = free_port_pair()
+    s = make_settings(http_port=port, http_token=SecretStr("s3cret"))
+    worker = start_worker(s)
+    with DynoClient(s) as client:
+        d = client.put_item("k", {"v": 1}).result(30)
+    wait_item(worker, "k", 1)
+    without_token = cli_env(s, DYNO_WORKER__HTTP_PORT=str(port))
+    res = run_cli({**without_token, "DYNO_WORKER__HTTP_TOKEN": "s3cret"}, "dump", "--item", "k")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f'k/{d.ts}/putItem = {{"v":1}}']
+    res = run_cli(without_token, "dump", "--item", "k")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "answered 401" in res.stderr and "DYNO_WORKER__HTTP_TOKEN" in res.stderr, res.stderr
