@@ -13,6 +13,7 @@ see alike (the topic's partition count); "live" drops a member's value once it h
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ SKEW_BUCKETS_S = (
     86400.0,
 )  # fmt: skip
 
+#: Up to this many values, ``observe_many`` bisects each one (cheaper than sorting them).
+_FEW_SKEWS = 12
 _SKEW_HELP = "Flake time minus the Kafka message's timestamp of each op (positive: ahead)"
 
 
@@ -210,6 +213,9 @@ class SkewHistogram(Collector):
         self._bounds_ms = [b * 1000 for b in buckets_s]
         self._labels = [repr(float(b)) for b in buckets_s]  # "60.0", as Histogram writes it
         self._cumulative = [0] * len(buckets_s)  # observations <= each bound
+        #: observations of ``_observe_few`` per bucket (above the bound before, at or below
+        #: its own), added to ``_cumulative`` when collected
+        self._counts = [0] * len(buckets_s)
         self._count = 0
         self._lock = threading.Lock()
         # In multiprocess mode the counts go to this process's file too, one value per bucket
@@ -235,6 +241,9 @@ class SkewHistogram(Collector):
     def observe_many(self, skews_ms: list[int]) -> None:
         if not skews_ms:
             return
+        if len(skews_ms) <= _FEW_SKEWS:
+            self._observe_few(skews_ms)
+            return
         ordered = sorted(skews_ms)
         at_or_below = [bisect.bisect_right(ordered, bound) for bound in self._bounds_ms]
         with self._lock:
@@ -247,9 +256,25 @@ class SkewHistogram(Collector):
                     value.inc(cumulative - below)
                 below = cumulative
 
+    def _observe_few(self, skews_ms: list[int]) -> None:
+        """A batch of a few ops (a moderate load): each value to its bucket by one bisection,
+        where sorting and bisecting once per bound cost 7 us a batch whatever its size."""
+        bounds, counts, last = self._bounds_ms, self._counts, len(self._bounds_ms)
+        with self._lock:
+            for skew in skews_ms:
+                i = bisect.bisect_left(bounds, skew)
+                if i < last:
+                    counts[i] += 1
+            self._count += len(skews_ms)
+        if self._shared:
+            for skew in skews_ms:
+                self._shared[bisect.bisect_left(bounds, skew)].inc(1)
+
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            cumulative, count = list(self._cumulative), self._count
+            few = itertools.accumulate(self._counts)
+            cumulative = [a + b for a, b in zip(self._cumulative, few, strict=True)]
+            count = self._count
         family = HistogramMetricFamily(self.name, _SKEW_HELP, labels=[])
         # As prometheus-client's Histogram writes one with negative buckets: _count but no
         # _sum (a sum that can fall is no counter). The family alone would drop both.
