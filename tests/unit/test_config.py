@@ -38,6 +38,19 @@ def test_consumer_fetches_10_mb_per_partition_unless_kafka_extra_says_otherwise(
     assert conf["group.id"] == s.worker.group_id  # ... but not over what the worker needs
 
 
+def test_consumer_fetches_wait_a_few_ms_for_more_ops_unless_kafka_extra_says_otherwise() -> None:
+    """Under a moderate load a fetch answered at once holds an op or two: each batch pays its
+    fixed costs for them. Held up to 5 ms (1 MB is a backlog's), a fetch brings 5 ms of ops."""
+    s = load_settings()
+    conf = consumer_config(s, protocol="consumer")
+    assert conf["fetch.wait.max.ms"] == 5
+    assert conf["fetch.min.bytes"] == 1_000_000
+    tuned = s.model_copy(
+        update={"kafka": s.kafka.model_copy(update={"extra": {"fetch.wait.max.ms": 500}})}
+    )
+    assert consumer_config(tuned, protocol="consumer")["fetch.wait.max.ms"] == 500
+
+
 def _toml_keys(text: str) -> dict[str, set[str]]:
     """Each ``[section]``'s keys in the shipped file, set or commented out (``# key = ...``)."""
     keys: dict[str, set[str]] = {}
