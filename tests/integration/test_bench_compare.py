@@ -86,11 +86,12 @@ def test_compare_harness_dyno_side_writes_sane_figures(
     # run of OPS ops can have taken longer than the whole harness did.
     for name, fig in {"one": one, "two": two, "floor": floor, **res["limits"]}.items():
         assert fig["ops_per_s"] > OPS / took, (name, fig["ops_per_s"], took)
-    # and each contender's CPU, read from its processes, is some and no more than the
-    # machine's cores could give in that time
+    # and each contender's CPU, read from its processes, is no more than the machine's cores
+    # could give in that time (the floor's few ms may round to no tick of /proc at all)
     for name, fig in {"one": one, "two": two, "floor": floor}.items():
         cpu_s = fig["cpu_us_per_op"] * fig["ops"] / 1e6
-        assert 0 < cpu_s < took * (os.cpu_count() or 1), (name, cpu_s, took)
+        assert 0 <= cpu_s < took * (os.cpu_count() or 1), (name, cpu_s, took)
+        assert cpu_s > 0 or name == "floor", (name, cpu_s)
     # and the printed report, the figures the README quotes, shows what the JSON holds
     printed = done.stdout.splitlines()
     assert _row(printed, "dyno-stream, 1 worker")[1] == f"{one['ops_per_s']:,.0f}"
@@ -108,7 +109,7 @@ def test_compare_harness_dyno_side_writes_sane_figures(
         assert len(lat["runs"]) == 1 and lat["runs"][0]["p99_ms"] == lat["p99_ms"]
         assert len(lat["runs"][0]["load"]) == 2
         cpu_s = lat["cpu_us_per_op"] * lat["ops"] / 1e6
-        assert 0 < cpu_s < took * (os.cpu_count() or 1)
+        assert 0 < cpu_s < took * (os.cpu_count() or 1)  # 1,000 ops/s over 1 s: ticks of it
     lat = at["dyno"]
     # each goal's figure printed, from the JSON's medians
     x_floor = lat["p99_ms"] / at["floor"]["p99_ms"]
