@@ -6,11 +6,11 @@ contender reads the same ops, written before it starts, from the first offset un
 
 - **dyno-stream**: the real ``dyno-stream worker`` process(es), one and then two in one
   group. They are started on a fresh, empty topic and wait until the group has assigned
-  every partition; then they are paused (SIGSTOP), the N ops are written (twice over for two
-  workers, so that their runs last as long), and they are resumed (SIGCONT); the group's
-  session is 60 s meanwhile (``long_session``). So start-up and the group join are not
-  timed, and two workers split the partitions from the first op rather than after a
-  rebalance. Done = the workers' /metrics count every op applied, which the worker does
+  every partition; then they are paused (SIGSTOP), the N ops are written (for two workers
+  2N ops over twice the items, so that their runs last as long), and they are resumed
+  (SIGCONT); the group's session is 60 s meanwhile (``long_session``). So start-up and the
+  group join are not timed, and two workers split the partitions from the first op rather
+  than after a rebalance. Done = the workers' /metrics count every op applied, which the worker does
   only once the batch's snapshots are acknowledged by the broker.
 - **quixstreams** (bench/quix_app.py, in its own virtualenv): a stateful app, at-least-once,
   each item in its RocksDB state store, one snapshot per message to an output topic. It
@@ -286,9 +286,10 @@ def wait_assigned(urls: list[str], partitions: int, timeout: float = 60) -> None
     raise SystemExit(f"partitions not assigned to the workers in {timeout:.0f} s")
 
 
-#: Two workers take the ops this many times over (written one pass after the other), so that
-#: their runs last as long as one worker's.
-TWO_WORKER_PASSES = 2
+#: Two workers take this many times the ops over this many times the items: each worker's
+#: share is one worker's workload, and their runs last as long. (The same ops written twice
+#: would be a different workload: each item's history replayed out of order.)
+TWO_WORKER_SCALE = 2
 
 #: The group's session while the workers are paused (SIGSTOP) and 1,000,000 ops are
 #: written: the local broker's own is 10 s, and a worker paused longer lost its partitions
@@ -345,17 +346,16 @@ def dyno_throughput(
     partitions: int,
     count: int,
     check: bool = False,
-    passes: int = 1,
 ) -> dict[str, Any]:
-    """``count`` workers, paused while the ops are written (``passes`` times over), timed
-    once resumed; their CPU time from their resumption to done, per op."""
-    n = len(payloads) * passes
+    """``count`` workers, paused while the ops are written, timed once resumed; their CPU
+    time from their resumption to done, per op."""
+    n = len(payloads)
     name = f"dyno{count}-{uuid.uuid4().hex[:6]}"
     with workers(bootstrap, tmp, name, partitions, count) as (s, urls, procs):
         for proc in procs:
             os.kill(proc.pid, signal.SIGSTOP)
         try:
-            produced_s = sum(produce_all(s, s.topics.ops, payloads) for _ in range(passes))
+            produced_s = produce_all(s, s.topics.ops, payloads)
         finally:
             cpu0 = cpu_seconds([p.pid for p in procs])
             for proc in procs:
@@ -1014,7 +1014,8 @@ def run_header(args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "latency_repeat": args.latency_repeat,
         "latency_seconds": args.latency_seconds,
-        "two_workers_ops": args.ops * TWO_WORKER_PASSES,
+        "two_workers_ops": args.ops * TWO_WORKER_SCALE,
+        "two_workers_items": args.items * TWO_WORKER_SCALE,
         "quick": args.quick,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {
@@ -1037,6 +1038,7 @@ class Comparison:
         self.quix_python: str | None = args.quix_python
         self.phase = Phases()
         self.payloads = make_payloads(args.ops, args.items)
+        self._payloads_two: list[tuple[bytes, bytes]] = []
         self.shared = bench_settings(bootstrap, tmp / "shared", args.partitions, 0)
 
     def limits(self) -> dict[str, Any]:
@@ -1053,6 +1055,14 @@ class Comparison:
                 "plyvel": best_of(lambda: limit_plyvel(self.tmp, payloads)),
                 "pydantic": best_of(lambda: limit_pydantic(payloads)),
             }
+
+    def payloads_two(self) -> list[tuple[bytes, bytes]]:
+        """The two workers' workload, made once on first use."""
+        if not self._payloads_two:
+            args = self.args
+            n, items = args.ops * TWO_WORKER_SCALE, args.items * TWO_WORKER_SCALE
+            self._payloads_two = make_payloads(n, items, seed=2)
+        return self._payloads_two
 
     def throughput_runs(self) -> dict[str, list[dict[str, Any]]]:
         """The contenders' runs alternate, so a change in what else runs on the machine falls
@@ -1081,8 +1091,8 @@ class Comparison:
                 with self.phase(f"dyno-stream, 2 workers, run {rep + 1}"):
                     runs["two"].append(
                         timed(
-                            dyno_throughput, self.bootstrap, self.tmp, self.payloads,
-                            args.partitions, 2, passes=TWO_WORKER_PASSES,
+                            dyno_throughput, self.bootstrap, self.tmp, self.payloads_two(),
+                            args.partitions, 2,
                         )
                     )  # fmt: skip
         return runs
