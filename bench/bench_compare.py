@@ -1,4 +1,4 @@
-"""dyno-stream beside quixstreams and beside the machine's limits, in one run (issue 6).
+"""dyno-stream beside quixstreams, a floor and the machine's limits: speed and cost, in one run.
 
 The workload is bench_worker.py's: N ops over 1,000 items (changes of about 100 bytes: a mix
 of putAttrs, incAttrBy, append and addToSet), keyed by item over 4 partitions. Every
@@ -6,12 +6,12 @@ contender reads the same ops, written before it starts, from the first offset un
 
 - **dyno-stream**: the real ``dyno-stream worker`` process(es), one and then two in one
   group. They are started on a fresh, empty topic and wait until the group has assigned
-  every partition; then they are paused (SIGSTOP), the N ops are written, and they are
-  resumed (SIGCONT); the group's session is 60 s meanwhile (``long_session``). So start-up
-  and the group join are not timed, and two workers split the partitions from the first op
-  rather than after a rebalance. Done = the workers'
-  /metrics count every op applied, which the worker does only once the batch's snapshots
-  are acknowledged by the broker.
+  every partition; then they are paused (SIGSTOP), the N ops are written (for two workers
+  2N ops over twice the items, so that their runs last as long), and they are resumed
+  (SIGCONT); the group's session is 60 s meanwhile (``long_session``). So start-up and the
+  group join are not timed, and two workers split the partitions from the first op rather
+  than after a rebalance. Done = the workers' /metrics count every op applied, which the worker does
+  only once the batch's snapshots are acknowledged by the broker.
 - **quixstreams** (bench/quix_app.py, in its own virtualenv): a stateful app, at-least-once,
   each item in its RocksDB state store, one snapshot per message to an output topic. It
   reads a topic written before it starts. Done = the output topic holds N snapshots (the
@@ -20,17 +20,24 @@ contender reads the same ops, written before it starts, from the first offset un
   default), so "committed" (the group's committed offsets reach the end: state flushed to
   RocksDB and its changelog, offsets committed) is reported too; the headline figure is
   the earlier, more favourable one. Measured with and without the pydantic validation.
+- **the floor** (bench/floor_app.py): a plain confluent-kafka loop that answers each op with
+  one small message keyed by its item, no validation, no store: what taking an op off Kafka
+  and putting an answer back costs on this machine, with nothing of ours in it. Done = its
+  output holds N answers.
 - **limits**, each the best of three runs (all three kept): a confluent-kafka consume-only
   loop (``consume(1000)``, touching key and value; the worker's consumer settings), a
   produce-only loop (the worker's producer settings: idempotent, acks=all, linger.ms=2),
   plyvel ``write_batch`` puts of the ops' rows (1,000 per batch), and pydantic validation
   alone (``parse_event``).
 
-Time runs from the first op consumed to done. Each throughput contender runs five times,
-in turn with the others, and its median run counts, with the spread (slowest-fastest) and the
-load average around each run beside it (the load on this machine varies). A run shorter than
-10 s is reported loudly: 200,000 ops (this benchmark's size before issue 14) took dyno-stream
-2-4 s, and its figure moved 30% from run to run with what else ran on the machine.
+Time runs from the first op consumed to done. Cost is each contender's CPU time over that
+span (user and system, from /proc, summed over its processes and their threads; never the
+benchmark's own), per op. Each throughput contender runs five times, in turn with the others,
+and its median run counts (its CPU per op: the median of its runs'), with the spread
+(slowest-fastest) and the load average around each run beside it (the load on this machine
+varies). A run shorter than 10 s is reported loudly (the floor's runs are not held to it):
+200,000 ops took dyno-stream 2-4 s, and its figure moved 30% from run to run with what else
+ran on the machine.
 
 Both contenders must do the same work, and each run checks it by reading its snapshot topic
 back: every op applied (dyno-stream's ``dyno_ops_applied_total``, quixstreams' output
@@ -39,17 +46,25 @@ snapshot equal between the two (its value and its count of changes). Snapshots p
 differ by design (dyno-stream publishes an item once per batch that changed it,
 quixstreams once per message): the report prints both counts.
 
-Then produce-to-snapshot latency at a steady 5,000 and 10,000 ops/s for both, 20 s each
-(bench_worker.py's method; issue 14's goal: dyno-stream's p99 at most quixstreams', its max
-at most 100 ms; quixstreams may not keep up once the benchmark's producer and snapshot
-reader share the cores, and then shows its queue; ``--rates 2500`` shows its latency), and
-the worker's RSS while it takes 1,000,000 distinct items (``/proc/<pid>/status`` VmRSS). Other
-agents share this machine: the load average and the busiest processes are recorded beside
-the figures.
+Then produce-to-visible latency at a steady 1,000, 5,000 and 10,000 ops/s, 10 s each after a
+2 s warm-up (harness.latency: from an op's send to the moment a reader sees the first
+snapshot, or the floor's answer, that includes it), with each contender's CPU per op at that
+rate. Each point runs five times, the contenders alternated (dyno-stream, quixstreams, floor,
+dyno-stream, ...); the median of each figure counts, with its spread and each run's load.
+The p99 is reported as a multiple of the floor's at the same rate. quixstreams may not keep
+up once the benchmark's producer and snapshot reader share the cores, and then shows its
+queue. Last, the worker's RSS while it takes 1,000,000 distinct items
+(``/proc/<pid>/status`` VmRSS). Other agents share this machine: the load average and the
+busiest processes are recorded beside the figures.
+
+The report prints each goal's figure, met or not: CPU per op at 1,000 and 5,000 ops/s at most
+2x that at full speed; p99 at each rate within 2x the floor's and at most quixstreams';
+full-speed throughput at least 5x quixstreams' and never below ``REFERENCE_OPS_PER_S``.
 
 Run: ``make bench-compare`` (builds .venv-bench with quixstreams, starts the broker if
-needed), or ``python bench/bench_compare.py [--quick] [--skip-quix] [--ops N]``.
-Writes bench/results/compare.json and compare.png (bench/plot_compare.py).
+needed; about 30 minutes), or ``python bench/bench_compare.py [--quick] [--skip-quix]
+[--ops N] [--repeat N] [--latency-repeat N]``. Writes bench/results/compare.json and
+compare.png (bench/plot_compare.py).
 """
 
 from __future__ import annotations
@@ -86,11 +101,11 @@ from confluent_kafka.admin import (
 )
 from harness.broker import bench_broker, free_port, scratch
 from harness.latency import bench_latency
-from harness.machine import busiest, load, vm_status
+from harness.machine import busiest, cpu_seconds, load, vm_status
 from harness.output import RESULTS, write_json
-from harness.runs import MIN_RUN_S, best_of, median_run, same_work, timed
+from harness.runs import MIN_RUN_S, best_of, median_latency, median_run, same_work, timed
 from harness.settings import bench_settings
-from harness.workers import Launch, metrics, stop, time_until_applied, wait_metrics
+from harness.workers import Launch, Started, metrics, stop, time_until_applied, wait_metrics
 from harness.workload import distinct_puts, make_payloads, produce_all
 from rich.console import Console
 from rich.table import Table
@@ -271,6 +286,11 @@ def wait_assigned(urls: list[str], partitions: int, timeout: float = 60) -> None
     raise SystemExit(f"partitions not assigned to the workers in {timeout:.0f} s")
 
 
+#: Two workers take this many times the ops over this many times the items: each worker's
+#: share is one worker's workload, and their runs last as long. (The same ops written twice
+#: would be a different workload: each item's history replayed out of order.)
+TWO_WORKER_SCALE = 2
+
 #: The group's session while the workers are paused (SIGSTOP) and 1,000,000 ops are
 #: written: the local broker's own is 10 s, and a worker paused longer lost its partitions
 #: (its run then timed a rebalance). 60 s is the broker's largest (its default
@@ -327,7 +347,8 @@ def dyno_throughput(
     count: int,
     check: bool = False,
 ) -> dict[str, Any]:
-    """``count`` workers, paused while the ops are written, timed once resumed."""
+    """``count`` workers, paused while the ops are written, timed once resumed; their CPU
+    time from their resumption to done, per op."""
     n = len(payloads)
     name = f"dyno{count}-{uuid.uuid4().hex[:6]}"
     with workers(bootstrap, tmp, name, partitions, count) as (s, urls, procs):
@@ -336,11 +357,13 @@ def dyno_throughput(
         try:
             produced_s = produce_all(s, s.topics.ops, payloads)
         finally:
+            cpu0 = cpu_seconds([p.pid for p in procs])
             for proc in procs:
                 os.kill(proc.pid, signal.SIGCONT)
         if produced_s > PAUSED_SESSION_MS / 1000 / 2:  # the group may have moved
             out.print(f"[yellow]writing the ops took {produced_s:.0f} s while paused[/]")
         t0, t1, m = time_until_applied(urls, procs, n)
+        cpu = cpu_seconds([p.pid for p in procs]) - cpu0
         per_worker = [metrics(u).get("dyno_ops_applied_total", 0) for u in urls]
         rss = [vm_status(p.pid)["VmRSS"] for p in procs]
         back = read_back(s, s.topics.snapshots, partitions) if check else None
@@ -349,6 +372,7 @@ def dyno_throughput(
         "ops": n,
         "seconds": t1 - t0,
         "ops_per_s": n / (t1 - t0),
+        "cpu_us_per_op": cpu / n * 1e6,
         "applied": round(sum(per_worker)),
         "dead_letters": round(m.get("dyno_dead_lettered_total", 0)),
         "read_back": back,
@@ -424,7 +448,7 @@ def dyno_memory(bootstrap: str, tmp: Path, n: int, partitions: int) -> dict[str,
     }
 
 
-# -- quixstreams ----------------------------------------------------------------------------
+# -- quixstreams and the floor: apps that answer each op on an output topic -----------------
 
 
 def quix_command(python: str, args: list[str]) -> list[str]:
@@ -439,28 +463,45 @@ def quix_versions(python: str) -> dict[str, str]:
     return result
 
 
-def start_quix(
-    python: str, s: Settings, state_dir: Path, status: Path, log: Path, validate: bool
-) -> subprocess.Popen[bytes]:
-    args = [
-        "--bootstrap",
-        s.kafka.bootstrap_servers,
-        "--input",
-        s.topics.ops,
-        "--output",
-        s.topics.snapshots,
-        "--group",
-        s.worker.group_id,
-        "--state-dir",
-        str(state_dir),
-        "--status",
-        str(status),
-        "--validate" if validate else "--no-validate",
-    ]
+#: The command line of an app on these settings, given the prefix of its status files.
+AppCommand = Callable[[Settings, Path], list[str]]
+
+
+def quix_app(python: str, validate: bool) -> AppCommand:
+    """The quix app (bench/quix_app.py) reading ``s.topics.ops``, its state under the status."""
+
+    def command(s: Settings, status: Path) -> list[str]:
+        return quix_command(
+            python,
+            [
+                "--bootstrap", s.kafka.bootstrap_servers,
+                "--input", s.topics.ops,
+                "--output", s.topics.snapshots,
+                "--group", s.worker.group_id,
+                "--state-dir", str(status.with_suffix(".state")),
+                "--status", str(status),
+                "--validate" if validate else "--no-validate",
+            ],
+        )  # fmt: skip
+
+    return command
+
+
+def floor_app(s: Settings, status: Path) -> list[str]:
+    """The floor (bench/floor_app.py, a plain confluent-kafka loop), in this Python."""
+    return [
+        sys.executable, str(BENCH / "floor_app.py"),
+        "--bootstrap", s.kafka.bootstrap_servers,
+        "--input", s.topics.ops,
+        "--output", s.topics.snapshots,
+        "--group", s.worker.group_id,
+        "--status", str(status),
+    ]  # fmt: skip
+
+
+def start_app(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as fh:
-        return subprocess.Popen(
-            quix_command(python, args), stdout=fh, stderr=subprocess.STDOUT, cwd=REPO
-        )
+        return subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> float:
@@ -469,65 +510,82 @@ def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> floa
         if path.exists():
             return float(path.read_text())
         if proc.poll() is not None:
-            raise SystemExit(f"quix app exited with {proc.returncode}")
+            raise SystemExit(f"{path.stem} app exited with {proc.returncode}")
         time.sleep(0.01)
-    raise SystemExit(f"quix app: no {path.name} in {timeout:.0f} s")
+    raise SystemExit(f"{path.stem} app: no {path.name} in {timeout:.0f} s")
 
 
 def _sum_high(watcher: Consumer, parts: list[TopicPartition]) -> int:
     return sum(watcher.get_watermark_offsets(tp, timeout=5, cached=False)[1] for tp in parts)
 
 
-def quix_throughput(
-    python: str,
+def wait_answers(
+    watcher: Consumer, outputs: list[TopicPartition], proc: subprocess.Popen[bytes], n: int
+) -> int:
+    """Until the output topic holds ``n`` messages (the sum of its high watermarks)."""
+    deadline = time.monotonic() + 1800
+    while (written := _sum_high(watcher, outputs)) < n:
+        if proc.poll() is not None:
+            raise SystemExit(f"app exited with {proc.returncode}: {proc.args}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"app wrote {written} of {n} answers: {proc.args}")
+        time.sleep(0.02)
+    return written
+
+
+def wait_committed(group: Consumer, inputs: list[TopicPartition], n: int) -> float | None:
+    """When the group's committed offsets reach ``n`` ops (None: not within 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        committed = group.committed(inputs, timeout=5)
+        if sum(max(tp.offset, 0) for tp in committed) >= n:
+            return time.monotonic()
+        time.sleep(0.05)
+    return None
+
+
+def app_throughput(
+    command: AppCommand,
+    name: str,
     bootstrap: str,
     tmp: Path,
     ops_topic: str,
     n: int,
     partitions: int,
-    validate: bool,
+    check: bool,
 ) -> dict[str, Any]:
-    """The quix app on the pre-written ops topic; done when its output holds n snapshots."""
-    name = f"quix-{uuid.uuid4().hex[:6]}" + ("" if validate else "-plain")
+    """An app on the pre-written ops topic, timed from its first op until its output holds n
+    answers; its CPU time over that span, per op. ``check``: read its output back too, and
+    time its commit (quixstreams keeps state in memory until it commits)."""
     base = bench_settings(bootstrap, tmp / f"{name}-unused", partitions, 0)
     s = base.model_copy(
         update={"topics": base.topics.model_copy(update={"ops": ops_topic})}
     )  # the output (s.topics.snapshots) is created like dyno-stream's: compacted, 4 partitions
     ensure_topics(s)
     status = tmp / name
-    proc = start_quix(python, s, tmp / f"{name}-state", status, tmp / f"{name}.log", validate)
+    proc = start_app(command(s, status), tmp / f"{name}.log")
     watcher = Consumer({**s.kafka.librdkafka(), "group.id": f"watch-{uuid.uuid4().hex}"})
     group = Consumer({**s.kafka.librdkafka(), "group.id": s.worker.group_id})
     outputs = [TopicPartition(s.topics.snapshots, p) for p in range(partitions)]
-    inputs = [TopicPartition(ops_topic, p) for p in range(partitions)]
     try:
         t0 = wait_file(status.with_suffix(".first"), proc, 120)
-        deadline = time.monotonic() + 1800
-        while (written := _sum_high(watcher, outputs)) < n:
-            if proc.poll() is not None:
-                raise SystemExit(f"quix app exited with {proc.returncode}; see {name}.log")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"quix app wrote {written} of {n} snapshots")
-            time.sleep(0.02)
+        cpu0 = cpu_seconds([proc.pid])
+        written = wait_answers(watcher, outputs, proc, n)
         t_done = time.monotonic()
-        t_commit = None
-        while time.monotonic() < t_done + 60:
-            committed = group.committed(inputs, timeout=5)
-            if sum(max(tp.offset, 0) for tp in committed) >= n:
-                t_commit = time.monotonic()
-                break
-            time.sleep(0.05)
+        cpu = cpu_seconds([proc.pid]) - cpu0
+        inputs = [TopicPartition(ops_topic, p) for p in range(partitions)]
+        t_commit = wait_committed(group, inputs, n) if check else None
         rss = vm_status(proc.pid)["VmRSS"]
-        back = read_back(s, s.topics.snapshots, partitions) if validate else None
+        back = read_back(s, s.topics.snapshots, partitions) if check else None
     finally:
         watcher.close()
         group.close()
         stop(proc)
     return {
-        "validated": validate,
         "ops": n,
         "seconds": t_done - t0,
         "ops_per_s": n / (t_done - t0),
+        "cpu_us_per_op": cpu / n * 1e6,
         "snapshots": written,
         "read_back": back,
         "seconds_to_commit": None if t_commit is None else t_commit - t0,
@@ -536,18 +594,37 @@ def quix_throughput(
     }
 
 
-def quix_launch(python: str) -> Launch:
-    """A harness ``Launch`` of the quix app, for the latency benchmark."""
+def quix_throughput(
+    python: str, bootstrap: str, tmp: Path, ops_topic: str, n: int, partitions: int, validate: bool
+) -> dict[str, Any]:
+    """The quix app on the pre-written ops topic; done when its output holds n snapshots."""
+    name = f"quix-{uuid.uuid4().hex[:6]}" + ("" if validate else "-plain")
+    figures = app_throughput(
+        quix_app(python, validate), name, bootstrap, tmp, ops_topic, n, partitions, validate
+    )
+    return {"validated": validate, **figures}
 
-    def launch(s: Settings, tmp: Path) -> Callable[[], None]:
-        status = tmp / "quix-lat"
-        proc = start_quix(python, s, tmp / "quix-lat-state", status, tmp / "quix-lat.log", True)
+
+def floor_throughput(
+    bootstrap: str, tmp: Path, ops_topic: str, n: int, partitions: int
+) -> dict[str, Any]:
+    """The floor on the pre-written ops topic; done when its output holds n answers."""
+    name = f"floor-{uuid.uuid4().hex[:6]}"
+    return app_throughput(floor_app, name, bootstrap, tmp, ops_topic, n, partitions, False)
+
+
+def app_launch(command: AppCommand, name: str) -> Launch:
+    """A harness ``Launch`` of an app, for the latency benchmark."""
+
+    def launch(s: Settings, tmp: Path) -> Started:
+        status = tmp / name
+        proc = start_app(command(s, status), tmp / f"{name}.log")
         try:
             wait_file(status.with_suffix(".started"), proc, 120)
         except BaseException:
             stop(proc)
             raise
-        return lambda: stop(proc)
+        return Started([proc])
 
     return launch
 
@@ -564,55 +641,100 @@ def find_quix_python(given: str | None) -> str | None:
 
 # -- report -------------------------------------------------------------------------------
 
+#: One worker's full-speed median (ops/s) this benchmark measured before the work on the cost
+#: per op: no later run may fall below it.
+REFERENCE_OPS_PER_S = 102_759
+
+#: The rates whose CPU per op is held to full speed's (the rates most deployments run at).
+CPU_GOAL_RATES = (1000, 5000)
+
 
 def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Each goal of the comparison, its figure and whether it was met (None: reported)."""
-    return against_quix(res) + own_goals(res)
+    return cost_goals(res) + latency_goals(res) + against_quix(res) + own_goals(res)
+
+
+def goal(name: str, figure: str, met: bool | None) -> dict[str, Any]:
+    return {"goal": name, "figure": figure, "met": met}
+
+
+def cost_goals(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """dyno-stream's CPU per op at the low rates against its CPU per op at full speed; beside
+    it the floor's own (reported): what a loop with nothing of ours in it pays at that rate."""
+    full = res["dyno"]["one"]["cpu_us_per_op"]
+    floor_full = ((res.get("floor") or {}).get("throughput") or {}).get("cpu_us_per_op")
+    found = []
+    for rate in CPU_GOAL_RATES:
+        at = res.get("latency", {}).get(str(rate), {})
+        if at.get("dyno"):
+            cpu = at["dyno"]["cpu_us_per_op"]
+            found.append(
+                goal(
+                    f"CPU per op at {rate:,} ops/s <= 2x at full speed",
+                    f"{cpu:.1f} / {full:.1f} us = {cpu / full:.2f}x",
+                    cpu / full <= 2,
+                )
+            )
+        if at.get("floor") and floor_full:
+            cpu = at["floor"]["cpu_us_per_op"]
+            found.append(
+                goal(
+                    f"the floor's CPU per op at {rate:,} ops/s over its full speed's (reported)",
+                    f"{cpu:.1f} / {floor_full:.1f} us = {cpu / floor_full:.2f}x",
+                    None,
+                )
+            )
+    return found
+
+
+def latency_goals(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """dyno-stream's p99 at each rate against the floor's and against quixstreams'."""
+    found = []
+    for rate, at in res.get("latency", {}).items():
+        dyno, floor, quix = at.get("dyno"), at.get("floor"), at.get("quix")
+        if dyno and floor:
+            x = dyno["p99_ms"] / floor["p99_ms"]
+            found.append(
+                goal(
+                    f"p99 at {int(rate):,} ops/s <= 2x the floor's",
+                    f"{dyno['p99_ms']:.1f} / {floor['p99_ms']:.1f} ms = {x:.2f}x",
+                    x <= 2,
+                )
+            )
+        if dyno and quix:
+            found.append(
+                goal(
+                    f"p99 at {int(rate):,} ops/s <= quixstreams'",
+                    f"{dyno['p99_ms']:.1f} vs {quix['p99_ms']:.1f} ms",
+                    dyno["p99_ms"] <= quix["p99_ms"],
+                )
+            )
+    return found
 
 
 def against_quix(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The goals held against quixstreams, and that the runs were long enough to count."""
-    dyno1 = res["dyno"]["one"]["ops_per_s"]
+    """Full speed against quixstreams', the same work, and runs long enough to count."""
+    one = res["dyno"]["one"]
     found = []
     quix = res.get("quix") or {}
     if "validated" in quix:
-        x = dyno1 / quix["validated"]["ops_per_s"]
-        runs = len(res["dyno"]["one"]["runs_ops_per_s"])
-        found.append(
-            {
-                "goal": f"dyno-stream >= 3x quixstreams (median of {runs})",
-                "figure": f"{x:.2f}x",
-                "met": x >= 3,
-            }
-        )
+        x = one["ops_per_s"] / quix["validated"]["ops_per_s"]
+        runs = len(one["runs_ops_per_s"])
+        found.append(goal(f"full speed >= 5x quixstreams' (median of {runs})", f"{x:.2f}x", x >= 5))
     if res.get("same_work"):
         same = all(c["same"] for c in res["same_work"])
+        figure = "same" if same else "DIFFERENT (see same_work)"
         found.append(
-            {
-                "goal": "the same work: ops, validation, newest snapshot of every item",
-                "figure": "same" if same else "DIFFERENT (see same_work)",
-                "met": same,
-            }
+            goal("the same work: ops, validation, newest snapshot of every item", figure, same)
         )
     if res.get("short_runs") is not None:
         found.append(
-            {
-                "goal": f"every throughput run >= {MIN_RUN_S:.0f} s",
-                "figure": "; ".join(res["short_runs"]) or "all",
-                "met": not res["short_runs"],
-            }
-        )
-    for rate, at in res.get("latency", {}).items():
-        dyno, other = at.get("dyno"), at.get("quix")
-        if dyno and other:
-            found.append(
-                {
-                    "goal": f"at {int(rate):,} ops/s: p99 <= quixstreams', max <= 100 ms",
-                    "figure": f"p99 {dyno['p99_ms']:.0f} vs {other['p99_ms']:.0f} ms, "
-                    f"max {dyno['max_ms']:.0f} ms",
-                    "met": dyno["p99_ms"] <= other["p99_ms"] and dyno["max_ms"] <= 100,
-                }
+            goal(
+                f"every throughput run >= {MIN_RUN_S:.0f} s",
+                "; ".join(res["short_runs"]) or "all",
+                not res["short_runs"],
             )
+        )
     return found
 
 
@@ -620,33 +742,28 @@ def own_goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     """dyno-stream's goals of its own: throughput, against the limits, scaling, memory."""
     dyno1 = res["dyno"]["one"]["ops_per_s"]
     consume = res["limits"]["consume_only"]["ops_per_s"]
-    found = []
-    found.append(
-        {"goal": ">= 100,000 ops/s, one worker", "figure": f"{dyno1:,.0f}", "met": dyno1 >= 1e5}
-    )
-    found.append(
-        {
-            "goal": ">= half the consume-only limit",
-            "figure": f"{dyno1 / consume:.2f} of it",
-            "met": dyno1 >= consume / 2,
-        }
-    )
+    found = [
+        goal(
+            f"full speed, one worker >= {REFERENCE_OPS_PER_S:,} ops/s",
+            f"{dyno1:,.0f}",
+            dyno1 >= REFERENCE_OPS_PER_S,
+        ),
+        goal(
+            ">= half the consume-only limit", f"{dyno1 / consume:.2f} of it", dyno1 >= consume / 2
+        ),
+    ]
     if res["dyno"].get("scaling"):
         found.append(
-            {
-                "goal": "2 workers on 2 cores: scaling (reported)",
-                "figure": f"{res['dyno']['scaling']:.2f}x",
-                "met": None,
-            }
+            goal("2 workers on 2 cores: scaling (reported)", f"{res['dyno']['scaling']:.2f}x", None)
         )
     mem = res.get("memory")
     if mem:
         found.append(
-            {
-                "goal": f"RSS bounded over {mem['items']:,} items",
-                "figure": f"{mem['bytes_per_item_last_half']:.0f} B/item in the last half",
-                "met": mem["bounded"],
-            }
+            goal(
+                f"RSS bounded over {mem['items']:,} items",
+                f"{mem['bytes_per_item_last_half']:.0f} B/item in the last half",
+                mem["bounded"],
+            )
         )
     return found
 
@@ -655,6 +772,8 @@ def print_report(res: dict[str, Any]) -> None:
     out.print(throughput_table(res))
     print_spreads(res)
     print_same_work(res)
+    if res.get("latency"):
+        out.print(latency_table(res))
     if res.get("memory"):
         print_memory(res["memory"])
     gt = Table(title="goals")
@@ -672,35 +791,32 @@ def print_report(res: dict[str, Any]) -> None:
 
 
 def throughput_table(res: dict[str, Any]) -> Table:
-    """Each contender's and limit's ops/s, its latencies, and its runs."""
+    """Each contender's and limit's ops/s at full speed, its CPU per op, and its runs."""
     run = res["run"]
-    lat = res.get("latency", {})
-    rates = [r for r in run["rates"] if str(r) in lat]
     table = Table(
-        title=f"{run['ops']:,} ops over {run['items']:,} items, {run['partitions']} partitions, "
-        f"{os.cpu_count()} cores; load average {run['load_start'][0]} at the start, "
-        f"{run['load_end'][0]} at the end"
+        title=f"full speed: {run['ops']:,} ops over {run['items']:,} items, "
+        f"{run['partitions']} partitions, {os.cpu_count()} cores; load average "
+        f"{run['load_start'][0]} at the start, {run['load_end'][0]} at the end"
     )
     table.add_column("contender")
-    for col in ("ops/s", "x quixstreams", "x consume-only"):
+    for col in ("ops/s", "x quixstreams", "x consume-only", "CPU us/op (spread)"):
         table.add_column(col, justify="right")
-    for rate in rates:
-        table.add_column(f"p50/p99/max at {rate:,}/s", justify="right")
     table.add_column("runs, ops/s (load average)", justify="right")
 
-    def row(label: str, fig: dict[str, Any] | None, who: str = "") -> None:
+    def row(label: str, fig: dict[str, Any] | None) -> None:
         if fig is not None:
-            table.add_row(*row_cells(res, rates, label, fig, who))
+            table.add_row(*row_cells(res, label, fig))
 
-    row("dyno-stream, 1 worker", res["dyno"]["one"], "dyno")
+    row("dyno-stream, 1 worker", res["dyno"]["one"])
     row("dyno-stream, 2 workers", res["dyno"].get("two"))
     if res.get("quix"):
-        row("quixstreams, validated", res["quix"].get("validated"), "quix")
+        row("quixstreams, validated", res["quix"].get("validated"))
         row("quixstreams, JSON only", res["quix"].get("plain"))
         v = res["quix"]["validated"]
         if v.get("ops_per_s_to_commit"):
             to_commit = f"{v['ops_per_s_to_commit']:,.0f}"
             table.add_row("  validated, to its commit", to_commit)
+    row("floor: consume, answer", (res.get("floor") or {}).get("throughput"))
     lim = res["limits"]
     row("limit: consume only", lim["consume_only"])
     row("limit: produce only", lim["produce_only"])
@@ -709,43 +825,68 @@ def throughput_table(res: dict[str, Any]) -> Table:
     return table
 
 
-def row_cells(
-    res: dict[str, Any], rates: list[int], label: str, fig: dict[str, Any], who: str
-) -> list[str]:
+def row_cells(res: dict[str, Any], label: str, fig: dict[str, Any]) -> list[str]:
     """One row of the throughput table: ops/s, against quixstreams and the consume-only
-    limit, the latencies of ``who`` at each rate, and the runs with their load."""
+    limit, CPU per op, and the runs with their load."""
     quix = (res.get("quix") or {}).get("validated")
     consume = res["limits"]["consume_only"]["ops_per_s"]
-    lat = res.get("latency", {})
     ops = fig["ops_per_s"]
-    cells = [
+    cpu = ""
+    if "cpu_us_per_op" in fig:
+        low, high = fig.get("spread_cpu_us_per_op") or [fig["cpu_us_per_op"]] * 2
+        cpu = f"{fig['cpu_us_per_op']:.1f} ({low:.1f}-{high:.1f})"
+    loads = fig.get("runs_load") or [None] * len(fig.get("runs_ops_per_s", []))
+    runs = " ".join(
+        f"{r / 1000:,.1f}k" + (f" ({ld[0]})" if ld else "")
+        for r, ld in zip(fig.get("runs_ops_per_s", []), loads, strict=True)
+    )
+    return [
         label,
         f"{ops:,.0f}",
         f"{ops / quix['ops_per_s']:.2f}" if quix else "",
         f"{ops / consume:.2f}",
+        cpu,
+        runs,
     ]
-    for rate in rates:
-        at = lat[str(rate)].get(who)
-        cells.append(
-            f"{at['p50_ms']:,.0f} / {at['p99_ms']:,.0f} / {at['max_ms']:,.0f} ms "
-            f"(load {at.get('load', ['?'])[0]})"
-            if at
-            else ""
-        )
-    loads = fig.get("runs_load") or [None] * len(fig.get("runs_ops_per_s", []))
-    cells.append(
-        " ".join(
-            f"{r / 1000:,.1f}k" + (f" ({ld[0]})" if ld else "")
-            for r, ld in zip(fig.get("runs_ops_per_s", []), loads, strict=True)
-        )
-    )
-    return cells
+
+
+LATENCY_LABELS = {"dyno": "dyno-stream, 1 worker", "quix": "quixstreams", "floor": "floor"}
+
+
+def latency_table(res: dict[str, Any]) -> Table:
+    """At each steady rate, each contender's medians: p50/p99/max, the p99 over the floor's,
+    its CPU per op, with the spreads and each run's load."""
+    table = Table(title="produce to visible at a steady rate: medians of the runs (spread)")
+    for col in ("rate", "contender", "p50 / p99 / max ms", "p99 x floor", "p99 spread"):
+        table.add_column(col, justify="right")
+    for col in ("CPU us/op (spread)", "rate met", "runs: p99 ms (load average)"):
+        table.add_column(col, justify="right")
+    for rate, at in res["latency"].items():
+        floor = at.get("floor")
+        for key, label in LATENCY_LABELS.items():
+            fig = at.get(key)
+            if fig is None:
+                continue
+            p99s, cpus = fig["spread"]["p99_ms"], fig["spread"]["cpu_us_per_op"]
+            table.add_row(
+                f"{int(rate):,}",
+                label,
+                f"{fig['p50_ms']:.1f} / {fig['p99_ms']:.1f} / {fig['max_ms']:.0f}",
+                f"{fig['p99_ms'] / floor['p99_ms']:.2f}x" if floor else "",
+                f"{p99s[0]:.1f}-{p99s[1]:.1f}",
+                f"{fig['cpu_us_per_op']:.1f} ({cpus[0]:.1f}-{cpus[1]:.1f})",
+                f"{fig['rate']:,.0f}",
+                " ".join(f"{r['p99_ms']:.0f} ({r['load'][0]})" for r in fig["runs"]),
+            )
+    return table
 
 
 def print_spreads(res: dict[str, Any]) -> None:
     """The median run of each contender among its runs, and the runs too short to count."""
     quix = (res.get("quix") or {}).get("validated")
-    for label, fig in (("dyno-stream", res["dyno"]["one"]), ("quixstreams", quix)):
+    floor = (res.get("floor") or {}).get("throughput")
+    contenders = (("dyno-stream", res["dyno"]["one"]), ("quixstreams", quix), ("floor", floor))
+    for label, fig in contenders:
         if fig and "spread_ops_per_s" in fig:
             low, high = fig["spread_ops_per_s"]
             out.print(
@@ -806,7 +947,7 @@ def plot(json_path: Path, png: Path, quix_python: str | None) -> None:
 # -- main ------------------------------------------------------------------------------------
 
 
-def parse() -> argparse.Namespace:
+def arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--ops", type=int, help="ops in the throughput runs (1,000,000: >= 10 s each; quick 20,000)"
@@ -815,29 +956,43 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument(
         "--rates",
-        default="5000,10000",
+        default="1000,5000,10000",
         help="ops/s of the latency runs, comma-separated (quick: the first only)",
     )
-    ap.add_argument("--latency-seconds", type=float, help="length of each latency run (20; 5)")
+    ap.add_argument("--latency-seconds", type=float, help="length of each latency run (10; 5)")
     ap.add_argument(
         "--memory-items", type=int, help="distinct items (1,000,000; 100,000; 0: no memory run)"
     )
     ap.add_argument(
         "--repeat",
         type=int,
-        help="runs of dyno-stream's and quixstreams' throughput, alternated, median kept (5; 1)",
+        help="runs of each contender's throughput, alternated, median kept (5; 1)",
+    )
+    ap.add_argument(
+        "--latency-repeat",
+        type=int,
+        help="runs of each contender at each rate, alternated, medians kept (5; 1)",
     )
     ap.add_argument(
         "--two-workers-repeat", type=int, help="runs of two dyno-stream workers (3; 1; 0: none)"
     )
-    ap.add_argument("--quick", action="store_true", help="small sizes, one quix variant")
+    ap.add_argument(
+        "--quix-plain",
+        action=argparse.BooleanOptionalAction,
+        help="one run of quixstreams without validation too (yes; quick: no)",
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes, one run of each")
     ap.add_argument("--skip-quix", action="store_true")
     ap.add_argument("--quix-python", help="Python with quixstreams (default: .venv-bench's)")
     ap.add_argument("--bootstrap", help="a running broker (default: the local one, started)")
     ap.add_argument("--json", type=Path, default=RESULTS / "compare.json")
     ap.add_argument("--png", default=str(RESULTS / "compare.png"), help="'' for none")
     ap.add_argument("--report", type=Path, help="only print (and draw) this earlier JSON")
-    args = ap.parse_args()
+    return ap
+
+
+def parse() -> argparse.Namespace:
+    args = arguments().parse_args()
     if args.report:
         return args
 
@@ -846,8 +1001,10 @@ def parse() -> argparse.Namespace:
 
     args.ops = pick(args.ops, 20_000, 1_000_000)
     args.repeat = pick(args.repeat, 1, 5)
+    args.latency_repeat = pick(args.latency_repeat, 1, 5)
     args.two_workers_repeat = pick(args.two_workers_repeat, 1, 3)
-    args.latency_seconds = pick(args.latency_seconds, 5.0, 20.0)
+    args.latency_seconds = pick(args.latency_seconds, 5.0, 10.0)
+    args.quix_plain = pick(args.quix_plain, False, True)
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     args.rates = rates[:1] if args.quick else rates
     args.memory_items = pick(args.memory_items, 100_000, 1_000_000)
@@ -866,6 +1023,10 @@ def run_header(args: argparse.Namespace) -> dict[str, Any]:
         "partitions": args.partitions,
         "rates": args.rates,
         "repeat": args.repeat,
+        "latency_repeat": args.latency_repeat,
+        "latency_seconds": args.latency_seconds,
+        "two_workers_ops": args.ops * TWO_WORKER_SCALE,
+        "two_workers_items": args.items * TWO_WORKER_SCALE,
         "quick": args.quick,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {
@@ -888,6 +1049,7 @@ class Comparison:
         self.quix_python: str | None = args.quix_python
         self.phase = Phases()
         self.payloads = make_payloads(args.ops, args.items)
+        self._payloads_two: list[tuple[bytes, bytes]] = []
         self.shared = bench_settings(bootstrap, tmp / "shared", args.partitions, 0)
 
     def limits(self) -> dict[str, Any]:
@@ -905,11 +1067,19 @@ class Comparison:
                 "pydantic": best_of(lambda: limit_pydantic(payloads)),
             }
 
+    def payloads_two(self) -> list[tuple[bytes, bytes]]:
+        """The two workers' workload, made once on first use."""
+        if not self._payloads_two:
+            args = self.args
+            n, items = args.ops * TWO_WORKER_SCALE, args.items * TWO_WORKER_SCALE
+            self._payloads_two = make_payloads(n, items, seed=2)
+        return self._payloads_two
+
     def throughput_runs(self) -> dict[str, list[dict[str, Any]]]:
         """The contenders' runs alternate, so a change in what else runs on the machine falls
         on all of them alike; each figure is the median run."""
         args, quix_python = self.args, self.quix_python
-        runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": [], "quix": []}
+        runs: dict[str, list[dict[str, Any]]] = {"one": [], "two": [], "quix": [], "floor": []}
         for rep in range(args.repeat):
             with self.phase(f"dyno-stream, 1 worker, run {rep + 1}"):
                 runs["one"].append(
@@ -921,11 +1091,18 @@ class Comparison:
             if quix_python:
                 with self.phase(f"quixstreams, validated, run {rep + 1}"):
                     runs["quix"].append(timed(self.quix_run, True))
+            with self.phase(f"floor, run {rep + 1}"):
+                runs["floor"].append(
+                    timed(
+                        floor_throughput, self.bootstrap, self.tmp, self.shared.topics.ops,
+                        args.ops, args.partitions,
+                    )
+                )  # fmt: skip
             if rep < args.two_workers_repeat:
                 with self.phase(f"dyno-stream, 2 workers, run {rep + 1}"):
                     runs["two"].append(
                         timed(
-                            dyno_throughput, self.bootstrap, self.tmp, self.payloads,
+                            dyno_throughput, self.bootstrap, self.tmp, self.payloads_two(),
                             args.partitions, 2,
                         )
                     )  # fmt: skip
@@ -953,7 +1130,7 @@ class Comparison:
             f"{who} run {i + 1}: {r['seconds']:.1f} s"
             for who, rs in runs.items()
             for i, r in enumerate(rs)
-            if r["seconds"] < MIN_RUN_S
+            if r["seconds"] < MIN_RUN_S and who != "floor"
         ]
         one = median_run(runs["one"])
         two = median_run(runs["two"]) if runs["two"] else None
@@ -962,31 +1139,41 @@ class Comparison:
             "two": two,
             "scaling": two["ops_per_s"] / one["ops_per_s"] if two else None,
         }
+        res["floor"] = {"throughput": median_run(runs["floor"])}
         if self.quix_python:
             res["quix"] = {"validated": median_run(runs["quix"])}
-            if not self.args.quick:
+            if self.args.quix_plain:
                 with self.phase("quixstreams, JSON only"):
                     res["quix"]["plain"] = self.quix_run(False)
 
+    def contenders(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(key, label, how bench_latency starts it) of each contender of the latency runs."""
+        dyno = {"http_port": free_port()}
+        found: list[tuple[str, str, dict[str, Any]]] = [("dyno", "dyno-stream", dyno)]
+        if self.quix_python:
+            launch = app_launch(quix_app(self.quix_python, True), "quix-lat")
+            found.append(("quix", "quixstreams", {"launch": launch}))
+        found.append(("floor", "floor", {"launch": app_launch(floor_app, "floor-lat")}))
+        return found
+
     def latency(self) -> dict[str, Any]:
-        """Each contender's latency at each rate."""
+        """Each contender's latency and CPU per op at each rate, its runs alternated with the
+        others' (dyno-stream, quixstreams, floor, dyno-stream, ...), the medians kept."""
         args = self.args
         found: dict[str, Any] = {}
         for rate in args.rates:
-            at = found[str(rate)] = {}
-            contenders: list[tuple[str, str, dict[str, Any]]] = [
-                ("dyno", "dyno-stream", {"http_port": free_port()})
-            ]
-            if self.quix_python:
-                contenders.append(
-                    ("quix", "quixstreams", {"launch": quix_launch(self.quix_python)})
-                )
-            for key, label, how in contenders:
-                with self.phase(f"latency at {rate:,} ops/s, {label}"):
-                    at[key] = timed(
-                        bench_latency, self.bootstrap, subdir(self.tmp, f"lat-{key}-{rate}"),
-                        rate, args.latency_seconds, args.items, args.partitions, **how,
-                    )  # fmt: skip
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for rep in range(args.latency_repeat):
+                for key, label, how in self.contenders():
+                    where = subdir(self.tmp, f"lat-{key}-{rate}-{rep}")
+                    with self.phase(f"latency at {rate:,} ops/s, {label}, run {rep + 1}"):
+                        runs.setdefault(key, []).append(
+                            timed(
+                                bench_latency, self.bootstrap, where, rate, args.latency_seconds,
+                                args.items, args.partitions, **how,
+                            )
+                        )  # fmt: skip
+            found[str(rate)] = {key: median_latency(rs) for key, rs in runs.items()}
         return found
 
     def memory(self) -> dict[str, Any]:
@@ -1014,7 +1201,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse()
     if args.report:
-        print_report(json.loads(args.report.read_text()))
+        earlier = json.loads(args.report.read_text())
+        earlier["goals"] = goals(earlier)  # held to the goals as this code states them
+        print_report(earlier)
         if args.png:
             plot(args.report, Path(args.png), find_quix_python(args.quix_python))
         return

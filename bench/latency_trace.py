@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # imported here, not at the top: the traced worker process needs none of it
     from harness.broker import bench_broker, free_port, scratch
     from harness.latency import Tally, bench_latency, drain
-    from harness.workers import stop, wait_metrics
+    from harness.workers import Started, wait_metrics
 
     from dyno_stream.cli.demo import settings_env
     from dyno_stream.config import Settings
@@ -169,14 +169,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with bench_broker(args.bootstrap) as bootstrap, scratch("dyno-trace-") as tmp:
         trace_file = tmp / "loop.trace"
 
-        def launch(s: Settings, where: Path) -> Callable[[], None]:
+        def launch(s: Settings, where: Path) -> Started:
             env = {**os.environ, **settings_env(s), "TRACE_FILE": str(trace_file)}
             with (where / "worker.log").open("wb") as log:
                 proc = subprocess.Popen(
                     [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log
                 )
             wait_metrics(f"http://127.0.0.1:{s.worker.http_port}", proc)
-            return lambda: stop(proc)
+            return Started([proc])
 
         def kept(consumer: Any, tally: Tally, timeout: float) -> None:
             before = len(tally.latencies)

@@ -21,6 +21,10 @@ import matplotlib.pyplot as plt
 RESULTS = Path(__file__).resolve().parent / "results"
 #: (p50, p99) colours of each latency rate
 COLOURS = [("tab:blue", "lightsteelblue"), ("tab:green", "palegreen"), ("tab:red", "mistyrose")]
+CPU_COLOURS = ["lightsteelblue", "palegreen", "mistyrose", "tab:gray"]
+NAMES = {"dyno": "dyno-stream", "quix": "quixstreams", "floor": "floor"}
+#: one worker's full-speed median that no later run may fall below (bench_compare.py's)
+REFERENCE = 102_759
 
 
 def bars(res: dict[str, Any]) -> list[tuple[str, float, str]]:
@@ -34,6 +38,9 @@ def bars(res: dict[str, Any]) -> list[tuple[str, float, str]]:
         found.append(("quixstreams, validated", quix["validated"]["ops_per_s"], "tab:orange"))
     if "plain" in quix:
         found.append(("quixstreams, JSON only", quix["plain"]["ops_per_s"], "tab:orange"))
+    floor = (res.get("floor") or {}).get("throughput")
+    if floor:
+        found.append(("floor: consume, answer", floor["ops_per_s"], "tab:green"))
     names = {
         "consume_only": "limit: consume only",
         "produce_only": "limit: produce only",
@@ -48,16 +55,17 @@ def bars(res: dict[str, Any]) -> list[tuple[str, float, str]]:
 def plot(res: dict[str, Any], png: Path) -> None:
     lat = res.get("latency") or {}
     mem = res.get("memory")
-    panels = 1 + bool(lat) + bool(mem)
+    panels = 1 + 2 * bool(lat) + bool(mem)
     fig, axes = plt.subplots(1, panels, figsize=(6 + 4.5 * (panels - 1), 4.8), squeeze=False)
     throughput_panel(axes[0][0], res)
     if lat:
         latency_panel(axes[0][1], res["run"], lat)
+        cpu_panel(axes[0][2], res)
     if mem:
         memory_panel(axes[0][panels - 1], mem)
     run = res["run"]
     load = f"load average {run['load_start'][0]} -> {run['load_end'][0]}"
-    fig.suptitle(f"dyno-stream vs quixstreams, {run['started']}, {load}", fontsize=10)
+    fig.suptitle(f"dyno-stream vs quixstreams and the floor, {run['started']}, {load}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
@@ -79,17 +87,17 @@ def throughput_panel(ax: Any, res: dict[str, Any]) -> None:
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     ax.set_xlim(right=max(values) * 8)
-    ax.axvline(100_000, color="tab:blue", linestyle="--", linewidth=0.8, label="goal: 100,000")
+    ax.axvline(REFERENCE, color="tab:blue", linestyle="--", linewidth=0.8, label="102,759")
     quix = (res.get("quix") or {}).get("validated")
     if quix:
-        goal = 3 * quix["ops_per_s"]
-        ax.axvline(goal, color="tab:orange", linestyle="--", linewidth=0.8, label="goal: 3x quix")
+        goal = 5 * quix["ops_per_s"]
+        ax.axvline(goal, color="tab:orange", linestyle="--", linewidth=0.8, label="goal: 5x quix")
     ax.legend(loc="lower right", fontsize=8)
 
 
 def latency_panel(ax: Any, run: dict[str, Any], lat: dict[str, Any]) -> None:
-    """p50 and p99 at each rate, for each contender."""
-    who = ["dyno", "quix"] if any("quix" in at for at in lat.values()) else ["dyno"]
+    """p50 and p99 at each rate (medians of the runs), for each contender."""
+    who = [w for w in NAMES if any(w in at for at in lat.values())]
     series = [(r, p) for r in run["rates"] if str(r) in lat for p in ("p50", "p99")]
     width = 0.8 / len(series)
     top = 0.0
@@ -101,12 +109,36 @@ def latency_panel(ax: Any, run: dict[str, Any], lat: dict[str, Any]) -> None:
         for x, y in zip(xs, ys, strict=True):
             ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
         top = max(top, *ys)
-    ax.set_xticks(range(len(who)), ["dyno-stream" if w == "dyno" else "quixstreams" for w in who])
+    ax.set_xticks(range(len(who)), [NAMES[w] for w in who])
     ax.set_yscale("log")
-    ax.set_ylabel("produce to snapshot, ms (log scale)")
+    ax.set_ylabel("produce to visible, ms (log scale)")
     ax.set_ylim(top=top * 3)
     ax.set_title("latency")
     ax.legend(fontsize=7, loc="upper left")
+
+
+def cpu_panel(ax: Any, res: dict[str, Any]) -> None:
+    """Each contender's CPU per op at each steady rate and at full speed (medians)."""
+    lat = res["latency"]
+    full = {
+        "dyno": res["dyno"]["one"],
+        "quix": (res.get("quix") or {}).get("validated"),
+        "floor": (res.get("floor") or {}).get("throughput"),
+    }
+    who = [w for w in NAMES if any(w in at for at in lat.values())]
+    points = [(f"{int(r):,}/s", {w: at.get(w) for w in who}) for r, at in lat.items()]
+    points.append(("full speed", {w: full[w] for w in who}))
+    width = 0.8 / len(points)
+    for j, (label, figs) in enumerate(points):
+        xs = [k - 0.4 + width * (j + 0.5) for k in range(len(who))]
+        ys = [(figs[w] or {}).get("cpu_us_per_op", 0.0) for w in who]
+        ax.bar(xs, ys, width=width, color=CPU_COLOURS[j % len(CPU_COLOURS)], label=label)
+        for x, y in zip(xs, ys, strict=True):
+            ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(who)), [NAMES[w] for w in who])
+    ax.set_ylabel("CPU per op, us (user + system)")
+    ax.set_title("cost")
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def memory_panel(ax: Any, mem: dict[str, Any]) -> None:

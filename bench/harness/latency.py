@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer
 from dyno_stream.config import Settings, producer_config
 from dyno_stream.core.flake import FlakeGenerator
 from dyno_stream.kafka.topics import ensure_topics
+from harness.machine import cpu_seconds
 from harness.settings import bench_settings
 from harness.workers import Launch, launch_worker
 from harness.workload import op_event
@@ -31,6 +32,12 @@ class Tally:
     seen: dict[str, int] = field(default_factory=dict)
     #: (op index, seconds from send to the first snapshot that includes it)
     latencies: list[tuple[int, float]] = field(default_factory=list)
+    #: the index of the first op counted (those before are the warm-up)
+    counted_from: int = 0
+    #: the CPU seconds the system under test has used so far
+    cpu_probe: Callable[[], float] = lambda: 0.0
+    #: its CPU seconds when the first op counted was sent and once the last was answered
+    cpu: list[float] = field(default_factory=list)
 
 
 #: Reads snapshots for up to ``timeout`` seconds into the tally; a caller may wrap it.
@@ -66,7 +73,8 @@ def bench_latency(
     warmup_s: float = 2.0,
     drain: Drain = drain,
 ) -> dict[str, float]:
-    """Produce-to-snapshot latency of what ``launch`` starts (a dyno worker by default).
+    """Produce-to-snapshot latency of what ``launch`` starts (a dyno worker by default), and
+    the CPU its processes use per op counted (``cpu_us_per_op``).
 
     Whatever runs must publish, for each op, a snapshot holding ``item`` and ``changes`` (the
     number of ops the item has seen) on ``s.topics.snapshots``. The load runs ``warmup_s``
@@ -86,7 +94,7 @@ def bench_latency(
         }
     )
     total = int(rate * (seconds + warmup_s))
-    tally = Tally()
+    tally = Tally(counted_from=int(rate * warmup_s), cpu_probe=lambda: cpu_seconds(stop_it.pids))
     try:
         consumer.subscribe([s.topics.snapshots])
         producer = Producer(producer_config(s))  # as DynoClient sends: linger.ms=2
@@ -97,7 +105,7 @@ def bench_latency(
         gc.enable()
         consumer.close()
         stop_it()
-    return _figures(tally, total, int(rate * warmup_s), achieved)
+    return _figures(tally, total, achieved)
 
 
 def _warm_up(s: Settings, consumer: Consumer, producer: Producer, gen: FlakeGenerator) -> None:
@@ -141,6 +149,8 @@ def _steady_load(
         # took the harness half a core and starved the worker it measures.
         due = min(total, int((time.monotonic() - start) * rate) + 1)
         while i < due:
+            if i == tally.counted_from:
+                tally.cpu.append(tally.cpu_probe())
             name, value = op_event(rnd, gen, items)
             tally.sent.setdefault(name, []).append((i, time.monotonic()))
             producer.produce(s.topics.ops, value, name.encode())
@@ -152,11 +162,13 @@ def _steady_load(
     deadline = time.monotonic() + 30
     while len(tally.latencies) < total and time.monotonic() < deadline:
         drain(consumer, tally, 0.1)
+    tally.cpu.append(tally.cpu_probe())
     return total / (now - start)
 
 
-def _figures(tally: Tally, total: int, counted_from: int, achieved: float) -> dict[str, float]:
-    """p50, p99 and max of the ops from ``counted_from`` on (those before are the warm-up)."""
+def _figures(tally: Tally, total: int, achieved: float) -> dict[str, float]:
+    """p50, p99 and max of the ops counted, and the CPU per op they cost (in microseconds)."""
+    counted_from = tally.counted_from
     measured = sorted(lat for i, lat in tally.latencies if i >= counted_from)
 
     def pct(p: float) -> float:
@@ -169,4 +181,5 @@ def _figures(tally: Tally, total: int, counted_from: int, achieved: float) -> di
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "max_ms": measured[-1] * 1000,
+        "cpu_us_per_op": (tally.cpu[-1] - tally.cpu[0]) / (total - counted_from) * 1e6,
     }

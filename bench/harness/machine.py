@@ -56,3 +56,28 @@ def vm_status(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(rest.split()[0]) * 1024
     return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user and system, every thread) used so far by ``pids`` and their live
+    descendants, from /proc: what a contender's processes cost, not the benchmark's own."""
+    hz = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    family = set(pids)
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    return sum(ticks.get(pid, 0) for pid in family) / hz

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -25,16 +26,43 @@ def best_of(run: Callable[[], dict[str, float]], times: int = 3) -> dict[str, An
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median ops/s (the lower middle of an even count), with every run's
-    ops/s, length and load average (1 minute, before and after), and the spread."""
+    ops/s, length and load average (1 minute, before and after), and the spread. Its
+    ``cpu_us_per_op`` is the median of the runs' (each in ``runs_cpu_us_per_op``)."""
     ordered = sorted(runs, key=lambda r: r["ops_per_s"])
     middle = ordered[(len(ordered) - 1) // 2]
-    return {
+    found = {
         **middle,
         "runs_ops_per_s": [round(r["ops_per_s"]) for r in runs],
         "runs_seconds": [round(r["seconds"], 1) for r in runs],
         "runs_load": [r.get("load") for r in runs],
         "spread_ops_per_s": [round(ordered[0]["ops_per_s"]), round(ordered[-1]["ops_per_s"])],
     }
+    if all("cpu_us_per_op" in r for r in runs):
+        cpu = [r["cpu_us_per_op"] for r in runs]
+        found["cpu_us_per_op"] = statistics.median(cpu)
+        found["runs_cpu_us_per_op"] = [round(c, 2) for c in cpu]
+        found["spread_cpu_us_per_op"] = [round(min(cpu), 2), round(max(cpu), 2)]
+    return found
+
+
+#: The figures of a latency run that ``median_latency`` takes the median of.
+LATENCY_FIGURES = ("p50_ms", "p99_ms", "max_ms", "cpu_us_per_op", "rate")
+
+
+def median_latency(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency runs at one rate: the median of each figure (each on its own), its spread
+    (lowest, highest), and every run with its load average around it."""
+    found: dict[str, Any] = {
+        "ops": runs[0]["ops"],
+        "measured": min(r["measured"] for r in runs),
+        "runs": runs,
+        "spread": {},
+    }
+    for key in LATENCY_FIGURES:
+        values = [r[key] for r in runs]
+        found[key] = statistics.median(values)
+        found["spread"][key] = [min(values), max(values)]
+    return found
 
 
 def timed(run: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:

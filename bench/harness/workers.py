@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dyno_stream.cli.demo import settings_env, start_worker
@@ -16,6 +17,7 @@ from dyno_stream.config import Settings
 
 __all__ = [
     "Launch",
+    "Started",
     "launch_worker",
     "metrics",
     "spawn_worker",
@@ -26,9 +28,26 @@ __all__ = [
     "wait_metrics",
 ]
 
+
+@dataclass
+class Started:
+    """What a ``Launch`` started: its processes (whose CPU time the benchmark reads), and,
+    called, their stop."""
+
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def __call__(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+
+
 #: Starts the system under test on these settings (its output is ``s.topics.snapshots``),
-#: waits until it is ready, and returns the function that stops it.
-Launch = Callable[[Settings, Path], Callable[[], None]]
+#: waits until it is ready, and returns what it started.
+Launch = Callable[[Settings, Path], Started]
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -91,7 +110,7 @@ def spawn_worker(
         )
 
 
-def launch_worker(s: Settings, tmp: Path) -> Callable[[], None]:
+def launch_worker(s: Settings, tmp: Path) -> Started:
     """A ``Launch`` of one ``dyno-stream worker`` process."""
     proc = start_worker(s, tmp / "lat-worker.log")
     try:
@@ -99,7 +118,7 @@ def launch_worker(s: Settings, tmp: Path) -> Callable[[], None]:
     except BaseException:
         stop(proc)
         raise
-    return lambda: stop(proc)
+    return Started([proc])
 
 
 def time_until_applied(
