@@ -156,3 +156,27 @@ def test_a_16_line_docstring_is_counted_as_16(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text('"""' + "\n".join(f"line {i}" for i in range(15)) + '\n"""\nx = 1\n')
     assert _module_docstring_lines(module) == 16
+
+
+#: Our own issue numbers in code; another project's (librdkafka's, Kafka's) name it first.
+OWN_ISSUE = re.compile(r"(?<!librdkafka )(?<!Kafka )(?<!confluent-kafka )\bissues? #?\d+", re.I)
+SOURCE_DIRS = ("dyno_stream", "bench", "tests")
+
+
+def test_no_source_file_names_the_issue_it_came_from() -> None:
+    """Docstrings and comments say why the code is so, which stays true; which issue asked
+    for it is the history the commits keep."""
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for folder in SOURCE_DIRS
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if OWN_ISSUE.search(line) and path.name != "test_docs.py"
+    ]
+    assert not hits, "\n".join(hits)
+
+
+def test_our_issue_numbers_are_found_and_another_projects_are_not() -> None:
+    assert OWN_ISSUE.search("Deleting for real (issue 15): restores")
+    assert OWN_ISSUE.search("see issues 13 and 14")
+    assert not OWN_ISSUE.search("the admin client crashes (librdkafka issue 5040)")
