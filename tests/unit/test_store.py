@@ -28,6 +28,7 @@ from dyno_stream.core.flake import FlakeGenerator, format_flake
 from dyno_stream.core.ops import ItemState
 from dyno_stream.store import Changeset, DynoStore, HistoryChangeset, Item
 from dyno_stream.store.budget import MemoryBudget, estimate_state_bytes
+from dyno_stream.store.write_batch import WriteBatch
 
 SEED = "013d58c7276e-0000-188c-786ae2e1f629"
 SEED_MS = 0x013D58C7276E
@@ -1074,3 +1075,25 @@ def test_restore_writes_items_states_and_internal_rows_at_once_into_a_store_with
         with pytest.raises(StoreError, match="already has items"):
             store.restore([("a", a)], {b"\x00meta\x00offset": b"7"})
         assert store.get_meta(b"\x00meta\x00offset") is None
+
+
+def test_a_redelivered_op_is_found_without_reading_the_items_history(
+    store: DynoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At-least-once delivery brings ops again; finding one by its key keeps a redelivery as
+    cheap as the op, where reading the item's rows made it cost the whole history."""
+    _five(store)
+    rows, item = dump(store), store.get_item("x")
+
+    def whole_history(self: WriteBatch, name: str) -> Any:
+        raise AssertionError(f"read {name!r}'s whole history to place a redelivery")
+
+    monkeypatch.setattr(WriteBatch, "item_rows", whole_history)
+    again = [make_op("incAttrBy", "x", {"field": "a", "by": 2}, F(1))]
+    assert store.apply(again) == []
+    assert store.apply([*again, *again]) == []  # twice in one batch too
+    monkeypatch.undo()  # a refused batch's states are rebuilt from the rows
+    with pytest.raises(ConflictError, match="already holds incAttrBy"):
+        store.put_attrs("x", {"a": 2}, ts=F(1))
+    assert dump(store) == rows
+    assert store.get_item("x") == item
