@@ -30,7 +30,8 @@ SKEW_BUCKETS_S = (
     86400.0,
 )  # fmt: skip
 
-#: Up to this many values, ``observe_many`` bisects each one (cheaper than sorting them).
+#: Up to this many values, ``observe_many`` bisects each one: sorting them and bisecting once
+#: per bound cost 7 us a batch whatever its size.
 _FEW_SKEWS = 12
 _SKEW_HELP = "Flake time minus the Kafka message's timestamp of each op (positive: ahead)"
 
@@ -212,11 +213,8 @@ class SkewHistogram(Collector):
     def __init__(self, registry: CollectorRegistry, buckets_s: tuple[float, ...]) -> None:
         self._bounds_ms = [b * 1000 for b in buckets_s]
         self._labels = [repr(float(b)) for b in buckets_s]  # "60.0", as Histogram writes it
-        self._cumulative = [0] * len(buckets_s)  # observations <= each bound
-        #: observations of ``_observe_few`` per bucket (above the bound before, at or below
-        #: its own), added to ``_cumulative`` when collected
-        self._counts = [0] * len(buckets_s)
-        self._count = 0
+        #: observations per bucket: above the bound before, at or below its own ("+Inf" last)
+        self._counts = [0] * (len(buckets_s) + 1)
         self._lock = threading.Lock()
         # In multiprocess mode the counts go to this process's file too, one value per bucket
         # as prometheus-client's Histogram keeps them there (not cumulative; "+Inf" last), so
@@ -241,40 +239,28 @@ class SkewHistogram(Collector):
     def observe_many(self, skews_ms: list[int]) -> None:
         if not skews_ms:
             return
-        if len(skews_ms) <= _FEW_SKEWS:
-            self._observe_few(skews_ms)
-            return
-        ordered = sorted(skews_ms)
-        at_or_below = [bisect.bisect_right(ordered, bound) for bound in self._bounds_ms]
-        with self._lock:
-            self._cumulative = [a + b for a, b in zip(self._cumulative, at_or_below, strict=True)]
-            self._count += len(ordered)
-        if self._shared:
-            below = 0
-            for value, cumulative in zip(self._shared, [*at_or_below, len(ordered)], strict=True):
-                if cumulative > below:
-                    value.inc(cumulative - below)
-                below = cumulative
-
-    def _observe_few(self, skews_ms: list[int]) -> None:
-        """A batch of a few ops (a moderate load): each value to its bucket by one bisection,
-        where sorting and bisecting once per bound cost 7 us a batch whatever its size."""
-        bounds, counts, last = self._bounds_ms, self._counts, len(self._bounds_ms)
-        with self._lock:
-            for skew in skews_ms:
-                i = bisect.bisect_left(bounds, skew)
-                if i < last:
-                    counts[i] += 1
-            self._count += len(skews_ms)
-        if self._shared:
-            for skew in skews_ms:
+        bounds, counts = self._bounds_ms, self._counts
+        if len(skews_ms) <= _FEW_SKEWS:  # a moderate load's batch: a bisection per value
+            with self._lock:
+                for skew in skews_ms:
+                    counts[bisect.bisect_left(bounds, skew)] += 1
+            for skew in skews_ms if self._shared else ():
                 self._shared[bisect.bisect_left(bounds, skew)].inc(1)
+            return
+        ordered = sorted(skews_ms)  # then a bisection per bound
+        at_or_below = [*(bisect.bisect_right(ordered, bound) for bound in bounds), len(ordered)]
+        added = [n - below for n, below in zip(at_or_below, [0, *at_or_below], strict=False)]
+        with self._lock:
+            for i, n in enumerate(added):
+                counts[i] += n
+        for value, n in zip(self._shared, added, strict=False):  # none unless multiprocess
+            if n:
+                value.inc(n)
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            few = itertools.accumulate(self._counts)
-            cumulative = [a + b for a, b in zip(self._cumulative, few, strict=True)]
-            count = self._count
+            cumulative = list(itertools.accumulate(self._counts))
+        count = cumulative.pop()
         family = HistogramMetricFamily(self.name, _SKEW_HELP, labels=[])
         # As prometheus-client's Histogram writes one with negative buckets: _count but no
         # _sum (a sum that can fall is no counter). The family alone would drop both.
