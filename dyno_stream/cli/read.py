@@ -22,10 +22,10 @@ def _http_get(path: str, s: Settings) -> HttpAnswer | None:
     http_token`` when set; None when none answers."""
     if not s.worker.http_port:
         return None
-    token = s.worker.http_token.get_secret_value() if s.worker.http_token else None
     try:
         return http_get(
-            f"http://{s.worker.http_host}:{s.worker.http_port}{path}", headers=bearer(token)
+            f"http://{s.worker.http_host}:{s.worker.http_port}{path}",
+            headers=bearer(s.worker.http_token_text),
         )
     except OSError:
         return None

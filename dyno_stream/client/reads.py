@@ -71,8 +71,7 @@ class ItemReads:
     def __init__(self, settings: Settings, admin_config: dict[str, Any]) -> None:
         self.settings = settings
         w = settings.worker
-        token = None if w.http_token is None else w.http_token.get_secret_value()
-        self._headers = bearer(token)
+        self._headers = bearer(w.http_token_text)
         self._configured = f"{w.http_host}:{w.http_port}" if w.http_port else None
         self.directory = OwnerDirectory(settings, admin_config)
 

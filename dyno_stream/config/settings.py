@@ -240,6 +240,11 @@ class WorkerSettings(_Section):
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
 
+    @property
+    def http_token_text(self) -> str | None:
+        """``http_token`` unwrapped: what the endpoint compares and what clients send."""
+        return None if self.http_token is None else self.http_token.get_secret_value()
+
     @field_validator("processes", mode="before")
     @classmethod
     def _processes(cls, v: Any) -> int | str:

@@ -288,9 +288,11 @@ class Worker:
         """What the endpoint answers for ``/items``, and how it guards reads (the token, the
         read limit)."""
         w = self.settings.worker
-        token = w.http_token.get_secret_value() if w.http_token is not None else None
         return RoutedReads(
-            self.reads.answer_item, self.reads.answer_page, token=token, max_reads=w.http_max_reads
+            self.reads.answer_item,
+            self.reads.answer_page,
+            token=w.http_token_text,
+            max_reads=w.http_max_reads,
         )
 
     def member_reads(self) -> RoutedReads:

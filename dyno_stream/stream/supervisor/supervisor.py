@@ -155,7 +155,10 @@ class Supervisor:
         MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
         registry.register(SupervisorCollector(self))
         routed = RoutedReads(
-            self._answer_item, self._answer_page, token=self._token, max_reads=w.http_max_reads
+            self._answer_item,
+            self._answer_page,
+            token=w.http_token_text,
+            max_reads=w.http_max_reads,
         )
         try:
             self.http = HttpEndpoint(
@@ -327,16 +330,11 @@ class Supervisor:
             if url is not None and child.alive:
                 yield child, url
 
-    @property
-    def _token(self) -> str | None:
-        token = self.settings.worker.http_token
-        return token.get_secret_value() if token is not None else None
-
     def _ask(self, url: str, timeout: float) -> tuple[int, Any, dict[str, str], bool] | None:
         """A child's answer to a read: status, JSON body, the headers passed on, and whether
         it says only that the child holds no store of the partition; None: no answer."""
         try:
-            code, body, got = http_get(url, timeout, bearer(self._token))
+            code, body, got = http_get(url, timeout, bearer(self.settings.worker.http_token_text))
             parsed = json.loads(body)
         except (OSError, ValueError) as exc:  # exited, restarting, or cut off mid-answer
             log.debug("no answer from %s: %s", url, exc)
@@ -398,7 +396,7 @@ class Supervisor:
 
     def _read_rows(self, only: str | None) -> list[tuple[str, str]]:
         query = "" if only is None else f"?item={quote(only, safe='')}"
-        headers = bearer(self._token)
+        headers = bearer(self.settings.worker.http_token_text)
         rows: list[tuple[str, str]] = []
         for _child, url in self._live_endpoints():
             try:
