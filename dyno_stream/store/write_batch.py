@@ -125,20 +125,15 @@ class WriteBatch:
     def item_rows(self, name: str) -> list[ItemRow]:
         """The item's rows as they will be after this batch, in key order."""
         prefix = item_prefix(name)
-        merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
-        if name in self.pending:
-            merged.update((k, self.rows[k]) for k in self.pending[name][1])
         out: list[ItemRow] = []
-        for key in sorted(merged):
-            value = merged[key]
-            if value is not None:
-                flake, op = key[len(prefix) :].decode().split("/")
-                out.append((key, flake, op, value.decode("utf-8")))
+        for key, value in self.rows_under(name, prefix):
+            flake, op = key[len(prefix) :].decode().split("/")
+            out.append((key, flake, op, value.decode("utf-8")))
         return out
 
-    def flake_rows(self, name: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        """The item's rows at one flake (``prefix`` = its escaped name, the flake and "/") as
-        they will be after this batch, in key order."""
+    def rows_under(self, name: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """The item's rows under ``prefix`` (all of them, or one flake's) as they will be
+        after this batch, in key order."""
         merged: dict[bytes, bytes | None] = dict(self._db.iterator(prefix=prefix))
         if name in self.pending:
             merged.update((k, self.rows[k]) for k in self.pending[name][1] if k.startswith(prefix))
@@ -183,7 +178,7 @@ class WriteBatch:
         # in place. A redelivery is found without reading the item's history (which made
         # each one cost the whole history: 1,000 ops of an item redelivered ran at about
         # 1,000 ops/s in bench_compare.py).
-        same = self.flake_rows(name, f"{prefix}{flake}/".encode())
+        same = self.rows_under(name, f"{prefix}{flake}/".encode())
         if same:
             (held_key, held_value), *others = same
             if not others and held_key == key and held_value == text.encode():
