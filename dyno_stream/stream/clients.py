@@ -81,10 +81,6 @@ class GroupConsumer:
         return self._consumer
 
     @property
-    def opened(self) -> bool:
-        return self._consumer is not None
-
-    @property
     def _inner(self) -> Consumer:
         if self._consumer is None:
             raise RuntimeError("the worker's consumer is used before run() opened it")
