@@ -31,6 +31,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from harness.broker import bench_broker, scratch
+from harness.machine import process_cpu_seconds
 from harness.output import write_json
 from harness.settings import bench_settings
 from harness.workers import metrics, spawn_worker, stop, wait_metrics
@@ -43,15 +44,6 @@ from dyno_stream.devtools.broker import LocalBroker
 from dyno_stream.kafka.topics import ensure_topics
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def runqueue_wait_seconds(pid: int) -> float:
@@ -142,7 +134,7 @@ def one_run(
 def cpu_sample(watched: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds of each watched group of processes and of the machine, and the seconds the
     worker's threads waited for a core (``waited``)."""
-    sample = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
+    sample = {k: sum(process_cpu_seconds(p) for p in v) for k, v in watched.items()}
     sample["machine"] = machine_cpu_seconds()
     sample["waited"] = sum(runqueue_wait_seconds(p) for p in watched["worker"])
     return sample

@@ -30,14 +30,35 @@ def _ticks() -> dict[int, tuple[int, str]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        fields = _stat_fields(entry)
         try:
-            stat = (entry / "stat").read_text()
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (int(fields[11]) + int(fields[12]), _short(cmd))
+        if fields is not None:
+            found[int(entry.name)] = (_ticks_of(fields), _short(cmd))
     return found
+
+
+def _stat_fields(proc_dir: Path) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); None when
+    the process is gone."""
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _ticks_of(fields: list[str]) -> int:
+    """User and system CPU ticks, every thread, from ``_stat_fields``."""
+    return int(fields[11]) + int(fields[12])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of one process so far (0 once it is gone)."""
+    fields = _stat_fields(Path(f"/proc/{pid}"))
+    return 0.0 if fields is None else _ticks_of(fields) / os.sysconf("SC_CLK_TCK")
 
 
 def _short(cmd: str) -> str:
@@ -67,13 +88,11 @@ def cpu_seconds(pids: list[int]) -> float:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+        fields = _stat_fields(entry)
+        if fields is None:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
         parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+        ticks[int(entry.name)] = _ticks_of(fields)
     family = set(pids)
     grew = True
     while grew:
