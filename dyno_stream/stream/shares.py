@@ -15,6 +15,7 @@ from dyno_stream.core.events import EventModel
 from dyno_stream.core.expectations import Expectation
 from dyno_stream.store.partition import PartitionStore
 
+#: the batch processor's logger: its erasure lines stay where operators look for them
 log = logging.getLogger("dyno_stream.stream.processing")
 
 _item_of = operator.attrgetter("item")
